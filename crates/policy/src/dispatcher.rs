@@ -1,0 +1,145 @@
+//! The dispatcher's idle-list decisions (paper 3.2, the blue arrows of Figure 3).
+//!
+//! A machine is on at most one shard's idle list. It joins when its free memory is
+//! significant, choosing the shard by power-of-k (look at `shard_choices` shards' idle lists
+//! and join the shortest), updates its entry when free memory changed significantly since it
+//! last reported, and leaves when memory is short. All three thresholds are fractions of the
+//! machine's memory capacity. Between the join and the leave thresholds the machine stays
+//! where it is (hysteresis), so a machine near a threshold does not flap.
+
+use rand::Rng;
+
+use crate::idle_list::IdleEntry;
+use crate::ShardId;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DispatcherConfig {
+    /// Join an idle list when free memory is at least this fraction of capacity.
+    pub join_free_fraction: f64,
+    /// Leave the idle list when free memory drops below this fraction of capacity.
+    pub leave_free_fraction: f64,
+    /// Update the entry when free memory moved by at least this fraction of capacity.
+    pub update_change_fraction: f64,
+    /// How many shards' idle lists to compare when joining.
+    pub shard_choices: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            join_free_fraction: 0.25,
+            leave_free_fraction: 0.10,
+            update_change_fraction: 0.10,
+            shard_choices: 2,
+        }
+    }
+}
+
+/// A message from the dispatcher to one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum IdleListAction {
+    Join { shard: ShardId, entry: IdleEntry },
+    Update { shard: ShardId, entry: IdleEntry },
+    Leave { shard: ShardId },
+}
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    config: DispatcherConfig,
+    member_of: Option<(ShardId, IdleEntry)>,
+}
+
+impl Dispatcher {
+    pub fn new(config: DispatcherConfig) -> Self {
+        Self { config, member_of: None }
+    }
+
+    /// The shard whose idle list holds this machine, if any.
+    pub fn member_of(&self) -> Option<ShardId> {
+        self.member_of.map(|(s, _)| s)
+    }
+
+    /// Called whenever the machine's memory or load changed. `idle_list_len` answers the
+    /// length of a shard's idle list (a real dispatcher asks the shards; the simulator looks).
+    pub fn handle_memory<R: Rng + ?Sized>(
+        &mut self,
+        now: IdleEntry,
+        capacity_mb: u64,
+        shards: u32,
+        rng: &mut R,
+        mut idle_list_len: impl FnMut(ShardId) -> usize,
+    ) -> Option<IdleListAction> {
+        let cap = capacity_mb as f64;
+        let free = now.free_mb as f64;
+        match self.member_of {
+            None if free >= self.config.join_free_fraction * cap && shards > 0 => {
+                let mut best: Option<(ShardId, usize)> = None;
+                let mut tried = Vec::with_capacity(self.config.shard_choices);
+                while tried.len() < self.config.shard_choices.min(shards as usize) {
+                    let s = ShardId(rng.random_range(0..shards));
+                    if tried.contains(&s) {
+                        continue;
+                    }
+                    tried.push(s);
+                    let len = idle_list_len(s);
+                    if best.is_none_or(|(_, l)| len < l) {
+                        best = Some((s, len));
+                    }
+                }
+                let (shard, _) = best.expect("at least one shard was looked at");
+                self.member_of = Some((shard, now));
+                Some(IdleListAction::Join { shard, entry: now })
+            }
+            None => None,
+            Some((shard, _)) if free < self.config.leave_free_fraction * cap => {
+                self.member_of = None;
+                Some(IdleListAction::Leave { shard })
+            }
+            Some((shard, last)) => {
+                let moved = (now.free_mb as f64 - last.free_mb as f64).abs();
+                if moved >= self.config.update_change_fraction * cap {
+                    self.member_of = Some((shard, now));
+                    Some(IdleListAction::Update { shard, entry: now })
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn e(free_mb: u64) -> IdleEntry {
+        IdleEntry { free_mb, functions: 0 }
+    }
+
+    #[test]
+    fn joins_the_shortest_sampled_list_updates_and_leaves() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(1);
+        let config = DispatcherConfig { shard_choices: 4, ..Default::default() };
+        let mut d = Dispatcher::new(config);
+        let lens = [5, 3, 0, 9];
+        // 20% free: not significant.
+        assert_eq!(d.handle_memory(e(200), 1000, 4, &mut rng, |s| lens[s.0 as usize]), None);
+        // 50% free: join; with all 4 shards sampled the shortest (shard 2) wins.
+        let a = d.handle_memory(e(500), 1000, 4, &mut rng, |s| lens[s.0 as usize]);
+        assert_eq!(a, Some(IdleListAction::Join { shard: ShardId(2), entry: e(500) }));
+        // A 5% move is not significant; a 15% move is.
+        assert_eq!(d.handle_memory(e(450), 1000, 4, &mut rng, |_| 0), None);
+        assert_eq!(
+            d.handle_memory(e(350), 1000, 4, &mut rng, |_| 0),
+            Some(IdleListAction::Update { shard: ShardId(2), entry: e(350) })
+        );
+        // Below 10%: leave.
+        assert_eq!(
+            d.handle_memory(e(50), 1000, 4, &mut rng, |_| 0),
+            Some(IdleListAction::Leave { shard: ShardId(2) })
+        );
+        assert_eq!(d.member_of(), None);
+    }
+}

@@ -1,0 +1,462 @@
+//! The machine scheduler: strict preemptive priority by price class over `cores` slots, first
+//! come first served within a class (like Linux `SCHED_FIFO`), together with the memory
+//! manager's rules (see [`crate::memory`]).
+//!
+//! Invariant: the running invocations are the top `cores` of the eligible ones ordered by
+//! (class descending, arrival at this machine ascending). When a higher class arrives and all
+//! slots run lower classes, the lowest-class, latest-arrived running invocation is preempted
+//! and parked; it resumes when it is again among the top. Low classes may starve: intended.
+//! "Eligible" excludes only invocations whose memory does not fit yet: a swapped-out one
+//! until it fits under the high watermark, an unstarted one until its start memory fits
+//! under capacity (unless nothing runs; see [`crate::memory`]).
+//!
+//! The driver reports arrivals, completions and measured memory (`handle_*`) and carries out
+//! the decisions it polls ([`MachineAction`]) in order.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::class::ClassId;
+use crate::memory::{MemoryConfig, MemoryLedger, MemoryStats};
+use crate::InvocationId;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MachineConfig {
+    /// Core slots: at most this many invocations run at once.
+    pub cores: u32,
+    /// `None`: unlimited memory, no memory management (Figure 4's setting).
+    pub memory: Option<MemoryConfig>,
+}
+
+/// A decision for the driver, polled with [`Machine::poll_action`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum MachineAction {
+    /// Run an invocation for the first time.
+    Start(InvocationId),
+    /// Stop a running invocation and park it (its memory stays as it is).
+    Preempt(InvocationId),
+    /// Run a parked invocation again (after a `SwapIn` if it had been swapped out).
+    Resume(InvocationId),
+    /// Write a parked invocation's memory to swap space and release it.
+    SwapOut { id: InvocationId, mb: u64 },
+    /// Read a swapped-out invocation's memory back (it is about to run).
+    SwapIn { id: InvocationId, mb: u64 },
+    /// The invocation was removed to free memory; the driver requeues it or fails it.
+    Kill(InvocationId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Residence {
+    /// Not started: holds no memory yet.
+    NotStarted,
+    Resident,
+    Swapped,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    class: ClassId,
+    /// Arrival order at this machine: FIFO within a class, latest-first for victims.
+    seq: u64,
+    mem_mb: u64,
+    running: bool,
+    residence: Residence,
+}
+
+/// How far into a class FIFO to look for an eligible invocation (bounds the work per decision
+/// when swapped-out heads cannot come back yet).
+const ELIGIBLE_SCAN_MAX: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    cores: usize,
+    entries: FxHashMap<InvocationId, Entry>,
+    /// Per class, waiting invocations in run order (preempted ones go back to the front).
+    waiting: Vec<VecDeque<InvocationId>>,
+    running: Vec<InvocationId>,
+    memory: MemoryLedger,
+    next_seq: u64,
+    actions: VecDeque<MachineAction>,
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig, classes: usize) -> Self {
+        assert!(config.cores > 0, "a machine needs at least one core");
+        Self {
+            cores: config.cores as usize,
+            entries: FxHashMap::default(),
+            waiting: vec![VecDeque::new(); classes],
+            running: Vec::with_capacity(config.cores as usize),
+            memory: MemoryLedger::new(config.memory, classes),
+            next_seq: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Invocations on this machine (running, parked, or not started).
+    pub fn functions(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    pub fn running(&self) -> &[InvocationId] {
+        &self.running
+    }
+
+    pub fn is_running(&self, id: InvocationId) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.running)
+    }
+
+    pub fn used_mb(&self) -> u64 {
+        self.memory.used_mb()
+    }
+
+    pub fn free_mb(&self) -> u64 {
+        self.memory.free_mb()
+    }
+
+    pub fn swap_used_mb(&self) -> u64 {
+        self.memory.swap_used_mb()
+    }
+
+    /// See [`MemoryLedger::room_for`].
+    pub fn room_for(&self, class: ClassId) -> u64 {
+        self.memory.room_for(class)
+    }
+
+    pub fn memory_stats(&self) -> &MemoryStats {
+        self.memory.stats()
+    }
+
+    /// A new invocation was placed here. It will hold `start_mb` once it starts.
+    pub fn handle_arrival(&mut self, id: InvocationId, class: ClassId, start_mb: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry {
+            class,
+            seq,
+            mem_mb: start_mb,
+            running: false,
+            residence: Residence::NotStarted,
+        };
+        let old = self.entries.insert(id, entry);
+        assert!(old.is_none(), "{id:?} placed twice on one machine");
+        self.waiting[class.index()].push_back(id);
+        self.settle();
+    }
+
+    /// An invocation ended (completed, failed, timed out or cancelled) in whatever state it
+    /// was; its slot and memory are freed. Unknown ids are ignored (it may have been killed).
+    pub fn handle_completion(&mut self, id: InvocationId) {
+        if self.remove_entry(id) {
+            self.settle();
+        }
+    }
+
+    /// The driver measured a running or parked resident invocation's memory at `mb`.
+    /// Reports for swapped-out, unstarted or unknown invocations are ignored.
+    pub fn handle_memory(&mut self, id: InvocationId, mb: u64) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        if e.residence != Residence::Resident || e.mem_mb == mb {
+            return;
+        }
+        let (class, old) = (e.class, e.mem_mb);
+        e.mem_mb = mb;
+        self.memory.remove_resident(class, old);
+        self.memory.add_resident(class, mb);
+        if self.memory.config.is_some() {
+            self.settle();
+        }
+    }
+
+    /// The next decision to carry out, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<MachineAction> {
+        self.actions.pop_front()
+    }
+
+    /// Applies the scheduling and memory rules until nothing changes.
+    fn settle(&mut self) {
+        loop {
+            self.schedule();
+            if !self.relieve_memory() {
+                break;
+            }
+        }
+        debug_assert!(self.running.len() <= self.cores);
+    }
+
+    /// Fills free slots and preempts lower classes, highest eligible first.
+    fn schedule(&mut self) {
+        while let Some((class, pos)) = self.best_eligible() {
+            if self.running.len() == self.cores {
+                let (victim_at, victim) = self.lowest_running().expect("slots are full");
+                if class <= victim.class {
+                    return;
+                }
+                self.preempt(victim_at);
+            }
+            self.run(class, pos);
+        }
+    }
+
+    /// The first eligible waiting invocation in priority order: `(class, position in FIFO)`.
+    fn best_eligible(&self) -> Option<(ClassId, usize)> {
+        let nothing_running = self.running.is_empty();
+        for (c, q) in self.waiting.iter().enumerate().rev() {
+            for (pos, id) in q.iter().take(ELIGIBLE_SCAN_MAX).enumerate() {
+                let e = &self.entries[id];
+                let eligible = match e.residence {
+                    Residence::Resident => true,
+                    Residence::NotStarted => self.memory.may_start(e.mem_mb, nothing_running),
+                    Residence::Swapped => self.memory.may_swap_in(e.mem_mb, nothing_running),
+                };
+                if eligible {
+                    return Some((ClassId(c as u8), pos));
+                }
+            }
+        }
+        None
+    }
+
+    /// The running invocation to preempt or kill first: lowest class, latest arrival.
+    fn lowest_running(&self) -> Option<(usize, Entry)> {
+        self.running
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i, self.entries[id]))
+            .min_by_key(|(_, e)| (e.class, std::cmp::Reverse(e.seq)))
+    }
+
+    fn run(&mut self, class: ClassId, pos: usize) {
+        let id = self.waiting[class.index()].remove(pos).expect("position from best_eligible");
+        let e = self.entries.get_mut(&id).expect("waiting entry");
+        e.running = true;
+        let (seq, mb, residence) = (e.seq, e.mem_mb, e.residence);
+        e.residence = Residence::Resident;
+        match residence {
+            Residence::NotStarted => {
+                self.memory.add_resident(class, mb);
+                self.actions.push_back(MachineAction::Start(id));
+            }
+            Residence::Resident => {
+                self.memory.unpark(class, seq);
+                self.actions.push_back(MachineAction::Resume(id));
+            }
+            Residence::Swapped => {
+                self.memory.swapped_in(class, mb);
+                self.actions.push_back(MachineAction::SwapIn { id, mb });
+                self.actions.push_back(MachineAction::Resume(id));
+            }
+        }
+        self.running.push(id);
+    }
+
+    fn preempt(&mut self, running_at: usize) {
+        let id = self.running.swap_remove(running_at);
+        let e = self.entries.get_mut(&id).expect("running entry");
+        e.running = false;
+        // It arrived after every running invocation of its class that stays, and before every
+        // waiting one (those arrived later, or they would be running): the front keeps order.
+        self.waiting[e.class.index()].push_front(id);
+        self.memory.park(e.class, e.seq, id);
+        self.actions.push_back(MachineAction::Preempt(id));
+    }
+
+    /// Swaps out and, as the last resort, kills. Returns whether anything changed.
+    fn relieve_memory(&mut self) -> bool {
+        let mut changed = false;
+        if self.memory.above_high() {
+            while self.memory.above_low() {
+                let entries = &self.entries;
+                let Some(id) = self.memory.swap_victim(|id| entries[&id].mem_mb) else { break };
+                let e = self.entries.get_mut(&id).expect("parked entry");
+                e.residence = Residence::Swapped;
+                let (class, seq, mb) = (e.class, e.seq, e.mem_mb);
+                self.memory.unpark(class, seq);
+                self.memory.swapped_out(class, mb);
+                self.actions.push_back(MachineAction::SwapOut { id, mb });
+                changed = true;
+            }
+        }
+        while self.memory.over_capacity() {
+            let Some(id) = self.kill_victim() else { break };
+            self.kill(id);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Lowest class, latest arrival, among invocations holding memory.
+    fn kill_victim(&self) -> Option<InvocationId> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.residence == Residence::Resident)
+            .min_by_key(|(_, e)| (e.class, std::cmp::Reverse(e.seq)))
+            .map(|(&id, _)| id)
+    }
+
+    fn kill(&mut self, id: InvocationId) {
+        let class = self.entries[&id].class;
+        self.remove_entry(id);
+        self.memory.stats.kills[class.index()] += 1;
+        self.actions.push_back(MachineAction::Kill(id));
+    }
+
+    /// Frees an invocation's slot, queue place and memory. Returns whether it was here.
+    fn remove_entry(&mut self, id: InvocationId) -> bool {
+        let Some(e) = self.entries.remove(&id) else { return false };
+        if e.running {
+            let at = self.running.iter().position(|&r| r == id).expect("running entry");
+            self.running.swap_remove(at);
+        } else {
+            let q = &mut self.waiting[e.class.index()];
+            let at = q.iter().position(|&w| w == id).expect("waiting entry");
+            q.remove(at);
+        }
+        match e.residence {
+            Residence::NotStarted => {}
+            Residence::Resident => {
+                self.memory.remove_resident(e.class, e.mem_mb);
+                if !e.running {
+                    self.memory.unpark(e.class, e.seq);
+                }
+            }
+            Residence::Swapped => self.memory.release_swap(e.mem_mb),
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MachineAction::*;
+
+    fn id(n: u64) -> InvocationId {
+        InvocationId(n)
+    }
+
+    fn drain(m: &mut Machine) -> Vec<MachineAction> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn unlimited(cores: u32) -> Machine {
+        Machine::new(MachineConfig { cores, memory: None }, 4)
+    }
+
+    #[test]
+    fn higher_class_preempts_lowest_latest_and_it_resumes() {
+        let mut m = unlimited(2);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(2), ClassId(0), 100);
+        assert_eq!(drain(&mut m), vec![Start(id(1)), Start(id(2))]);
+        m.handle_arrival(id(3), ClassId(3), 100);
+        // Both running are batch: the latest-arrived (2) is preempted.
+        assert_eq!(drain(&mut m), vec![Preempt(id(2)), Start(id(3))]);
+        m.handle_completion(id(3));
+        assert_eq!(drain(&mut m), vec![Resume(id(2))]);
+    }
+
+    #[test]
+    fn fifo_within_a_class_no_preemption_among_equals() {
+        let mut m = unlimited(1);
+        for n in 1..=3 {
+            m.handle_arrival(id(n), ClassId(2), 100);
+        }
+        assert_eq!(drain(&mut m), vec![Start(id(1))]);
+        m.handle_completion(id(1));
+        assert_eq!(drain(&mut m), vec![Start(id(2))]);
+        m.handle_completion(id(2));
+        assert_eq!(drain(&mut m), vec![Start(id(3))]);
+    }
+
+    #[test]
+    fn preempted_one_goes_before_later_arrivals_of_its_class() {
+        let mut m = unlimited(1);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(2), ClassId(0), 100);
+        m.handle_arrival(id(3), ClassId(3), 100);
+        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(3))]);
+        m.handle_completion(id(3));
+        assert_eq!(drain(&mut m), vec![Resume(id(1))]);
+    }
+
+    #[test]
+    fn low_class_starves_while_higher_keeps_the_slot_busy() {
+        let mut m = unlimited(1);
+        m.handle_arrival(id(0), ClassId(0), 100);
+        let _ = drain(&mut m);
+        for n in 1..100 {
+            m.handle_arrival(id(n), ClassId(1), 100);
+            if n > 1 {
+                m.handle_completion(id(n - 1));
+            }
+            assert!(!m.is_running(id(0)), "batch ran while standard work was waiting");
+            let _ = drain(&mut m);
+        }
+        m.handle_completion(id(99));
+        assert_eq!(drain(&mut m), vec![Resume(id(0))]);
+    }
+
+    fn limited(cores: u32, capacity_mb: u64, swap_mb: u64) -> Machine {
+        let memory = MemoryConfig::new(capacity_mb, swap_mb);
+        Machine::new(MachineConfig { cores, memory: Some(memory) }, 4)
+    }
+
+    #[test]
+    fn parked_lowest_class_is_swapped_out_and_back_in_before_it_runs() {
+        let mut m = limited(1, 1000, 10_000);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_memory(id(1), 600);
+        m.handle_arrival(id(2), ClassId(3), 100);
+        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(2))]);
+        // 600 + 350 = 950 > 900 (high watermark): the parked batch one goes to swap.
+        m.handle_memory(id(2), 350);
+        assert_eq!(drain(&mut m), vec![SwapOut { id: id(1), mb: 600 }]);
+        assert_eq!((m.used_mb(), m.swap_used_mb()), (350, 600));
+        m.handle_completion(id(2));
+        assert_eq!(drain(&mut m), vec![SwapIn { id: id(1), mb: 600 }, Resume(id(1))]);
+        assert_eq!((m.used_mb(), m.swap_used_mb()), (600, 0));
+        assert_eq!(m.memory_stats().swapped_out_mb, vec![600, 0, 0, 0]);
+    }
+
+    #[test]
+    fn kills_lowest_latest_when_swap_is_exhausted() {
+        let mut m = limited(1, 1000, 0);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_memory(id(1), 700);
+        m.handle_arrival(id(2), ClassId(3), 100);
+        let _ = drain(&mut m);
+        // 700 parked + 400 running > 1000 and no swap: the parked batch one is killed.
+        m.handle_memory(id(2), 400);
+        assert_eq!(drain(&mut m), vec![Kill(id(1))]);
+        assert_eq!(m.functions(), 1);
+        assert_eq!(m.used_mb(), 400);
+        assert_eq!(m.memory_stats().kills, vec![1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn room_for_counts_lower_class_memory_that_could_be_swapped() {
+        let mut m = limited(2, 1000, 300);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_memory(id(1), 500);
+        m.handle_arrival(id(2), ClassId(2), 100);
+        m.handle_memory(id(2), 400);
+        assert_eq!(m.free_mb(), 100);
+        assert_eq!(m.room_for(ClassId(0)), 100);
+        // Batch's 500 MB could be swapped, but only 300 MB of swap is free.
+        assert_eq!(m.room_for(ClassId(3)), 400);
+    }
+
+    #[test]
+    fn unlimited_memory_never_swaps_or_kills() {
+        let mut m = unlimited(1);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_memory(id(1), u64::MAX / 4);
+        m.handle_arrival(id(2), ClassId(3), 100);
+        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(2))]);
+        assert_eq!(m.room_for(ClassId(0)), u64::MAX);
+    }
+}
