@@ -52,14 +52,20 @@ impl ClassSet {
             return Err(ClassError::Empty);
         }
         if classes.len() > Self::LEN_MAX {
-            return Err(ClassError::TooMany { max: Self::LEN_MAX, got: classes.len() });
+            return Err(ClassError::TooMany {
+                max: Self::LEN_MAX,
+                got: classes.len(),
+            });
         }
         for (i, c) in classes.iter().enumerate() {
             if c.name.is_empty() {
                 return Err(ClassError::EmptyName);
             }
             if !(c.price.is_finite() && c.price > 0.0) {
-                return Err(ClassError::BadPrice { name: c.name.clone(), price: c.price });
+                return Err(ClassError::BadPrice {
+                    name: c.name.clone(),
+                    price: c.price,
+                });
             }
             if classes[..i].iter().any(|o| o.name == c.name) {
                 return Err(ClassError::DuplicateName(c.name.clone()));
@@ -81,7 +87,10 @@ impl ClassSet {
     /// The default published set of `DESIGN.md`: batch 0.5, standard 1.0, interactive 1.5,
     /// critical 2.0 micro-cents per CPU-second.
     pub fn default_four() -> Self {
-        let c = |name: &str, price| PriceClass { name: name.to_string(), price };
+        let c = |name: &str, price| PriceClass {
+            name: name.to_string(),
+            price,
+        };
         Self::new(vec![
             c("batch", 0.5),
             c("standard", 1.0),
@@ -153,7 +162,10 @@ mod tests {
     use super::*;
 
     fn c(name: &str, price: f64) -> PriceClass {
-        PriceClass { name: name.into(), price }
+        PriceClass {
+            name: name.into(),
+            price,
+        }
     }
 
     #[test]

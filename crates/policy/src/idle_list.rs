@@ -70,7 +70,10 @@ impl IdleList {
         let old = self.entries[&machine];
         self.handle_upsert(
             machine,
-            IdleEntry { free_mb: old.free_mb - need_mb, functions: old.functions + 1 },
+            IdleEntry {
+                free_mb: old.free_mb - need_mb,
+                functions: old.functions + 1,
+            },
         );
         Some(machine)
     }

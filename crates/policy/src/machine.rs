@@ -157,7 +157,9 @@ impl Machine {
     /// The driver measured a running or parked resident invocation's memory at `mb`.
     /// Reports for swapped-out, unstarted or unknown invocations are ignored.
     pub fn handle_memory(&mut self, id: InvocationId, mb: u64) {
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         if e.residence != Residence::Resident || e.mem_mb == mb {
             return;
         }
@@ -230,7 +232,9 @@ impl Machine {
     }
 
     fn run(&mut self, class: ClassId, pos: usize) {
-        let id = self.waiting[class.index()].remove(pos).expect("position from best_eligible");
+        let id = self.waiting[class.index()]
+            .remove(pos)
+            .expect("position from best_eligible");
         let e = self.entries.get_mut(&id).expect("waiting entry");
         e.running = true;
         let (seq, mb, residence) = (e.seq, e.mem_mb, e.residence);
@@ -270,22 +274,42 @@ impl Machine {
         if self.memory.above_high() {
             while self.memory.above_low() {
                 let entries = &self.entries;
-                let Some(id) = self.memory.swap_victim(|id| entries[&id].mem_mb) else { break };
-                let e = self.entries.get_mut(&id).expect("parked entry");
-                e.residence = Residence::Swapped;
-                let (class, seq, mb) = (e.class, e.seq, e.mem_mb);
-                self.memory.unpark(class, seq);
-                self.memory.swapped_out(class, mb);
-                self.actions.push_back(MachineAction::SwapOut { id, mb });
+                let Some(id) = self.memory.swap_victim(|id| entries[&id].mem_mb) else {
+                    break;
+                };
+                self.swap_out(id);
                 changed = true;
             }
         }
         while self.memory.over_capacity() {
+            // Running work alone overflows: park and swap the lowest running invocation while
+            // others keep running and swap has room; kill only when that is impossible.
+            if self.running.len() > 1 {
+                let (at, victim) = self.lowest_running().expect("more than one running");
+                if victim.mem_mb <= self.memory.swap_free_mb() {
+                    let id = self.running[at];
+                    self.preempt(at);
+                    self.swap_out(id);
+                    changed = true;
+                    continue;
+                }
+            }
             let Some(id) = self.kill_victim() else { break };
             self.kill(id);
             changed = true;
         }
         changed
+    }
+
+    /// Swaps out a parked resident invocation.
+    fn swap_out(&mut self, id: InvocationId) {
+        let e = self.entries.get_mut(&id).expect("parked entry");
+        debug_assert!(!e.running && e.residence == Residence::Resident);
+        e.residence = Residence::Swapped;
+        let (class, seq, mb) = (e.class, e.seq, e.mem_mb);
+        self.memory.unpark(class, seq);
+        self.memory.swapped_out(class, mb);
+        self.actions.push_back(MachineAction::SwapOut { id, mb });
     }
 
     /// Lowest class, latest arrival, among invocations holding memory.
@@ -306,9 +330,15 @@ impl Machine {
 
     /// Frees an invocation's slot, queue place and memory. Returns whether it was here.
     fn remove_entry(&mut self, id: InvocationId) -> bool {
-        let Some(e) = self.entries.remove(&id) else { return false };
+        let Some(e) = self.entries.remove(&id) else {
+            return false;
+        };
         if e.running {
-            let at = self.running.iter().position(|&r| r == id).expect("running entry");
+            let at = self
+                .running
+                .iter()
+                .position(|&r| r == id)
+                .expect("running entry");
             self.running.swap_remove(at);
         } else {
             let q = &mut self.waiting[e.class.index()];
@@ -343,7 +373,13 @@ mod tests {
     }
 
     fn unlimited(cores: u32) -> Machine {
-        Machine::new(MachineConfig { cores, memory: None }, 4)
+        Machine::new(
+            MachineConfig {
+                cores,
+                memory: None,
+            },
+            4,
+        )
     }
 
     #[test]
@@ -378,7 +414,10 @@ mod tests {
         m.handle_arrival(id(1), ClassId(0), 100);
         m.handle_arrival(id(2), ClassId(0), 100);
         m.handle_arrival(id(3), ClassId(3), 100);
-        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(3))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![Start(id(1)), Preempt(id(1)), Start(id(3))]
+        );
         m.handle_completion(id(3));
         assert_eq!(drain(&mut m), vec![Resume(id(1))]);
     }
@@ -393,7 +432,10 @@ mod tests {
             if n > 1 {
                 m.handle_completion(id(n - 1));
             }
-            assert!(!m.is_running(id(0)), "batch ran while standard work was waiting");
+            assert!(
+                !m.is_running(id(0)),
+                "batch ran while standard work was waiting"
+            );
             let _ = drain(&mut m);
         }
         m.handle_completion(id(99));
@@ -402,7 +444,13 @@ mod tests {
 
     fn limited(cores: u32, capacity_mb: u64, swap_mb: u64) -> Machine {
         let memory = MemoryConfig::new(capacity_mb, swap_mb);
-        Machine::new(MachineConfig { cores, memory: Some(memory) }, 4)
+        Machine::new(
+            MachineConfig {
+                cores,
+                memory: Some(memory),
+            },
+            4,
+        )
     }
 
     #[test]
@@ -411,13 +459,19 @@ mod tests {
         m.handle_arrival(id(1), ClassId(0), 100);
         m.handle_memory(id(1), 600);
         m.handle_arrival(id(2), ClassId(3), 100);
-        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(2))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![Start(id(1)), Preempt(id(1)), Start(id(2))]
+        );
         // 600 + 350 = 950 > 900 (high watermark): the parked batch one goes to swap.
         m.handle_memory(id(2), 350);
         assert_eq!(drain(&mut m), vec![SwapOut { id: id(1), mb: 600 }]);
         assert_eq!((m.used_mb(), m.swap_used_mb()), (350, 600));
         m.handle_completion(id(2));
-        assert_eq!(drain(&mut m), vec![SwapIn { id: id(1), mb: 600 }, Resume(id(1))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![SwapIn { id: id(1), mb: 600 }, Resume(id(1))]
+        );
         assert_eq!((m.used_mb(), m.swap_used_mb()), (600, 0));
         assert_eq!(m.memory_stats().swapped_out_mb, vec![600, 0, 0, 0]);
     }
@@ -435,6 +489,28 @@ mod tests {
         assert_eq!(m.functions(), 1);
         assert_eq!(m.used_mb(), 400);
         assert_eq!(m.memory_stats().kills, vec![1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn running_overflow_parks_and_swaps_the_lowest_before_any_kill() {
+        let mut m = limited(2, 1000, 10_000);
+        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(2), ClassId(3), 100);
+        let _ = drain(&mut m);
+        m.handle_memory(id(1), 600);
+        let _ = drain(&mut m);
+        m.handle_memory(id(2), 500);
+        assert_eq!(
+            drain(&mut m),
+            vec![Preempt(id(1)), SwapOut { id: id(1), mb: 600 }]
+        );
+        assert_eq!(m.memory_stats().kills, vec![0; 4]);
+        // A single invocation bigger than the machine is killed: nothing else can make room.
+        m.handle_memory(id(2), 1200);
+        assert_eq!(
+            drain(&mut m),
+            vec![Kill(id(2)), SwapIn { id: id(1), mb: 600 }, Resume(id(1))]
+        );
     }
 
     #[test]
@@ -456,7 +532,10 @@ mod tests {
         m.handle_arrival(id(1), ClassId(0), 100);
         m.handle_memory(id(1), u64::MAX / 4);
         m.handle_arrival(id(2), ClassId(3), 100);
-        assert_eq!(drain(&mut m), vec![Start(id(1)), Preempt(id(1)), Start(id(2))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![Start(id(1)), Preempt(id(1)), Start(id(2))]
+        );
         assert_eq!(m.room_for(ClassId(0)), u64::MAX);
     }
 }

@@ -12,9 +12,12 @@
 //!   memory must fit under the high watermark, or nothing else may be running on the machine
 //!   (so a big invocation cannot be locked out forever). An unstarted invocation starts when
 //!   its start memory fits under capacity, or when nothing else runs.
+//! - When the running invocations alone overflow physical capacity, the lowest-class,
+//!   latest-arrived running one is preempted and swapped out (if another keeps running and
+//!   swap has room): growth is not the invocation's fault, and a kill wastes its work.
 //! - Kill is the last resort, when used memory exceeds physical capacity and nothing more can
-//!   be swapped (swap space exhausted, or the running invocations alone overflow): lowest class,
-//!   latest arrival first, among the invocations holding memory. The driver requeues a killed
+//!   be swapped (swap space exhausted, or a lone invocation bigger than the machine): lowest
+//!   class, latest arrival first, among the invocations holding memory. The driver requeues a killed
 //!   invocation (bounded) or fails it with a clear error.
 
 use std::collections::BTreeMap;
@@ -35,7 +38,12 @@ pub struct MemoryConfig {
 
 impl MemoryConfig {
     pub fn new(capacity_mb: u64, swap_mb: u64) -> Self {
-        Self { capacity_mb, swap_mb, high_watermark: 0.9, low_watermark: 0.8 }
+        Self {
+            capacity_mb,
+            swap_mb,
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+        }
     }
 
     /// Checks `0 < low <= high <= 1` and a non-zero capacity; the error names the field.
@@ -125,7 +133,9 @@ impl MemoryLedger {
     /// Memory an invocation of `class` could get: free memory plus the resident memory of
     /// lower classes that could be swapped out (as far as swap space allows).
     pub fn room_for(&self, class: ClassId) -> u64 {
-        let Some(c) = self.config else { return u64::MAX };
+        let Some(c) = self.config else {
+            return u64::MAX;
+        };
         let lower: u64 = self.resident_by_class[..class.index()].iter().sum();
         let swap_free = c.swap_mb.saturating_sub(self.swap_used_mb);
         self.free_mb().saturating_add(lower.min(swap_free))
@@ -165,6 +175,11 @@ impl MemoryLedger {
 
     pub(crate) fn release_swap(&mut self, mb: u64) {
         self.swap_used_mb -= mb;
+    }
+
+    pub(crate) fn swap_free_mb(&self) -> u64 {
+        self.config
+            .map_or(0, |c| c.swap_mb.saturating_sub(self.swap_used_mb))
     }
 
     /// Whether a swapped-out invocation of `mb` may come back in now.

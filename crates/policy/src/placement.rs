@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn picks_fewest_functions_with_room() {
-        let r = |m, functions, room_mb| PollReply { machine: MachineId(m), functions, room_mb };
+        let r = |m, functions, room_mb| PollReply {
+            machine: MachineId(m),
+            functions,
+            room_mb,
+        };
         let replies = [r(1, 5, 1000), r(2, 2, 50), r(3, 3, 1000), r(4, 3, 1000)];
         assert_eq!(least_loaded(&replies, 100), Some(MachineId(3)));
         assert_eq!(least_loaded(&replies, 0), Some(MachineId(2)));

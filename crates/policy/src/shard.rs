@@ -37,7 +37,12 @@ pub enum Via {
 #[must_use]
 pub enum ShardDecision {
     /// Send `pending` to `machine`. `enqueued_ns` is when it joined the queue.
-    Place { pending: Pending, machine: MachineId, via: Via, enqueued_ns: u64 },
+    Place {
+        pending: Pending,
+        machine: MachineId,
+        via: Via,
+        enqueued_ns: u64,
+    },
     /// The chosen head fits nowhere it looked; it is back at the front of its queue.
     Blocked,
     /// Nothing is waiting.
@@ -108,16 +113,25 @@ impl Shard {
         };
         if self.use_idle_list {
             if let Some(machine) = self.idle.poll_place(pending.start_mb) {
-                return ShardDecision::Place { pending, machine, via: Via::IdleList, enqueued_ns };
+                return ShardDecision::Place {
+                    pending,
+                    machine,
+                    via: Via::IdleList,
+                    enqueued_ns,
+                };
             }
         }
         sample_machines(rng, self.machines, self.k, &mut self.sample);
         self.replies.clear();
-        self.replies.extend(self.sample.iter().map(|&m| poll(m, class)));
+        self.replies
+            .extend(self.sample.iter().map(|&m| poll(m, class)));
         match least_loaded(&self.replies, pending.start_mb) {
-            Some(machine) => {
-                ShardDecision::Place { pending, machine, via: Via::Polling, enqueued_ns }
-            }
+            Some(machine) => ShardDecision::Place {
+                pending,
+                machine,
+                via: Via::Polling,
+                enqueued_ns,
+            },
             None => {
                 self.queue.handle_push_front(class, enqueued_ns, pending);
                 ShardDecision::Blocked
@@ -132,7 +146,11 @@ mod tests {
     use rand::SeedableRng;
 
     fn pending(n: u64, class: u8) -> Pending {
-        Pending { id: InvocationId(n), class: ClassId(class), start_mb: 100 }
+        Pending {
+            id: InvocationId(n),
+            class: ClassId(class),
+            start_mb: 100,
+        }
     }
 
     #[test]
@@ -140,21 +158,53 @@ mod tests {
         let classes = ClassSet::default_four();
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
         let mut shard = Shard::new(&classes, 4, 2, true);
-        shard.handle_idle_join(MachineId(2), IdleEntry { free_mb: 150, functions: 0 });
+        shard.handle_idle_join(
+            MachineId(2),
+            IdleEntry {
+                free_mb: 150,
+                functions: 0,
+            },
+        );
         shard.handle_invocation(0, pending(1, 0));
         shard.handle_invocation(0, pending(2, 0));
         shard.handle_invocation(0, pending(3, 0));
-        let room = |m: MachineId, _| PollReply { machine: m, functions: m.0, room_mb: 1000 };
+        let room = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: m.0,
+            room_mb: 1000,
+        };
         let d = shard.poll_decision(1, &mut rng, room);
-        assert!(matches!(d, ShardDecision::Place { machine: MachineId(2), via: Via::IdleList, .. }));
+        assert!(matches!(
+            d,
+            ShardDecision::Place {
+                machine: MachineId(2),
+                via: Via::IdleList,
+                ..
+            }
+        ));
         // The idle entry has 50 MB left: not enough, so poll.
         let d = shard.poll_decision(1, &mut rng, room);
-        assert!(matches!(d, ShardDecision::Place { via: Via::Polling, .. }));
-        let full = |m: MachineId, _| PollReply { machine: m, functions: 0, room_mb: 10 };
-        assert_eq!(shard.poll_decision(1, &mut rng, full), ShardDecision::Blocked);
+        assert!(matches!(
+            d,
+            ShardDecision::Place {
+                via: Via::Polling,
+                ..
+            }
+        ));
+        let full = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: 0,
+            room_mb: 10,
+        };
+        assert_eq!(
+            shard.poll_decision(1, &mut rng, full),
+            ShardDecision::Blocked
+        );
         assert_eq!(shard.queued(), 1);
         let d = shard.poll_decision(1, &mut rng, room);
-        assert!(matches!(d, ShardDecision::Place { pending: p, enqueued_ns: 0, .. } if p.id == InvocationId(3)));
+        assert!(
+            matches!(d, ShardDecision::Place { pending: p, enqueued_ns: 0, .. } if p.id == InvocationId(3))
+        );
         assert_eq!(shard.poll_decision(1, &mut rng, room), ShardDecision::Idle);
     }
 }

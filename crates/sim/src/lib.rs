@@ -1,1 +1,16 @@
-//! placeholder
+//! Turnpike's discrete-event cluster simulator: it drives the very policy code of
+//! `turnpike-policy` over simulated machines to reproduce and extend the paper's evaluation.
+//!
+//! - [`config`]: an experiment as a TOML file, and the built-in presets.
+//! - [`workload`]: synthetic workloads (paper 4.1) and [`trace`] replay (Azure Functions 2019).
+//! - [`engine`]: the event loop for one scheduler at one load.
+//! - [`experiment`]: sweeps, summaries, CSV and the [`plot`]s, written into an output directory.
+//! - [`stats`]: percentiles and other summaries.
+
+pub mod config;
+pub mod engine;
+pub mod experiment;
+pub mod plot;
+pub mod stats;
+pub mod trace;
+pub mod workload;

@@ -59,7 +59,9 @@ impl EdfMachine {
     }
 
     pub fn handle_completion(&mut self, id: InvocationId) {
-        let Some((key, _)) = self.keys.remove(&id) else { return };
+        let Some((key, _)) = self.keys.remove(&id) else {
+            return;
+        };
         if !self.running.remove(&key) {
             self.waiting.remove(&key);
         }
@@ -110,9 +112,15 @@ mod tests {
         let mut m = EdfMachine::new(2);
         m.handle_arrival(InvocationId(1), 100);
         m.handle_arrival(InvocationId(2), 300);
-        assert_eq!(drain(&mut m), vec![Start(InvocationId(1)), Start(InvocationId(2))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![Start(InvocationId(1)), Start(InvocationId(2))]
+        );
         m.handle_arrival(InvocationId(3), 200);
-        assert_eq!(drain(&mut m), vec![Preempt(InvocationId(2)), Start(InvocationId(3))]);
+        assert_eq!(
+            drain(&mut m),
+            vec![Preempt(InvocationId(2)), Start(InvocationId(3))]
+        );
         m.handle_arrival(InvocationId(4), 400);
         assert_eq!(drain(&mut m), vec![]);
         m.handle_completion(InvocationId(1));

@@ -27,7 +27,12 @@ pub struct PsMachine {
 impl PsMachine {
     pub fn new(cores: u32) -> Self {
         assert!(cores > 0, "a machine needs at least one core");
-        Self { cores: f64::from(cores), tags: BinaryHeap::new(), virtual_ns: 0.0, last_ns: 0 }
+        Self {
+            cores: f64::from(cores),
+            tags: BinaryHeap::new(),
+            virtual_ns: 0.0,
+            last_ns: 0,
+        }
     }
 
     /// Invocations on the machine.
