@@ -65,7 +65,7 @@ const MEMORY_COLUMNS: [&str; 8] = [
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// The file could not be read (missing directory or file, permissions, not UTF-8).
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file that could not be read.
         path: String,

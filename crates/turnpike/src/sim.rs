@@ -41,8 +41,8 @@ pub struct RunArgs {
     #[arg(long)]
     quick: bool,
     /// Worker threads (default: the machine's cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -101,9 +101,10 @@ fn run(mut config: Config, args: RunArgs, name: &str) -> anyhow::Result<()> {
         config = config.quick();
     }
     let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(name));
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t as usize,
+    );
     let show_progress = !args.no_progress;
     let experiment = Experiment::run(config, threads, show_progress)?;
     let files = experiment
