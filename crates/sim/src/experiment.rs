@@ -367,7 +367,7 @@ impl Experiment {
             let bands: Vec<Series> = [("p5", 0.05), ("p50", 0.5), ("p95", 0.95), ("max", 1.0)]
                 .iter()
                 .map(|&(name, q)| Series {
-                    name: format!("{name} across machines"),
+                    name: name.to_string(),
                     points: mem
                         .sample_s
                         .iter()
@@ -416,11 +416,12 @@ impl Experiment {
                     y_label: "MB swapped".into(),
                     categories: (0..mem.swapped_mb.len()).map(|m| m.to_string()).collect(),
                     groups: per_machine,
+                    stacked: true,
                 }
                 .render(),
             ));
-            let by_class = |v: &[u64]| Series {
-                name: String::new(),
+            let by_class = |name: &str, v: &[u64]| Series {
+                name: name.to_string(),
                 points: v
                     .iter()
                     .enumerate()
@@ -430,21 +431,35 @@ impl Experiment {
             let swapped_total: Vec<u64> = (0..self.classes.len())
                 .map(|c| mem.swapped_mb.iter().map(|m| m[c]).sum())
                 .collect();
-            let mut swapped = by_class(&swapped_total);
-            swapped.name = "MB swapped out".into();
-            let mut kills = by_class(&mem.kills_by_class);
-            kills.name = "kills".into();
-            files.push((
-                format!("swapped_by_class{tag}.svg"),
-                BarChart {
-                    title: "memory swapped out and kills, by class".into(),
-                    x_label: "class".into(),
-                    y_label: "MB / count".into(),
-                    categories: self.classes.iter().map(|(_, c)| c.name.clone()).collect(),
-                    groups: vec![swapped, kills],
-                }
-                .render(),
-            ));
+            let class_names: Vec<String> =
+                self.classes.iter().map(|(_, c)| c.name.clone()).collect();
+            for (file, title, y_label, series) in [
+                (
+                    "swapped_by_class",
+                    "memory swapped out, by class",
+                    "MB",
+                    by_class("MB swapped out", &swapped_total),
+                ),
+                (
+                    "kills_by_class",
+                    "invocations killed, by class",
+                    "kills",
+                    by_class("kills", &mem.kills_by_class),
+                ),
+            ] {
+                files.push((
+                    format!("{file}{tag}.svg"),
+                    BarChart {
+                        title: title.into(),
+                        x_label: "class".into(),
+                        y_label: y_label.into(),
+                        categories: class_names.clone(),
+                        groups: vec![series],
+                        stacked: false,
+                    }
+                    .render(),
+                ));
+            }
         }
         files.push(("memory_timeline.csv".into(), timeline));
         files.push(("swapped_by_machine.csv".into(), machines));

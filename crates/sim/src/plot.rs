@@ -101,7 +101,8 @@ pub fn render_panels(panels: &[LineChart], columns: usize) -> String {
     out
 }
 
-/// A grouped bar chart: one bar per (category, group) pair, grouped by category.
+/// A bar chart: one bar per (category, group) pair, side by side within a category, or
+/// stacked into one bar per category (for many categories, such as one per machine).
 #[derive(Clone, Debug)]
 pub struct BarChart {
     pub title: String,
@@ -111,7 +112,12 @@ pub struct BarChart {
     /// One series per bar group; `points[i].1` is the value for `categories[i]` (the x
     /// coordinate is ignored). Missing or non-finite values leave a gap.
     pub groups: Vec<Series>,
+    /// Stack the groups' (non-negative) values into one bar per category.
+    pub stacked: bool,
 }
+
+/// With more categories than this, only every n-th category is labelled.
+const LABELLED_CATEGORIES_MAX: usize = 25;
 
 impl BarChart {
     /// Renders the chart as a complete standalone SVG document (starting with `<svg`,
@@ -125,12 +131,24 @@ impl BarChart {
         let value = |g: &Series, c: usize| g.points.get(c).map(|p| p.1).filter(|v| v.is_finite());
         let n_cat = self.categories.len();
         let mut range: Option<(f64, f64)> = None;
-        for g in &self.groups {
-            for v in (0..n_cat).filter_map(|c| value(g, c)) {
-                range = Some(match range {
-                    None => (v, v),
-                    Some((lo, hi)) => (lo.min(v), hi.max(v)),
-                });
+        let mut widen_to = |v: f64| {
+            range = Some(match range {
+                None => (v, v),
+                Some((lo, hi)) => (lo.min(v), hi.max(v)),
+            });
+        };
+        if self.stacked {
+            for c in 0..n_cat {
+                let vals: Vec<f64> = self.groups.iter().filter_map(|g| value(g, c)).collect();
+                if !vals.is_empty() {
+                    widen_to(vals.iter().map(|v| v.max(0.0)).sum());
+                }
+            }
+        } else {
+            for g in &self.groups {
+                (0..n_cat)
+                    .filter_map(|c| value(g, c))
+                    .for_each(&mut widen_to);
             }
         }
         let Some((lo, hi)) = range else {
@@ -157,30 +175,48 @@ impl BarChart {
         }
 
         let slot = plot.w / n_cat as f64;
-        let n_groups = self.groups.len().max(1) as f64;
+        let n_groups = if self.stacked {
+            1.0
+        } else {
+            self.groups.len().max(1) as f64
+        };
         let bar_w = slot * 0.8 / n_groups;
         let gap = if bar_w > 4.0 { 1.0 } else { 0.0 };
+        let mut stacked_base = vec![0.0f64; n_cat];
         for (gi, g) in self.groups.iter().enumerate() {
             w!(out, "<g fill=\"{}\">\n", colour(gi));
             for c in 0..n_cat {
                 let Some(v) = value(g, c) else { continue };
-                let Some(f) = y_axis.frac(v) else { continue };
-                let vy = plot.py(f);
-                let x = plot.x + slot * c as f64 + slot * 0.1 + bar_w * gi as f64;
+                let (from, to, x) = if self.stacked {
+                    let from = stacked_base[c];
+                    stacked_base[c] += v.max(0.0);
+                    (from, stacked_base[c], plot.x + slot * c as f64 + slot * 0.1)
+                } else {
+                    (
+                        0.0,
+                        v,
+                        plot.x + slot * c as f64 + slot * 0.1 + bar_w * gi as f64,
+                    )
+                };
+                let (Some(f0), Some(f1)) = (y_axis.frac(from), y_axis.frac(to)) else {
+                    continue;
+                };
+                let (y0, y1) = (plot.py(f0), plot.py(f1));
                 w!(
                     out,
                     "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>\n",
                     num(x + gap / 2.0),
-                    num(vy.min(zero_y)),
+                    num(y0.min(y1)),
                     num(bar_w - gap),
-                    num((vy - zero_y).abs())
+                    num((y1 - y0).abs())
                 );
             }
             out.push_str("</g>\n");
         }
 
         let slant = n_cat > SLANT_CATEGORIES;
-        for (c, name) in self.categories.iter().enumerate() {
+        let label_every = n_cat.div_ceil(LABELLED_CATEGORIES_MAX).max(1);
+        for (c, name) in self.categories.iter().enumerate().step_by(label_every) {
             let cx = plot.x + slot * (c as f64 + 0.5);
             let ty = plot.y + plot.h + 16.0;
             if slant {
@@ -918,6 +954,7 @@ mod tests {
             x_label: String::new(),
             y_label: String::new(),
             categories: vec![],
+            stacked: false,
             groups: vec![series("g", &[(0.0, 1.0)])],
         }
         .render();
@@ -971,11 +1008,35 @@ mod tests {
             x_label: "scheduler".into(),
             y_label: "req/s".into(),
             categories: vec!["fifo".into(), "srpt".into(), "turnpike".into()],
+            stacked: false,
             groups: vec![
                 series("cold", &[(0.0, 120.0), (1.0, 150.0), (2.0, 210.0)]),
                 series("warm", &[(0.0, 300.0), (1.0, f64::NAN)]),
             ],
         }
+    }
+
+    #[test]
+    fn stacked_bars_reach_the_sum_and_thin_out_labels() {
+        let mut bars = sample_bars();
+        bars.stacked = true;
+        bars.groups[1].points[1].1 = 60.0;
+        let svg = bars.render();
+        assert_doc(&svg);
+        // Sums are 420, 210, 210: the axis must reach past 400 (ticks 0..500 by 100).
+        assert!(svg.contains(">400</text>"), "{svg}");
+        let grouped = sample_bars().render();
+        assert!(!grouped.contains(">400</text>"));
+        let many = BarChart {
+            categories: (0..100).map(|i| i.to_string()).collect(),
+            groups: vec![series(
+                "g",
+                &(0..100).map(|i| (i as f64, 1.0)).collect::<Vec<_>>(),
+            )],
+            ..sample_bars()
+        }
+        .render();
+        assert!(many.contains(">96</text>") && !many.contains(">97</text>"));
     }
 
     #[test]
