@@ -185,12 +185,12 @@ impl BarChart {
         let mut stacked_base = vec![0.0f64; n_cat];
         for (gi, g) in self.groups.iter().enumerate() {
             w!(out, "<g fill=\"{}\">\n", colour(gi));
-            for c in 0..n_cat {
+            for (c, base) in stacked_base.iter_mut().enumerate() {
                 let Some(v) = value(g, c) else { continue };
                 let (from, to, x) = if self.stacked {
-                    let from = stacked_base[c];
-                    stacked_base[c] += v.max(0.0);
-                    (from, stacked_base[c], plot.x + slot * c as f64 + slot * 0.1)
+                    let from = *base;
+                    *base += v.max(0.0);
+                    (from, *base, plot.x + slot * c as f64 + slot * 0.1)
                 } else {
                     (
                         0.0,

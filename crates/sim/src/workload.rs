@@ -81,7 +81,15 @@ impl<'a> Workload<'a> {
     ) -> Self {
         let mut rng = Pcg64Mcg::seed_from_u64(config.seed ^ 0x5eed_f00c_7e57_10e5);
         let w = &config.workload;
-        let class_cdf = cumulative(config.classes.iter().map(|c| c.weight));
+        // In `ClassSet` order (ascending price), whatever the order of the file.
+        let weight_of = |name: &str| {
+            config
+                .classes
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0.0, |c| c.weight)
+        };
+        let class_cdf = cumulative(classes.iter().map(|(_, c)| weight_of(&c.name)));
         let cores = f64::from(config.cluster.machines) * f64::from(config.cluster.cores);
         let end_ns = (w.duration_s * NS_PER_S) as u64;
         match (w.arrivals, trace) {
