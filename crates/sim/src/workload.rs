@@ -115,9 +115,23 @@ impl<'a> Workload<'a> {
                         Function { class, xm_ms: 0.0 }
                     })
                     .collect();
-                let mean_runtime_ns = trace.mean_runtime_ms(from, count) * NS_PER_MS;
-                let wanted_per_s = load * cores / (mean_runtime_ns / NS_PER_S);
-                let speedup = wanted_per_s / trace.rate_per_s(from, count).max(f64::MIN_POSITIVE);
+                // The compression that offers `load` depends on the minutes actually replayed,
+                // which depend on the compression: iterate to the fixed point (it settles in a
+                // few steps; the mix of functions changes slowly over minutes).
+                let mut replayed = count;
+                let (mut speedup, mut mean_runtime_ns) = (1.0, 0.0);
+                for _ in 0..8 {
+                    mean_runtime_ns = trace.mean_runtime_ms(from, replayed) * NS_PER_MS;
+                    let wanted_per_s = load * cores / (mean_runtime_ns / NS_PER_S).max(1e-9);
+                    let rate = trace.rate_per_s(from, replayed).max(f64::MIN_POSITIVE);
+                    speedup = wanted_per_s / rate;
+                    let minutes = (w.duration_s * speedup / 60.0).ceil() as usize;
+                    let next = minutes.clamp(1, count);
+                    if next == replayed {
+                        break;
+                    }
+                    replayed = next;
+                }
                 let arrivals = TraceArrivals::new(trace, from, count, speedup);
                 let source = Source::Trace { arrivals, trace };
                 Self {
