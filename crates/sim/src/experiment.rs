@@ -298,32 +298,34 @@ impl Experiment {
             .collect()
     }
 
+    /// One panel per scheduler: mean and spread of utilization against offered load.
     fn utilization_plot(&self) -> String {
-        let mut series = Vec::new();
-        for s in self.schedulers() {
-            for (stat, pick) in [("mean", 0usize), ("p5", 1), ("p95", 2)] {
-                series.push(Series {
-                    name: format!("{} {stat}", s.name()),
-                    points: self
-                        .runs
-                        .iter()
-                        .filter(|r| r.scheduler == s)
-                        .filter_map(|r| {
-                            let sp = Spread::of(&r.utilization)?;
-                            Some((r.load, [sp.mean, sp.p5, sp.p95][pick]))
-                        })
-                        .collect(),
-                });
-            }
-        }
-        LineChart {
-            title: "compute utilization (across machines and 1 s windows)".into(),
-            x_label: "offered load".into(),
-            y_label: "utilization".into(),
-            y_scale: Scale::Linear,
-            series,
-        }
-        .render()
+        let panels: Vec<LineChart> = self
+            .schedulers()
+            .into_iter()
+            .map(|s| LineChart {
+                title: format!("{} utilization", s.name()),
+                x_label: "offered load".into(),
+                y_label: "across machines and windows".into(),
+                y_scale: Scale::Linear,
+                series: [("p95", 0usize), ("mean", 1), ("p5", 2)]
+                    .iter()
+                    .map(|&(stat, pick)| Series {
+                        name: stat.into(),
+                        points: self
+                            .runs
+                            .iter()
+                            .filter(|r| r.scheduler == s)
+                            .filter_map(|r| {
+                                let sp = Spread::of(&r.utilization)?;
+                                Some((r.load, [sp.p95, sp.mean, sp.p5][pick]))
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        render_panels(&panels, panels.len().min(3))
     }
 
     fn memory_outputs(&self) -> Vec<(String, String)> {
