@@ -490,8 +490,10 @@ fn memory_summary(r: &RunOutcome, class_names: &[&str]) -> Option<Value> {
         .enumerate()
         .map(|(m, by)| {
             let util: Vec<f64> = mem.used_mb.iter().map(|s| s[m] as f64 / cap).collect();
+            let swap_peak = mem.swap_used_mb.iter().map(|s| s[m]).max().unwrap_or(0);
             json!({
                 "machine": m,
+                "swap_used_mb_max": swap_peak,
                 "swapped_mb": by.iter().sum::<u64>(),
                 "swapped_mb_by_class": keyed(by),
                 "memory_utilization": Spread::of(&util),
@@ -508,8 +510,10 @@ fn memory_summary(r: &RunOutcome, class_names: &[&str]) -> Option<Value> {
         .iter()
         .map(|by| by.iter().sum::<u64>() as f64)
         .collect();
+    let swap_peak = mem.swap_used_mb.iter().flatten().copied().max().unwrap_or(0);
     Some(json!({
         "capacity_mb": mem.capacity_mb,
+        "swap_used_mb_max": swap_peak,
         "swapped_mb_by_class": keyed(&swapped_total),
         "swap_outs_by_class": keyed(&mem.swap_outs_by_class),
         "swap_ins_by_class": keyed(&mem.swap_ins_by_class),
