@@ -65,6 +65,12 @@ struct Entry {
     residence: Residence,
 }
 
+/// Orders victims: the smallest key is the lowest class and, within it, the latest arrival.
+fn victim_key(class: ClassId, seq: u64) -> u64 {
+    debug_assert!(seq < 1 << 56, "arrival sequence numbers fit in 56 bits");
+    (u64::from(class.0) << 56) | ((1 << 56) - 1 - seq)
+}
+
 /// How far into a class FIFO to look for an eligible invocation (bounds the work per decision
 /// when swapped-out heads cannot come back yet).
 const ELIGIBLE_SCAN_MAX: usize = 32;
@@ -76,6 +82,9 @@ pub struct Machine {
     /// Per class, waiting invocations in run order (preempted ones go back to the front).
     waiting: Vec<VecDeque<InvocationId>>,
     running: Vec<InvocationId>,
+    /// `victim_key` of each running invocation, same order as `running`: the victim search
+    /// scans these integers instead of looking every running entry up.
+    running_keys: Vec<u64>,
     memory: MemoryLedger,
     next_seq: u64,
     actions: VecDeque<MachineAction>,
@@ -89,6 +98,7 @@ impl Machine {
             entries: FxHashMap::default(),
             waiting: vec![VecDeque::new(); classes],
             running: Vec::with_capacity(config.cores as usize),
+            running_keys: Vec::with_capacity(config.cores as usize),
             memory: MemoryLedger::new(config.memory, classes),
             next_seq: 0,
             actions: VecDeque::new(),
@@ -224,11 +234,22 @@ impl Machine {
 
     /// The running invocation to preempt or kill first: lowest class, latest arrival.
     fn lowest_running(&self) -> Option<(usize, Entry)> {
-        self.running
+        let (at, _) = self
+            .running_keys
             .iter()
             .enumerate()
-            .map(|(i, id)| (i, self.entries[id]))
-            .min_by_key(|(_, e)| (e.class, std::cmp::Reverse(e.seq)))
+            .min_by_key(|&(_, k)| *k)?;
+        Some((at, self.entries[&self.running[at]]))
+    }
+
+    fn push_running(&mut self, id: InvocationId, class: ClassId, seq: u64) {
+        self.running.push(id);
+        self.running_keys.push(victim_key(class, seq));
+    }
+
+    fn remove_running(&mut self, at: usize) -> InvocationId {
+        self.running_keys.swap_remove(at);
+        self.running.swap_remove(at)
     }
 
     fn run(&mut self, class: ClassId, pos: usize) {
@@ -254,11 +275,11 @@ impl Machine {
                 self.actions.push_back(MachineAction::Resume(id));
             }
         }
-        self.running.push(id);
+        self.push_running(id, class, seq);
     }
 
     fn preempt(&mut self, running_at: usize) {
-        let id = self.running.swap_remove(running_at);
+        let id = self.remove_running(running_at);
         let e = self.entries.get_mut(&id).expect("running entry");
         e.running = false;
         // It arrived after every running invocation of its class that stays, and before every
@@ -339,7 +360,7 @@ impl Machine {
                 .iter()
                 .position(|&r| r == id)
                 .expect("running entry");
-            self.running.swap_remove(at);
+            self.remove_running(at);
         } else {
             let q = &mut self.waiting[e.class.index()];
             let at = q.iter().position(|&w| w == id).expect("waiting entry");

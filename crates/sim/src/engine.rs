@@ -159,7 +159,10 @@ pub struct Sim<'a> {
     seq: u64,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     workload: Workload<'a>,
+    /// The next arrival lives outside the heap (one fewer heap operation per invocation); it
+    /// takes a sequence number like any event, so ties order exactly as if it were queued.
     next_arrival: Option<Arrival>,
+    next_arrival_seq: u64,
     rng: Pcg64Mcg,
     invs: Vec<Inv>,
     in_flight: u64,
@@ -223,6 +226,7 @@ impl<'a> Sim<'a> {
             seq: 0,
             events: BinaryHeap::new(),
             next_arrival: None,
+            next_arrival_seq: 0,
             rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x7011_c1e5),
             invs: Vec::new(),
             in_flight: 0,
@@ -297,10 +301,7 @@ impl<'a> Sim<'a> {
             workload,
         };
         sim.outcome.mean_runtime_ms = sim.workload.mean_runtime_ns() / NS_PER_MS as f64;
-        sim.next_arrival = sim.workload.next_arrival();
-        if let Some(a) = sim.next_arrival {
-            sim.push(a.at_ns, Event::Arrival);
-        }
+        sim.take_next_arrival();
         // The first window event only marks the start of the measured interval.
         sim.push(sim.warmup_ns, Event::Window);
         if sim.outcome.memory.is_some() {
@@ -320,7 +321,7 @@ impl<'a> Sim<'a> {
 
     /// Runs to the end; `progress` gets the fraction of simulated time done, now and then.
     pub fn run(mut self, progress: &mut dyn FnMut(f64)) -> RunOutcome {
-        while let Some(Reverse((at_ns, _, event))) = self.events.pop() {
+        while let Some((at_ns, event)) = self.pop_event() {
             if at_ns > self.stop_ns {
                 break;
             }
@@ -371,9 +372,22 @@ impl<'a> Sim<'a> {
             SchedulerKind::Hermod => self.hermod_place(id),
             SchedulerKind::Edf => self.edf_arrival(id),
         }
+        self.take_next_arrival();
+    }
+
+    fn take_next_arrival(&mut self) {
         self.next_arrival = self.workload.next_arrival();
-        if let Some(next) = self.next_arrival {
-            self.push(next.at_ns, Event::Arrival);
+        self.seq += 1;
+        self.next_arrival_seq = self.seq;
+    }
+
+    /// The next event in (time, sequence) order, from the heap or the pending arrival.
+    fn pop_event(&mut self) -> Option<(u64, Event)> {
+        let arrival = self.next_arrival.map(|a| (a.at_ns, self.next_arrival_seq));
+        let queued = self.events.peek().map(|Reverse((at, seq, _))| (*at, *seq));
+        match (arrival, queued) {
+            (Some(a), q) if q.is_none_or(|q| a < q) => Some((a.0, Event::Arrival)),
+            _ => self.events.pop().map(|Reverse((at, _, event))| (at, event)),
         }
     }
 

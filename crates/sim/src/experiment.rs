@@ -510,7 +510,13 @@ fn memory_summary(r: &RunOutcome, class_names: &[&str]) -> Option<Value> {
         .iter()
         .map(|by| by.iter().sum::<u64>() as f64)
         .collect();
-    let swap_peak = mem.swap_used_mb.iter().flatten().copied().max().unwrap_or(0);
+    let swap_peak = mem
+        .swap_used_mb
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0);
     Some(json!({
         "capacity_mb": mem.capacity_mb,
         "swap_used_mb_max": swap_peak,

@@ -1,0 +1,463 @@
+//! Simulator throughput: simulated invocations per wall-second on one thread.
+//!
+//! `cargo bench -p turnpike-sim --bench throughput [-- NAME... | --quick]`
+//!
+//! Workloads (all at offered load 0.9 with the fig4 preset's classes and per-function Pareto
+//! runtimes, unlimited memory, idle list off):
+//! - fig4: 100 machines x 8 cores, 250 simulated seconds of arrivals (~2.2 M invocations),
+//!   Turnpike, Hermod and EDF;
+//! - 2000x64: 2,000 machines x 64 cores, Turnpike, 1.5 simulated seconds (~2.1 M invocations).
+//!
+//! Each workload has a baseline measured in the same run: a bare event loop that draws the
+//! same arrivals from `Workload::next_arrival` and pushes and pops an arrival and a completion
+//! event per invocation on a `BinaryHeap` (each invocation completes after its runtime, as on
+//! infinitely many cores, so the heap holds as many events as the real run has invocations in
+//! flight). That is the floor of any discrete-event simulator of this workload.
+//!
+//! Every run is a child process (this binary again, with `--child N`), so each has its own
+//! peak RSS (`VmHWM` from `/proc/self/status`) and no run inherits another's heap. The runs
+//! are interleaved (bare, turnpike, hermod, edf, bare, turnpike, ... in each of 5 rounds);
+//! each figure is the median over rounds and each ratio the median of the per-round ratios
+//! to the same round's bare loop. CPU time used by other processes during the runs is
+//! printed: a run that shared the machine is not a figure. Nothing asserts on wall time.
+//!
+//! Arguments: words select runs by name (`turnpike`, `2000x64`, ...); `--quick` is one round
+//! of a tenth of the simulated time. Without `--bench` (as under `cargo test --benches`) it
+//! only runs a tiny smoke version.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hint::black_box;
+use std::process::Command;
+use std::time::Instant;
+
+use turnpike_policy::ClassSet;
+use turnpike_sim::config::{Config, SchedulerKind};
+use turnpike_sim::engine::Sim;
+use turnpike_sim::workload::Workload;
+
+const LOAD: f64 = 0.9;
+
+/// What to time on a workload.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Runner {
+    Bare,
+    Sim(SchedulerKind),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    name: &'static str,
+    big: bool,
+    runner: Runner,
+}
+
+const CASES: [Case; 6] = [
+    Case {
+        name: "bare loop, fig4",
+        big: false,
+        runner: Runner::Bare,
+    },
+    Case {
+        name: "turnpike fig4",
+        big: false,
+        runner: Runner::Sim(SchedulerKind::Turnpike),
+    },
+    Case {
+        name: "hermod fig4",
+        big: false,
+        runner: Runner::Sim(SchedulerKind::Hermod),
+    },
+    Case {
+        name: "edf fig4",
+        big: false,
+        runner: Runner::Sim(SchedulerKind::Edf),
+    },
+    Case {
+        name: "bare loop, 2000x64",
+        big: true,
+        runner: Runner::Bare,
+    },
+    Case {
+        name: "turnpike 2000x64",
+        big: true,
+        runner: Runner::Sim(SchedulerKind::Turnpike),
+    },
+];
+
+/// How big the runs are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Size {
+    /// `cargo bench`: the figures.
+    Full,
+    /// `--quick`: a tenth of the simulated time, one round.
+    Quick,
+    /// No `--bench`: tiny clusters, a second of arrivals; only checks that it all runs.
+    Smoke,
+}
+
+impl Size {
+    fn flag(self) -> &'static [&'static str] {
+        match self {
+            Self::Full => &["--bench"],
+            Self::Quick => &["--bench", "--quick"],
+            Self::Smoke => &[],
+        }
+    }
+
+    fn rounds(self) -> usize {
+        if self == Self::Full {
+            5
+        } else {
+            1
+        }
+    }
+
+    fn config(self, big: bool) -> Config {
+        let mut c = Config::preset("fig4").expect("the fig4 preset parses");
+        c.loads = vec![LOAD];
+        let secs = match (self, big) {
+            (Self::Full, false) => 250.0,
+            (Self::Full, true) => 1.5,
+            (Self::Quick, false) => 25.0,
+            (Self::Quick, true) => 0.15,
+            (Self::Smoke, _) => 1.0,
+        };
+        c.workload.duration_s = secs;
+        c.workload.warmup_s = secs * 0.1;
+        if big {
+            c.cluster.machines = 2_000;
+            c.cluster.cores = 64;
+        }
+        if self == Self::Smoke {
+            c.cluster.machines = if big { 20 } else { 10 };
+        }
+        c
+    }
+}
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    invocations: u64,
+    events: u64,
+    secs: f64,
+    peak_rss_kb: Option<u64>,
+}
+
+impl Sample {
+    fn inv_per_s(&self) -> f64 {
+        self.invocations as f64 / self.secs
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let size = match (
+        args.iter().any(|a| a == "--bench"),
+        args.iter().any(|a| a == "--quick"),
+    ) {
+        (true, false) => Size::Full,
+        (true, true) => Size::Quick,
+        (false, _) => Size::Smoke,
+    };
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let case: usize = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--child takes a case number");
+        let s = run(&size.config(CASES[case].big), CASES[case].runner);
+        println!(
+            "RESULT {} {} {} {}",
+            s.invocations,
+            s.events,
+            s.secs,
+            s.peak_rss_kb.unwrap_or(0)
+        );
+        return;
+    }
+    // Words that are not flags select runs by name.
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let cases: Vec<usize> = (0..CASES.len())
+        .filter(|&i| filters.is_empty() || filters.iter().any(|f| CASES[i].name.contains(f)))
+        .collect();
+
+    for (name, big) in [("fig4", false), ("2000x64", true)] {
+        let c = size.config(big);
+        println!(
+            "workload {name}: {} machines x {} cores, load {LOAD}, {} s of arrivals (+ up to {} s \
+             drain), per-function Pareto(alpha 2.5, x_m ~ N(50, 20) ms), unlimited memory, idle \
+             list off",
+            c.cluster.machines, c.cluster.cores, c.workload.duration_s, c.workload.drain_s
+        );
+    }
+
+    let rounds = size.rounds();
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    let started = Instant::now();
+    let cpu_before = CpuTimes::now();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CASES.len()];
+    for round in 0..rounds {
+        for &i in &cases {
+            let out = Command::new(&exe)
+                .args(size.flag())
+                .arg("--child")
+                .arg(i.to_string())
+                .output()
+                .expect("the bench can run itself");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let s = text
+                .lines()
+                .find_map(parse_result)
+                .unwrap_or_else(|| panic!("run {} failed: {out:?}", CASES[i].name));
+            println!(
+                "  round {}: {:<20} {:>6.2} M inv/s  ({} inv, {} events, {:.2} s)",
+                round + 1,
+                CASES[i].name,
+                s.inv_per_s() / 1e6,
+                s.invocations,
+                s.events,
+                s.secs
+            );
+            samples[i].push(s);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let others = cpu_before
+        .filter(|_| wall >= 1.0)
+        .and_then(|b| CpuTimes::now().map(|a| a.others_since(&b, wall)));
+
+    // Per case: median rate, and the median of per-round ratios to its workload's bare loop.
+    let bare_of = |i: usize| {
+        cases
+            .iter()
+            .copied()
+            .find(|&b| CASES[b].big == CASES[i].big && CASES[b].runner == Runner::Bare)
+    };
+    let rate = |i: usize| median(samples[i].iter().map(Sample::inv_per_s).collect());
+    let ratio = |i: usize| {
+        bare_of(i).map(|b| {
+            median(
+                samples[i]
+                    .iter()
+                    .zip(&samples[b])
+                    .map(|(x, b)| x.inv_per_s() / b.inv_per_s())
+                    .collect(),
+            )
+        })
+    };
+
+    println!();
+    println!(
+        "simulated invocations per wall-second, one thread, load {LOAD}; median of {rounds} \
+         interleaved round(s)"
+    );
+    println!(
+        "{:<20} {:>9} {:>12} {:>12} {:>9} {:>8} {:>12}",
+        "run", "M inv/s", "M events/s", "invocations", "vs bare", "spread", "peak RSS MB"
+    );
+    for &i in &cases {
+        let s = &samples[i];
+        let events = median(s.iter().map(|x| x.events as f64 / x.secs).collect());
+        let rss = s
+            .iter()
+            .filter_map(|x| x.peak_rss_kb)
+            .max()
+            .map_or("n/a".to_string(), |kb| format!("{:.0}", kb as f64 / 1024.0));
+        println!(
+            "{:<20} {:>9.2} {:>12.2} {:>12} {:>9} {:>7.0}% {:>12}",
+            CASES[i].name,
+            rate(i) / 1e6,
+            events / 1e6,
+            s[0].invocations,
+            ratio(i).map_or("n/a".to_string(), |r| format!("{r:.3}x")),
+            spread_pct(s),
+            rss
+        );
+    }
+    println!(
+        "(spread: (max - min) / median of the rounds' rates; peak RSS: VmHWM of the run's process)"
+    );
+    println!();
+    for &i in &cases {
+        if CASES[i].runner == Runner::Bare {
+            continue;
+        }
+        let vs = ratio(i).map_or(String::new(), |r| format!(" ({r:.3} x the bare loop)"));
+        println!("{}: {:.2} M inv/s{vs}", CASES[i].name, rate(i) / 1e6);
+    }
+    match others {
+        Some(o) => println!(
+            "other work on this machine during the runs: {o:.2} CPUs on average \
+             (discard the figures if that is well above 0)"
+        ),
+        None => {
+            println!("other work on this machine during the runs: unknown (no /proc, or too short)")
+        }
+    }
+    println!(
+        "target: >= 1.00 M simulated inv/s for turnpike fig4 (reported, not asserted); \
+         total wall {wall:.1} s"
+    );
+}
+
+fn parse_result(line: &str) -> Option<Sample> {
+    let f: Vec<&str> = line.strip_prefix("RESULT ")?.split(' ').collect();
+    let rss: u64 = f.get(3)?.parse().ok()?;
+    Some(Sample {
+        invocations: f.first()?.parse().ok()?,
+        events: f.get(1)?.parse().ok()?,
+        secs: f.get(2)?.parse().ok()?,
+        peak_rss_kb: (rss > 0).then_some(rss),
+    })
+}
+
+fn run(config: &Config, runner: Runner) -> Sample {
+    let classes = config.class_set().expect("the preset's classes are valid");
+    let started = Instant::now();
+    let (invocations, events) = match runner {
+        Runner::Bare => bare_loop(config, &classes),
+        Runner::Sim(kind) => {
+            let outcome = Sim::new(config, &classes, kind, LOAD, None).run(&mut |_| {});
+            let counts = (outcome.invocations, outcome.events);
+            // Dropping the outcome (latency vectors) is part of a run's cost.
+            drop(black_box(outcome));
+            counts
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    Sample {
+        invocations,
+        events,
+        secs,
+        peak_rss_kb: peak_rss_kb(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum BareEvent {
+    Arrival,
+    Complete { runtime_ns: u64 },
+}
+
+/// What any simulator of this workload must do: draw each arrival, and push and pop its
+/// arrival and its completion on a time-ordered heap (ties in scheduling order, like the
+/// engine's). Completions come after the runtime, as on infinitely many cores.
+fn bare_loop(config: &Config, classes: &ClassSet) -> (u64, u64) {
+    let mut workload = Workload::new(config, classes, LOAD, None);
+    let mut heap: BinaryHeap<Reverse<(u64, u64, BareEvent)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let (mut invocations, mut events, mut completed) = (0u64, 0u64, 0u64);
+    let mut next = workload.next_arrival();
+    if let Some(a) = next {
+        seq += 1;
+        heap.push(Reverse((a.at_ns, seq, BareEvent::Arrival)));
+    }
+    while let Some(Reverse((now, _, event))) = heap.pop() {
+        events += 1;
+        match event {
+            BareEvent::Arrival => {
+                let a = next.take().expect("an arrival event has its arrival");
+                invocations += 1;
+                seq += 1;
+                heap.push(Reverse((
+                    now + a.runtime_ns,
+                    seq,
+                    BareEvent::Complete {
+                        runtime_ns: a.runtime_ns,
+                    },
+                )));
+                next = workload.next_arrival();
+                if let Some(n) = next {
+                    seq += 1;
+                    heap.push(Reverse((n.at_ns, seq, BareEvent::Arrival)));
+                }
+            }
+            BareEvent::Complete { runtime_ns } => {
+                completed += 1;
+                black_box(runtime_ns);
+            }
+        }
+    }
+    assert_eq!(completed, invocations, "every bare invocation completes");
+    (invocations, events)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread_pct(s: &[Sample]) -> f64 {
+    let r: Vec<f64> = s.iter().map(Sample::inv_per_s).collect();
+    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().copied().fold(0.0, f64::max);
+    (hi - lo) / median(r) * 100.0
+}
+
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Busy CPU time of the whole machine and of this process and its finished children, to tell
+/// whether the runs shared the machine with other work.
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    machine_busy_ticks: u64,
+    own_ticks: u64,
+}
+
+impl CpuTimes {
+    /// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
+    const HZ: f64 = 100.0;
+
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+        let busy = cpu.iter().take(8).sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // After the command (which may hold spaces) come state (field 3), ..., utime (14),
+        // stime (15), cutime (16), cstime (17).
+        let rest = &own[own.rfind(')')? + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(Self {
+            machine_busy_ticks: busy,
+            own_ticks: f.iter().sum(),
+        })
+    }
+
+    /// CPUs' worth of work by other processes between `before` and now, over `wall` seconds.
+    fn others_since(&self, before: &Self, wall: f64) -> f64 {
+        let all = self
+            .machine_busy_ticks
+            .saturating_sub(before.machine_busy_ticks);
+        let own = self.own_ticks.saturating_sub(before.own_ticks);
+        all.saturating_sub(own) as f64 / Self::HZ / wall.max(1e-9)
+    }
+}
