@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the example functions (examples/functions/*, a Cargo workspace of its own) as
+# WebAssembly components for wasm32-wasip2 and copies them to examples/functions/dist/<name>.wasm.
+# Installs the wasm32-wasip2 target if it is missing. Idempotent: rerunning rebuilds what changed
+# and overwrites dist/. Fails if an output is a core module rather than a component.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=wasm32-wasip2
+FUNCTIONS_DIR=examples/functions
+TARGET_DIR="$FUNCTIONS_DIR/target"
+DIST_DIR="$FUNCTIONS_DIR/dist"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+  echo "installing the $TARGET target"
+  rustup target add "$TARGET"
+fi
+
+# The functions are the workspace members that build a cdylib (guest-util is a plain library).
+functions=()
+for manifest in "$FUNCTIONS_DIR"/*/Cargo.toml; do
+  if grep -q 'crate-type *= *\["cdylib"\]' "$manifest"; then
+    functions+=("$(basename "$(dirname "$manifest")")")
+  fi
+done
+if [ "${#functions[@]}" -eq 0 ]; then
+  echo "no functions found under $FUNCTIONS_DIR" >&2
+  exit 1
+fi
+
+# Release profile (lto, opt-level, strip, panic=abort) lives in examples/functions/Cargo.toml.
+# --locked: build exactly the dependencies of examples/functions/Cargo.lock.
+cargo build \
+  --manifest-path "$FUNCTIONS_DIR/Cargo.toml" \
+  --target-dir "$TARGET_DIR" \
+  --target "$TARGET" \
+  --release \
+  --locked \
+  --workspace
+
+# A component starts with the magic `\0asm` and then version 0x0d 0x00 layer 0x01 0x00;
+# a core module would have version 0x01 0x00 layer 0x00 0x00.
+COMPONENT_HEADER="00 61 73 6d 0d 00 01 00"
+
+mkdir -p "$DIST_DIR"
+echo
+echo "components in $(pwd)/$DIST_DIR:"
+for name in "${functions[@]}"; do
+  built="$TARGET_DIR/$TARGET/release/${name//-/_}.wasm"
+  if [ ! -f "$built" ]; then
+    echo "error: $built was not produced" >&2
+    exit 1
+  fi
+  header="$(head -c 8 "$built" | od -An -tx1 | tr -s ' ' | sed 's/^ //; s/ $//')"
+  if [ "$header" != "$COMPONENT_HEADER" ]; then
+    echo "error: $built is not a WebAssembly component (header: $header)" >&2
+    exit 1
+  fi
+  cp -f "$built" "$DIST_DIR/$name.wasm"
+  printf '  %-8s %8d bytes  %s\n' "$name" "$(wc -c <"$DIST_DIR/$name.wasm")" "$DIST_DIR/$name.wasm"
+done
