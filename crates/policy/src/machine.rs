@@ -71,10 +71,6 @@ fn victim_key(class: ClassId, seq: u64) -> u64 {
     (u64::from(class.0) << 56) | ((1 << 56) - 1 - seq)
 }
 
-/// How far into a class FIFO to look for an eligible invocation (bounds the work per decision
-/// when swapped-out heads cannot come back yet).
-const ELIGIBLE_SCAN_MAX: usize = 32;
-
 #[derive(Debug, Clone)]
 pub struct Machine {
     cores: usize,
@@ -217,7 +213,10 @@ impl Machine {
     fn best_eligible(&self) -> Option<(ClassId, usize)> {
         let nothing_running = self.running.is_empty();
         for (c, q) in self.waiting.iter().enumerate().rev() {
-            for (pos, id) in q.iter().take(ELIGIBLE_SCAN_MAX).enumerate() {
+            // The whole FIFO: an eligible invocation behind any number of memory-blocked ones
+            // must be found, or a lower class would run in its place. With unlimited memory
+            // the head is always eligible, so this costs one look.
+            for (pos, id) in q.iter().enumerate() {
                 let e = &self.entries[id];
                 let eligible = match e.residence {
                     Residence::Resident => true,
