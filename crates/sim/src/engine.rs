@@ -496,19 +496,9 @@ impl<'a> Sim<'a> {
         let limited = self.memory_limited();
         while let Some(action) = self.machines[m as usize].poll_action() {
             match action {
-                MachineAction::Start(id) | MachineAction::Resume(id) => {
-                    let inv = id.0 as u32;
-                    let i = &mut self.invs[inv as usize];
-                    i.run_since_ns = self.now;
-                    let (at, version) = (self.now + i.remaining_ns, i.version);
-                    self.push(at, Event::Complete { inv, version });
-                }
+                MachineAction::Start(id) | MachineAction::Resume(id) => self.on_running(id),
                 MachineAction::Preempt(id) => {
-                    let now = self.now;
-                    let i = &mut self.invs[id.0 as usize];
-                    let mb = i.memory_mb(now, true);
-                    i.remaining_ns -= now - i.run_since_ns;
-                    i.version += 1;
+                    let mb = self.on_preempted(id);
                     if limited {
                         self.machines[m as usize].handle_memory(id, mb);
                     }
@@ -703,28 +693,37 @@ impl<'a> Sim<'a> {
     }
 
     fn drain_edf(&mut self) {
-        let edf = self.edf.as_mut().expect("edf run");
-        while let Some(action) = edf.poll_action() {
+        while let Some(action) = self.edf.as_mut().expect("edf run").poll_action() {
             match action {
-                MachineAction::Start(id) | MachineAction::Resume(id) => {
-                    let inv = id.0 as u32;
-                    let i = &mut self.invs[inv as usize];
-                    i.run_since_ns = self.now;
-                    let (at, version) = (self.now + i.remaining_ns, i.version);
-                    self.seq += 1;
-                    self.events
-                        .push(Reverse((at, self.seq, Event::Complete { inv, version })));
-                }
+                MachineAction::Start(id) | MachineAction::Resume(id) => self.on_running(id),
                 MachineAction::Preempt(id) => {
-                    let i = &mut self.invs[id.0 as usize];
-                    i.remaining_ns -= self.now - i.run_since_ns;
-                    i.version += 1;
+                    let _ = self.on_preempted(id);
                 }
                 other => unreachable!("EDF only starts, preempts and resumes: {other:?}"),
             }
         }
-        let running = edf.running_len() as f64;
+        let running = self.edf.as_ref().expect("edf run").running_len() as f64;
         self.busy[0].set(self.now, running);
+    }
+
+    /// An invocation got a core: its completion is due after its remaining work.
+    fn on_running(&mut self, id: InvocationId) {
+        let inv = id.0 as u32;
+        let i = &mut self.invs[inv as usize];
+        i.run_since_ns = self.now;
+        let (at, version) = (self.now + i.remaining_ns, i.version);
+        self.push(at, Event::Complete { inv, version });
+    }
+
+    /// An invocation lost its core: its work done so far is kept and its pending completion
+    /// invalidated. Returns its memory at this point.
+    fn on_preempted(&mut self, id: InvocationId) -> u64 {
+        let now = self.now;
+        let i = &mut self.invs[id.0 as usize];
+        let mb = i.memory_mb(now, true);
+        i.remaining_ns -= now - i.run_since_ns;
+        i.version += 1;
+        mb
     }
 
     // ---- Measurement ----
