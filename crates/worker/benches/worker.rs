@@ -1,0 +1,237 @@
+//! Worker runtime figures: `cargo bench -p turnpike-worker --bench worker` (needs
+//! `scripts/build-examples.sh` first). Each figure comes with a baseline from the same run,
+//! measured interleaved (A B A B ...) so both see the same machine.
+//!
+//! - hello, one at a time, run directly on the calling task (`run_unscheduled`: new store and
+//!   instance, request in, response collected), with the runtime's pool settings against
+//!   wasmtime's defaults (pool slots released to the kernel on reuse);
+//! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
+//!   threads, the result sent back) against direct;
+//! - hello throughput of one worker, 1 slot and C slots, 16 in flight;
+//! - preemption latency: a top-class hello's submit-to-first-poll while a batch spin holds the
+//!   only slot, against the same with the slot idle;
+//! - the cost of epoch checks (and of yielding at every 1 ms tick) on CPU-bound guests, `spin`
+//!   and `fib`, against an engine that compiles no checks.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use turnpike_policy::ClassId;
+use turnpike_worker::guest::run_unscheduled;
+use turnpike_worker::{
+    Function, InvokeOptions, Outcome, Request, Runtime, RuntimeConfig, Worker, WorkerConfig,
+};
+
+const CAP_BYTES: u64 = 64 << 20;
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/functions/dist")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}): run scripts/build-examples.sh first",
+            path.display()
+        )
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+    println!(
+        "{name:<46} n={:<6} p50 {:>8.1} us   p99 {:>8.1} us",
+        samples.len(),
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    p50
+}
+
+fn worker(runtime: &Arc<Runtime>, cores: u32) -> Worker {
+    Worker::new(
+        runtime.clone(),
+        WorkerConfig {
+            cores,
+            ..WorkerConfig::default()
+        },
+    )
+    .expect("worker starts")
+}
+
+async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration>, f: F) {
+    let t = Instant::now();
+    let ok = f.await;
+    samples.push(t.elapsed());
+    assert!(ok);
+}
+
+async fn hello_latency(hello: &Arc<Function>, released: &Arc<Function>, w: &Worker, n: usize) {
+    let opts = InvokeOptions::class(ClassId(1));
+    let (mut resident, mut plain, mut scheduled) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..n + n / 10 {
+        let (a, b, c) = if round < n / 10 {
+            (&mut Vec::new(), &mut Vec::new(), &mut Vec::new()) // warm-up
+        } else {
+            (&mut resident, &mut plain, &mut scheduled)
+        };
+        timed(a, async {
+            run_unscheduled(hello, Request::get("/"), CAP_BYTES)
+                .await
+                .is_ok()
+        })
+        .await;
+        timed(b, async {
+            run_unscheduled(released, Request::get("/"), CAP_BYTES)
+                .await
+                .is_ok()
+        })
+        .await;
+        timed(c, async {
+            w.invoke(hello, Request::get("/"), opts.clone())
+                .await
+                .result
+                .is_ok()
+        })
+        .await;
+    }
+    let p = summary("hello direct, pool slots released on reuse", plain);
+    let d = summary("hello direct, kept resident + PAGEMAP_SCAN", resident);
+    let s = summary("hello through a 1-slot worker", scheduled);
+    println!(
+        "  p50 ratios: resident/released {:.2}, worker/direct {:.2}",
+        d.as_secs_f64() / p.as_secs_f64(),
+        s.as_secs_f64() / d.as_secs_f64()
+    );
+}
+
+async fn hello_throughput(runtime: &Arc<Runtime>, hello: &Arc<Function>, cores: u32, n: usize) {
+    let w = worker(runtime, cores);
+    let in_flight = 16;
+    let t = Instant::now();
+    let mut pending = VecDeque::new();
+    for _ in 0..n {
+        if pending.len() == in_flight {
+            let o: Outcome = pending.pop_front().expect("non-empty").await;
+            assert!(o.result.is_ok());
+        }
+        pending.push_back(w.submit(hello, Request::get("/"), InvokeOptions::class(ClassId(1))));
+    }
+    for h in pending {
+        assert!(h.await.result.is_ok());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "hello throughput, {cores} slot(s), {in_flight} in flight: {:.0} invocations/s",
+        n as f64 / secs
+    );
+}
+
+async fn preemption_latency(
+    runtime: &Arc<Runtime>,
+    hello: &Arc<Function>,
+    spin: &Arc<Function>,
+    n: usize,
+) {
+    let w = worker(runtime, 1);
+    let top = InvokeOptions::class(ClassId(3));
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        let o = w.invoke(hello, Request::get("/"), top.clone()).await;
+        assert!(o.result.is_ok());
+        idle.push(o.usage.queued);
+    }
+    let low = w.submit(
+        spin,
+        Request::get("/?ms=600000"),
+        InvokeOptions::class(ClassId(0)).timeout(Duration::from_secs(600)),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut busy = Vec::with_capacity(n);
+    for _ in 0..n {
+        let o = w.invoke(hello, Request::get("/"), top.clone()).await;
+        assert!(o.result.is_ok());
+        busy.push(o.usage.queued);
+        // Let the batch spin run again, so the next arrival has to preempt it.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(low);
+    let i = summary("top class submit -> first poll, slot idle", idle);
+    let b = summary("top class submit -> first poll, preempting", busy);
+    println!(
+        "  p50 ratio preempting/idle {:.2}",
+        b.as_secs_f64() / i.as_secs_f64()
+    );
+}
+
+/// Median time of `path` on `with` (epoch checks, yielding every tick) and `without` (no
+/// checks compiled in), run directly and interleaved.
+async fn epoch_cost(name: &str, with: &Arc<Function>, without: &Arc<Function>, path: &str) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..8 {
+        for (f, samples) in [(with, &mut a), (without, &mut b)] {
+            let t = Instant::now();
+            let r = run_unscheduled(f, Request::get(path), CAP_BYTES).await;
+            assert_eq!(r.expect("runs").status, 200);
+            if round > 0 {
+                samples.push(t.elapsed());
+            }
+        }
+    }
+    a.sort();
+    b.sort();
+    let (a, b) = (a[a.len() / 2], b[b.len() / 2]);
+    println!(
+        "{name:<22} epoch checks {:>7.1} ms, none {:>7.1} ms: cost {:+.0}%",
+        a.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3,
+        (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+    );
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("turnpike-worker-bench-{}", std::process::id()));
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::new(&dir)).expect("runtime starts"));
+    let hello = runtime.load(&guest("hello")).expect("hello loads");
+    let spin = runtime.load(&guest("spin")).expect("spin loads");
+    let mut released_config = RuntimeConfig::new(&dir);
+    released_config.keep_resident_kb = 0;
+    released_config.pagemap_scan = false;
+    let released = Runtime::new(released_config).expect("runtime starts");
+    let released_hello = released.load(&guest("hello")).expect("hello loads");
+    let mut unchecked_config = RuntimeConfig::new(&dir);
+    unchecked_config.epoch_interruption = false;
+    let unchecked = Runtime::new(unchecked_config).expect("runtime starts");
+    let unchecked_spin = unchecked.load(&guest("spin")).expect("spin loads");
+    let fib = runtime.load(&guest("fib")).expect("fib loads");
+    let unchecked_fib = unchecked.load(&guest("fib")).expect("fib loads");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    client.block_on(async {
+        let w = worker(&runtime, 1);
+        hello_latency(&hello, &released_hello, &w, 5000).await;
+        drop(w);
+        hello_throughput(&runtime, &hello, 1, 20_000).await;
+        hello_throughput(&runtime, &hello, cores, 20_000).await;
+        preemption_latency(&runtime, &hello, &spin, 300).await;
+        epoch_cost(
+            "spin?iters=50000000",
+            &spin,
+            &unchecked_spin,
+            "/?iters=50000000",
+        )
+        .await;
+        epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
+    });
+    drop((runtime, released, unchecked));
+    let _ = std::fs::remove_dir_all(&dir);
+}

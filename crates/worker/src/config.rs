@@ -1,0 +1,85 @@
+//! Configuration of the runtime (engine, pool, cache) and of the worker (slots, limits).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use turnpike_policy::ClassSet;
+
+/// The wasmtime engine and its compile cache. Limits have names and units.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached, one file per content hash. Created if missing.
+    /// Its files are loaded as executable code (after a digest check), so it must be writable
+    /// only by the worker.
+    pub cache_dir: PathBuf,
+    /// How often the ticker thread bumps the engine epoch; a running guest yields to the
+    /// executor at every tick, so this bounds how long a preemption or a timeout can wait.
+    pub epoch_tick_ms: u64,
+    /// Instances the pooling allocator holds at once (running, parked and blocked invocations
+    /// together). Each reserves address space (about 4 GiB per linear memory), not memory.
+    pub instances_max: u32,
+    /// Largest linear memory any invocation may have; per-invocation caps must not exceed it.
+    pub memory_max_mb: u64,
+    /// When a pool slot is reused, this much of its linear memory, async stack and tables is
+    /// reset in place (only the pages the last invocation dirtied, found with the kernel's
+    /// `PAGEMAP_SCAN`) instead of being released to the kernel and faulted back in, so small
+    /// invocations start without page faults or TLB shootdowns. Applies only where the kernel
+    /// has `PAGEMAP_SCAN` (Linux 6.7+) and `pagemap_scan` is on: without it every reuse would
+    /// clear the whole kept region, which measured slower than releasing it.
+    pub keep_resident_kb: u64,
+    /// Use `PAGEMAP_SCAN` when the kernel has it (see `keep_resident_kb`).
+    pub pagemap_scan: bool,
+    /// Compile epoch checks into guest code. Always on for a worker (it is how guests are
+    /// preempted and timed out; [`crate::Worker::new`] refuses a runtime without it); off
+    /// only to measure what the checks cost.
+    pub epoch_interruption: bool,
+}
+
+impl RuntimeConfig {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            epoch_tick_ms: 1,
+            instances_max: 256,
+            memory_max_mb: 4096,
+            keep_resident_kb: 2048,
+            pagemap_scan: true,
+            epoch_interruption: true,
+        }
+    }
+}
+
+/// One worker: its core slots, its classes and the default limits of an invocation.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Core slots: at most this many invocations run at once. Default: the machine's cores.
+    pub cores: u32,
+    /// The published price classes; an invocation's class indexes this set.
+    pub classes: ClassSet,
+    /// Default cap on an invocation's linear memory (all its memories together).
+    pub memory_cap_mb: u64,
+    /// Default wall-clock limit of an invocation, counted from when it first gets a slot.
+    pub timeout_ms: u64,
+    /// Memory an invocation is assumed to start with, for the machine scheduler's ledger
+    /// (memory is measured once it runs).
+    pub start_mb: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            cores: u32::try_from(cores).unwrap_or(u32::MAX),
+            classes: ClassSet::default_four(),
+            memory_cap_mb: 1024,
+            timeout_ms: 60_000,
+            start_mb: 2,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}

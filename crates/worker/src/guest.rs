@@ -1,0 +1,354 @@
+//! One invocation in-process: its own store and instance, the sandbox it gets (WASI with no
+//! filesystem and no network, outgoing HTTP denied, a linear-memory cap), and its response.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::error::InvokeError;
+use crate::meter::MemoryMeter;
+
+/// An HTTP request to a function.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: http::Method,
+    /// Path and query, e.g. `/?ms=50`.
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn new(method: http::Method, path_and_query: impl Into<String>) -> Self {
+        Self {
+            method,
+            path_and_query: path_and_query.into(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn get(path_and_query: impl Into<String>) -> Self {
+        Self::new(http::Method::GET, path_and_query)
+    }
+
+    pub fn post(path_and_query: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self {
+            body: body.into(),
+            ..Self::new(http::Method::POST, path_and_query)
+        }
+    }
+
+    /// The request as wasmtime-wasi-http takes it. The guest sees scheme `http` and the
+    /// request's `host` header as authority (`localhost` when there is none).
+    fn into_http(self) -> Result<http::Request<Full<Bytes>>, InvokeError> {
+        let authority = match self.headers.get(http::header::HOST) {
+            Some(host) => host
+                .to_str()
+                .map_err(|_| InvokeError::BadRequest("host header is not ASCII".into()))?
+                .to_string(),
+            None => "localhost".to_string(),
+        };
+        if !self.path_and_query.starts_with('/') {
+            return Err(InvokeError::BadRequest(format!(
+                "path must start with `/`, got {:?}",
+                self.path_and_query
+            )));
+        }
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(self.path_and_query)
+            .build()
+            .map_err(|e| InvokeError::BadRequest(format!("bad URI: {e}")))?;
+        let mut req = http::Request::builder()
+            .method(self.method)
+            .uri(uri)
+            .body(Full::new(self.body))
+            .map_err(|e| InvokeError::BadRequest(e.to_string()))?;
+        *req.headers_mut() = self.headers;
+        Ok(req)
+    }
+}
+
+/// A function's HTTP response, collected whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body as text (lossy), for logs and tests.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The data of one invocation's store.
+pub struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: DenyOutgoing,
+    limiter: MemoryLimiter,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    fn new(cap_bytes: u64, meter: Arc<MemoryMeter>) -> Self {
+        // No preopened directories, no environment, no arguments, empty stdin, stdout and
+        // stderr discarded; sockets denied (the default address check refuses every address,
+        // and TCP, UDP and name lookup are switched off besides).
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: DenyOutgoing,
+            limiter: MemoryLimiter { cap_bytes, meter },
+        }
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// wasi:http hooks that refuse every outgoing request (no platform grant exists yet).
+#[derive(Debug)]
+struct DenyOutgoing;
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Caps an invocation's linear memory (all its memories together) and meters every grow.
+#[derive(Debug)]
+struct MemoryLimiter {
+    cap_bytes: u64,
+    meter: Arc<MemoryMeter>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            // Over the memory's own declared maximum: `memory.grow` returns -1, as the spec
+            // says; not a cap violation.
+            return Ok(false);
+        }
+        let delta = (desired.saturating_sub(current)) as u64;
+        let total = self.meter.bytes().saturating_add(delta);
+        if total > self.cap_bytes {
+            self.meter.cap_hit(self.cap_bytes, total);
+            wasmtime::bail!(
+                "memory cap exceeded: growing linear memory to {total} bytes, over the cap of {} bytes",
+                self.cap_bytes
+            );
+        }
+        self.meter.grew(delta, Instant::now());
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.meter.grow_failed(Instant::now());
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Table sizes are bounded by the pooling allocator's `table_elements`.
+        Ok(true)
+    }
+}
+
+/// Failure of the guest half of an invocation, before it is classified.
+enum GuestFailure {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+/// Runs one invocation of `function` directly on the calling task, outside any scheduler: no
+/// slot, no preemption, no timeout (the guest still yields at every epoch tick). For
+/// benchmarks (the baseline the scheduler's overhead is measured against) and tools; a worker
+/// runs invocations through [`crate::Worker::submit`].
+pub async fn run_unscheduled(
+    function: &crate::runtime::Function,
+    request: Request,
+    cap_bytes: u64,
+) -> Result<Response, InvokeError> {
+    let meter = Arc::new(MemoryMeter::new(Instant::now()));
+    run(function.pre().clone(), request, cap_bytes, meter).await
+}
+
+/// Runs one invocation to its response: a new store and instance of `pre`, the request handed
+/// to `wasi:http/incoming-handler.handle`, the response body collected while the guest runs.
+/// The instance yields to the executor at every epoch tick (see [`crate::worker`]).
+pub(crate) async fn run(
+    pre: ProxyPre<Host>,
+    request: Request,
+    cap_bytes: u64,
+    meter: Arc<MemoryMeter>,
+) -> Result<Response, InvokeError> {
+    let request = request.into_http()?;
+    let mut store = Store::new(pre.engine(), Host::new(cap_bytes, meter.clone()));
+    store.limiter(|host| &mut host.limiter);
+    store.set_epoch_deadline(1);
+    let tick_meter = meter.clone();
+    store.epoch_deadline_callback(move |_| {
+        tick_meter.settled();
+        Ok(UpdateDeadline::Yield(1))
+    });
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let internal = |e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}"));
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
+    let outparam = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(internal)?;
+
+    // The store moves into the guest half and is dropped when the guest returns, which closes
+    // the response channel and body if the guest left them open.
+    let guest = pin!(async move {
+        let proxy = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(GuestFailure::Instantiate)?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, outparam)
+            .await
+            .map_err(GuestFailure::Call)
+    });
+    let response = pin!(async move {
+        let response = match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(InvokeError::Guest(format!("{code:?}"))),
+            Err(_) => return Err(InvokeError::NoResponse),
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| InvokeError::Guest(format!("response body: {e}")))?
+            .to_bytes();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    });
+
+    // Both halves run in this one future; the invocation ends when the guest has returned and
+    // the response is complete, or as soon as the guest fails.
+    let mut guest = guest;
+    let mut response = response;
+    let mut guest_result: Option<Result<(), GuestFailure>> = None;
+    let mut response_result: Option<Result<Response, InvokeError>> = None;
+    std::future::poll_fn(|cx| {
+        if guest_result.is_none() {
+            if let Poll::Ready(r) = guest.as_mut().poll(cx) {
+                guest_result = Some(r);
+            }
+        }
+        if matches!(guest_result, Some(Err(_))) {
+            return Poll::Ready(());
+        }
+        if response_result.is_none() {
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                response_result = Some(r);
+            }
+        }
+        if guest_result.is_some() && response_result.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+
+    match guest_result {
+        Some(Err(failure)) => Err(classify(failure, &meter)),
+        _ => response_result.unwrap_or(Err(InvokeError::NoResponse)),
+    }
+}
+
+fn classify(failure: GuestFailure, meter: &MemoryMeter) -> InvokeError {
+    if let Some((limit_bytes, requested_bytes)) = meter.cap_exceeded() {
+        return InvokeError::MemoryCap {
+            limit_bytes,
+            requested_bytes,
+        };
+    }
+    match failure {
+        GuestFailure::Instantiate(e) => InvokeError::Instantiate(format!("{e:#}")),
+        // A trap's `Display` is only "error while executing at wasm backtrace ..."; the root
+        // cause says what happened (the trap code, or the host error that trapped).
+        GuestFailure::Call(e) => InvokeError::Trap(e.root_cause().to_string()),
+    }
+}

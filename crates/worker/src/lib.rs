@@ -1,0 +1,55 @@
+//! Turnpike's worker runtime: WebAssembly functions run under the policy core's preemptive
+//! priority machine scheduler, with per-invocation limits and metering (issue 3, "Worker
+//! runtime").
+//!
+//! A function is a WebAssembly component exporting `wasi:http/incoming-handler` (the contract of
+//! `wasmtime serve` and Spin). This crate holds what one machine needs to run them:
+//!
+//! - [`runtime`]: one wasmtime engine (component model, async, pooling allocator, epoch
+//!   interruption with a ticker thread every `epoch_tick_ms`) and [`Runtime::load`], which
+//!   compiles a component once, keyed by its SHA-256, and caches the compiled artifact on disk
+//!   ([`cache`]) so a restarted worker does not recompile. Bytes that are not a component, a
+//!   component that is not a `wasi:http` proxy, or one that needs imports the worker does not
+//!   provide are refused with the reason ([`LoadError`]).
+//! - [`guest`]: one invocation: its own store and instance, WASI with no filesystem and no
+//!   network (outgoing HTTP denied), a linear-memory cap enforced by a resource limiter, and
+//!   the response collected while the guest runs ([`InvokeError`] says how one failed).
+//! - [`meter`]: what an invocation used ([`Usage`]): CPU time on a core, peak and time-integrated
+//!   linear memory, times parked and blocked, its class.
+//! - [`worker`]: the priority executor. A [`Worker`] has C core slots and asks
+//!   `turnpike_policy::machine::Machine` (it does not re-implement the policy) which invocations
+//!   hold them; a preempted guest stops at its next epoch yield and is not polled again until
+//!   the machine resumes it; a guest blocked on I/O gives its slot back; timeouts are enforced
+//!   there too.
+//! - [`config`]: the limits, with names, units and defaults.
+//!
+//! Against the issue: the runtime bullets on components, compile-once caching, C slots under
+//! the machine scheduler with epoch preemption, I/O-blocked invocations not holding a slot,
+//! live memory measurement and the per-invocation cap, accounting, timeouts and the sandbox are
+//! here and tested (`tests/`). Not yet: the worker's memory capacity with price-class swapping
+//! and kills (the machine runs with `MachineConfig::memory = None`, so it never asks for
+//! `SwapOut`/`SwapIn`/`Kill`; wasmtime 48 gives no public handle on a component instance's
+//! core memory under the pooling allocator, which swapping needs), and the swapped-bytes
+//! figure of [`Usage`].
+//!
+//! Benchmarks: `cargo bench -p turnpike-worker --bench worker` (after
+//! `scripts/build-examples.sh`).
+//!
+//! Environment note: with `RUST_BACKTRACE=1` (set on these machines) every trap captures a
+//! host backtrace, which makes a failing invocation's error path tens of times slower; unset
+//! it when measuring error paths.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod guest;
+pub mod meter;
+pub mod runtime;
+pub mod worker;
+
+pub use config::{RuntimeConfig, WorkerConfig};
+pub use error::{InvokeError, LoadError};
+pub use guest::{Request, Response};
+pub use meter::Usage;
+pub use runtime::{Function, Runtime, RuntimeStats, StartError};
+pub use worker::{InvocationHandle, InvokeOptions, Outcome, Worker};

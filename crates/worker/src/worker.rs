@@ -1,0 +1,624 @@
+//! The priority executor: C core slots, handed out by the policy core's machine scheduler.
+//!
+//! Every invocation runs as one tokio task on the worker's own multi-thread runtime with C
+//! threads. Its future is wrapped in a gate that polls the guest only while the
+//! [`Machine`] says the invocation holds a slot:
+//!
+//! - arrival: `Machine::handle_arrival`; then the machine's actions are applied in order.
+//!   `Start`/`Resume` mark the invocation running and wake its task; `Preempt` marks it waiting
+//!   and bumps the engine epoch at once, so the running guest reaches an epoch check and yields
+//!   within microseconds instead of waiting for the next tick. A yielded guest's task is polled
+//!   again, finds its gate closed and stays parked (its fiber and memory untouched) until a
+//!   `Resume` wakes it.
+//! - a running guest yields at every epoch tick (`UpdateDeadline::Yield`), which wakes its own
+//!   task; that wake is how the gate tells "yielded, still runnable" from "blocked". A guest
+//!   whose poll returned `Pending` without any wake during that poll is waiting on I/O (a
+//!   sleep, a body read): it gives its slot back at once, and comes back when its I/O wakes it.
+//!   The machine has no notion of blocked invocations, so the gate removes the invocation from
+//!   the machine (`handle_completion`) while it is blocked and re-arrives it with the same id
+//!   when it is woken. It re-enters at the back of its class's FIFO (its arrival order is
+//!   lost) and its memory leaves the machine's ledger while it is blocked; a
+//!   `handle_blocked`/`handle_ready` pair in the policy core would fix both.
+//! - end (response, error, timeout, or the caller dropping the handle): `handle_completion`.
+//!
+//! One `std::sync::Mutex` guards the machine and the per-invocation gate states together, so a
+//! wake, a poll's end and a machine decision are never interleaved; it is held for a few
+//! microseconds at a time, never across a guest poll.
+//!
+//! Why one multi-thread runtime with C threads rather than one current-thread runtime per
+//! slot: the machine decides how many invocations run, not where; with a runtime per slot, an
+//! invocation would be pinned to the thread it started on and could not use whichever slot
+//! frees up next. With C threads and at most C gates open, each running guest has a thread.
+//!
+//! Timeouts are counted from the first time an invocation gets a slot (queueing behind higher
+//! classes does not count; later parked and blocked time does), and are enforced by the gate
+//! itself, so a parked or blocked invocation times out too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
+use turnpike_policy::{ClassId, InvocationId};
+use wasmtime::Engine;
+
+use crate::config::WorkerConfig;
+use crate::error::InvokeError;
+use crate::guest::{self, Request, Response};
+use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
+use crate::runtime::{Function, Runtime, StartError};
+
+/// How one invocation should run; unset limits take the worker's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvokeOptions {
+    pub class: ClassId,
+    pub memory_cap_mb: Option<u64>,
+    pub timeout: Option<Duration>,
+}
+
+impl InvokeOptions {
+    pub fn class(class: ClassId) -> Self {
+        Self {
+            class,
+            memory_cap_mb: None,
+            timeout: None,
+        }
+    }
+
+    pub fn memory_cap_mb(mut self, mb: u64) -> Self {
+        self.memory_cap_mb = Some(mb);
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// How an invocation ended, with what it used either way.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub id: InvocationId,
+    pub result: Result<Response, InvokeError>,
+    pub usage: Usage,
+}
+
+/// A worker: a [`Runtime`] and C core slots scheduled by the policy core's [`Machine`].
+pub struct Worker {
+    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    config: WorkerConfig,
+    executor: Option<tokio::runtime::Runtime>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    sched: Mutex<Sched>,
+    engine: Engine,
+}
+
+struct Sched {
+    machine: Machine,
+    invocations: HashMap<InvocationId, GateState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started yet, or preempted: the gate is closed.
+    Waiting,
+    /// Holds a slot: the gate is open.
+    Running,
+    /// Waiting on I/O, removed from the machine until it is woken.
+    Blocked,
+}
+
+#[derive(Debug)]
+struct GateState {
+    class: ClassId,
+    phase: Phase,
+    /// The task's waker, to wake it on `Start`/`Resume`.
+    task: Option<Waker>,
+    /// Whether the guest asked to be polled again since its last poll began.
+    woken: bool,
+    /// Memory last reported to the machine, MB.
+    mem_mb: u64,
+    parks: u32,
+    blocks: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        // Every update under this lock is completed before it is released and none of them
+        // can panic half-way except on a broken invariant, which `Machine` asserts anyway.
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Sched {
+    /// Carries out the machine's decisions in order; returns whether a running guest must be
+    /// made to yield now (a preemption).
+    #[must_use]
+    fn apply(&mut self) -> bool {
+        let mut bump = false;
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                MachineAction::Start(id) | MachineAction::Resume(id) => {
+                    if let Some(g) = self.invocations.get_mut(&id) {
+                        debug_assert_ne!(g.phase, Phase::Blocked);
+                        g.phase = Phase::Running;
+                        if let Some(task) = &g.task {
+                            task.wake_by_ref();
+                        }
+                    }
+                }
+                MachineAction::Preempt(id) => {
+                    if let Some(g) = self.invocations.get_mut(&id) {
+                        g.phase = Phase::Waiting;
+                        g.parks += 1;
+                        bump = true;
+                    }
+                }
+                // The worker runs its machine without memory management (see the crate
+                // docs), and a machine without it never swaps or kills.
+                MachineAction::SwapOut { .. }
+                | MachineAction::SwapIn { .. }
+                | MachineAction::Kill(_) => {
+                    debug_assert!(false, "memory action without memory management: {action:?}");
+                }
+            }
+        }
+        bump
+    }
+
+    /// Settles after a change; bumps the epoch if a guest was preempted.
+    fn settle(&mut self, engine: &Engine) {
+        if self.apply() {
+            engine.increment_epoch();
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(runtime: Arc<Runtime>, config: WorkerConfig) -> Result<Self, StartError> {
+        assert!(config.cores > 0, "a worker needs at least one core slot");
+        if !runtime.config().epoch_interruption {
+            return Err(StartError::NoEpochInterruption);
+        }
+        let machine = Machine::new(
+            MachineConfig {
+                cores: config.cores,
+                memory: None,
+            },
+            config.classes.len(),
+        );
+        // A running guest returns to the scheduler at every epoch tick; checking timers, I/O
+        // and newly spawned tasks at every scheduler tick (instead of every 61st / 31st) keeps a
+        // sleeping guest's wake-up or a new arrival from waiting tens of ticks behind it.
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.cores as usize)
+            .event_interval(1)
+            .global_queue_interval(1)
+            .thread_name("turnpike-slot")
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Engine(format!("executor threads: {e}")))?;
+        let shared = Arc::new(Shared {
+            sched: Mutex::new(Sched {
+                machine,
+                invocations: HashMap::new(),
+            }),
+            engine: runtime.engine().clone(),
+        });
+        Ok(Self {
+            shared,
+            runtime,
+            config,
+            executor: Some(executor),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Invocations on this worker that the machine knows (running, parked, or not started;
+    /// blocked ones are not counted).
+    pub fn functions(&self) -> u32 {
+        self.shared.lock().machine.functions()
+    }
+
+    /// Linear memory of the invocations the machine holds, as last measured, MB (what the
+    /// dispatcher will report to its shard). Not-yet-started ones count their start memory.
+    pub fn used_mb(&self) -> u64 {
+        self.shared.lock().machine.used_mb()
+    }
+
+    /// Invocations currently holding a slot.
+    pub fn running(&self) -> Vec<InvocationId> {
+        self.shared.lock().machine.running().to_vec()
+    }
+
+    /// Places an invocation on this worker now (its arrival order is fixed when this returns)
+    /// and returns a handle that resolves to its outcome. Dropping the handle cancels it.
+    pub fn submit(
+        &self,
+        function: &Arc<Function>,
+        request: Request,
+        options: InvokeOptions,
+    ) -> InvocationHandle {
+        let id = InvocationId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let submitted = Instant::now();
+        let class = options.class;
+        let refuse = |error| InvocationHandle::ready(id, class, error);
+        if class.index() >= self.config.classes.len() {
+            return refuse(InvokeError::UnknownClass {
+                class: class.0,
+                classes: self.config.classes.len(),
+            });
+        }
+        let cap_mb = options.memory_cap_mb.unwrap_or(self.config.memory_cap_mb);
+        let max_mb = self.runtime.config().memory_max_mb;
+        if cap_mb > max_mb {
+            return refuse(InvokeError::CapTooLarge { cap_mb, max_mb });
+        }
+        let Some(executor) = &self.executor else {
+            return refuse(InvokeError::Shutdown);
+        };
+
+        let meter = Arc::new(MemoryMeter::new(submitted));
+        let inner = Box::pin(guest::run(
+            function.pre().clone(),
+            request,
+            cap_mb.saturating_mul(BYTES_PER_MB),
+            meter.clone(),
+        ));
+        {
+            let mut sched = self.shared.lock();
+            sched.invocations.insert(
+                id,
+                GateState {
+                    class,
+                    phase: Phase::Waiting,
+                    task: None,
+                    woken: false,
+                    mem_mb: self.config.start_mb,
+                    parks: 0,
+                    blocks: 0,
+                },
+            );
+            sched
+                .machine
+                .handle_arrival(id, class, self.config.start_mb);
+            sched.settle(&self.shared.engine);
+        }
+        let gate = Gate {
+            id,
+            class,
+            shared: self.shared.clone(),
+            inner: Some(inner),
+            waker: Waker::from(Arc::new(GateWaker {
+                id,
+                shared: self.shared.clone(),
+            })),
+            meter,
+            timeout: options.timeout.unwrap_or_else(|| self.config.timeout()),
+            deadline: None,
+            submitted,
+            first_run: None,
+            cpu: Duration::ZERO,
+            on_core: Duration::ZERO,
+            finished: false,
+        };
+        InvocationHandle {
+            id,
+            class,
+            state: HandleState::Running(executor.spawn(gate)),
+        }
+    }
+
+    /// [`Worker::submit`] and wait for the outcome.
+    pub async fn invoke(
+        &self,
+        function: &Arc<Function>,
+        request: Request,
+        options: InvokeOptions,
+    ) -> Outcome {
+        self.submit(function, request, options).await
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Not `drop(runtime)`: that blocks, and a worker may be dropped inside async code.
+        if let Some(executor) = self.executor.take() {
+            executor.shutdown_background();
+        }
+    }
+}
+
+/// The outcome of a submitted invocation, once it ends. Dropping it cancels the invocation.
+#[derive(Debug)]
+pub struct InvocationHandle {
+    id: InvocationId,
+    class: ClassId,
+    state: HandleState,
+}
+
+#[derive(Debug)]
+enum HandleState {
+    Ready(Option<InvokeError>),
+    Running(tokio::task::JoinHandle<Outcome>),
+}
+
+impl InvocationHandle {
+    fn ready(id: InvocationId, class: ClassId, error: InvokeError) -> Self {
+        Self {
+            id,
+            class,
+            state: HandleState::Ready(Some(error)),
+        }
+    }
+
+    pub fn id(&self) -> InvocationId {
+        self.id
+    }
+}
+
+impl Future for InvocationHandle {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let (id, class) = (self.id, self.class);
+        match &mut self.state {
+            HandleState::Ready(error) => {
+                let error = error.take().unwrap_or(InvokeError::Shutdown);
+                Poll::Ready(Outcome {
+                    id,
+                    result: Err(error),
+                    usage: unused(class),
+                })
+            }
+            HandleState::Running(join) => match Pin::new(join).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
+                Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the worker shut down.
+                Poll::Ready(Err(_)) => Poll::Ready(Outcome {
+                    id,
+                    result: Err(InvokeError::Shutdown),
+                    usage: unused(class),
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for InvocationHandle {
+    fn drop(&mut self) {
+        if let HandleState::Running(join) = &self.state {
+            join.abort();
+        }
+    }
+}
+
+fn unused(class: ClassId) -> Usage {
+    Usage {
+        class,
+        cpu: Duration::ZERO,
+        on_core: Duration::ZERO,
+        wall: Duration::ZERO,
+        queued: Duration::ZERO,
+        peak_memory_bytes: 0,
+        memory_mb_seconds: 0.0,
+        parks: 0,
+        blocks: 0,
+    }
+}
+
+type GuestFuture = Pin<Box<dyn Future<Output = Result<Response, InvokeError>> + Send>>;
+
+/// Polls an invocation's guest only while the machine lets it hold a slot, meters the time
+/// spent in those polls, and enforces the timeout.
+struct Gate {
+    id: InvocationId,
+    class: ClassId,
+    shared: Arc<Shared>,
+    /// `None` once finished: the store is dropped as soon as the outcome is known.
+    inner: Option<GuestFuture>,
+    /// Passed to the guest instead of the task's waker (see [`GateWaker`]).
+    waker: Waker,
+    meter: Arc<MemoryMeter>,
+    timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    submitted: Instant,
+    first_run: Option<Instant>,
+    cpu: Duration,
+    on_core: Duration,
+    finished: bool,
+}
+
+impl Future for Gate {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let limit_ms = u64::try_from(this.timeout.as_millis()).unwrap_or(u64::MAX);
+                return Poll::Ready(this.finish(Err(InvokeError::Timeout { limit_ms })));
+            }
+        }
+        {
+            let mut sched = this.shared.lock();
+            let g = sched
+                .invocations
+                .get_mut(&this.id)
+                .expect("an invocation stays registered until its gate finishes");
+            if !g.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                g.task = Some(cx.waker().clone());
+            }
+            if g.phase != Phase::Running {
+                return Poll::Pending;
+            }
+            g.woken = false;
+        }
+        if this.first_run.is_none() {
+            this.first_run = Some(Instant::now());
+            let mut deadline = Box::pin(tokio::time::sleep(this.timeout));
+            if deadline.as_mut().poll(cx).is_ready() {
+                let limit_ms = u64::try_from(this.timeout.as_millis()).unwrap_or(u64::MAX);
+                return Poll::Ready(this.finish(Err(InvokeError::Timeout { limit_ms })));
+            }
+            this.deadline = Some(deadline);
+        }
+
+        let inner = this
+            .inner
+            .as_mut()
+            .expect("a finished gate is not polled again");
+        let (cpu_before, wall_before) = (thread_cpu_time(), Instant::now());
+        let poll = inner.as_mut().poll(&mut Context::from_waker(&this.waker));
+        this.cpu += thread_cpu_time().saturating_sub(cpu_before);
+        this.on_core += wall_before.elapsed();
+
+        match poll {
+            Poll::Ready(result) => Poll::Ready(this.finish(result)),
+            Poll::Pending => {
+                let mb = this.meter.bytes().div_ceil(BYTES_PER_MB);
+                let mut sched = this.shared.lock();
+                let Sched {
+                    machine,
+                    invocations,
+                } = &mut *sched;
+                let g = invocations
+                    .get_mut(&this.id)
+                    .expect("an invocation stays registered until its gate finishes");
+                let mut changed = false;
+                if g.phase != Phase::Blocked && g.mem_mb != mb {
+                    g.mem_mb = mb;
+                    machine.handle_memory(this.id, mb);
+                    changed = true;
+                }
+                if !g.woken && g.phase != Phase::Blocked {
+                    // Pending with no wake during the poll: waiting on I/O, not on the CPU.
+                    g.phase = Phase::Blocked;
+                    g.blocks += 1;
+                    machine.handle_completion(this.id);
+                    changed = true;
+                }
+                if changed {
+                    sched.settle(&this.shared.engine);
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn finish(&mut self, result: Result<Response, InvokeError>) -> Outcome {
+        // Drop the store (and a still-running guest with it) before taking the lock: dropping
+        // it can wake things.
+        self.inner = None;
+        self.deadline = None;
+        let now = Instant::now();
+        let (peak_memory_bytes, memory_mb_seconds) = self.meter.totals(now);
+        let (parks, blocks) = self.unregister();
+        Outcome {
+            id: self.id,
+            result,
+            usage: Usage {
+                class: self.class,
+                cpu: self.cpu,
+                on_core: self.on_core,
+                wall: now.saturating_duration_since(self.submitted),
+                queued: self.first_run.map_or(Duration::ZERO, |t| {
+                    t.saturating_duration_since(self.submitted)
+                }),
+                peak_memory_bytes,
+                memory_mb_seconds,
+                parks,
+                blocks,
+            },
+        }
+    }
+
+    /// Removes the invocation from the machine and the gate table; returns (parks, blocks).
+    fn unregister(&mut self) -> (u32, u32) {
+        self.finished = true;
+        let mut sched = self.shared.lock();
+        let Some(g) = sched.invocations.remove(&self.id) else {
+            return (0, 0);
+        };
+        if g.phase != Phase::Blocked {
+            sched.machine.handle_completion(self.id);
+            sched.settle(&self.shared.engine);
+        }
+        (g.parks, g.blocks)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Cancelled (handle dropped, or the worker shut down).
+            self.inner = None;
+            self.unregister();
+        }
+    }
+}
+
+/// The waker a guest sees. A wake marks the invocation as wanting the CPU; a blocked one is
+/// re-arrived at the machine; then the task is woken (its gate decides whether to poll).
+struct GateWaker {
+    id: InvocationId,
+    shared: Arc<Shared>,
+}
+
+impl Wake for GateWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let task = {
+            let mut sched = self.shared.lock();
+            let Sched {
+                machine,
+                invocations,
+            } = &mut *sched;
+            let Some(g) = invocations.get_mut(&self.id) else {
+                return;
+            };
+            g.woken = true;
+            let task = g.task.clone();
+            if g.phase == Phase::Blocked {
+                g.phase = Phase::Waiting;
+                machine.handle_arrival(self.id, g.class, g.mem_mb);
+                sched.settle(&self.shared.engine);
+            }
+            task
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
