@@ -92,7 +92,7 @@ impl<'a> Workload<'a> {
         let class_cdf = cumulative(classes.iter().map(|(_, c)| weight_of(&c.name)));
         let cores = f64::from(config.cluster.machines) * f64::from(config.cluster.cores);
         let end_ns = (w.duration_s * NS_PER_S) as u64;
-        match (w.arrivals, trace) {
+        let (functions, source, mean_runtime_ns) = match (w.arrivals, trace) {
             (ArrivalKind::Trace, Some(trace)) => {
                 let t = w
                     .trace
@@ -133,16 +133,11 @@ impl<'a> Workload<'a> {
                     replayed = next;
                 }
                 let arrivals = TraceArrivals::new(trace, from, count, speedup);
-                let source = Source::Trace { arrivals, trace };
-                Self {
-                    config,
-                    rng,
+                (
                     functions,
-                    class_cdf,
-                    source,
-                    end_ns,
+                    Source::Trace { arrivals, trace },
                     mean_runtime_ns,
-                }
+                )
             }
             _ => {
                 let service = w
@@ -182,28 +177,28 @@ impl<'a> Workload<'a> {
                     };
                 let gap_ns = mean_runtime_ns / (load * cores);
                 let poisson = w.arrivals == ArrivalKind::Poisson;
-                let mut source = Source::Synthetic {
-                    next_ns: 0.0,
+                // The first arrival: one gap in (Poisson), or half a gap (fixed spacing).
+                let next_ns = if poisson {
+                    exp(&mut rng) * gap_ns
+                } else {
+                    gap_ns / 2.0
+                };
+                let source = Source::Synthetic {
+                    next_ns,
                     gap_ns,
                     poisson,
                 };
-                if let Source::Synthetic { next_ns, .. } = &mut source {
-                    *next_ns = if poisson {
-                        exp(&mut rng) * gap_ns
-                    } else {
-                        gap_ns / 2.0
-                    };
-                }
-                Self {
-                    config,
-                    rng,
-                    functions,
-                    class_cdf,
-                    source,
-                    end_ns,
-                    mean_runtime_ns,
-                }
+                (functions, source, mean_runtime_ns)
             }
+        };
+        Self {
+            config,
+            rng,
+            functions,
+            class_cdf,
+            source,
+            end_ns,
+            mean_runtime_ns,
         }
     }
 
