@@ -118,6 +118,16 @@ pub struct ClassOutcome {
     pub slowdowns: Vec<f64>,
 }
 
+impl ClassOutcome {
+    /// Latencies in milliseconds, ascending (a finished run holds them sorted).
+    pub fn latencies_ms(&self) -> Vec<f64> {
+        self.latencies_ns
+            .iter()
+            .map(|&n| n as f64 / NS_PER_MS as f64)
+            .collect()
+    }
+}
+
 /// Memory behaviour of a run with limited memory.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryOutcome {

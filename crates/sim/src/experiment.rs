@@ -16,8 +16,6 @@ use crate::plot::{render_panels, BarChart, LineChart, Scale, Series};
 use crate::stats::{quantile_sorted, Spread};
 use crate::trace::Trace;
 
-const NS_PER_MS: f64 = 1e6;
-
 /// The finished runs of one config.
 #[derive(Debug)]
 pub struct Experiment {
@@ -94,11 +92,7 @@ impl Experiment {
         for r in &self.runs {
             for (id, class) in self.classes.iter() {
                 let o = &r.classes[id.index()];
-                let lat: Vec<f64> = o
-                    .latencies_ns
-                    .iter()
-                    .map(|&n| n as f64 / NS_PER_MS)
-                    .collect();
+                let lat = o.latencies_ms();
                 rows.push(json!({
                     "scheduler": r.scheduler.name(),
                     "load": r.load,
@@ -276,12 +270,7 @@ impl Experiment {
                                         let v = if slowdown {
                                             quantile_sorted(&o.slowdowns, q)
                                         } else {
-                                            let lat: Vec<f64> = o
-                                                .latencies_ns
-                                                .iter()
-                                                .map(|&n| n as f64 / NS_PER_MS)
-                                                .collect();
-                                            quantile_sorted(&lat, q)
+                                            quantile_sorted(&o.latencies_ms(), q)
                                         };
                                         v.map(|v| (r.load, v))
                                     })

@@ -140,12 +140,7 @@ fn print_table(e: &Experiment) {
     for run in e.runs.iter() {
         print!("{:<9} {:>5}", run.scheduler.name(), run.load);
         for (id, _) in e.classes.iter().rev() {
-            let mut lat: Vec<f64> = run.classes[id.index()]
-                .latencies_ns
-                .iter()
-                .map(|&n| n as f64 / 1e6)
-                .collect();
-            lat.sort_unstable_by(f64::total_cmp);
+            let lat = run.classes[id.index()].latencies_ms();
             match turnpike_sim::stats::quantile_sorted(&lat, 0.99) {
                 Some(v) => print!(" {:>10.1}ms", v),
                 None => print!(" {:>12}", "-"),
