@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, then every test of the workspace.
-# Installs what a fresh machine lacks (the rustfmt and clippy components).
+# Installs what a fresh machine lacks (the rustfmt and clippy components, the wasm32-wasip2
+# target for the example guests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,9 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# The worker's tests and benchmarks run the example guests (wasm32-wasip2 components).
+scripts/build-examples.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
