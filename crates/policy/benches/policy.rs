@@ -265,7 +265,8 @@ impl MachineOp {
         self.next += 1;
         let class = ClassId(self.rng.random_range(0..CLASSES));
         self.machine
-            .handle_arrival(InvocationId(self.next), class, START_MB);
+            .handle_arrival(InvocationId(self.next), class, START_MB)
+            .expect("ids are fresh");
         self.drain();
     }
 

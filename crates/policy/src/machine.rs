@@ -10,8 +10,16 @@
 //! until it fits under the high watermark, an unstarted one until its start memory fits
 //! under capacity (unless nothing runs; see [`crate::memory`]).
 //!
-//! The driver reports arrivals, completions and measured memory (`handle_*`) and carries out
-//! the decisions it polls ([`MachineAction`]) in order.
+//! An invocation blocked on I/O (a sleep, an outgoing request) holds no slot and no queue
+//! place, but keeps its memory, which the memory manager may swap out as it would a parked
+//! one's. When it is ready again it rejoins its class's queue in arrival order: ahead of later
+//! arrivals, behind earlier ones (it does not preempt its own class). This keeps "first come
+//! first served" meaning "first arrived" rather than "last woken", unlike Linux `SCHED_FIFO`,
+//! which puts a woken thread at the tail; an invocation that started earlier finishes earlier
+//! and holds its memory for less time.
+//!
+//! The driver reports arrivals, completions, blocking and measured memory (`handle_*`) and
+//! carries out the decisions it polls ([`MachineAction`]) in order.
 
 use std::collections::VecDeque;
 
@@ -62,8 +70,16 @@ struct Entry {
     seq: u64,
     mem_mb: u64,
     running: bool,
+    /// Waiting on I/O: neither running nor in a queue.
+    blocked: bool,
     residence: Residence,
 }
+
+/// [`Machine::handle_arrival`] of an id the machine already holds: the driver's bug, reported
+/// rather than corrupting the queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invocation {} is already on this machine", .0 .0)]
+pub struct AlreadyPlaced(pub InvocationId);
 
 /// Orders victims: the smallest key is the lowest class and, within it, the latest arrival.
 fn victim_key(class: ClassId, seq: u64) -> u64 {
@@ -101,7 +117,7 @@ impl Machine {
         }
     }
 
-    /// Invocations on this machine (running, parked, or not started).
+    /// Invocations on this machine (running, parked, blocked on I/O, or not started).
     pub fn functions(&self) -> u32 {
         self.entries.len() as u32
     }
@@ -135,8 +151,17 @@ impl Machine {
         self.memory.stats()
     }
 
-    /// A new invocation was placed here. It will hold `start_mb` once it starts.
-    pub fn handle_arrival(&mut self, id: InvocationId, class: ClassId, start_mb: u64) {
+    /// A new invocation was placed here. It will hold `start_mb` once it starts. An id the
+    /// machine already holds is refused and changes nothing.
+    pub fn handle_arrival(
+        &mut self,
+        id: InvocationId,
+        class: ClassId,
+        start_mb: u64,
+    ) -> Result<(), AlreadyPlaced> {
+        if self.entries.contains_key(&id) {
+            return Err(AlreadyPlaced(id));
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry {
@@ -144,12 +169,59 @@ impl Machine {
             seq,
             mem_mb: start_mb,
             running: false,
+            blocked: false,
             residence: Residence::NotStarted,
         };
-        let old = self.entries.insert(id, entry);
-        assert!(old.is_none(), "{id:?} placed twice on one machine");
+        self.entries.insert(id, entry);
         self.waiting[class.index()].push_back(id);
         self.settle();
+        Ok(())
+    }
+
+    /// A started invocation (running, or parked by a preemption that crossed its last run)
+    /// now waits on I/O: it gives up its slot or queue place and keeps its memory. Ignored
+    /// for unknown, unstarted and already blocked invocations.
+    pub fn handle_blocked(&mut self, id: InvocationId) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if e.blocked || e.residence == Residence::NotStarted {
+            return;
+        }
+        e.blocked = true;
+        let e = *e;
+        if e.running {
+            let at = self.running_position(id);
+            self.remove_running(at);
+            self.entries.get_mut(&id).expect("present").running = false;
+            self.memory.park(e.class, e.seq, id);
+        } else {
+            self.remove_waiting(id, e.class);
+        }
+        self.settle();
+    }
+
+    /// A blocked invocation's I/O completed: it rejoins its class's queue in arrival order
+    /// (see the module docs) and runs when the rules let it. Ignored unless it is blocked.
+    pub fn handle_ready(&mut self, id: InvocationId) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if !e.blocked {
+            return;
+        }
+        e.blocked = false;
+        let (class, seq) = (e.class, e.seq);
+        let entries = &self.entries;
+        let q = &mut self.waiting[class.index()];
+        let at = q.partition_point(|w| entries[w].seq < seq);
+        q.insert(at, id);
+        self.settle();
+    }
+
+    /// Whether the invocation is blocked on I/O.
+    pub fn is_blocked(&self, id: InvocationId) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.blocked)
     }
 
     /// An invocation ended (completed, failed, timed out or cancelled) in whatever state it
@@ -321,7 +393,7 @@ impl Machine {
         changed
     }
 
-    /// Swaps out a parked resident invocation.
+    /// Swaps out a parked (or blocked) resident invocation.
     fn swap_out(&mut self, id: InvocationId) {
         let e = self.entries.get_mut(&id).expect("parked entry");
         debug_assert!(!e.running && e.residence == Residence::Resident);
@@ -348,22 +420,29 @@ impl Machine {
         self.actions.push_back(MachineAction::Kill(id));
     }
 
+    fn running_position(&self, id: InvocationId) -> usize {
+        self.running
+            .iter()
+            .position(|&r| r == id)
+            .expect("running entry")
+    }
+
+    fn remove_waiting(&mut self, id: InvocationId, class: ClassId) {
+        let q = &mut self.waiting[class.index()];
+        let at = q.iter().position(|&w| w == id).expect("waiting entry");
+        q.remove(at);
+    }
+
     /// Frees an invocation's slot, queue place and memory. Returns whether it was here.
     fn remove_entry(&mut self, id: InvocationId) -> bool {
         let Some(e) = self.entries.remove(&id) else {
             return false;
         };
         if e.running {
-            let at = self
-                .running
-                .iter()
-                .position(|&r| r == id)
-                .expect("running entry");
+            let at = self.running_position(id);
             self.remove_running(at);
-        } else {
-            let q = &mut self.waiting[e.class.index()];
-            let at = q.iter().position(|&w| w == id).expect("waiting entry");
-            q.remove(at);
+        } else if !e.blocked {
+            self.remove_waiting(id, e.class);
         }
         match e.residence {
             Residence::NotStarted => {}
@@ -405,10 +484,10 @@ mod tests {
     #[test]
     fn higher_class_preempts_lowest_latest_and_it_resumes() {
         let mut m = unlimited(2);
-        m.handle_arrival(id(1), ClassId(0), 100);
-        m.handle_arrival(id(2), ClassId(0), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        m.handle_arrival(id(2), ClassId(0), 100).unwrap();
         assert_eq!(drain(&mut m), vec![Start(id(1)), Start(id(2))]);
-        m.handle_arrival(id(3), ClassId(3), 100);
+        m.handle_arrival(id(3), ClassId(3), 100).unwrap();
         // Both running are batch: the latest-arrived (2) is preempted.
         assert_eq!(drain(&mut m), vec![Preempt(id(2)), Start(id(3))]);
         m.handle_completion(id(3));
@@ -419,7 +498,7 @@ mod tests {
     fn fifo_within_a_class_no_preemption_among_equals() {
         let mut m = unlimited(1);
         for n in 1..=3 {
-            m.handle_arrival(id(n), ClassId(2), 100);
+            m.handle_arrival(id(n), ClassId(2), 100).unwrap();
         }
         assert_eq!(drain(&mut m), vec![Start(id(1))]);
         m.handle_completion(id(1));
@@ -431,9 +510,9 @@ mod tests {
     #[test]
     fn preempted_one_goes_before_later_arrivals_of_its_class() {
         let mut m = unlimited(1);
-        m.handle_arrival(id(1), ClassId(0), 100);
-        m.handle_arrival(id(2), ClassId(0), 100);
-        m.handle_arrival(id(3), ClassId(3), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        m.handle_arrival(id(2), ClassId(0), 100).unwrap();
+        m.handle_arrival(id(3), ClassId(3), 100).unwrap();
         assert_eq!(
             drain(&mut m),
             vec![Start(id(1)), Preempt(id(1)), Start(id(3))]
@@ -445,10 +524,10 @@ mod tests {
     #[test]
     fn low_class_starves_while_higher_keeps_the_slot_busy() {
         let mut m = unlimited(1);
-        m.handle_arrival(id(0), ClassId(0), 100);
+        m.handle_arrival(id(0), ClassId(0), 100).unwrap();
         let _ = drain(&mut m);
         for n in 1..100 {
-            m.handle_arrival(id(n), ClassId(1), 100);
+            m.handle_arrival(id(n), ClassId(1), 100).unwrap();
             if n > 1 {
                 m.handle_completion(id(n - 1));
             }
@@ -476,9 +555,9 @@ mod tests {
     #[test]
     fn parked_lowest_class_is_swapped_out_and_back_in_before_it_runs() {
         let mut m = limited(1, 1000, 10_000);
-        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
         m.handle_memory(id(1), 600);
-        m.handle_arrival(id(2), ClassId(3), 100);
+        m.handle_arrival(id(2), ClassId(3), 100).unwrap();
         assert_eq!(
             drain(&mut m),
             vec![Start(id(1)), Preempt(id(1)), Start(id(2))]
@@ -499,9 +578,9 @@ mod tests {
     #[test]
     fn kills_lowest_latest_when_swap_is_exhausted() {
         let mut m = limited(1, 1000, 0);
-        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
         m.handle_memory(id(1), 700);
-        m.handle_arrival(id(2), ClassId(3), 100);
+        m.handle_arrival(id(2), ClassId(3), 100).unwrap();
         let _ = drain(&mut m);
         // 700 parked + 400 running > 1000 and no swap: the parked batch one is killed.
         m.handle_memory(id(2), 400);
@@ -514,8 +593,8 @@ mod tests {
     #[test]
     fn running_overflow_parks_and_swaps_the_lowest_before_any_kill() {
         let mut m = limited(2, 1000, 10_000);
-        m.handle_arrival(id(1), ClassId(0), 100);
-        m.handle_arrival(id(2), ClassId(3), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        m.handle_arrival(id(2), ClassId(3), 100).unwrap();
         let _ = drain(&mut m);
         m.handle_memory(id(1), 600);
         let _ = drain(&mut m);
@@ -536,9 +615,9 @@ mod tests {
     #[test]
     fn room_for_counts_lower_class_memory_that_could_be_swapped() {
         let mut m = limited(2, 1000, 300);
-        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
         m.handle_memory(id(1), 500);
-        m.handle_arrival(id(2), ClassId(2), 100);
+        m.handle_arrival(id(2), ClassId(2), 100).unwrap();
         m.handle_memory(id(2), 400);
         assert_eq!(m.free_mb(), 100);
         assert_eq!(m.room_for(ClassId(0)), 100);
@@ -547,11 +626,93 @@ mod tests {
     }
 
     #[test]
+    fn a_second_arrival_of_one_id_is_refused_and_changes_nothing() {
+        let mut m = unlimited(1);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        let _ = drain(&mut m);
+        assert_eq!(
+            m.handle_arrival(id(1), ClassId(3), 100),
+            Err(AlreadyPlaced(id(1)))
+        );
+        assert_eq!(drain(&mut m), vec![]);
+        assert_eq!((m.functions(), m.running()), (1, &[id(1)][..]));
+    }
+
+    #[test]
+    fn blocked_gives_up_its_slot_and_rejoins_in_arrival_order() {
+        let mut m = unlimited(1);
+        for n in 1..=3 {
+            m.handle_arrival(id(n), ClassId(1), 100).unwrap();
+        }
+        assert_eq!(drain(&mut m), vec![Start(id(1))]);
+        m.handle_blocked(id(1));
+        assert_eq!(drain(&mut m), vec![Start(id(2))]);
+        assert!(m.is_blocked(id(1)));
+        assert_eq!((m.functions(), m.used_mb()), (3, 200));
+        // Ready again: it does not preempt its own class, but goes ahead of 3, a later arrival.
+        m.handle_ready(id(1));
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_completion(id(2));
+        assert_eq!(drain(&mut m), vec![Resume(id(1))]);
+        m.handle_completion(id(1));
+        assert_eq!(drain(&mut m), vec![Start(id(3))]);
+    }
+
+    #[test]
+    fn a_ready_higher_class_preempts_and_repeated_reports_are_ignored() {
+        let mut m = unlimited(1);
+        m.handle_arrival(id(1), ClassId(3), 100).unwrap();
+        m.handle_arrival(id(2), ClassId(0), 100).unwrap();
+        assert_eq!(drain(&mut m), vec![Start(id(1))]);
+        m.handle_blocked(id(1));
+        m.handle_blocked(id(1));
+        // Unstarted and unknown invocations cannot block; a non-blocked one cannot be ready.
+        m.handle_blocked(id(9));
+        m.handle_ready(id(2));
+        assert_eq!(drain(&mut m), vec![Start(id(2))]);
+        m.handle_ready(id(1));
+        m.handle_ready(id(1));
+        assert_eq!(drain(&mut m), vec![Preempt(id(2)), Resume(id(1))]);
+    }
+
+    #[test]
+    fn a_blocked_one_is_swapped_like_a_parked_one_and_back_in_when_it_runs() {
+        let mut m = limited(1, 1000, 10_000);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        m.handle_memory(id(1), 600);
+        let _ = drain(&mut m);
+        m.handle_blocked(id(1));
+        m.handle_arrival(id(2), ClassId(3), 100).unwrap();
+        assert_eq!(drain(&mut m), vec![Start(id(2))]);
+        m.handle_memory(id(2), 350);
+        assert_eq!(drain(&mut m), vec![SwapOut { id: id(1), mb: 600 }]);
+        // Ready, but 350 + 600 is over the high watermark while 2 runs: it waits.
+        m.handle_ready(id(1));
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_completion(id(2));
+        assert_eq!(
+            drain(&mut m),
+            vec![SwapIn { id: id(1), mb: 600 }, Resume(id(1))]
+        );
+    }
+
+    #[test]
+    fn ending_a_blocked_invocation_frees_its_memory() {
+        let mut m = limited(1, 1000, 10_000);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        m.handle_memory(id(1), 600);
+        m.handle_blocked(id(1));
+        let _ = drain(&mut m);
+        m.handle_completion(id(1));
+        assert_eq!((m.functions(), m.used_mb(), m.swap_used_mb()), (0, 0, 0));
+    }
+
+    #[test]
     fn unlimited_memory_never_swaps_or_kills() {
         let mut m = unlimited(1);
-        m.handle_arrival(id(1), ClassId(0), 100);
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
         m.handle_memory(id(1), u64::MAX / 4);
-        m.handle_arrival(id(2), ClassId(3), 100);
+        m.handle_arrival(id(2), ClassId(3), 100).unwrap();
         assert_eq!(
             drain(&mut m),
             vec![Start(id(1)), Preempt(id(1)), Start(id(2))]

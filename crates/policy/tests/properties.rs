@@ -114,6 +114,10 @@ enum MachineOp {
     Memory { pick: u16, mb: u64 },
     /// A completion for an id that already ended (completed or killed): ignored.
     CompleteGone(u16),
+    /// The started invocation at this index (running, parked or swapped) blocks on I/O.
+    Block(u16),
+    /// The blocked invocation at this index is ready again.
+    Ready(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +134,10 @@ enum St {
     Running,
     Parked,
     Swapped,
+    /// Blocked on I/O, memory resident.
+    Blocked,
+    /// Blocked on I/O, memory swapped out.
+    BlockedSwapped,
     Completed,
     Killed,
 }
@@ -141,8 +149,18 @@ impl St {
     fn waiting(self) -> bool {
         matches!(self, St::NotStarted | St::Parked | St::Swapped)
     }
+    fn blocked(self) -> bool {
+        matches!(self, St::Blocked | St::BlockedSwapped)
+    }
     fn resident(self) -> bool {
-        matches!(self, St::Running | St::Parked)
+        matches!(self, St::Running | St::Parked | St::Blocked)
+    }
+    fn swapped(self) -> bool {
+        matches!(self, St::Swapped | St::BlockedSwapped)
+    }
+    /// Holds memory and no slot: what the memory manager may swap out.
+    fn parked(self) -> bool {
+        matches!(self, St::Parked | St::Blocked)
     }
 }
 
@@ -154,6 +172,9 @@ struct Inv {
     mem: u64,
     st: St,
     starts: u32,
+    /// Has blocked at least once (and so may legitimately wait behind a later arrival of its
+    /// class that took its slot meanwhile).
+    blocked_ever: bool,
 }
 
 /// The driver's model of one machine. An invocation's id is its arrival order.
@@ -229,7 +250,7 @@ impl MachineDriver {
     fn swapped(&self) -> u64 {
         self.invs
             .iter()
-            .filter(|i| i.st == St::Swapped)
+            .filter(|i| i.st.swapped())
             .map(|i| i.mem)
             .sum()
     }
@@ -245,10 +266,10 @@ impl MachineDriver {
             .min_by_key(|&i| victim_key(i, &self.invs[i]))
     }
 
-    /// Parked resident invocations that fit in the free swap space.
+    /// Parked or blocked resident invocations that fit in the free swap space.
     fn swappable_parked(&self) -> Vec<usize> {
         let free = self.swap_free();
-        self.ids_where(|s| s == St::Parked)
+        self.ids_where(St::parked)
             .into_iter()
             .filter(|&i| self.invs[i].mem <= free)
             .collect()
@@ -281,6 +302,11 @@ impl MachineDriver {
         // Drain: keep completing running invocations until the machine is empty.
         let mut n = ops.len();
         while self.invs.iter().any(|i| i.st.present()) {
+            if self.invs.iter().any(|i| i.st.blocked()) {
+                self.step(n, &MachineOp::Ready(0))?;
+                n += 1;
+                continue;
+            }
             let running = self.running();
             ensure!(
                 !running.is_empty(),
@@ -321,9 +347,11 @@ impl MachineDriver {
                     mem: start_mb,
                     st: St::NotStarted,
                     starts: 0,
+                    blocked_ever: false,
                 });
                 self.machine
-                    .handle_arrival(InvocationId(id as u64), ClassId(class), start_mb);
+                    .handle_arrival(InvocationId(id as u64), ClassId(class), start_mb)
+                    .map_err(|e| format!("fresh id refused: {e}"))?;
                 format!("arrival {id} class {class} start {start_mb} MB")
             }
             MachineOp::CompleteRunning(k) => match pick(&self.running(), k) {
@@ -334,15 +362,17 @@ impl MachineDriver {
                     format!("completion of running {id}")
                 }
             },
-            MachineOp::CancelWaiting(k) => match pick(&self.ids_where(St::waiting), k) {
-                None => "nothing waiting: skipped".into(),
-                Some(id) => {
-                    let was = self.invs[id].st;
-                    self.invs[id].st = St::Completed;
-                    self.machine.handle_completion(InvocationId(id as u64));
-                    format!("cancel of waiting {id} ({was:?})")
+            MachineOp::CancelWaiting(k) => {
+                match pick(&self.ids_where(|s| s.waiting() || s.blocked()), k) {
+                    None => "nothing waiting: skipped".into(),
+                    Some(id) => {
+                        let was = self.invs[id].st;
+                        self.invs[id].st = St::Completed;
+                        self.machine.handle_completion(InvocationId(id as u64));
+                        format!("cancel of waiting {id} ({was:?})")
+                    }
                 }
-            },
+            }
             MachineOp::Memory { pick: k, mb } => match pick(&self.ids_where(St::present), k) {
                 None => "nothing present: skipped".into(),
                 Some(id) => {
@@ -360,6 +390,38 @@ impl MachineDriver {
                 Some(id) => {
                     self.machine.handle_completion(InvocationId(id as u64));
                     format!("completion of ended {id} ({:?})", self.invs[id].st)
+                }
+            },
+            MachineOp::Block(k) => match pick(
+                &self.ids_where(|s| matches!(s, St::Running | St::Parked | St::Swapped)),
+                k,
+            ) {
+                None => "nothing started: skipped".into(),
+                Some(id) => {
+                    let inv = &mut self.invs[id];
+                    let was = inv.st;
+                    inv.st = if was == St::Swapped {
+                        St::BlockedSwapped
+                    } else {
+                        St::Blocked
+                    };
+                    inv.blocked_ever = true;
+                    self.machine.handle_blocked(InvocationId(id as u64));
+                    format!("{id} ({was:?}) blocks")
+                }
+            },
+            MachineOp::Ready(k) => match pick(&self.ids_where(St::blocked), k) {
+                None => "nothing blocked: skipped".into(),
+                Some(id) => {
+                    let inv = &mut self.invs[id];
+                    let was = inv.st;
+                    inv.st = if was == St::BlockedSwapped {
+                        St::Swapped
+                    } else {
+                        St::Parked
+                    };
+                    self.machine.handle_ready(InvocationId(id as u64));
+                    format!("{id} ({was:?}) ready")
                 }
             },
         };
@@ -494,8 +556,8 @@ impl MachineDriver {
                 let c = self.memory.ok_or("swap-out without memory limits")?;
                 let (i, inv) = self.inv(id)?;
                 ensure!(
-                    inv.st == St::Parked,
-                    "swapped out while {:?} (only parked ones, or a running one right after its Preempt)",
+                    inv.st.parked(),
+                    "swapped out while {:?} (only parked or blocked ones, or a running one right after its Preempt)",
                     inv.st
                 );
                 ensure!(
@@ -527,7 +589,11 @@ impl MachineDriver {
                     );
                 }
                 self.swap_outs[usize::from(inv.class)] += 1;
-                self.invs[i].st = St::Swapped;
+                self.invs[i].st = if inv.st == St::Blocked {
+                    St::BlockedSwapped
+                } else {
+                    St::Swapped
+                };
             }
             Kill(id) => {
                 let c = self.memory.ok_or("kill without memory limits")?;
@@ -595,6 +661,11 @@ impl MachineDriver {
             ensure!(
                 self.machine.is_running(InvocationId(i as u64)) == (self.invs[i].st == St::Running),
                 "is_running({i}) disagrees with the actions"
+            );
+            ensure!(
+                self.machine.is_blocked(InvocationId(i as u64)) == self.invs[i].st.blocked(),
+                "is_blocked({i}) disagrees with the model ({:?})",
+                self.invs[i].st
             );
         }
         let (used, swapped) = (self.used(), self.swapped());
@@ -685,7 +756,9 @@ impl MachineDriver {
             for &r in &running {
                 for w in self.ids_where(St::waiting) {
                     ensure!(
-                        !(self.invs[w].class == self.invs[r].class && w < r),
+                        !(self.invs[w].class == self.invs[r].class
+                            && w < r
+                            && !self.invs[w].blocked_ever),
                         "{w} waits while {r}, a later arrival of its class {}, runs",
                         self.invs[r].class
                     );
@@ -714,6 +787,8 @@ fn machine_op(
         1 => any::<u16>().prop_map(MachineOp::CancelWaiting),
         memory_weight => (any::<u16>(), mem_mb).prop_map(|(pick, mb)| MachineOp::Memory { pick, mb }),
         1 => any::<u16>().prop_map(MachineOp::CompleteGone),
+        1 => any::<u16>().prop_map(MachineOp::Block),
+        1 => any::<u16>().prop_map(MachineOp::Ready),
     ]
 }
 

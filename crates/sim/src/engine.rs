@@ -497,7 +497,9 @@ impl<'a> Sim<'a> {
         let i = &mut self.invs[inv as usize];
         i.machine = m;
         let (class, start_mb) = (i.class, i.start_mb);
-        self.machines[m as usize].handle_arrival(InvocationId(u64::from(inv)), class, start_mb);
+        self.machines[m as usize]
+            .handle_arrival(InvocationId(u64::from(inv)), class, start_mb)
+            .expect("an invocation is delivered to one machine once");
         self.drain_machine(m);
     }
 

@@ -13,12 +13,9 @@
 //! - a running guest yields at every epoch tick (`UpdateDeadline::Yield`), which wakes its own
 //!   task; that wake is how the gate tells "yielded, still runnable" from "blocked". A guest
 //!   whose poll returned `Pending` without any wake during that poll is waiting on I/O (a
-//!   sleep, a body read): it gives its slot back at once, and comes back when its I/O wakes it.
-//!   The machine has no notion of blocked invocations, so the gate removes the invocation from
-//!   the machine (`handle_completion`) while it is blocked and re-arrives it with the same id
-//!   when it is woken. It re-enters at the back of its class's FIFO (its arrival order is
-//!   lost) and its memory leaves the machine's ledger while it is blocked; a
-//!   `handle_blocked`/`handle_ready` pair in the policy core would fix both.
+//!   sleep, a body read): it gives its slot back at once (`Machine::handle_blocked`; it keeps
+//!   its memory and its arrival order), and comes back when its I/O wakes it
+//!   (`Machine::handle_ready`), to run when the machine says so.
 //! - end (response, error, timeout, or the caller dropping the handle): `handle_completion`.
 //!
 //! One `std::sync::Mutex` guards the machine and the per-invocation gate states together, so a
@@ -121,13 +118,12 @@ enum Phase {
     Waiting,
     /// Holds a slot: the gate is open.
     Running,
-    /// Waiting on I/O, removed from the machine until it is woken.
+    /// Waiting on I/O: holds no slot until it is woken.
     Blocked,
 }
 
 #[derive(Debug)]
 struct GateState {
-    class: ClassId,
     phase: Phase,
     /// The task's waker, to wake it on `Start`/`Resume`.
     task: Option<Waker>,
@@ -239,8 +235,7 @@ impl Worker {
         &self.config
     }
 
-    /// Invocations on this worker that the machine knows (running, parked, or not started;
-    /// blocked ones are not counted).
+    /// Invocations on this worker (running, parked, blocked on I/O, or not started).
     pub fn functions(&self) -> u32 {
         self.shared.lock().machine.functions()
     }
@@ -295,7 +290,6 @@ impl Worker {
             sched.invocations.insert(
                 id,
                 GateState {
-                    class,
                     phase: Phase::Waiting,
                     task: None,
                     woken: false,
@@ -306,7 +300,8 @@ impl Worker {
             );
             sched
                 .machine
-                .handle_arrival(id, class, self.config.start_mb);
+                .handle_arrival(id, class, self.config.start_mb)
+                .expect("invocation ids are fresh");
             sched.settle(&self.shared.engine);
         }
         let gate = Gate {
@@ -512,7 +507,7 @@ impl Future for Gate {
                     .get_mut(&this.id)
                     .expect("an invocation stays registered until its gate finishes");
                 let mut changed = false;
-                if g.phase != Phase::Blocked && g.mem_mb != mb {
+                if g.mem_mb != mb {
                     g.mem_mb = mb;
                     machine.handle_memory(this.id, mb);
                     changed = true;
@@ -521,7 +516,7 @@ impl Future for Gate {
                     // Pending with no wake during the poll: waiting on I/O, not on the CPU.
                     g.phase = Phase::Blocked;
                     g.blocks += 1;
-                    machine.handle_completion(this.id);
+                    machine.handle_blocked(this.id);
                     changed = true;
                 }
                 if changed {
@@ -568,10 +563,8 @@ impl Gate {
         let Some(g) = sched.invocations.remove(&self.id) else {
             return (0, 0);
         };
-        if g.phase != Phase::Blocked {
-            sched.machine.handle_completion(self.id);
-            sched.settle(&self.shared.engine);
-        }
+        sched.machine.handle_completion(self.id);
+        sched.settle(&self.shared.engine);
         (g.parks, g.blocks)
     }
 }
@@ -587,7 +580,7 @@ impl Drop for Gate {
 }
 
 /// The waker a guest sees. A wake marks the invocation as wanting the CPU; a blocked one is
-/// re-arrived at the machine; then the task is woken (its gate decides whether to poll).
+/// reported ready to the machine; then the task is woken (its gate decides whether to poll).
 struct GateWaker {
     id: InvocationId,
     shared: Arc<Shared>,
@@ -612,7 +605,7 @@ impl Wake for GateWaker {
             let task = g.task.clone();
             if g.phase == Phase::Blocked {
                 g.phase = Phase::Waiting;
-                machine.handle_arrival(self.id, g.class, g.mem_mb);
+                machine.handle_ready(self.id);
                 sched.settle(&self.shared.engine);
             }
             task
