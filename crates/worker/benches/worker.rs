@@ -3,8 +3,9 @@
 //! measured interleaved (A B A B ...) so both see the same machine.
 //!
 //! - hello, one at a time, run directly on the calling task (`run_unscheduled`: new store and
-//!   instance, request in, response collected), with the runtime's pool settings against
-//!   wasmtime's defaults (pool slots released to the kernel on reuse);
+//!   instance, request in, response collected), with the worker's swappable memories against
+//!   wasmtime's pooling allocator (whose memories cannot be swapped; slots kept resident and
+//!   reset with `PAGEMAP_SCAN`);
 //! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
 //!   threads, the result sent back) against direct;
 //! - hello throughput of one worker, 1 slot and C slots, 16 in flight;
@@ -72,14 +73,14 @@ async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration
     assert!(ok);
 }
 
-async fn hello_latency(hello: &Arc<Function>, released: &Arc<Function>, w: &Worker, n: usize) {
+async fn hello_latency(hello: &Arc<Function>, pooled: &Arc<Function>, w: &Worker, n: usize) {
     let opts = InvokeOptions::class(ClassId(1));
-    let (mut resident, mut plain, mut scheduled) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut swappable, mut pooling, mut scheduled) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..n + n / 10 {
         let (a, b, c) = if round < n / 10 {
             (&mut Vec::new(), &mut Vec::new(), &mut Vec::new()) // warm-up
         } else {
-            (&mut resident, &mut plain, &mut scheduled)
+            (&mut swappable, &mut pooling, &mut scheduled)
         };
         timed(a, async {
             run_unscheduled(hello, Request::get("/"), CAP_BYTES)
@@ -88,7 +89,7 @@ async fn hello_latency(hello: &Arc<Function>, released: &Arc<Function>, w: &Work
         })
         .await;
         timed(b, async {
-            run_unscheduled(released, Request::get("/"), CAP_BYTES)
+            run_unscheduled(pooled, Request::get("/"), CAP_BYTES)
                 .await
                 .is_ok()
         })
@@ -101,11 +102,11 @@ async fn hello_latency(hello: &Arc<Function>, released: &Arc<Function>, w: &Work
         })
         .await;
     }
-    let p = summary("hello direct, pool slots released on reuse", plain);
-    let d = summary("hello direct, kept resident + PAGEMAP_SCAN", resident);
+    let p = summary("hello direct, wasmtime pooling allocator", pooling);
+    let d = summary("hello direct, swappable memory (the default)", swappable);
     let s = summary("hello through a 1-slot worker", scheduled);
     println!(
-        "  p50 ratios: resident/released {:.2}, worker/direct {:.2}",
+        "  p50 ratios: swappable/pooling {:.2}, worker/direct {:.2}",
         d.as_secs_f64() / p.as_secs_f64(),
         s.as_secs_f64() / d.as_secs_f64()
     );
@@ -200,11 +201,10 @@ fn main() {
     let runtime = Arc::new(Runtime::new(RuntimeConfig::new(&dir)).expect("runtime starts"));
     let hello = runtime.load(&guest("hello")).expect("hello loads");
     let spin = runtime.load(&guest("spin")).expect("spin loads");
-    let mut released_config = RuntimeConfig::new(&dir);
-    released_config.keep_resident_kb = 0;
-    released_config.pagemap_scan = false;
-    let released = Runtime::new(released_config).expect("runtime starts");
-    let released_hello = released.load(&guest("hello")).expect("hello loads");
+    let mut pooled_config = RuntimeConfig::new(&dir);
+    pooled_config.swappable_memory = false;
+    let pooled = Runtime::new(pooled_config).expect("runtime starts");
+    let pooled_hello = pooled.load(&guest("hello")).expect("hello loads");
     let mut unchecked_config = RuntimeConfig::new(&dir);
     unchecked_config.epoch_interruption = false;
     let unchecked = Runtime::new(unchecked_config).expect("runtime starts");
@@ -218,7 +218,14 @@ fn main() {
         .expect("client runtime");
     client.block_on(async {
         let w = worker(&runtime, 1);
-        hello_latency(&hello, &released_hello, &w, 5000).await;
+        let n = std::env::var("HELLO_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000);
+        hello_latency(&hello, &pooled_hello, &w, n).await;
+        if std::env::var_os("HELLO_ONLY").is_some() {
+            return;
+        }
         drop(w);
         hello_throughput(&runtime, &hello, 1, 20_000).await;
         hello_throughput(&runtime, &hello, cores, 20_000).await;
@@ -232,6 +239,6 @@ fn main() {
         .await;
         epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
     });
-    drop((runtime, released, unchecked));
+    drop((runtime, pooled, unchecked));
     let _ = std::fs::remove_dir_all(&dir);
 }

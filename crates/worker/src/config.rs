@@ -15,8 +15,9 @@ pub struct RuntimeConfig {
     /// How often the ticker thread bumps the engine epoch; a running guest yields to the
     /// executor at every tick, so this bounds how long a preemption or a timeout can wait.
     pub epoch_tick_ms: u64,
-    /// Instances the pooling allocator holds at once (running, parked and blocked invocations
-    /// together). Each reserves address space (about 4 GiB per linear memory), not memory.
+    /// Instances held at once (running, parked and blocked invocations together) by the
+    /// pooling allocator; with swappable memory, the linear-memory reservations kept for reuse.
+    /// Each reserves address space (about 4 GiB per linear memory), not memory.
     pub instances_max: u32,
     /// Largest linear memory any invocation may have; per-invocation caps must not exceed it.
     pub memory_max_mb: u64,
@@ -33,6 +34,11 @@ pub struct RuntimeConfig {
     /// preempted and timed out; [`crate::Worker::new`] refuses a runtime without it); off
     /// only to measure what the checks cost.
     pub epoch_interruption: bool,
+    /// Allocate guests' linear memories so the worker can swap them out (see [`crate::swap`]),
+    /// with wasmtime's on-demand instance allocator. Off: wasmtime's pooling allocator, which
+    /// instantiates faster (`cargo bench -p turnpike-worker` prints both) but whose memories
+    /// cannot be reached to swap, so a worker with a memory capacity refuses such a runtime.
+    pub swappable_memory: bool,
 }
 
 impl RuntimeConfig {
@@ -45,6 +51,7 @@ impl RuntimeConfig {
             keep_resident_kb: 2048,
             pagemap_scan: true,
             epoch_interruption: true,
+            swappable_memory: true,
         }
     }
 }
@@ -63,6 +70,16 @@ pub struct WorkerConfig {
     /// Memory an invocation is assumed to start with, for the machine scheduler's ledger
     /// (memory is measured once it runs).
     pub start_mb: u64,
+    /// The worker's memory capacity for guests' linear memories, MB. Above 90% of it the
+    /// policy core's memory manager swaps parked and blocked invocations out, lowest class
+    /// first, down to 80%; when swap is full it kills by the core's rule. `None`: unlimited
+    /// (no swapping, no kills).
+    pub memory_mb: Option<u64>,
+    /// Swap space, MB (with `memory_mb`).
+    pub swap_mb: u64,
+    /// Where swap files go; the worker makes its own directory inside and removes it when it
+    /// is dropped. Default: the system's temporary directory.
+    pub swap_dir: PathBuf,
 }
 
 impl Default for WorkerConfig {
@@ -74,6 +91,9 @@ impl Default for WorkerConfig {
             memory_cap_mb: 1024,
             timeout_ms: 60_000,
             start_mb: 2,
+            memory_mb: None,
+            swap_mb: 8192,
+            swap_dir: std::env::temp_dir(),
         }
     }
 }

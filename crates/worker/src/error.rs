@@ -57,4 +57,8 @@ pub enum InvokeError {
     CapTooLarge { cap_mb: u64, max_mb: u64 },
     #[error("the worker is shutting down")]
     Shutdown,
+    #[error("killed to free memory: this worker's memory and swap are full and the invocation was the lowest class; it did not finish and may be retried elsewhere")]
+    Killed,
+    #[error("its memory could not be read back from swap: {0}")]
+    SwapIn(String),
 }

@@ -5,8 +5,9 @@
 //! A function is a WebAssembly component exporting `wasi:http/incoming-handler` (the contract of
 //! `wasmtime serve` and Spin). This crate holds what one machine needs to run them:
 //!
-//! - [`runtime`]: one wasmtime engine (component model, async, pooling allocator, epoch
-//!   interruption with a ticker thread every `epoch_tick_ms`) and [`Runtime::load`], which
+//! - [`runtime`]: one wasmtime engine (component model, async, epoch interruption with a
+//!   ticker thread every `epoch_tick_ms`; swappable memories by default, wasmtime's pooling
+//!   allocator as the faster option for workers that never swap) and [`Runtime::load`], which
 //!   compiles a component once, keyed by its SHA-256, and caches the compiled artifact on disk
 //!   ([`cache`]) so a restarted worker does not recompile. Bytes that are not a component, a
 //!   component that is not a `wasi:http` proxy, or one that needs imports the worker does not
@@ -20,17 +21,12 @@
 //!   `turnpike_policy::machine::Machine` (it does not re-implement the policy) which invocations
 //!   hold them; a preempted guest stops at its next epoch yield and is not polled again until
 //!   the machine resumes it; a guest blocked on I/O gives its slot back; timeouts are enforced
-//!   there too.
+//!   there too. With a memory capacity, the machine's memory manager decides swap-outs,
+//!   swap-ins and kills, and the worker carries them out.
+//! - [`swap`]: guests' linear memories, allocated by the worker so a parked or blocked
+//!   invocation's memory can be written to a swap file and its pages released, then read back
+//!   before it runs again; [`stacks`]: recycled fiber stacks.
 //! - [`config`]: the limits, with names, units and defaults.
-//!
-//! Against the issue: the runtime bullets on components, compile-once caching, C slots under
-//! the machine scheduler with epoch preemption, I/O-blocked invocations not holding a slot,
-//! live memory measurement and the per-invocation cap, accounting, timeouts and the sandbox are
-//! here and tested (`tests/`). Not yet: the worker's memory capacity with price-class swapping
-//! and kills (the machine runs with `MachineConfig::memory = None`, so it never asks for
-//! `SwapOut`/`SwapIn`/`Kill`; wasmtime 48 gives no public handle on a component instance's
-//! core memory under the pooling allocator, which swapping needs), and the swapped-bytes
-//! figure of [`Usage`].
 //!
 //! Benchmarks: `cargo bench -p turnpike-worker --bench worker` (after
 //! `scripts/build-examples.sh`).
@@ -45,6 +41,8 @@ pub mod error;
 pub mod guest;
 pub mod meter;
 pub mod runtime;
+pub mod stacks;
+pub mod swap;
 pub mod worker;
 
 pub use config::{RuntimeConfig, WorkerConfig};

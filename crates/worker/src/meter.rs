@@ -34,6 +34,10 @@ pub struct Usage {
     pub parks: u32,
     /// Times it gave its slot back while blocked on I/O (a sleep, a body read).
     pub blocks: u32,
+    /// Times its memory was swapped out, and the bytes written to and read back from swap.
+    pub swap_outs: u32,
+    pub swapped_out_bytes: u64,
+    pub swapped_in_bytes: u64,
 }
 
 /// Linear memory of one invocation, updated by its store's resource limiter at every grow and

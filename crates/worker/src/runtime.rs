@@ -16,6 +16,8 @@ use crate::config::RuntimeConfig;
 use crate::error::LoadError;
 use crate::guest::Host;
 use crate::meter::BYTES_PER_MB;
+use crate::stacks::StackPool;
+use crate::swap::{RegionPool, SwappableMemoryCreator};
 
 /// The export that makes a component a Turnpike function (any 0.2.x version).
 const HANDLER_EXPORT: &str = "wasi:http/incoming-handler";
@@ -35,6 +37,16 @@ pub enum StartError {
     Ticker(std::io::Error),
     #[error("a worker needs a runtime with epoch interruption: it is how guests are preempted and timed out")]
     NoEpochInterruption,
+    #[error("a worker with a memory capacity needs a runtime with swappable memory (`swappable_memory`): the pooling allocator's memories cannot be swapped out")]
+    NotSwappable,
+    #[error("worker memory: {0}")]
+    Memory(String),
+    #[error("swap directory {path}: {source}")]
+    SwapDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A loaded function: a compiled component, pre-linked and ready to instantiate.
@@ -270,6 +282,28 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(config.epoch_interruption);
+    if config.swappable_memory {
+        let max_bytes = usize::try_from(config.memory_max_mb.saturating_mul(BYTES_PER_MB))
+            .unwrap_or(usize::MAX);
+        let pool = RegionPool::new(config.instances_max as usize);
+        // Copy-on-write memory images need wasmtime's own mmap memories; data segments are
+        // copied in at instantiation instead (a few KiB for typical guests).
+        c.allocation_strategy(InstanceAllocationStrategy::OnDemand)
+            .memory_init_cow(false)
+            .with_host_memory(Arc::new(SwappableMemoryCreator::new(pool, max_bytes)))
+            .with_host_stack(Arc::new(StackPool::new(config.instances_max as usize)));
+    } else {
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(config)));
+    }
+    c
+}
+
+/// wasmtime's pooling allocator: faster instantiation, but its memories cannot be swapped (see
+/// [`RuntimeConfig::swappable_memory`]).
+fn pooling_config(config: &RuntimeConfig) -> PoolingAllocationConfig {
     let n = config.instances_max.max(1);
     let mut pool = PoolingAllocationConfig::default();
     // A component instance holds a few core instances (the guest and its adapter shims) and
@@ -295,11 +329,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
             .async_stack_keep_resident(keep)
             .table_keep_resident(keep);
     }
-    let mut c = Config::new();
-    c.wasm_component_model(true)
-        .epoch_interruption(config.epoch_interruption)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    c
+    pool
 }
 
 #[cfg(test)]

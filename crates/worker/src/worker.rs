@@ -30,16 +30,25 @@
 //! Timeouts are counted from the first time an invocation gets a slot (queueing behind higher
 //! classes does not count; later parked and blocked time does), and are enforced by the gate
 //! itself, so a parked or blocked invocation times out too.
+//!
+//! Memory (with `WorkerConfig::memory_mb`): the gate reports each invocation's measured
+//! linear memory to the machine after every poll, and carries out its memory decisions:
+//! `SwapOut` goes to the worker's swap thread, `SwapIn` is done by the gate right before the
+//! guest's next poll, and `Kill` ends the invocation with [`InvokeError::Killed`] so the
+//! caller can requeue it (see [`crate::swap`]).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
+use turnpike_policy::memory::{MemoryConfig, MemoryStats};
 use turnpike_policy::{ClassId, InvocationId};
 use wasmtime::Engine;
 
@@ -48,6 +57,7 @@ use crate::error::InvokeError;
 use crate::guest::{self, Request, Response};
 use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
 use crate::runtime::{Function, Runtime, StartError};
+use crate::swap::InvocationMemory;
 
 /// How one invocation should run; unset limits take the worker's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +102,8 @@ pub struct Worker {
     config: WorkerConfig,
     executor: Option<tokio::runtime::Runtime>,
     next_id: AtomicU64,
+    /// This worker's own directory of swap files (inside `config.swap_dir`).
+    swap_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Worker {
@@ -105,11 +117,15 @@ impl std::fmt::Debug for Worker {
 struct Shared {
     sched: Mutex<Sched>,
     engine: Engine,
+    /// Swap-outs that failed (the memory stayed resident), for operators and tests.
+    swap_failures: AtomicU64,
 }
 
 struct Sched {
     machine: Machine,
     invocations: HashMap<InvocationId, GateState>,
+    /// Swap-outs for the swap thread.
+    swap_jobs: mpsc::Sender<Arc<InvocationMemory>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +136,8 @@ enum Phase {
     Running,
     /// Waiting on I/O: holds no slot until it is woken.
     Blocked,
+    /// Killed by the machine to free memory; its gate ends it at the next poll.
+    Killed,
 }
 
 #[derive(Debug)]
@@ -131,6 +149,7 @@ struct GateState {
     woken: bool,
     /// Memory last reported to the machine, MB.
     mem_mb: u64,
+    memory: Arc<InvocationMemory>,
     parks: u32,
     blocks: u32,
 }
@@ -167,12 +186,28 @@ impl Sched {
                         bump = true;
                     }
                 }
-                // The worker runs its machine without memory management (see the crate
-                // docs), and a machine without it never swaps or kills.
-                MachineAction::SwapOut { .. }
-                | MachineAction::SwapIn { .. }
-                | MachineAction::Kill(_) => {
-                    debug_assert!(false, "memory action without memory management: {action:?}");
+                MachineAction::SwapOut { id, .. } => {
+                    if let Some(g) = self.invocations.get(&id) {
+                        g.memory.request_out();
+                        // The swap thread lives as long as this sender; a send cannot fail
+                        // before the worker is gone.
+                        let _ = self.swap_jobs.send(g.memory.clone());
+                    }
+                }
+                MachineAction::SwapIn { id, .. } => {
+                    if let Some(g) = self.invocations.get(&id) {
+                        g.memory.request_in();
+                    }
+                }
+                MachineAction::Kill(id) => {
+                    if let Some(g) = self.invocations.get_mut(&id) {
+                        // A running one stops at its next epoch check.
+                        bump |= g.phase == Phase::Running;
+                        g.phase = Phase::Killed;
+                        if let Some(task) = &g.task {
+                            task.wake_by_ref();
+                        }
+                    }
                 }
             }
         }
@@ -193,13 +228,34 @@ impl Worker {
         if !runtime.config().epoch_interruption {
             return Err(StartError::NoEpochInterruption);
         }
+        let memory = match config.memory_mb {
+            None => None,
+            Some(capacity_mb) => {
+                if !runtime.config().swappable_memory {
+                    return Err(StartError::NotSwappable);
+                }
+                let memory = MemoryConfig::new(capacity_mb, config.swap_mb);
+                memory.validate().map_err(StartError::Memory)?;
+                Some(memory)
+            }
+        };
         let machine = Machine::new(
             MachineConfig {
                 cores: config.cores,
-                memory: None,
+                memory,
             },
             config.classes.len(),
         );
+        static WORKERS: AtomicU64 = AtomicU64::new(0);
+        let swap_dir = config.swap_dir.join(format!(
+            "turnpike-swap-{}-{}",
+            std::process::id(),
+            WORKERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&swap_dir).map_err(|source| StartError::SwapDir {
+            path: swap_dir.clone(),
+            source,
+        })?;
         // A running guest returns to the scheduler at every epoch tick; checking timers, I/O
         // and newly spawned tasks at every scheduler tick (instead of every 61st / 31st) keeps a
         // sleeping guest's wake-up or a new arrival from waiting tens of ticks behind it.
@@ -211,19 +267,38 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(|e| StartError::Engine(format!("executor threads: {e}")))?;
+        let (swap_jobs, swap_queue) = mpsc::channel::<Arc<InvocationMemory>>();
         let shared = Arc::new(Shared {
             sched: Mutex::new(Sched {
                 machine,
                 invocations: HashMap::new(),
+                swap_jobs,
             }),
             engine: runtime.engine().clone(),
+            swap_failures: AtomicU64::new(0),
         });
+        // Swap-outs write hundreds of MB; they run here, off the slots and off the lock. The
+        // thread ends when the last sender (inside `shared`) is gone.
+        let swapper = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("turnpike-swap".into())
+            .spawn(move || {
+                for memory in swap_queue {
+                    if memory.swap_out().is_err() {
+                        if let Some(shared) = swapper.upgrade() {
+                            shared.swap_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StartError::Engine(format!("swap thread: {e}")))?;
         Ok(Self {
             shared,
             runtime,
             config,
             executor: Some(executor),
             next_id: AtomicU64::new(1),
+            swap_dir,
         })
     }
 
@@ -249,6 +324,26 @@ impl Worker {
     /// Invocations currently holding a slot.
     pub fn running(&self) -> Vec<InvocationId> {
         self.shared.lock().machine.running().to_vec()
+    }
+
+    /// Swap space in use, MB, by the machine's ledger.
+    pub fn swap_used_mb(&self) -> u64 {
+        self.shared.lock().machine.swap_used_mb()
+    }
+
+    /// Swap-outs, swapped MB, swap-ins and kills by class.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.shared.lock().machine.memory_stats().clone()
+    }
+
+    /// Swap-outs that failed (disk full, say); the memory stayed resident.
+    pub fn swap_failures(&self) -> u64 {
+        self.shared.swap_failures.load(Ordering::Relaxed)
+    }
+
+    /// This worker's swap directory.
+    pub fn swap_dir(&self) -> &std::path::Path {
+        &self.swap_dir
     }
 
     /// Places an invocation on this worker now (its arrival order is fixed when this returns)
@@ -279,6 +374,7 @@ impl Worker {
         };
 
         let meter = Arc::new(MemoryMeter::new(submitted));
+        let memory = InvocationMemory::new(self.swap_dir.join(format!("{}.swap", id.0)));
         let inner = Box::pin(guest::run(
             function.pre().clone(),
             request,
@@ -294,6 +390,7 @@ impl Worker {
                     task: None,
                     woken: false,
                     mem_mb: self.config.start_mb,
+                    memory: memory.clone(),
                     parks: 0,
                     blocks: 0,
                 },
@@ -314,6 +411,7 @@ impl Worker {
                 shared: self.shared.clone(),
             })),
             meter,
+            memory,
             timeout: options.timeout.unwrap_or_else(|| self.config.timeout()),
             deadline: None,
             submitted,
@@ -346,6 +444,8 @@ impl Drop for Worker {
         if let Some(executor) = self.executor.take() {
             executor.shutdown_background();
         }
+        // Swap files of invocations still alive are removed with them; this takes the rest.
+        let _ = std::fs::remove_dir_all(&self.swap_dir);
     }
 }
 
@@ -425,6 +525,9 @@ fn unused(class: ClassId) -> Usage {
         memory_mb_seconds: 0.0,
         parks: 0,
         blocks: 0,
+        swap_outs: 0,
+        swapped_out_bytes: 0,
+        swapped_in_bytes: 0,
     }
 }
 
@@ -441,6 +544,7 @@ struct Gate {
     /// Passed to the guest instead of the task's waker (see [`GateWaker`]).
     waker: Waker,
     meter: Arc<MemoryMeter>,
+    memory: Arc<InvocationMemory>,
     timeout: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     submitted: Instant,
@@ -470,10 +574,14 @@ impl Future for Gate {
             if !g.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 g.task = Some(cx.waker().clone());
             }
-            if g.phase != Phase::Running {
-                return Poll::Pending;
+            match g.phase {
+                Phase::Running => g.woken = false,
+                Phase::Killed => {
+                    drop(sched);
+                    return Poll::Ready(this.finish(Err(InvokeError::Killed)));
+                }
+                Phase::Waiting | Phase::Blocked => return Poll::Pending,
             }
-            g.woken = false;
         }
         if this.first_run.is_none() {
             this.first_run = Some(Instant::now());
@@ -489,8 +597,14 @@ impl Future for Gate {
             .inner
             .as_mut()
             .expect("a finished gate is not polled again");
+        // Swap-in (if it was swapped out) counts as this invocation's time on the core.
         let (cpu_before, wall_before) = (thread_cpu_time(), Instant::now());
+        let running = match this.memory.enter() {
+            Ok(running) => running,
+            Err(e) => return Poll::Ready(this.finish(Err(InvokeError::SwapIn(e.to_string())))),
+        };
         let poll = inner.as_mut().poll(&mut Context::from_waker(&this.waker));
+        drop(running);
         this.cpu += thread_cpu_time().saturating_sub(cpu_before);
         this.on_core += wall_before.elapsed();
 
@@ -502,6 +616,7 @@ impl Future for Gate {
                 let Sched {
                     machine,
                     invocations,
+                    ..
                 } = &mut *sched;
                 let g = invocations
                     .get_mut(&this.id)
@@ -512,7 +627,7 @@ impl Future for Gate {
                     machine.handle_memory(this.id, mb);
                     changed = true;
                 }
-                if !g.woken && g.phase != Phase::Blocked {
+                if !g.woken && matches!(g.phase, Phase::Running | Phase::Waiting) {
                     // Pending with no wake during the poll: waiting on I/O, not on the CPU.
                     g.phase = Phase::Blocked;
                     g.blocks += 1;
@@ -537,6 +652,7 @@ impl Gate {
         let now = Instant::now();
         let (peak_memory_bytes, memory_mb_seconds) = self.meter.totals(now);
         let (parks, blocks) = self.unregister();
+        let swap = self.memory.totals();
         Outcome {
             id: self.id,
             result,
@@ -552,6 +668,9 @@ impl Gate {
                 memory_mb_seconds,
                 parks,
                 blocks,
+                swap_outs: swap.swap_outs,
+                swapped_out_bytes: swap.swapped_out_bytes,
+                swapped_in_bytes: swap.swapped_in_bytes,
             },
         }
     }
@@ -597,6 +716,7 @@ impl Wake for GateWaker {
             let Sched {
                 machine,
                 invocations,
+                ..
             } = &mut *sched;
             let Some(g) = invocations.get_mut(&self.id) else {
                 return;

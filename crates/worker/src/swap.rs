@@ -1,0 +1,565 @@
+//! Swappable linear memory: where guests' memories live, and how a parked invocation's memory
+//! goes to a swap file and comes back.
+//!
+//! wasmtime 48 gives no public handle on a component instance's core memories, so the worker
+//! allocates them itself: the engine uses the on-demand instance allocator with
+//! [`SwappableMemoryCreator`] as its memory creator (`Config::with_host_memory`). Each linear
+//! memory is a reservation of address space (the size wasmtime asks for plus its guard
+//! region), read-write up to the memory's size and inaccessible beyond, so the guard-page
+//! bounds checks of compiled code work as they do with wasmtime's own memories. Reservations
+//! are recycled through a free list ([`RegionPool`]) so an invocation does not pay for `mmap`
+//! and `munmap` of gigabytes of address space; a recycled one is released with
+//! `madvise(MADV_DONTNEED)`, which zeroes it and returns its pages to the kernel.
+//!
+//! Which memory belongs to which invocation: the worker's gate marks the thread that polls an
+//! invocation's guest ([`InvocationMemory::enter`]); a memory created during that poll (at
+//! instantiation) registers with that invocation.
+//!
+//! Swapping follows the policy core's decisions ([`turnpike_policy::machine::MachineAction`]):
+//! - `SwapOut`: the worker's swap thread writes each memory's bytes to the invocation's swap
+//!   file and releases the pages (`MADV_DONTNEED`: the process's RSS really drops). It does so
+//!   only while the guest is not being polled, under the invocation's lock, which the gate
+//!   also holds when it starts a poll, so the guest never runs while its memory moves. If the
+//!   machine changed its mind before the swap thread got there (a `SwapIn` for it came first),
+//!   the swap-out is skipped.
+//! - `SwapIn`: nothing happens at once. The gate reads the file back just before the guest
+//!   next runs ([`InvocationMemory::enter`]), on the thread that is about to run it; a guest
+//!   woken by I/O is swapped in the same way.
+//!
+//! Only linear memory moves: the fiber stack, tables and host state stay resident (a few
+//! hundred KiB per instance). A failed swap-out (disk full) leaves the memory resident and
+//! loses nothing; a failed swap-in fails the invocation with [`SwapError`] (its memory is
+//! gone).
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+/// Pages are what `mprotect` and `madvise` work on.
+const PAGE: usize = 4096;
+
+fn round_up_to_page(bytes: usize) -> usize {
+    bytes.div_ceil(PAGE) * PAGE
+}
+
+/// A reservation of address space: `len` bytes from `base`, the first `accessible` of them
+/// read-write and the rest inaccessible.
+#[derive(Debug)]
+struct Region {
+    base: usize,
+    len: usize,
+    accessible: usize,
+}
+
+/// Free reservations, reused by later memories of the same reservation size.
+#[derive(Debug)]
+pub struct RegionPool {
+    free: Mutex<Vec<Region>>,
+    /// Free reservations kept at most; more are unmapped.
+    keep: usize,
+}
+
+impl RegionPool {
+    pub fn new(keep: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Region>> {
+        // A plain list: no update can be left half-done by a panic.
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A reservation of `len` bytes whose first `accessible` bytes are read-write and zero.
+    fn take(&self, len: usize, accessible: usize) -> std::io::Result<Region> {
+        let reused = {
+            let mut free = self.lock();
+            free.iter()
+                .rposition(|r| r.len == len)
+                .map(|at| free.swap_remove(at))
+        };
+        let mut region = match reused {
+            Some(region) => region,
+            None => Region {
+                base: reserve(len)?,
+                len,
+                accessible: 0,
+            },
+        };
+        if let Err(e) = region.set_accessible(accessible) {
+            self.give_back(region);
+            return Err(e);
+        }
+        Ok(region)
+    }
+
+    /// Takes back a reservation whose contents are dead: releases its pages (so the next user
+    /// sees zeros) and keeps it for reuse, or unmaps it.
+    fn give_back(&self, region: Region) {
+        if region.release(0, region.accessible).is_err() {
+            // Pages that could not be released must not be handed out again as zeros.
+            region.unmap();
+            return;
+        }
+        let mut free = self.lock();
+        if free.len() < self.keep {
+            free.push(region);
+        } else {
+            drop(free);
+            region.unmap();
+        }
+    }
+}
+
+impl Drop for RegionPool {
+    fn drop(&mut self) {
+        for region in self.lock().drain(..) {
+            region.unmap();
+        }
+    }
+}
+
+/// Reserves `len` bytes of address space, inaccessible, backed by nothing until made
+/// read-write and touched.
+#[allow(unsafe_code)]
+fn reserve(len: usize) -> std::io::Result<usize> {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: a fresh private anonymous mapping at an address the kernel chooses aliases
+    // nothing.
+    let base = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    Ok(base as usize)
+}
+
+#[allow(unsafe_code)]
+impl Region {
+    fn ptr(&self, offset: usize) -> *mut c_void {
+        (self.base + offset) as *mut c_void
+    }
+
+    /// Makes the first `bytes` (page-rounded) read-write and the rest of the reservation
+    /// inaccessible.
+    fn set_accessible(&mut self, bytes: usize) -> std::io::Result<()> {
+        use rustix::mm::{mprotect, MprotectFlags};
+        let bytes = round_up_to_page(bytes);
+        if bytes > self.len {
+            return Err(std::io::Error::other(format!(
+                "{bytes} bytes do not fit a reservation of {} bytes",
+                self.len
+            )));
+        }
+        // SAFETY: the ranges lie inside this reservation, which only its owner uses; pages
+        // made inaccessible were released when the region was given back, and those beyond a
+        // memory's size hold nothing a guest can reach.
+        unsafe {
+            if bytes > self.accessible {
+                mprotect(
+                    self.ptr(self.accessible),
+                    bytes - self.accessible,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )?;
+            } else if bytes < self.accessible {
+                mprotect(
+                    self.ptr(bytes),
+                    self.accessible - bytes,
+                    MprotectFlags::empty(),
+                )?;
+            }
+        }
+        self.accessible = bytes;
+        Ok(())
+    }
+
+    /// Returns the pages of `[offset, offset + len)` to the kernel; they read as zeros after.
+    fn release(&self, offset: usize, len: usize) -> std::io::Result<()> {
+        use rustix::mm::{madvise, Advice};
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: inside this reservation, and its owner (a swap-out under the invocation's
+        // lock, or the pool after the memory died) guarantees no guest is using it.
+        unsafe {
+            madvise(
+                self.ptr(offset),
+                round_up_to_page(len),
+                Advice::LinuxDontNeed,
+            )
+        }?;
+        Ok(())
+    }
+
+    fn unmap(&self) {
+        // SAFETY: the whole reservation, no longer referenced by anyone. A failure leaks
+        // address space only.
+        let _ = unsafe { rustix::mm::munmap(self.ptr(0), self.len) };
+    }
+}
+
+/// One linear memory's reservation and size, shared by the [`LinearMemory`] wasmtime holds and
+/// the invocation it belongs to. The reservation returns to the pool when the last holder
+/// drops it, so a swap-out in progress keeps it from being reused under it.
+#[derive(Debug)]
+struct MemoryShared {
+    region: Mutex<Region>,
+    /// Wasm-visible bytes (`LinearMemory::byte_size`).
+    size: AtomicUsize,
+    pool: Arc<RegionPool>,
+}
+
+impl MemoryShared {
+    fn region(&self) -> MutexGuard<'_, Region> {
+        self.region.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for MemoryShared {
+    fn drop(&mut self) {
+        let region = std::mem::replace(
+            self.region.get_mut().unwrap_or_else(|e| e.into_inner()),
+            Region {
+                base: 0,
+                len: 0,
+                accessible: 0,
+            },
+        );
+        if region.len > 0 {
+            self.pool.give_back(region);
+        }
+    }
+}
+
+/// A linear memory as wasmtime sees it.
+#[derive(Debug)]
+struct SwappableMemory {
+    shared: Arc<MemoryShared>,
+    base: usize,
+    /// Bytes wasm may ever address without moving the base (the reservation minus the guard).
+    capacity: usize,
+}
+
+// SAFETY: the base is page-aligned and never moves; bytes `[0, size)` are read-write and zero
+// when created, bytes from `size` to the end of the reservation (capacity plus guard) are
+// inaccessible, so an out-of-bounds access traps as wasmtime's guard-page bounds checks
+// expect. Outside wasmtime, the memory is only touched by a swap-out or swap-in while the
+// guest is not running (see the module docs).
+#[allow(unsafe_code)]
+unsafe impl LinearMemory for SwappableMemory {
+    fn byte_size(&self) -> usize {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        if new_size > self.capacity {
+            wasmtime::bail!(
+                "cannot grow linear memory to {new_size} bytes: its reservation holds {}",
+                self.capacity
+            );
+        }
+        let mut region = self.shared.region();
+        if new_size > region.accessible {
+            region
+                .set_accessible(new_size)
+                .map_err(|e| wasmtime::format_err!("growing linear memory: {e}"))?;
+        }
+        self.shared.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base as *mut u8
+    }
+}
+
+/// The engine's memory creator: every linear memory a worker's guests get comes from here.
+#[derive(Debug)]
+pub struct SwappableMemoryCreator {
+    pool: Arc<RegionPool>,
+    /// Reservation for memories wasmtime does not give a reservation size for.
+    default_reservation: usize,
+}
+
+impl SwappableMemoryCreator {
+    pub fn new(pool: Arc<RegionPool>, default_reservation: usize) -> Self {
+        Self {
+            pool,
+            default_reservation,
+        }
+    }
+}
+
+// SAFETY: every memory returned is a `SwappableMemory` (see its safety comment), reserved with
+// the size and guard wasmtime asked for, zero-filled up to `minimum`.
+#[allow(unsafe_code)]
+unsafe impl MemoryCreator for SwappableMemoryCreator {
+    fn new_memory(
+        &self,
+        _ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        let capacity = reserved_size_in_bytes
+            .unwrap_or_else(|| maximum.unwrap_or(self.default_reservation).max(minimum));
+        let capacity = round_up_to_page(capacity);
+        if minimum > capacity {
+            return Err(format!(
+                "a linear memory of {minimum} bytes does not fit its reservation of {capacity}"
+            ));
+        }
+        let len = capacity
+            .checked_add(round_up_to_page(guard_size_in_bytes))
+            .ok_or("reservation size overflows")?;
+        let region = self
+            .pool
+            .take(len, minimum)
+            .map_err(|e| format!("reserving {len} bytes for a linear memory: {e}"))?;
+        let base = region.base;
+        let shared = Arc::new(MemoryShared {
+            region: Mutex::new(region),
+            size: AtomicUsize::new(minimum),
+            pool: self.pool.clone(),
+        });
+        CURRENT.with(|current| {
+            if let Some(invocation) = current.borrow().as_ref().and_then(Weak::upgrade) {
+                invocation.lock().memories.push(Arc::downgrade(&shared));
+            }
+        });
+        Ok(Box::new(SwappableMemory {
+            shared,
+            base,
+            capacity,
+        }))
+    }
+}
+
+thread_local! {
+    /// The invocation whose guest this thread is polling, if any.
+    static CURRENT: RefCell<Option<Weak<InvocationMemory>>> = const { RefCell::new(None) };
+}
+
+/// A swap-in failed: the invocation's memory could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("swap file {path}: {message}")]
+pub struct SwapError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Swap traffic of one invocation, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapTotals {
+    pub swap_outs: u32,
+    pub swapped_out_bytes: u64,
+    pub swapped_in_bytes: u64,
+}
+
+/// The linear memories of one invocation and their swap state.
+#[derive(Debug)]
+pub struct InvocationMemory {
+    state: Mutex<SwapState>,
+    /// Signalled when a poll of the guest ends.
+    idle: Condvar,
+    /// The machine wants it swapped out (set by `SwapOut`, cleared by `SwapIn`); read by the
+    /// swap thread without waiting for the lock's other users.
+    want_out: AtomicBool,
+    path: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct SwapState {
+    memories: Vec<Weak<MemoryShared>>,
+    /// A poll of the guest is in progress.
+    running: bool,
+    /// `(memory, bytes)` written to the swap file, in file order; empty when resident.
+    swapped: Vec<(Arc<MemoryShared>, usize)>,
+    totals: SwapTotals,
+}
+
+impl InvocationMemory {
+    /// `path`: where this invocation's swap file goes if it is swapped out.
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SwapState::default()),
+            idle: Condvar::new(),
+            want_out: AtomicBool::new(false),
+            path,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SwapState> {
+        // Every update is completed before the lock is released; a panic mid-swap would have
+        // come from a broken invariant, and the state left behind is still consistent enough
+        // to drop.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of linear memory it has now (resident or swapped out).
+    pub fn bytes(&self) -> u64 {
+        self.lock()
+            .memories
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|m| m.size.load(Ordering::Acquire) as u64)
+            .sum()
+    }
+
+    pub fn is_swapped_out(&self) -> bool {
+        !self.lock().swapped.is_empty()
+    }
+
+    pub fn totals(&self) -> SwapTotals {
+        self.lock().totals
+    }
+
+    /// The machine decided to swap it out (the swap thread will, unless this is undone first).
+    pub fn request_out(&self) {
+        self.want_out.store(true, Ordering::Release);
+    }
+
+    /// The machine decided to swap it back in: a swap-out not yet done is skipped, one done is
+    /// undone at the next [`InvocationMemory::enter`].
+    pub fn request_in(&self) {
+        self.want_out.store(false, Ordering::Release);
+    }
+
+    /// Called by the gate before each poll of the guest: swaps the memory back in if it is
+    /// out, and marks this thread as running this invocation until the returned guard drops.
+    pub fn enter(self: &Arc<Self>) -> Result<Running, SwapError> {
+        let mut state = self.lock();
+        self.want_out.store(false, Ordering::Release);
+        if !state.swapped.is_empty() {
+            self.swap_in(&mut state)?;
+        }
+        state.running = true;
+        drop(state);
+        CURRENT.with(|current| *current.borrow_mut() = Some(Arc::downgrade(self)));
+        Ok(Running {
+            memory: self.clone(),
+        })
+    }
+
+    /// Writes the memory to the swap file and releases its pages, if the machine still wants
+    /// that. A guest preempted a moment ago may still be finishing its poll (it stops at its
+    /// next epoch check, microseconds away): this waits for that. Returns the bytes written.
+    pub fn swap_out(&self) -> std::io::Result<u64> {
+        let mut state = self.lock();
+        while state.running && self.want_out.load(Ordering::Acquire) {
+            state = self
+                .idle
+                .wait_timeout(state, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if !self.want_out.load(Ordering::Acquire) || !state.swapped.is_empty() {
+            return Ok(0);
+        }
+        let memories: Vec<Arc<MemoryShared>> =
+            state.memories.iter().filter_map(Weak::upgrade).collect();
+        let mut file = File::create(&self.path)?;
+        let mut swapped = Vec::with_capacity(memories.len());
+        for memory in memories {
+            let size = memory.size.load(Ordering::Acquire);
+            write_region(&mut file, &memory.region(), size)?;
+            swapped.push((memory, size));
+        }
+        // Nothing is released until every byte is written: a failed write keeps the memory
+        // resident, as if the swap-out had not been asked for.
+        for (memory, size) in &swapped {
+            memory.region().release(0, *size)?;
+        }
+        let bytes: u64 = swapped.iter().map(|&(_, size)| size as u64).sum();
+        state.totals.swap_outs += 1;
+        state.totals.swapped_out_bytes += bytes;
+        state.swapped = swapped;
+        Ok(bytes)
+    }
+
+    fn swap_in(&self, state: &mut SwapState) -> Result<(), SwapError> {
+        let error = |e: std::io::Error| SwapError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let mut file = File::open(&self.path).map_err(error)?;
+        for (memory, size) in std::mem::take(&mut state.swapped) {
+            read_region(&mut file, &memory.region(), size).map_err(error)?;
+            state.totals.swapped_in_bytes += size as u64;
+        }
+        drop(file);
+        // The data is back in memory; a file that cannot be removed is only litter.
+        let _ = std::fs::remove_file(&self.path);
+        Ok(())
+    }
+}
+
+impl Drop for InvocationMemory {
+    fn drop(&mut self) {
+        if !self.state.get_mut().map_or(true, |s| s.swapped.is_empty()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The gate's mark that this thread is polling the invocation's guest; dropping it ends the
+/// poll (a swap-out may now proceed).
+#[derive(Debug)]
+pub struct Running {
+    memory: Arc<InvocationMemory>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        CURRENT.with(|current| *current.borrow_mut() = None);
+        self.memory.lock().running = false;
+        self.memory.idle.notify_all();
+    }
+}
+
+/// Writes the first `size` bytes of a region.
+#[allow(unsafe_code)]
+fn write_region(file: &mut File, region: &Region, size: usize) -> std::io::Result<()> {
+    assert!(
+        size <= region.accessible,
+        "a memory's size is inside its region"
+    );
+    // SAFETY: `[base, base + size)` is read-write (accessible) and, under the invocation's
+    // lock with its guest not running, nothing writes it while this slice lives.
+    let bytes = unsafe { std::slice::from_raw_parts(region.base as *const u8, size) };
+    file.write_all(bytes)
+}
+
+/// Reads `size` bytes back into the start of a region.
+#[allow(unsafe_code)]
+fn read_region(file: &mut File, region: &Region, size: usize) -> std::io::Result<()> {
+    assert!(
+        size <= region.accessible,
+        "a memory's size is inside its region"
+    );
+    // SAFETY: as in `write_region`; the guest is about to run but has not started, and this
+    // slice is the only access until it ends.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(region.base as *mut u8, size) };
+    file.read_exact(bytes)
+}
