@@ -8,11 +8,17 @@
 //!   reset with `PAGEMAP_SCAN`);
 //! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
 //!   threads, the result sent back) against direct;
-//! - hello throughput of one worker, 1 slot and C slots, 16 in flight;
+//! - hello throughput of one worker, 1 slot and C slots, 16 in flight, and with all classes
+//!   mixed and batch spins being preempted;
 //! - preemption latency: a top-class hello's submit-to-first-poll while a batch spin holds the
 //!   only slot, against the same with the slot idle;
 //! - the cost of epoch checks (and of yielding at every 1 ms tick) on CPU-bound guests, `spin`
-//!   and `fib`, against an engine that compiles no checks.
+//!   and `fib`, against an engine that compiles no checks;
+//! - swap-out and swap-in bandwidth of a parked 256 MB `grow` (a critical `spin` parks it on a
+//!   1-slot worker with 280 MB of memory), against writing and reading 256 MB through the same
+//!   directory from a plain buffer.
+//!
+//! `SWAP_ONLY=1` runs only the last.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -134,6 +140,43 @@ async fn hello_throughput(runtime: &Arc<Runtime>, hello: &Arc<Function>, cores: 
     );
 }
 
+/// Throughput with every class in the mix: hellos cycling over the four classes, and every
+/// 50th request a 2 ms batch `spin` that the hellos of higher classes keep preempting.
+async fn mixed_throughput(
+    runtime: &Arc<Runtime>,
+    hello: &Arc<Function>,
+    spin: &Arc<Function>,
+    cores: u32,
+    n: usize,
+) {
+    let w = worker(runtime, cores);
+    let in_flight = 16;
+    let t = Instant::now();
+    let (mut pending, mut parks) = (VecDeque::new(), 0u64);
+    let mut settle = |o: Outcome| {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        parks += u64::from(o.usage.parks);
+    };
+    for i in 0..n {
+        if pending.len() == in_flight {
+            settle(pending.pop_front().expect("non-empty").await);
+        }
+        let (f, path, class) = if i % 50 == 0 {
+            (spin, "/?ms=2", 0)
+        } else {
+            (hello, "/", (i % 4) as u8)
+        };
+        pending.push_back(w.submit(f, Request::get(path), InvokeOptions::class(ClassId(class))));
+    }
+    for h in pending {
+        settle(h.await);
+    }
+    println!(
+        "mixed classes, {cores} slot(s), {in_flight} in flight: {:.0} invocations/s, {parks} preemptions",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+}
+
 async fn preemption_latency(
     runtime: &Arc<Runtime>,
     hello: &Arc<Function>,
@@ -196,6 +239,89 @@ async fn epoch_cost(name: &str, with: &Arc<Function>, without: &Arc<Function>, p
     );
 }
 
+/// Swap bandwidth of a parked 256 MB instance against the file system's own, `rounds` times.
+async fn swap_bandwidth(rounds: usize) {
+    const MB: u64 = 256;
+    let bytes = MB << 20;
+    let dir = bench_dir("swap");
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::new(dir.join("cache"))).expect("runtime"));
+    let w = Worker::new(
+        runtime.clone(),
+        WorkerConfig {
+            cores: 1,
+            memory_mb: Some(280),
+            swap_mb: 1024,
+            swap_dir: dir.clone(),
+            ..WorkerConfig::default()
+        },
+    )
+    .expect("worker starts");
+    let grow = runtime.load(&guest("grow")).expect("grow loads");
+    let spin = runtime.load(&guest("spin")).expect("spin loads");
+    let gbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+    let (mut out, mut back, mut file_out, mut file_back) = (vec![], vec![], vec![], vec![]);
+    let buffer: Vec<u8> = (0..bytes as usize).map(|i| (i * 31) as u8).collect();
+    let mut readback = vec![0u8; bytes as usize];
+    for _ in 0..rounds {
+        let low = w.submit(
+            &grow,
+            Request::get(format!("/?mb={MB}&hold_ms=300")),
+            InvokeOptions::class(ClassId(0)).memory_cap_mb(512),
+        );
+        while w.used_mb() < MB {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Let the guest write its pages before it is parked.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let top = w
+            .invoke(
+                &spin,
+                Request::get("/?ms=300"),
+                InvokeOptions::class(ClassId(3)),
+            )
+            .await;
+        assert!(top.result.is_ok());
+        let low = low.await;
+        assert_eq!(low.result.expect("grow finishes").status, 200);
+        let u = low.usage;
+        assert!(u.swapped_out_bytes >= bytes, "not swapped: {u:?}");
+        out.push(gbps(u.swap_out_time));
+        back.push(gbps(u.swap_in_time));
+
+        let path = dir.join("plain.bin");
+        let t = Instant::now();
+        std::fs::write(&path, &buffer).expect("write");
+        file_out.push(gbps(t.elapsed()));
+        let t = Instant::now();
+        let mut f = std::fs::File::open(&path).expect("open");
+        std::io::Read::read_exact(&mut f, &mut readback).expect("read");
+        file_back.push(gbps(t.elapsed()));
+        std::fs::remove_file(&path).expect("remove");
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (o, b) = (median(out), median(back));
+    let (fo, fb) = (median(file_out), median(file_back));
+    println!(
+        "swap-out of a parked {MB} MB instance: {o:.2} GB/s (plain file write {fo:.2} GB/s, ratio {:.2})",
+        o / fo
+    );
+    println!(
+        "swap-in  of a parked {MB} MB instance: {b:.2} GB/s (plain file read  {fb:.2} GB/s, ratio {:.2})",
+        b / fb
+    );
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bench_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("turnpike-bench-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
+
 fn main() {
     let dir = std::env::temp_dir().join(format!("turnpike-worker-bench-{}", std::process::id()));
     let runtime = Arc::new(Runtime::new(RuntimeConfig::new(&dir)).expect("runtime starts"));
@@ -218,17 +344,15 @@ fn main() {
         .expect("client runtime");
     client.block_on(async {
         let w = worker(&runtime, 1);
-        let n = std::env::var("HELLO_N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5000);
-        hello_latency(&hello, &pooled_hello, &w, n).await;
-        if std::env::var_os("HELLO_ONLY").is_some() {
+        if std::env::var_os("SWAP_ONLY").is_some() {
+            swap_bandwidth(5).await;
             return;
         }
+        hello_latency(&hello, &pooled_hello, &w, 5000).await;
         drop(w);
         hello_throughput(&runtime, &hello, 1, 20_000).await;
         hello_throughput(&runtime, &hello, cores, 20_000).await;
+        mixed_throughput(&runtime, &hello, &spin, cores, 20_000).await;
         preemption_latency(&runtime, &hello, &spin, 300).await;
         epoch_cost(
             "spin?iters=50000000",
@@ -238,6 +362,7 @@ fn main() {
         )
         .await;
         epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
+        swap_bandwidth(5).await;
     });
     drop((runtime, pooled, unchecked));
     let _ = std::fs::remove_dir_all(&dir);

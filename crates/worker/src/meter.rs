@@ -38,6 +38,10 @@ pub struct Usage {
     pub swap_outs: u32,
     pub swapped_out_bytes: u64,
     pub swapped_in_bytes: u64,
+    /// Time its memory took to write out (off the slots) and to read back (on a slot, before
+    /// it ran again: the latency swapping added to it).
+    pub swap_out_time: Duration,
+    pub swap_in_time: Duration,
 }
 
 /// Linear memory of one invocation, updated by its store's resource limiter at every grow and

@@ -365,12 +365,16 @@ pub struct SwapError {
     pub message: String,
 }
 
-/// Swap traffic of one invocation, bytes.
+/// Swap traffic of one invocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwapTotals {
     pub swap_outs: u32,
     pub swapped_out_bytes: u64,
     pub swapped_in_bytes: u64,
+    /// Time spent writing its memory out (on the swap thread) and reading it back (on a slot,
+    /// just before it ran again).
+    pub swap_out_time: Duration,
+    pub swap_in_time: Duration,
 }
 
 /// The linear memories of one invocation and their swap state.
@@ -479,6 +483,7 @@ impl InvocationMemory {
         }
         let memories: Vec<Arc<MemoryShared>> =
             state.memories.iter().filter_map(Weak::upgrade).collect();
+        let started = std::time::Instant::now();
         let mut file = File::create(&self.path)?;
         let mut swapped = Vec::with_capacity(memories.len());
         for memory in memories {
@@ -494,6 +499,7 @@ impl InvocationMemory {
         let bytes: u64 = swapped.iter().map(|&(_, size)| size as u64).sum();
         state.totals.swap_outs += 1;
         state.totals.swapped_out_bytes += bytes;
+        state.totals.swap_out_time += started.elapsed();
         state.swapped = swapped;
         Ok(bytes)
     }
@@ -503,12 +509,14 @@ impl InvocationMemory {
             path: self.path.clone(),
             message: e.to_string(),
         };
+        let started = std::time::Instant::now();
         let mut file = File::open(&self.path).map_err(error)?;
         for (memory, size) in std::mem::take(&mut state.swapped) {
             read_region(&mut file, &memory.region(), size).map_err(error)?;
             state.totals.swapped_in_bytes += size as u64;
         }
         drop(file);
+        state.totals.swap_in_time += started.elapsed();
         // The data is back in memory; a file that cannot be removed is only litter.
         let _ = std::fs::remove_file(&self.path);
         Ok(())

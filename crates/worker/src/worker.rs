@@ -528,6 +528,8 @@ fn unused(class: ClassId) -> Usage {
         swap_outs: 0,
         swapped_out_bytes: 0,
         swapped_in_bytes: 0,
+        swap_out_time: Duration::ZERO,
+        swap_in_time: Duration::ZERO,
     }
 }
 
@@ -671,6 +673,8 @@ impl Gate {
                 swap_outs: swap.swap_outs,
                 swapped_out_bytes: swap.swapped_out_bytes,
                 swapped_in_bytes: swap.swapped_in_bytes,
+                swap_out_time: swap.swap_out_time,
+                swap_in_time: swap.swap_in_time,
             },
         }
     }
