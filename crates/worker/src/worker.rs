@@ -326,6 +326,13 @@ impl Worker {
         self.shared.lock().machine.running().to_vec()
     }
 
+    /// Memory an invocation of `class` could get here now, MB: free memory plus what lower
+    /// classes hold and swap could take (`u64::MAX` without a memory capacity). What a shard's
+    /// power-of-k poll asks.
+    pub fn room_for(&self, class: ClassId) -> u64 {
+        self.shared.lock().machine.room_for(class)
+    }
+
     /// Swap space in use, MB, by the machine's ledger.
     pub fn swap_used_mb(&self) -> u64 {
         self.shared.lock().machine.swap_used_mb()

@@ -209,3 +209,39 @@ async fn cpu_time_of_a_parked_spin_excludes_its_parked_time() {
         low.usage
     );
 }
+
+#[tokio::test]
+async fn a_guest_woken_from_io_keeps_its_place_ahead_of_later_arrivals() {
+    let _serial = serial().await;
+    let (worker, _dir) = worker(1);
+    let (spin, sleep) = (load(&worker, "spin"), load(&worker, "sleep"));
+    let iters_200 = spin_iters_for(&worker, &spin, 200).await;
+    let iters_100 = iters_200 / 2;
+    let t0 = Instant::now();
+    // A starts and sleeps; B takes the slot meanwhile; C arrives after both. A wakes while B
+    // runs (same class: no preemption) and must run before C, which arrived after it.
+    let a = worker.submit(
+        &sleep,
+        Request::get("/?ms=50"),
+        InvokeOptions::class(STANDARD),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = worker.submit(
+        &spin,
+        Request::get(format!("/?iters={iters_200}")),
+        InvokeOptions::class(STANDARD),
+    );
+    let c = worker.submit(
+        &spin,
+        Request::get(format!("/?iters={iters_100}")),
+        InvokeOptions::class(STANDARD),
+    );
+    let ((a, a_done), (b, b_done), (c, c_done)) =
+        tokio::join!(finished(a, t0), finished(b, t0), finished(c, t0));
+    assert!(a.result.is_ok() && b.result.is_ok() && c.result.is_ok());
+    assert!(a.usage.blocks >= 1, "{:?}", a.usage);
+    assert!(
+        b_done < a_done && a_done < c_done,
+        "finish order should be B, A, C: A {a_done:?}, B {b_done:?}, C {c_done:?}"
+    );
+}
