@@ -1,7 +1,8 @@
-//! `turnpike`: the one binary of Turnpike. For now it runs the cluster simulator
-//! (`turnpike sim ...`); see `turnpike --help`.
+//! `turnpike`: the one binary of Turnpike: a whole cluster in one process (`turnpike up`) and
+//! the cluster simulator (`turnpike sim ...`); see `turnpike --help`.
 
 mod sim;
+mod up;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start a whole cluster in this process (gateway, shards, workers) with the demo app.
+    Up(up::UpArgs),
     /// Run the discrete-event cluster simulator (the paper's evaluation and beyond).
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -28,6 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => up::main(args),
         Command::Sim(cmd) => sim::main(cmd),
     }
 }

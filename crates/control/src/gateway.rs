@@ -1,0 +1,324 @@
+//! The gateway: HTTP/1.1 and HTTP/2 in, each request mapped to a function and a price class
+//! and sent to a shard, the function's response out.
+//!
+//! - Routes map a path prefix (and optionally a method) to a function and a class; the longest
+//!   matching prefix wins, and a prefix matches whole path segments (`/work` matches
+//!   `/work/batch`, not `/workshop`). `POST|GET /v1/invoke/<function hash>` invokes a loaded
+//!   function directly, its class named by the `x-turnpike-class` header.
+//! - Choosing a shard: every shard holds the same kind of per-class queues and places over
+//!   all workers, so any shard may take any invocation. The gateway takes the one with fewer
+//!   invocations in flight from two chosen at random (power of two choices), which spreads
+//!   load as evenly as asking all of them at the cost of two counter reads, and skips a shard
+//!   that failed at the transport level for [`SHARD_DOWN_FOR`]; the request that met the
+//!   failure is tried once on another shard.
+//! - Answers: unknown route 404; unknown class 400 naming the known ones; a request body over
+//!   the limit 413; a response body over the limit 413 too (it says which); a function that
+//!   failed 502 with the reason; no shard or worker available 503 with the reason.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use turnpike_policy::{ClassId, ClassSet};
+
+use crate::proto;
+use crate::proto::shard_client::ShardClient;
+use crate::wire;
+
+/// A shard that failed at the transport level is skipped for this long.
+pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
+/// The header naming the class of a direct invocation.
+pub const CLASS_HEADER: &str = "x-turnpike-class";
+
+/// A route: requests whose path starts with `prefix` (whole segments) run `function` at
+/// `class`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub method: Option<Method>,
+    pub prefix: String,
+    /// The function's content hash.
+    pub function: String,
+    pub class: ClassId,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub classes: ClassSet,
+    pub routes: Vec<Route>,
+    pub shards: Vec<SocketAddr>,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    /// Memory an invocation is assumed to start with, MB (for placement).
+    pub start_mb: u64,
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    shards: Vec<ShardHandle>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ShardHandle {
+    client: ShardClient<Channel>,
+    in_flight: AtomicU64,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl ShardHandle {
+    fn is_down(&self) -> bool {
+        let until = *self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + SHARD_DOWN_FOR);
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
+    let mut text = text.into();
+    text.push('\n');
+    let mut response = http::Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let shards = config
+            .shards
+            .iter()
+            .map(|a| ShardHandle {
+                client: ShardClient::new(wire::channel(Endpoint::from_shared(format!(
+                    "http://{a}"
+                ))))
+                .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(wire::MAX_MESSAGE_BYTES),
+                in_flight: AtomicU64::new(0),
+                down_until: Mutex::new(None),
+            })
+            .collect();
+        Arc::new(Self {
+            config,
+            shards,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+                () = &mut shutdown => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = builder.serve_connection(io, service).await;
+            });
+        }
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_string();
+        let (function, class) = if let Some(hash) = path.strip_prefix("/v1/invoke/") {
+            let Some(name) = parts.headers.get(CLASS_HEADER) else {
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("a direct invocation names its class in the `{CLASS_HEADER}` header; classes: {}", self.class_names()),
+                );
+            };
+            let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
+            let Some(class) = self.config.classes.by_name(&name) else {
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown class `{name}`; classes: {}", self.class_names()),
+                );
+            };
+            (hash.to_string(), class)
+        } else {
+            match self.route(&parts.method, &path) {
+                Some(route) => (route.function.clone(), route.class),
+                None => {
+                    return answer(
+                        StatusCode::NOT_FOUND,
+                        format!("no route for {} {path}", parts.method),
+                    )
+                }
+            }
+        };
+        let limit = self.config.max_request_bytes;
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the limit of {limit} bytes"),
+                )
+            }
+            Err(e) => return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        };
+        let invocation = proto::Invocation {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            function,
+            class: u32::from(class.0),
+            method: parts.method.as_str().to_string(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| path.clone(), |p| p.as_str().to_string()),
+            headers: wire::headers_to_wire(&parts.headers),
+            body: body.to_vec(),
+            depth: 0,
+            start_mb: self.config.start_mb,
+        };
+        self.invoke(invocation).await
+    }
+
+    fn class_names(&self) -> String {
+        self.config
+            .classes
+            .iter()
+            .map(|(_, c)| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The longest route whose prefix matches `path` at a segment boundary.
+    fn route(&self, method: &Method, path: &str) -> Option<&Route> {
+        self.config
+            .routes
+            .iter()
+            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
+            .filter(|r| {
+                let p = r.prefix.trim_end_matches('/');
+                path == p || path.starts_with(&format!("{p}/")) || p.is_empty()
+            })
+            .max_by_key(|r| r.prefix.len())
+    }
+
+    /// Two random live shards, the one with fewer in flight first; then the rest as fallback.
+    fn pick_shard(&self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.shards.len())
+            .filter(|&i| !self.shards[i].is_down())
+            .collect();
+        match live.len() {
+            0 => None,
+            1 => Some(live[0]),
+            n => {
+                let mut rng = rand::rng();
+                let a = live[rng.random_range(0..n)];
+                let mut b = live[rng.random_range(0..n - 1)];
+                if b == a {
+                    b = live[n - 1];
+                }
+                let load = |i: usize| self.shards[i].in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    async fn invoke(&self, invocation: proto::Invocation) -> http::Response<Body> {
+        let mut tried = Vec::new();
+        for _ in 0..2 {
+            let Some(s) = self.pick_shard().filter(|s| !tried.contains(s)) else {
+                break;
+            };
+            tried.push(s);
+            let shard = &self.shards[s];
+            shard.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = shard.client.clone().invoke(invocation.clone()).await;
+            shard.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(outcome) => return self.respond(outcome.into_inner()),
+                Err(status) => {
+                    shard.mark_down();
+                    if tried.len() == 2 {
+                        return answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("shard unavailable: {}", status.message()),
+                        );
+                    }
+                }
+            }
+        }
+        answer(StatusCode::SERVICE_UNAVAILABLE, "no shard is available")
+    }
+
+    fn respond(&self, outcome: proto::Outcome) -> http::Response<Body> {
+        match outcome.ending {
+            Some(proto::outcome::Ending::Response(r)) => {
+                if r.body.len() > self.config.max_response_bytes {
+                    return answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the function's response body of {} bytes is over the limit of {} bytes",
+                            r.body.len(),
+                            self.config.max_response_bytes
+                        ),
+                    );
+                }
+                let mut response = http::Response::new(Full::new(Bytes::from(r.body)));
+                *response.status_mut() =
+                    StatusCode::from_u16(r.status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+                for h in r.headers {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        http::HeaderValue::from_bytes(&h.value),
+                    ) {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+                response
+            }
+            Some(proto::outcome::Ending::Failure(f)) => {
+                let status = match proto::FailureKind::try_from(f.kind) {
+                    Ok(proto::FailureKind::BadRequest) => StatusCode::BAD_REQUEST,
+                    Ok(proto::FailureKind::Unavailable | proto::FailureKind::Killed) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                answer(status, f.message)
+            }
+            None => answer(StatusCode::BAD_GATEWAY, "empty outcome from the shard"),
+        }
+    }
+}

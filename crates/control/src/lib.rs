@@ -1,0 +1,27 @@
+//! Turnpike's control plane (issue 4, "Control plane", in progress): the roles of a running
+//! cluster as network services, speaking gRPC (tonic) to each other on TCP.
+//!
+//! - [`gateway`]: HTTP in (HTTP/1.1 and HTTP/2), routes to a function and a price class, a
+//!   shard chosen per invocation, the function's response out.
+//! - [`shard`]: the policy core's shard (per-class queues, idle list, power-of-k) behind the
+//!   `Shard` service, placing invocations on real workers and retrying lost ones.
+//! - [`node`]: a worker (the `turnpike-worker` runtime) behind the `Worker` service, and its
+//!   dispatcher keeping it registered with every shard and on one idle list.
+//! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
+//! - [`wire`]: conversions between the RPC messages and the worker's types, and the
+//!   connection settings every role uses (timeouts, keep-alive).
+//!
+//! The RPCs are defined in `proto/turnpike.proto`. Placement state is soft and in memory:
+//! workers re-register with a restarted shard and re-join its idle list.
+
+pub mod gateway;
+pub mod node;
+pub mod shard;
+pub mod up;
+pub mod wire;
+
+/// The generated RPC messages, clients and servers (`proto/turnpike.proto`).
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("turnpike.v1");
+}

@@ -1,0 +1,254 @@
+//! A worker node: the worker runtime behind the `Worker` RPC service, plus its dispatcher,
+//! which keeps the machine registered with every shard and on at most one shard's idle list
+//! (the policy core's [`Dispatcher`] decides when to join, update and leave).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
+use turnpike_policy::idle_list::IdleEntry;
+use turnpike_policy::{ClassId, ShardId};
+use turnpike_worker::{Function, InvokeError, InvokeOptions, Worker};
+
+use crate::proto;
+use crate::proto::shard_client::ShardClient;
+use crate::proto::worker_server::WorkerServer;
+use crate::wire;
+
+/// How often the dispatcher looks at the worker's memory and load, and re-registers.
+const DISPATCH_TICK: Duration = Duration::from_millis(5);
+const REGISTER_EVERY: Duration = Duration::from_millis(500);
+
+/// The `Worker` service over a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    worker: Arc<Worker>,
+    functions: Arc<Mutex<HashMap<String, Arc<Function>>>>,
+}
+
+impl NodeService {
+    pub fn new(worker: Arc<Worker>) -> Self {
+        Self {
+            worker,
+            functions: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn into_server(self) -> WorkerServer<Self> {
+        WorkerServer::new(self)
+            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
+    }
+
+    fn function(&self, hash: &str) -> Option<Arc<Function>> {
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// Loads a component (compiling it off the async threads); returns its hash.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<String, String> {
+        let runtime = self.worker.runtime().clone();
+        let function = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| format!("compile task: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let hash = function.hash().to_string();
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.clone(), function);
+        Ok(hash)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::worker_server::Worker for NodeService {
+    async fn run(
+        &self,
+        request: Request<proto::Invocation>,
+    ) -> Result<Response<proto::Outcome>, Status> {
+        let inv = request.into_inner();
+        let Some(function) = self.function(&inv.function) else {
+            return Ok(Response::new(wire::failure(
+                proto::FailureKind::UnknownFunction,
+                format!("function {} is not loaded on this worker", inv.function),
+            )));
+        };
+        let class = u8::try_from(inv.class).map_err(|_| Status::invalid_argument("class"))?;
+        let request = match wire::to_worker_request(&inv) {
+            Ok(r) => r,
+            Err(message) => {
+                return Ok(Response::new(wire::failure(
+                    proto::FailureKind::BadRequest,
+                    message,
+                )))
+            }
+        };
+        let outcome = self
+            .worker
+            .invoke(&function, request, InvokeOptions::class(ClassId(class)))
+            .await;
+        Ok(Response::new(wire::from_worker_outcome(outcome)))
+    }
+
+    async fn load(
+        &self,
+        request: Request<proto::Component>,
+    ) -> Result<Response<proto::Loaded>, Status> {
+        let bytes = request.into_inner().bytes;
+        match NodeService::load(self, bytes).await {
+            Ok(hash) => Ok(Response::new(proto::Loaded { hash })),
+            Err(reason) => Err(Status::invalid_argument(reason)),
+        }
+    }
+
+    async fn poll(
+        &self,
+        request: Request<proto::PollRequest>,
+    ) -> Result<Response<proto::PollReply>, Status> {
+        let class = u8::try_from(request.into_inner().class)
+            .map_err(|_| Status::invalid_argument("class"))?;
+        Ok(Response::new(proto::PollReply {
+            functions: self.worker.functions(),
+            room_mb: self.worker.room_for(ClassId(class)),
+        }))
+    }
+}
+
+/// Keeps this worker registered with every shard and on at most one idle list. Runs until
+/// the task is dropped.
+pub async fn dispatch(
+    worker: Arc<Worker>,
+    address: SocketAddr,
+    shards: Vec<SocketAddr>,
+    config: DispatcherConfig,
+    seed: u64,
+) {
+    let Some(capacity_mb) = worker.config().memory_mb else {
+        // Without a memory capacity there is no free memory to advertise; shards find the
+        // worker by polling.
+        return register_forever(worker, address, shards).await;
+    };
+    let clients: Vec<ShardClient<Channel>> = shards.iter().map(|&a| shard_client(a)).collect();
+    let info = proto::WorkerInfo {
+        address: format!("http://{address}"),
+        memory_mb: capacity_mb,
+        cores: worker.config().cores,
+    };
+    let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
+    let mut dispatcher = Dispatcher::new(config);
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut since_register = REGISTER_EVERY;
+    loop {
+        if since_register >= REGISTER_EVERY {
+            since_register = Duration::ZERO;
+            for (s, client) in clients.iter().enumerate() {
+                match client.clone().register(info.clone()).await {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        ids[s] = Some(reply.worker);
+                        if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
+                            // The shard restarted and lost its idle list: join again.
+                            dispatcher = Dispatcher::new(config);
+                        }
+                    }
+                    Err(_) => ids[s] = None,
+                }
+            }
+        }
+        let entry = IdleEntry {
+            free_mb: capacity_mb.saturating_sub(worker.used_mb()),
+            functions: worker.functions(),
+        };
+        let mut lens = vec![usize::MAX; clients.len()];
+        if dispatcher.member_of().is_none() {
+            for (s, client) in clients.iter().enumerate() {
+                if ids[s].is_some() {
+                    if let Ok(r) = client.clone().idle_len(proto::Empty {}).await {
+                        lens[s] = usize::try_from(r.into_inner().len).unwrap_or(usize::MAX);
+                    }
+                }
+            }
+        }
+        let action =
+            dispatcher.handle_memory(entry, capacity_mb, clients.len() as u32, &mut rng, |s| {
+                lens[s.0 as usize]
+            });
+        if let Some(action) = action {
+            let (shard, message) = match action {
+                IdleListAction::Join { shard, entry } | IdleListAction::Update { shard, entry } => {
+                    (shard, Some(entry))
+                }
+                IdleListAction::Leave { shard } => (shard, None),
+            };
+            let s = shard.0 as usize;
+            let sent = match (ids[s], message) {
+                (Some(worker), Some(entry)) => clients[s]
+                    .clone()
+                    .idle_join(proto::IdleEntry {
+                        worker,
+                        free_mb: entry.free_mb,
+                        functions: entry.functions,
+                    })
+                    .await
+                    .is_ok(),
+                (Some(worker), None) => clients[s]
+                    .clone()
+                    .idle_leave(proto::WorkerRef { worker })
+                    .await
+                    .is_ok(),
+                (None, _) => false,
+            };
+            if !sent {
+                // The shard is unreachable: forget the membership and choose again later.
+                dispatcher = Dispatcher::new(config);
+            }
+        }
+        tokio::time::sleep(DISPATCH_TICK).await;
+        since_register += DISPATCH_TICK;
+    }
+}
+
+async fn register_forever(worker: Arc<Worker>, address: SocketAddr, shards: Vec<SocketAddr>) {
+    let info = proto::WorkerInfo {
+        address: format!("http://{address}"),
+        memory_mb: 0,
+        cores: worker.config().cores,
+    };
+    let clients: Vec<_> = shards.iter().map(|&a| shard_client(a)).collect();
+    loop {
+        for client in &clients {
+            let _ = client.clone().register(info.clone()).await;
+        }
+        tokio::time::sleep(REGISTER_EVERY).await;
+    }
+}
+
+/// A lazily connecting client of a shard (reconnects by itself after the shard restarts).
+pub fn shard_client(address: SocketAddr) -> ShardClient<Channel> {
+    ShardClient::new(wire::channel(Endpoint::from_shared(format!(
+        "http://{address}"
+    ))))
+    .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
+}
+
+/// Maps a worker's failure to the wire.
+pub(crate) fn failure_kind(error: &InvokeError) -> proto::FailureKind {
+    match error {
+        InvokeError::Killed => proto::FailureKind::Killed,
+        InvokeError::Shutdown => proto::FailureKind::Unavailable,
+        InvokeError::BadRequest(_) | InvokeError::UnknownClass { .. } => {
+            proto::FailureKind::BadRequest
+        }
+        _ => proto::FailureKind::Guest,
+    }
+}

@@ -1,0 +1,452 @@
+//! A scheduler shard as a service: the policy core's [`Shard`] (per-class multi-queue, idle
+//! list, power-of-k) fed by `Invoke` RPCs from gateways and idle-list RPCs from workers, with
+//! one placement loop that asks real workers for their load and sends each placed invocation
+//! to its worker.
+//!
+//! Data path: the invocation's payload travels through the shard (gateway -> shard -> worker
+//! and back), one RPC per hop, rather than the shard answering with a placement and the gateway
+//! calling the worker. It keeps the gateway simple and lets the shard retry on another worker
+//! without the gateway's help; the extra hop's cost is measured in the control-plane
+//! benchmark.
+//!
+//! Faults: a worker whose `Run` fails at the transport level is marked lost (left out of
+//! polling and removed from the idle list until it registers again) and the invocation is
+//! placed again, up to [`MAX_ATTEMPTS`] placements; an invocation killed to free memory is
+//! placed again the same way. Every accepted invocation is answered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tokio::sync::{oneshot, Notify};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use turnpike_policy::idle_list::IdleEntry;
+use turnpike_policy::placement::PollReply;
+use turnpike_policy::shard::{Pending, Shard, ShardDecision, ShardStep, Via};
+use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
+
+use crate::proto;
+use crate::proto::shard_server::ShardServer;
+use crate::proto::worker_client::WorkerClient;
+use crate::wire;
+
+/// Placements an invocation gets before the shard gives up on it (a lost worker, a kill).
+pub const MAX_ATTEMPTS: u32 = 3;
+/// A poll that takes longer than this counts as no answer.
+const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// A blocked shard (no room anywhere it looked) retries after this, or at the next idle-list
+/// join, whichever comes first.
+const RETRY_DELAY: Duration = Duration::from_millis(2);
+
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// Workers polled per decision when the idle list cannot place (power-of-k).
+    pub k: usize,
+    pub use_idle_list: bool,
+    /// Seeds the shard's sampling of workers.
+    pub seed: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            k: 2,
+            use_idle_list: true,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub placed_idle_list: u64,
+    pub placed_polling: u64,
+    pub replaced: u64,
+    pub workers_lost: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    wake: Notify,
+    classes: ClassSet,
+    started: Instant,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    shard: Shard,
+    workers: Vec<WorkerSlot>,
+    by_address: HashMap<String, u32>,
+    waiting: HashMap<InvocationId, Waiting>,
+    counters: ShardCounters,
+}
+
+#[derive(Debug)]
+struct WorkerSlot {
+    client: WorkerClient<Channel>,
+    alive: bool,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    invocation: proto::Invocation,
+    reply: oneshot::Sender<proto::Outcome>,
+    attempts: u32,
+}
+
+impl ShardService {
+    /// A shard and its placement loop (a task on the current tokio runtime).
+    pub fn start(classes: ClassSet, config: ShardConfig) -> Self {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                shard: Shard::new(&classes, 1, config.k, config.use_idle_list),
+                workers: Vec::new(),
+                by_address: HashMap::new(),
+                waiting: HashMap::new(),
+                counters: ShardCounters::default(),
+            }),
+            wake: Notify::new(),
+            classes,
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
+        Self { inner }
+    }
+
+    pub fn into_server(self) -> ShardServer<Self> {
+        ShardServer::new(self)
+            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
+    }
+
+    pub fn counters(&self) -> ShardCounters {
+        self.inner.lock().counters
+    }
+
+    /// Workers registered and not lost.
+    pub fn live_workers(&self) -> usize {
+        self.inner.lock().workers.iter().filter(|w| w.alive).count()
+    }
+
+    pub fn idle_list_len(&self) -> usize {
+        self.inner.lock().shard.idle_list().len()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.inner.lock().shard.queued()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update under this lock completes before release; the policy core asserts its
+        // own invariants.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Queues a waiting invocation (again) and wakes the placement loop.
+    fn enqueue(&self, id: InvocationId, waiting: Waiting) {
+        let pending = Pending {
+            id,
+            class: ClassId(waiting.invocation.class as u8),
+            start_mb: waiting.invocation.start_mb,
+        };
+        let now = self.now_ns();
+        let mut state = self.lock();
+        state.waiting.insert(id, waiting);
+        state.shard.handle_invocation(now, pending);
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+/// The placement loop: one decision at a time, polling real workers when the idle list cannot
+/// place. Ends when the shard is dropped.
+async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        let step = {
+            let mut state = inner.lock();
+            if state.workers.iter().any(|w| w.alive) {
+                Some(state.shard.begin_decision(inner.now_ns(), &mut rng))
+            } else {
+                None
+            }
+        };
+        let decision = match step {
+            None | Some(ShardStep::Decided(ShardDecision::Idle)) => {
+                wait(&inner, Duration::from_millis(50)).await;
+                continue;
+            }
+            Some(ShardStep::Decided(decision)) => decision,
+            Some(ShardStep::Poll { machines, class }) => {
+                let replies = poll_workers(&inner, &machines, class).await;
+                inner.lock().shard.finish_decision(&replies)
+            }
+        };
+        match decision {
+            ShardDecision::Place {
+                pending,
+                machine,
+                via,
+                ..
+            } => send(&inner, pending.id, machine, via),
+            ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,
+        }
+    }
+}
+
+async fn wait(inner: &Inner, at_most: Duration) {
+    let _ = tokio::time::timeout(at_most, inner.wake.notified()).await;
+}
+
+/// Asks `machines` for their load, concurrently; those that do not answer in time are left
+/// out.
+async fn poll_workers(
+    inner: &Arc<Inner>,
+    machines: &[MachineId],
+    class: ClassId,
+) -> Vec<PollReply> {
+    let clients: Vec<(MachineId, WorkerClient<Channel>)> = {
+        let state = inner.lock();
+        machines
+            .iter()
+            .filter_map(|&m| {
+                let slot = state.workers.get(m.0 as usize)?;
+                slot.alive.then(|| (m, slot.client.clone()))
+            })
+            .collect()
+    };
+    let mut polls = tokio::task::JoinSet::new();
+    for (machine, mut client) in clients {
+        polls.spawn(async move {
+            let request = proto::PollRequest {
+                class: u32::from(class.0),
+            };
+            match tokio::time::timeout(POLL_TIMEOUT, client.poll(request)).await {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    Some(PollReply {
+                        machine,
+                        functions: reply.functions,
+                        room_mb: reply.room_mb,
+                    })
+                }
+                _ => None,
+            }
+        });
+    }
+    let mut replies = Vec::with_capacity(machines.len());
+    while let Some(joined) = polls.join_next().await {
+        if let Ok(Some(reply)) = joined {
+            replies.push(reply);
+        }
+    }
+    // Keep the sample's order (ties go to the earlier machine in the core's rule).
+    replies.sort_by_key(|r| machines.iter().position(|&m| m == r.machine));
+    replies
+}
+
+/// Sends a placed invocation to its worker; the answer goes to the caller, or the invocation
+/// is placed again.
+fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
+    let (mut waiting, client) = {
+        let mut state = inner.lock();
+        let Some(waiting) = state.waiting.remove(&id) else {
+            return;
+        };
+        match via {
+            Via::IdleList => state.counters.placed_idle_list += 1,
+            Via::Polling => state.counters.placed_polling += 1,
+        }
+        let client = state.workers[machine.0 as usize].client.clone();
+        (waiting, client)
+    };
+    waiting.attempts += 1;
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let mut client = client;
+        let result = client.run(waiting.invocation.clone()).await;
+        let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
+            if waiting.attempts >= MAX_ATTEMPTS {
+                let mut outcome = wire::failure(
+                    proto::FailureKind::Unavailable,
+                    format!("gave up after {} placements: {why}", waiting.attempts),
+                );
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+            } else {
+                inner.lock().counters.replaced += 1;
+                inner.enqueue(id, waiting);
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                let mut outcome = outcome.into_inner();
+                let killed = matches!(
+                    &outcome.ending,
+                    Some(proto::outcome::Ending::Failure(f))
+                        if f.kind == proto::FailureKind::Killed as i32
+                );
+                if killed {
+                    retry(
+                        &inner,
+                        waiting,
+                        format!("killed on worker {} to free memory", machine.0),
+                    );
+                    return;
+                }
+                outcome.worker = machine.0;
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+            }
+            Err(status) => {
+                {
+                    let mut state = inner.lock();
+                    if let Some(slot) = state.workers.get_mut(machine.0 as usize) {
+                        if slot.alive {
+                            slot.alive = false;
+                            state.counters.workers_lost += 1;
+                        }
+                    }
+                    state.shard.handle_idle_leave(machine);
+                }
+                retry(
+                    &inner,
+                    waiting,
+                    format!("worker {} lost: {}", machine.0, status.message()),
+                );
+            }
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl proto::shard_server::Shard for ShardService {
+    async fn invoke(
+        &self,
+        request: Request<proto::Invocation>,
+    ) -> Result<Response<proto::Outcome>, Status> {
+        let invocation = request.into_inner();
+        if invocation.class as usize >= self.inner.classes.len() {
+            return Ok(Response::new(wire::failure(
+                proto::FailureKind::BadRequest,
+                format!(
+                    "unknown class {}: this shard has {} classes",
+                    invocation.class,
+                    self.inner.classes.len()
+                ),
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.inner.enqueue(
+            id,
+            Waiting {
+                invocation,
+                reply,
+                attempts: 0,
+            },
+        );
+        let outcome = answer.await.unwrap_or_else(|_| {
+            wire::failure(
+                proto::FailureKind::Unavailable,
+                "the shard is shutting down",
+            )
+        });
+        Ok(Response::new(outcome))
+    }
+
+    async fn register(
+        &self,
+        request: Request<proto::WorkerInfo>,
+    ) -> Result<Response<proto::Registered>, Status> {
+        let info = request.into_inner();
+        let endpoint = Endpoint::from_shared(info.address.clone())
+            .map_err(|e| Status::invalid_argument(format!("worker address: {e}")))?;
+        let mut state = self.inner.lock();
+        let (worker, fresh) = match state.by_address.get(&info.address) {
+            Some(&id) => {
+                let slot = &mut state.workers[id as usize];
+                let revived = !slot.alive;
+                slot.alive = true;
+                (id, revived)
+            }
+            None => {
+                let id = state.workers.len() as u32;
+                let client = WorkerClient::new(wire::channel(Ok(endpoint)))
+                    .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+                state.workers.push(WorkerSlot {
+                    client,
+                    alive: true,
+                });
+                state.by_address.insert(info.address, id);
+                let n = state.workers.len() as u32;
+                state.shard.set_machines(n);
+                (id, true)
+            }
+        };
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(Response::new(proto::Registered { worker, fresh }))
+    }
+
+    async fn idle_join(
+        &self,
+        request: Request<proto::IdleEntry>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let e = request.into_inner();
+        let mut state = self.inner.lock();
+        if (e.worker as usize) >= state.workers.len() {
+            return Err(Status::not_found(format!(
+                "worker {} is not registered",
+                e.worker
+            )));
+        }
+        state.shard.handle_idle_join(
+            MachineId(e.worker),
+            IdleEntry {
+                free_mb: e.free_mb,
+                functions: e.functions,
+            },
+        );
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_leave(
+        &self,
+        request: Request<proto::WorkerRef>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let worker = request.into_inner().worker;
+        self.inner.lock().shard.handle_idle_leave(MachineId(worker));
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_len(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::IdleLenReply>, Status> {
+        let len = self.inner.lock().shard.idle_list().len() as u64;
+        Ok(Response::new(proto::IdleLenReply { len }))
+    }
+}

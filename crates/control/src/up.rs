@@ -1,0 +1,278 @@
+//! `turnpike up`: a whole cluster in one process - a gateway, scheduler shards and workers
+//! sharing this machine's cores and memory, each role on its own loopback port and talking to
+//! the others over the same RPCs as separate processes would - with the demo app deployed.
+//!
+//! The demo app: `GET /hello` (top class), and the `spin` example at `/work/critical?ms=N`
+//! (top class) and `/work/batch?ms=N` (bottom class), so price classes can be seen at work
+//! with `curl` at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use turnpike_policy::dispatcher::DispatcherConfig;
+use turnpike_policy::{ClassId, ClassSet};
+use turnpike_worker::{Runtime, RuntimeConfig, Worker, WorkerConfig};
+
+use crate::gateway::{Gateway, GatewayConfig, Route};
+use crate::node::{self, NodeService};
+use crate::shard::{ShardConfig, ShardService};
+
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub workers: usize,
+    pub cores_per_worker: u32,
+    pub memory_mb_per_worker: u64,
+    /// Where the demo app's components are (`hello.wasm`, `spin.wasm`).
+    pub functions_dir: PathBuf,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+}
+
+impl UpConfig {
+    /// Defaults: 4 shards, one worker per core of this machine with one slot each, 1 GiB of
+    /// memory per worker, the example functions built by `scripts/build-examples.sh`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            listen,
+            data_dir,
+            shards: 4,
+            workers: cores,
+            cores_per_worker: 1,
+            memory_mb_per_worker: 1024,
+            functions_dir: default_functions_dir(),
+            max_request_bytes: 8 << 20,
+            max_response_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `examples/functions/dist` of this source tree.
+pub fn default_functions_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/functions/dist")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the demo app's component {path} is missing ({source}); build the example functions with scripts/build-examples.sh")]
+    DemoMissing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker: {0}")]
+    Worker(String),
+}
+
+/// A running cluster. Dropping it (or [`Cluster::stop`]) stops every role.
+#[derive(Debug)]
+pub struct Cluster {
+    pub gateway: SocketAddr,
+    pub shards: Vec<SocketAddr>,
+    pub workers: Vec<SocketAddr>,
+    pub shard_services: Vec<ShardService>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Stops every role and waits for their servers to close.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, UpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| UpError::Listen { addr, source })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
+}
+
+/// Starts the cluster and returns once every role is listening and the demo app is loaded.
+pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
+    let classes = ClassSet::default_four();
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    let mut shards = Vec::new();
+    let mut shard_services = Vec::new();
+    for s in 0..config.shards {
+        let listener = bind(loopback).await?;
+        let addr = listener.local_addr().map_err(|source| UpError::Listen {
+            addr: loopback,
+            source,
+        })?;
+        let service = ShardService::start(
+            classes.clone(),
+            ShardConfig {
+                seed: s as u64 + 1,
+                ..ShardConfig::default()
+            },
+        );
+        shard_services.push(service.clone());
+        let server = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            let _ = server.await;
+        }));
+        shards.push(addr);
+    }
+
+    let hello_bytes = read_demo(&config.functions_dir, "hello")?;
+    let spin_bytes = read_demo(&config.functions_dir, "spin")?;
+    let cache_dir = config.data_dir.join("cache");
+    let swap_dir = config.data_dir.join("swap");
+    for dir in [&cache_dir, &swap_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| UpError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let mut workers = Vec::new();
+    let (mut hello, mut spin) = (String::new(), String::new());
+    for w in 0..config.workers {
+        let runtime = Runtime::new(RuntimeConfig::new(&cache_dir))
+            .map_err(|e| UpError::Worker(e.to_string()))?;
+        let worker = Worker::new(
+            Arc::new(runtime),
+            WorkerConfig {
+                cores: config.cores_per_worker,
+                classes: classes.clone(),
+                memory_mb: Some(config.memory_mb_per_worker),
+                swap_dir: swap_dir.clone(),
+                ..WorkerConfig::default()
+            },
+        )
+        .map_err(|e| UpError::Worker(e.to_string()))?;
+        let worker = Arc::new(worker);
+        let service = NodeService::new(worker.clone());
+        hello = service
+            .load(hello_bytes.clone())
+            .await
+            .map_err(UpError::Worker)?;
+        spin = service
+            .load(spin_bytes.clone())
+            .await
+            .map_err(UpError::Worker)?;
+        let listener = bind(loopback).await?;
+        let addr = listener.local_addr().map_err(|source| UpError::Listen {
+            addr: loopback,
+            source,
+        })?;
+        let server = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            let _ = server.await;
+        }));
+        tasks.push(tokio::spawn(node::dispatch(
+            worker,
+            addr,
+            shards.clone(),
+            DispatcherConfig::default(),
+            w as u64 + 1,
+        )));
+        workers.push(addr);
+    }
+
+    let top = classes.top();
+    let bottom = ClassId(0);
+    let routes = vec![
+        route("/hello", &hello, top),
+        route("/work/critical", &spin, top),
+        route("/work/batch", &spin, bottom),
+    ];
+    let gateway = Gateway::new(GatewayConfig {
+        classes,
+        routes,
+        shards: shards.clone(),
+        max_request_bytes: config.max_request_bytes,
+        max_response_bytes: config.max_response_bytes,
+        start_mb: 2,
+    });
+    let listener = bind(config.listen).await?;
+    let gateway_addr = listener.local_addr().map_err(|source| UpError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    tasks.push(tokio::spawn(
+        gateway.serve(listener, stopped(stop_rx.clone())),
+    ));
+
+    // Ready when every shard knows every worker.
+    for _ in 0..400 {
+        if shard_services
+            .iter()
+            .all(|s| s.live_workers() == config.workers)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(Cluster {
+        gateway: gateway_addr,
+        shards,
+        workers,
+        shard_services,
+        stop,
+        tasks,
+    })
+}
+
+fn route(prefix: &str, function: &str, class: ClassId) -> Route {
+    Route {
+        method: Some(http::Method::GET),
+        prefix: prefix.into(),
+        function: function.into(),
+        class,
+    }
+}
+
+fn read_demo(dir: &Path, name: &str) -> Result<Vec<u8>, UpError> {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).map_err(|source| UpError::DemoMissing { path, source })
+}

@@ -1,0 +1,106 @@
+//! Between the RPC messages and the worker's and HTTP's own types, and how every connection
+//! between roles is set up (timeouts, keep-alive).
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use turnpike_worker::{InvokeError, Outcome, Request};
+
+use crate::proto;
+
+/// Largest RPC message: request and response bodies travel inside them.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A lazily connecting channel with the timeouts every role uses: connecting must not take
+/// long (a dead peer is noticed), and HTTP/2 keep-alive pings notice a peer that vanished
+/// without closing its connections.
+pub fn channel(endpoint: Result<Endpoint, tonic::transport::Error>) -> Channel {
+    let endpoint = endpoint.unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1"));
+    endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_lazy()
+}
+
+pub fn failure(kind: proto::FailureKind, message: impl Into<String>) -> proto::Outcome {
+    proto::Outcome {
+        ending: Some(proto::outcome::Ending::Failure(proto::Failure {
+            kind: kind as i32,
+            message: message.into(),
+        })),
+        usage: None,
+        worker: 0,
+        attempts: 0,
+    }
+}
+
+/// The worker's request for an invocation; a malformed method or header is the caller's
+/// error.
+pub fn to_worker_request(inv: &proto::Invocation) -> Result<Request, String> {
+    let method = http::Method::from_bytes(inv.method.as_bytes())
+        .map_err(|_| format!("bad method {:?}", inv.method))?;
+    let mut request = Request::new(method, inv.path_and_query.clone());
+    for h in &inv.headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("bad header name {:?}", h.name))?;
+        let value = http::HeaderValue::from_bytes(&h.value)
+            .map_err(|_| format!("bad value of header {:?}", h.name))?;
+        request.headers.append(name, value);
+    }
+    request.body = bytes::Bytes::from(inv.body.clone());
+    Ok(request)
+}
+
+pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
+    headers
+        .iter()
+        .map(|(name, value)| proto::Header {
+            name: name.as_str().to_string(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
+    let u = &outcome.usage;
+    let usage = proto::Usage {
+        class: u32::from(u.class.0),
+        cpu_ns: duration_ns(u.cpu),
+        wall_ns: duration_ns(u.wall),
+        queued_ns: duration_ns(u.queued),
+        peak_memory_bytes: u.peak_memory_bytes,
+        memory_mb_seconds: u.memory_mb_seconds,
+        parks: u.parks,
+        blocks: u.blocks,
+        swap_outs: u.swap_outs,
+        swapped_out_bytes: u.swapped_out_bytes,
+    };
+    let ending = match outcome.result {
+        Ok(response) => proto::outcome::Ending::Response(proto::Response {
+            status: u32::from(response.status),
+            headers: headers_to_wire(&response.headers),
+            body: response.body.to_vec(),
+        }),
+        Err(error) => proto::outcome::Ending::Failure(proto::Failure {
+            kind: crate::node::failure_kind(&error) as i32,
+            message: describe(&error),
+        }),
+    };
+    proto::Outcome {
+        ending: Some(ending),
+        usage: Some(usage),
+        worker: 0,
+        attempts: 1,
+    }
+}
+
+fn describe(error: &InvokeError) -> String {
+    error.to_string()
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

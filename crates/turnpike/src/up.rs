@@ -1,0 +1,104 @@
+//! `turnpike up`: a whole cluster in this process, until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use turnpike_control::up::{self, UpConfig};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where the gateway listens for HTTP.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Compile cache and swap files.
+    #[arg(long, default_value = "./.turnpike")]
+    data_dir: PathBuf,
+    /// Scheduler shards.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Workers (default: one per core of this machine).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Memory of each worker for guests, MB.
+    #[arg(long, default_value_t = 1024)]
+    worker_memory_mb: u64,
+    /// Directory with the demo app's components (hello.wasm, spin.wasm).
+    #[arg(long)]
+    functions: Option<PathBuf>,
+}
+
+pub fn main(args: UpArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: UpArgs) -> ExitCode {
+    let mut config = UpConfig::new(args.listen, args.data_dir);
+    config.shards = args.shards.max(1);
+    if let Some(workers) = args.workers {
+        config.workers = workers.max(1);
+    }
+    config.memory_mb_per_worker = args.worker_memory_mb;
+    if let Some(dir) = args.functions {
+        config.functions_dir = dir;
+    }
+    let cluster = match up::start(&config).await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let url = format!("http://{}", cluster.gateway);
+    println!("Turnpike is up: gateway {url}");
+    println!(
+        "  {} shards on {}; {} workers on {}; data in {}",
+        cluster.shards.len(),
+        list(&cluster.shards),
+        cluster.workers.len(),
+        list(&cluster.workers),
+        config.data_dir.display()
+    );
+    println!("Try the demo app (price classes at work):");
+    println!("  curl {url}/hello                      # top class");
+    println!("  curl '{url}/work/critical?ms=100'     # 100 ms of CPU, top class");
+    println!("  curl '{url}/work/batch?ms=100'        # 100 ms of CPU, bottom class");
+    println!("Ctrl-C stops it.");
+    wait_for_signal().await;
+    println!("stopping");
+    cluster.stop().await;
+    ExitCode::SUCCESS
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
