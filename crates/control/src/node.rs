@@ -252,3 +252,78 @@ pub(crate) fn failure_kind(error: &InvokeError) -> proto::FailureKind {
         _ => proto::FailureKind::Guest,
     }
 }
+
+/// A worker node on its own: what `turnpike worker` runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub shards: Vec<SocketAddr>,
+    pub data_dir: std::path::PathBuf,
+    pub cores: u32,
+    pub memory_mb: u64,
+    /// Components to load at start (until deployment comes with the store).
+    pub load: Vec<std::path::PathBuf>,
+}
+
+/// A started node: its address and the tasks serving it (dropping them stops nothing; abort
+/// them to stop).
+#[derive(Debug)]
+pub struct RunningNode {
+    pub address: SocketAddr,
+    pub loaded: Vec<String>,
+    pub server: tokio::task::JoinHandle<()>,
+    pub dispatcher: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a worker node: runtime, RPC server, dispatcher; loads `config.load`.
+pub async fn start_node(config: NodeConfig) -> Result<RunningNode, String> {
+    use turnpike_worker::{Runtime, RuntimeConfig, WorkerConfig};
+    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("cache")))
+        .map_err(|e| e.to_string())?;
+    let worker = Arc::new(
+        Worker::new(
+            Arc::new(runtime),
+            WorkerConfig {
+                cores: config.cores,
+                memory_mb: Some(config.memory_mb),
+                swap_dir: config.data_dir.join("swap"),
+                ..WorkerConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let service = NodeService::new(worker.clone());
+    let mut loaded = Vec::new();
+    for path in &config.load {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let hash = service
+            .load(bytes)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        loaded.push(hash);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = tonic::transport::Server::builder().add_service(service.into_server());
+    let server = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    let dispatcher = tokio::spawn(dispatch(
+        worker,
+        address,
+        config.shards,
+        DispatcherConfig::default(),
+        u64::from(address.port()),
+    ));
+    Ok(RunningNode {
+        address,
+        loaded,
+        server,
+        dispatcher,
+    })
+}

@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
 use turnpike_policy::dispatcher::DispatcherConfig;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_worker::{Runtime, RuntimeConfig, Worker, WorkerConfig};
@@ -89,35 +92,84 @@ pub struct Cluster {
     pub gateway: SocketAddr,
     pub shards: Vec<SocketAddr>,
     pub workers: Vec<SocketAddr>,
-    pub shard_services: Vec<ShardService>,
+    shard_services: Vec<ShardService>,
+    classes: ClassSet,
     stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    gateway_task: JoinHandle<()>,
+    shard_tasks: Vec<JoinHandle<()>>,
+    /// Per worker: its RPC server and its dispatcher.
+    worker_tasks: Vec<[JoinHandle<()>; 2]>,
 }
 
 impl Cluster {
+    pub fn shard(&self, i: usize) -> &ShardService {
+        &self.shard_services[i]
+    }
+
+    /// Replaces shard `i` with a new one on the same address, with empty queues, idle list
+    /// and worker table (what a restarted shard process has).
+    pub async fn restart_shard(&mut self, i: usize) -> Result<(), UpError> {
+        self.shard_tasks[i].abort();
+        let _ = (&mut self.shard_tasks[i]).await;
+        let service = ShardService::start(
+            self.classes.clone(),
+            ShardConfig {
+                seed: i as u64 + 101,
+                ..ShardConfig::default()
+            },
+        );
+        let (listener, _) = bind(self.shards[i]).await?;
+        self.shard_tasks[i] = spawn_rpc(
+            Server::builder().add_service(service.clone().into_server()),
+            listener,
+            self.stop.subscribe(),
+        );
+        self.shard_services[i] = service;
+        Ok(())
+    }
+
     /// Stops every role and waits for their servers to close.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
+        for task in self.tasks() {
             task.abort();
-            let _ = task.await;
         }
+        let _ = (&mut self.gateway_task).await;
+    }
+
+    fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
+        std::iter::once(&self.gateway_task)
+            .chain(&self.shard_tasks)
+            .chain(self.worker_tasks.iter().flatten())
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        for task in &self.tasks {
+        for task in self.tasks() {
             task.abort();
         }
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, UpError> {
-    TcpListener::bind(addr)
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), UpError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| UpError::Listen { addr, source })
+        .map_err(|source| UpError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| UpError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Serves an RPC router on `listener` until `stop` turns true.
+fn spawn_rpc(router: Router, listener: TcpListener, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+            .await;
+    })
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -128,17 +180,13 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let classes = ClassSet::default_four();
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
 
     let mut shards = Vec::new();
     let mut shard_services = Vec::new();
+    let mut shard_tasks = Vec::new();
     for s in 0..config.shards {
-        let listener = bind(loopback).await?;
-        let addr = listener.local_addr().map_err(|source| UpError::Listen {
-            addr: loopback,
-            source,
-        })?;
+        let (listener, addr) = bind(loopback).await?;
         let service = ShardService::start(
             classes.clone(),
             ShardConfig {
@@ -147,15 +195,11 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
             },
         );
         shard_services.push(service.clone());
-        let server = tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stopped(stop_rx.clone()),
-            );
-        tasks.push(tokio::spawn(async move {
-            let _ = server.await;
-        }));
+        shard_tasks.push(spawn_rpc(
+            Server::builder().add_service(service.into_server()),
+            listener,
+            stop_rx.clone(),
+        ));
         shards.push(addr);
     }
 
@@ -170,6 +214,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         })?;
     }
     let mut workers = Vec::new();
+    let mut worker_tasks = Vec::new();
     let (mut hello, mut spin) = (String::new(), String::new());
     for w in 0..config.workers {
         let runtime = Runtime::new(RuntimeConfig::new(&cache_dir))
@@ -195,27 +240,20 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
             .load(spin_bytes.clone())
             .await
             .map_err(UpError::Worker)?;
-        let listener = bind(loopback).await?;
-        let addr = listener.local_addr().map_err(|source| UpError::Listen {
-            addr: loopback,
-            source,
-        })?;
-        let server = tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stopped(stop_rx.clone()),
-            );
-        tasks.push(tokio::spawn(async move {
-            let _ = server.await;
-        }));
-        tasks.push(tokio::spawn(node::dispatch(
+        let (listener, addr) = bind(loopback).await?;
+        let server = spawn_rpc(
+            Server::builder().add_service(service.into_server()),
+            listener,
+            stop_rx.clone(),
+        );
+        let dispatcher = tokio::spawn(node::dispatch(
             worker,
             addr,
             shards.clone(),
             DispatcherConfig::default(),
             w as u64 + 1,
-        )));
+        ));
+        worker_tasks.push([server, dispatcher]);
         workers.push(addr);
     }
 
@@ -227,21 +265,15 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         route("/work/batch", &spin, bottom),
     ];
     let gateway = Gateway::new(GatewayConfig {
-        classes,
+        classes: classes.clone(),
         routes,
         shards: shards.clone(),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         start_mb: 2,
     });
-    let listener = bind(config.listen).await?;
-    let gateway_addr = listener.local_addr().map_err(|source| UpError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    tasks.push(tokio::spawn(
-        gateway.serve(listener, stopped(stop_rx.clone())),
-    ));
+    let (listener, gateway_addr) = bind(config.listen).await?;
+    let gateway_task = tokio::spawn(gateway.serve(listener, stopped(stop_rx.clone())));
 
     // Ready when every shard knows every worker.
     for _ in 0..400 {
@@ -258,8 +290,11 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         shards,
         workers,
         shard_services,
+        classes,
         stop,
-        tasks,
+        gateway_task,
+        shard_tasks,
+        worker_tasks,
     })
 }
 

@@ -30,17 +30,7 @@ pub struct UpArgs {
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run(args))
+    crate::block_on(run(args))
 }
 
 async fn run(args: UpArgs) -> ExitCode {
@@ -89,7 +79,7 @@ fn list(addrs: &[SocketAddr]) -> String {
         .join(", ")
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(_) => {

@@ -1,0 +1,179 @@
+//! `turnpike up` end to end, on loopback ports chosen by the OS: the demo app through the
+//! gateway, shards and workers; bad requests; priorities under overload; a shard restart with
+//! its idle list rebuilt. (A worker killed mid-load needs a process to kill:
+//! `crates/turnpike/tests/cluster.rs`.)
+//!
+//! The tests of this binary run one at a time (`serial`): they measure orderings on a 2-core
+//! machine.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use turnpike_control::up::{self, Cluster, UpConfig};
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
+    let mut config = UpConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().to_path_buf(),
+    );
+    config.workers = workers;
+    config.max_request_bytes = 4096;
+    up::start(&config).await.expect("the cluster starts")
+}
+
+/// One HTTP/1.1 exchange on a new connection: (status, body).
+async fn http(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: turnpike\r\nConnection: close\r\n\r\n");
+    http(addr, request.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(2, &dir).await;
+    let gw = cluster.gateway;
+
+    let (status, body) = get(gw, "/hello").await;
+    assert_eq!((status, body.trim()), (200, "hello from turnpike"));
+    let (status, body) = get(gw, "/work/critical?ms=5").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("checksum="), "{body}");
+    let (status, body) = get(gw, "/work/batch?ms=5").await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = get(gw, "/nowhere").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("/nowhere"), "{body}");
+    // A prefix matches whole segments only.
+    assert_eq!(get(gw, "/hellothere").await.0, 404);
+
+    let unknown_class = "POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: gold\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (status, body) = http(gw, unknown_class.as_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("gold") && body.contains("batch") && body.contains("critical"),
+        "names the class and the known ones: {body}"
+    );
+
+    let big = "x".repeat(5000);
+    let oversized = format!(
+        "POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: critical\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        big.len()
+    );
+    let (status, body) = http(gw, oversized.as_bytes()).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("4096"), "{body}");
+
+    let (status, _) = http(gw, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert_eq!(status, 400);
+
+    // Nothing above broke the cluster.
+    assert_eq!(get(gw, "/hello").await.0, 200);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_class_finishes_near_its_runtime_while_the_bottom_class_waits() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One worker with one slot: every invocation competes for it.
+    let cluster = cluster(1, &dir).await;
+    let gw = cluster.gateway;
+    let t0 = Instant::now();
+    let batch: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (status, _) = get(gw, "/work/batch?ms=300").await;
+                (status, t0.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = Instant::now();
+    let (status, _) = get(gw, "/work/critical?ms=50").await;
+    let critical_latency = sent.elapsed();
+    let critical_done = t0.elapsed();
+    assert_eq!(status, 200);
+    let mut batch_done = Vec::new();
+    for b in batch {
+        let (status, done) = b.await.expect("batch request");
+        assert_eq!(status, 200);
+        batch_done.push(done);
+    }
+    batch_done.sort();
+    // 4 x 300 ms of batch work on one slot: the critical one, sent 100 ms in, preempts it and
+    // finishes before all but possibly the first batch invocation.
+    assert!(
+        critical_done < batch_done[1],
+        "critical done at {critical_done:?}, batch at {batch_done:?}"
+    );
+    // Its latency is its own 50 ms plus overheads, far below the 1.1 s of batch queued ahead.
+    assert!(
+        critical_latency < batch_done[3] / 4,
+        "critical took {critical_latency:?}; batch finished at {batch_done:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_shard_gets_its_workers_and_idle_list_back() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = cluster(2, &dir).await;
+    let gw = cluster.gateway;
+    assert_eq!(get(gw, "/hello").await.0, 200);
+    let idle_total =
+        |c: &Cluster| -> usize { (0..4).map(|s| c.shard(s).idle_list_len()).sum::<usize>() };
+    // Both idle workers are on some shard's idle list.
+    let start = Instant::now();
+    while idle_total(&cluster) < 2 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(idle_total(&cluster), 2);
+    let with_members = (0..4)
+        .find(|&s| cluster.shard(s).idle_list_len() > 0)
+        .expect("a shard with idle workers");
+    cluster
+        .restart_shard(with_members)
+        .await
+        .expect("the shard restarts");
+    assert_eq!(cluster.shard(with_members).live_workers(), 0);
+    // The workers re-register and re-join: no coordinator, no lost membership.
+    let start = Instant::now();
+    while (cluster.shard(with_members).live_workers() < 2 || idle_total(&cluster) < 2)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.shard(with_members).live_workers(), 2);
+    assert_eq!(idle_total(&cluster), 2);
+    for _ in 0..8 {
+        assert_eq!(get(gw, "/hello").await.0, 200);
+    }
+    cluster.stop().await;
+}

@@ -1,0 +1,131 @@
+//! A worker process SIGKILLed mid-load: the shards notice, place its invocations again on the
+//! surviving worker, and every request gets an answer (a result, or a clear 503), none hangs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use turnpike_control::up::{self, UpConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = UpConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().to_path_buf(),
+    );
+    config.workers = 1;
+    let cluster = up::start(&config).await.expect("the cluster starts");
+    let gw = cluster.gateway;
+
+    // A second worker in its own process, registered with the same shards, with the demo
+    // app's components loaded.
+    let mut args = vec![
+        "worker".to_string(),
+        "--data-dir".into(),
+        dir.path().join("external").display().to_string(),
+    ];
+    for s in &cluster.shards {
+        args.extend(["--shard".into(), s.to_string()]);
+    }
+    for f in ["hello", "spin"] {
+        args.extend([
+            "--load".into(),
+            config
+                .functions_dir
+                .join(format!("{f}.wasm"))
+                .display()
+                .to_string(),
+        ]);
+    }
+    let mut child = Child(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("turnpike worker starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("readable");
+    assert!(first.starts_with("worker listening on"), "{first}");
+    // Keep reading what it prints, so it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let start = Instant::now();
+    while (0..4).any(|s| cluster.shard(s).live_workers() < 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the worker process never registered with every shard"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let requests: Vec<_> = (0..16)
+        .map(|i| {
+            tokio::spawn(async move {
+                let path = if i % 2 == 0 {
+                    "/work/batch?ms=200"
+                } else {
+                    "/work/critical?ms=30"
+                };
+                get(gw, path).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    child.0.kill().expect("SIGKILL the worker process");
+    let mut statuses = Vec::new();
+    for r in requests {
+        let (status, text) = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("every request is answered, none hangs")
+            .expect("request task");
+        assert!(
+            status == 200 || status == 503,
+            "a result or a clear error, got {text}"
+        );
+        statuses.push(status);
+    }
+    let lost: u64 = (0..4)
+        .map(|s| cluster.shard(s).counters().workers_lost)
+        .sum();
+    let replaced: u64 = (0..4).map(|s| cluster.shard(s).counters().replaced).sum();
+    assert!(lost >= 1, "no shard noticed the killed worker");
+    assert!(replaced >= 1, "nothing was placed again");
+    assert!(
+        statuses.iter().filter(|&&s| s == 200).count() >= 14,
+        "the survivor should have taken over: {statuses:?}"
+    );
+    assert_eq!(get(gw, "/hello").await.0, 200, "new work still runs");
+    cluster.stop().await;
+}
