@@ -15,7 +15,6 @@
 //!   the limit 413; a response body over the limit 413 too (it says which); a function that
 //!   failed 502 with the reason; no shard or worker available 503 with the reason.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,7 @@ use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use turnpike_policy::{ClassId, ClassSet};
 
+use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
 use crate::wire;
@@ -66,6 +66,10 @@ pub struct Gateway {
     config: GatewayConfig,
     shards: Vec<ShardHandle>,
     next_id: AtomicU64,
+    /// Request to response, by class (routed and direct invocations).
+    latency: ClassHistograms,
+    /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 4],
 }
 
 #[derive(Debug)]
@@ -116,11 +120,55 @@ impl Gateway {
                 down_until: Mutex::new(None),
             })
             .collect();
+        let latency = ClassHistograms::new(&config.classes);
         Arc::new(Self {
             config,
             shards,
             next_id: AtomicU64::new(1),
+            latency,
+            responses: Default::default(),
         })
+    }
+
+    /// The gateway's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let responses: Vec<(String, f64)> = ["2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(&self.responses)
+            .map(|(code, n)| (format!("code=\"{code}\""), n.load(Ordering::Relaxed) as f64))
+            .collect();
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_responses_total",
+            "counter",
+            "Responses by status class.",
+            &responses,
+        );
+        let in_flight: Vec<(String, f64)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    format!("shard=\"{i}\""),
+                    s.in_flight.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect();
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_in_flight",
+            "gauge",
+            "Invocations in flight, by shard.",
+            &in_flight,
+        );
+        self.latency.render(
+            &mut out,
+            "turnpike_gateway_request_seconds",
+            "Request to response through the platform, by class.",
+        );
+        out
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes.
@@ -129,33 +177,23 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let builder =
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                },
-                () = &mut shutdown => return,
-            };
-            let _ = stream.set_nodelay(true);
+        let handler = move |request| {
             let gateway = self.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = builder.serve_connection(io, service).await;
-            });
-        }
+            async move { gateway.handle(request).await }
+        };
+        crate::http_server::serve(listener, handler, shutdown).await;
     }
 
     /// Answers one HTTP request.
     pub async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let response = self.answer(request).await;
+        let at = usize::from(response.status().as_u16() / 100).clamp(2, 5) - 2;
+        self.responses[at].fetch_add(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn answer(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let started = Instant::now();
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_string();
         let (function, class) = if let Some(hash) = path.strip_prefix("/v1/invoke/") {
@@ -209,7 +247,9 @@ impl Gateway {
             depth: 0,
             start_mb: self.config.start_mb,
         };
-        self.invoke(invocation).await
+        let response = self.invoke(invocation).await;
+        self.latency.observe(class.index(), started.elapsed());
+        response
     }
 
     fn class_names(&self) -> String {

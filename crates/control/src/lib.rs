@@ -8,6 +8,7 @@
 //! - [`node`]: a worker (the `turnpike-worker` runtime) behind the `Worker` service, and its
 //!   dispatcher keeping it registered with every shard and on one idle list.
 //! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
+//! - [`metrics`]: Prometheus `/metrics` for every role.
 //! - [`wire`]: conversions between the RPC messages and the worker's types, and the
 //!   connection settings every role uses (timeouts, keep-alive).
 //!
@@ -15,6 +16,8 @@
 //! workers re-register with a restarted shard and re-join its idle list.
 
 pub mod gateway;
+pub mod http_server;
+pub mod metrics;
 pub mod node;
 pub mod shard;
 pub mod up;

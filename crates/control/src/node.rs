@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::{ClassId, ShardId};
 use turnpike_worker::{Function, InvokeError, InvokeOptions, Worker};
 
+use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
 use crate::proto::worker_server::WorkerServer;
@@ -29,14 +31,94 @@ const REGISTER_EVERY: Duration = Duration::from_millis(500);
 pub struct NodeService {
     worker: Arc<Worker>,
     functions: Arc<Mutex<HashMap<String, Arc<Function>>>>,
+    /// Wall time of invocations by class, submit to end on this worker.
+    latency: Arc<ClassHistograms>,
+    failures: Arc<AtomicU64>,
 }
 
 impl NodeService {
     pub fn new(worker: Arc<Worker>) -> Self {
+        let latency = Arc::new(ClassHistograms::new(&worker.config().classes));
         Self {
             worker,
             functions: Arc::new(Mutex::new(HashMap::new())),
+            latency,
+            failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// This worker's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let w = &self.worker;
+        let classes = &w.config().classes;
+        let stats = w.memory_stats();
+        let by_class = |values: &[u64]| -> Vec<(String, f64)> {
+            classes
+                .iter()
+                .map(|(id, c)| {
+                    (
+                        format!("class=\"{}\"", c.name),
+                        values.get(id.index()).copied().unwrap_or(0) as f64,
+                    )
+                })
+                .collect()
+        };
+        let mut out = String::new();
+        metrics::family(
+            &mut out,
+            "turnpike_worker_functions",
+            "gauge",
+            "Invocations on the worker (running, parked, blocked, not started).",
+            &metrics::single(f64::from(w.functions())),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_memory_used_mb",
+            "gauge",
+            "Guests' resident linear memory, MB.",
+            &metrics::single(w.used_mb() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_swap_used_mb",
+            "gauge",
+            "Swap space in use, MB.",
+            &metrics::single(w.swap_used_mb() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_preemptions_total",
+            "counter",
+            "Preemptions by the machine scheduler.",
+            &metrics::single(w.preemptions() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_swap_outs_total",
+            "counter",
+            "Swap-outs by class.",
+            &by_class(&stats.swap_outs),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_kills_total",
+            "counter",
+            "Invocations killed to free memory, by class.",
+            &by_class(&stats.kills),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_failures_total",
+            "counter",
+            "Invocations that ended without a response.",
+            &metrics::single(self.failures.load(Ordering::Relaxed) as f64),
+        );
+        self.latency.render(
+            &mut out,
+            "turnpike_worker_invocation_seconds",
+            "Invocation wall time on the worker, by class.",
+        );
+        out
     }
 
     pub fn into_server(self) -> WorkerServer<Self> {
@@ -96,6 +178,10 @@ impl proto::worker_server::Worker for NodeService {
             .worker
             .invoke(&function, request, InvokeOptions::class(ClassId(class)))
             .await;
+        self.latency.observe(usize::from(class), outcome.usage.wall);
+        if outcome.result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Response::new(wire::from_worker_outcome(outcome)))
     }
 

@@ -28,6 +28,7 @@ use turnpike_policy::placement::PollReply;
 use turnpike_policy::shard::{Pending, Shard, ShardDecision, ShardStep, Via};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
+use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_server::ShardServer;
 use crate::proto::worker_client::WorkerClient;
@@ -77,6 +78,8 @@ pub struct ShardService {
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
+    /// Time from joining the queue to placement, by class.
+    waits: ClassHistograms,
     wake: Notify,
     classes: ClassSet,
     started: Instant,
@@ -117,6 +120,7 @@ impl ShardService {
                 counters: ShardCounters::default(),
             }),
             wake: Notify::new(),
+            waits: ClassHistograms::new(&classes),
             classes,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -146,6 +150,78 @@ impl ShardService {
 
     pub fn queued(&self) -> usize {
         self.inner.lock().shard.queued()
+    }
+
+    /// This shard's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let inner = &self.inner;
+        let (queues, idle, live, c) = {
+            let state = inner.lock();
+            let queues: Vec<(String, f64)> = inner
+                .classes
+                .iter()
+                .map(|(id, class)| {
+                    (
+                        format!("class=\"{}\"", class.name),
+                        state.shard.queued_of(id) as f64,
+                    )
+                })
+                .collect();
+            let live = state.workers.iter().filter(|w| w.alive).count();
+            (queues, state.shard.idle_list().len(), live, state.counters)
+        };
+        let mut out = String::new();
+        metrics::family(
+            &mut out,
+            "turnpike_shard_queue_length",
+            "gauge",
+            "Invocations waiting for placement, by class.",
+            &queues,
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_placements_total",
+            "counter",
+            "Placements by how the worker was found.",
+            &[
+                ("via=\"idle_list\"".to_string(), c.placed_idle_list as f64),
+                ("via=\"power_of_k\"".to_string(), c.placed_polling as f64),
+            ],
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_idle_list_size",
+            "gauge",
+            "Workers on this shard's idle list.",
+            &metrics::single(idle as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_workers_live",
+            "gauge",
+            "Registered workers not lost.",
+            &metrics::single(live as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_replaced_total",
+            "counter",
+            "Invocations placed again after a lost worker or a kill.",
+            &metrics::single(c.replaced as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_workers_lost_total",
+            "counter",
+            "Workers found lost.",
+            &metrics::single(c.workers_lost as f64),
+        );
+        inner.waits.render(
+            &mut out,
+            "turnpike_shard_queue_wait_seconds",
+            "Time from joining the queue to placement, by class.",
+        );
+        out
     }
 }
 
@@ -206,8 +282,14 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
                 pending,
                 machine,
                 via,
-                ..
-            } => send(&inner, pending.id, machine, via),
+                enqueued_ns,
+            } => {
+                let waited = inner.now_ns().saturating_sub(enqueued_ns);
+                inner
+                    .waits
+                    .observe(pending.class.index(), Duration::from_nanos(waited));
+                send(&inner, pending.id, machine, via);
+            }
             ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,
         }
     }

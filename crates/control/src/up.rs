@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use turnpike_policy::{ClassId, ClassSet};
 use turnpike_worker::{Runtime, RuntimeConfig, Worker, WorkerConfig};
 
 use crate::gateway::{Gateway, GatewayConfig, Route};
+use crate::metrics;
 use crate::node::{self, NodeService};
 use crate::shard::{ShardConfig, ShardService};
 
@@ -92,18 +93,22 @@ pub struct Cluster {
     pub gateway: SocketAddr,
     pub shards: Vec<SocketAddr>,
     pub workers: Vec<SocketAddr>,
-    shard_services: Vec<ShardService>,
+    /// `(role, address)` of every role's `/metrics`.
+    pub metrics: Vec<(String, SocketAddr)>,
+    /// Shared with the shards' metrics servers, which follow a restart.
+    shard_services: Arc<Mutex<Vec<ShardService>>>,
     classes: ClassSet,
     stop: watch::Sender<bool>,
     gateway_task: JoinHandle<()>,
     shard_tasks: Vec<JoinHandle<()>>,
     /// Per worker: its RPC server and its dispatcher.
     worker_tasks: Vec<[JoinHandle<()>; 2]>,
+    metrics_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Cluster {
-    pub fn shard(&self, i: usize) -> &ShardService {
-        &self.shard_services[i]
+    pub fn shard(&self, i: usize) -> ShardService {
+        lock(&self.shard_services)[i].clone()
     }
 
     /// Replaces shard `i` with a new one on the same address, with empty queues, idle list
@@ -124,7 +129,7 @@ impl Cluster {
             listener,
             self.stop.subscribe(),
         );
-        self.shard_services[i] = service;
+        lock(&self.shard_services)[i] = service;
         Ok(())
     }
 
@@ -141,6 +146,7 @@ impl Cluster {
         std::iter::once(&self.gateway_task)
             .chain(&self.shard_tasks)
             .chain(self.worker_tasks.iter().flatten())
+            .chain(&self.metrics_tasks)
     }
 }
 
@@ -151,6 +157,28 @@ impl Drop for Cluster {
             task.abort();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves a role's `/metrics` on a loopback port chosen by the OS.
+async fn spawn_metrics(
+    role: String,
+    render: metrics::Render,
+    stop: watch::Receiver<bool>,
+    metrics: &mut Vec<(String, SocketAddr)>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), UpError> {
+    let (listener, addr) = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    tasks.push(tokio::spawn(metrics::serve(
+        listener,
+        render,
+        stopped(stop),
+    )));
+    metrics.push((role, addr));
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), UpError> {
@@ -183,8 +211,9 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
 
     let mut shards = Vec::new();
-    let mut shard_services = Vec::new();
+    let shard_services = Arc::new(Mutex::new(Vec::new()));
     let mut shard_tasks = Vec::new();
+    let (mut metrics, mut metrics_tasks) = (Vec::new(), Vec::new());
     for s in 0..config.shards {
         let (listener, addr) = bind(loopback).await?;
         let service = ShardService::start(
@@ -194,7 +223,16 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                 ..ShardConfig::default()
             },
         );
-        shard_services.push(service.clone());
+        lock(&shard_services).push(service.clone());
+        let services = shard_services.clone();
+        spawn_metrics(
+            format!("shard {s}"),
+            Arc::new(move || lock(&services)[s].metrics()),
+            stop_rx.clone(),
+            &mut metrics,
+            &mut metrics_tasks,
+        )
+        .await?;
         shard_tasks.push(spawn_rpc(
             Server::builder().add_service(service.into_server()),
             listener,
@@ -232,6 +270,15 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         .map_err(|e| UpError::Worker(e.to_string()))?;
         let worker = Arc::new(worker);
         let service = NodeService::new(worker.clone());
+        let rendered = service.clone();
+        spawn_metrics(
+            format!("worker {w}"),
+            Arc::new(move || rendered.metrics()),
+            stop_rx.clone(),
+            &mut metrics,
+            &mut metrics_tasks,
+        )
+        .await?;
         hello = service
             .load(hello_bytes.clone())
             .await
@@ -272,12 +319,21 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         max_response_bytes: config.max_response_bytes,
         start_mb: 2,
     });
+    let rendered = gateway.clone();
+    spawn_metrics(
+        "gateway".into(),
+        Arc::new(move || rendered.metrics()),
+        stop_rx.clone(),
+        &mut metrics,
+        &mut metrics_tasks,
+    )
+    .await?;
     let (listener, gateway_addr) = bind(config.listen).await?;
     let gateway_task = tokio::spawn(gateway.serve(listener, stopped(stop_rx.clone())));
 
     // Ready when every shard knows every worker.
     for _ in 0..400 {
-        if shard_services
+        if lock(&shard_services)
             .iter()
             .all(|s| s.live_workers() == config.workers)
         {
@@ -289,12 +345,14 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         gateway: gateway_addr,
         shards,
         workers,
+        metrics,
         shard_services,
         classes,
         stop,
         gateway_task,
         shard_tasks,
         worker_tasks,
+        metrics_tasks,
     })
 }
 

@@ -94,6 +94,55 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
 
     // Nothing above broke the cluster.
     assert_eq!(get(gw, "/hello").await.0, 200);
+
+    // Every role serves Prometheus metrics, and they saw the requests above.
+    assert_eq!(cluster.metrics.len(), 1 + 4 + 2);
+    let scrape = |role: &str| {
+        let addr = cluster
+            .metrics
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|&(_, a)| a)
+            .unwrap_or_else(|| panic!("no metrics for {role}"));
+        get(addr, "/metrics")
+    };
+    let (status, gateway) = scrape("gateway").await;
+    assert_eq!(status, 200);
+    // hello twice, critical once at the top class; batch once at the bottom.
+    assert!(
+        gateway.contains("turnpike_gateway_request_seconds_count{class=\"critical\"} 3\n"),
+        "{gateway}"
+    );
+    assert!(
+        gateway.contains("turnpike_gateway_request_seconds_count{class=\"batch\"} 1\n"),
+        "{gateway}"
+    );
+    assert!(gateway.contains("turnpike_gateway_responses_total{code=\"4xx\"}"));
+    let mut placements = 0.0;
+    for s in 0..4 {
+        let (_, shard) = scrape(&format!("shard {s}")).await;
+        assert!(
+            shard.contains("turnpike_shard_queue_length{class=\"batch\"} 0"),
+            "{shard}"
+        );
+        assert!(shard.contains("turnpike_shard_idle_list_size"), "{shard}");
+        placements += shard
+            .lines()
+            .filter(|l| l.starts_with("turnpike_shard_placements_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert_eq!(placements, 4.0, "four invocations were placed");
+    let (_, worker) = scrape("worker 0").await;
+    for family in [
+        "turnpike_worker_memory_used_mb",
+        "turnpike_worker_preemptions_total",
+        "turnpike_worker_swap_outs_total{class=\"batch\"}",
+        "turnpike_worker_kills_total{class=\"batch\"}",
+        "turnpike_worker_invocation_seconds_bucket{class=\"critical\",le=\"+Inf\"}",
+    ] {
+        assert!(worker.contains(family), "{family} missing from {worker}");
+    }
     cluster.stop().await;
 }
 

@@ -60,6 +60,9 @@ async fn run(args: UpArgs) -> ExitCode {
         list(&cluster.workers),
         config.data_dir.display()
     );
+    for (role, addr) in &cluster.metrics {
+        println!("  metrics of {role}: http://{addr}/metrics");
+    }
     println!("Try the demo app (price classes at work):");
     println!("  curl {url}/hello                      # top class");
     println!("  curl '{url}/work/critical?ms=100'     # 100 ms of CPU, top class");

@@ -126,6 +126,8 @@ struct Sched {
     invocations: HashMap<InvocationId, GateState>,
     /// Swap-outs for the swap thread.
     swap_jobs: mpsc::Sender<Arc<InvocationMemory>>,
+    /// Preemptions so far.
+    preemptions: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +182,7 @@ impl Sched {
                     }
                 }
                 MachineAction::Preempt(id) => {
+                    self.preemptions += 1;
                     if let Some(g) = self.invocations.get_mut(&id) {
                         g.phase = Phase::Waiting;
                         g.parks += 1;
@@ -273,6 +276,7 @@ impl Worker {
                 machine,
                 invocations: HashMap::new(),
                 swap_jobs,
+                preemptions: 0,
             }),
             engine: runtime.engine().clone(),
             swap_failures: AtomicU64::new(0),
@@ -341,6 +345,11 @@ impl Worker {
     /// Swap-outs, swapped MB, swap-ins and kills by class.
     pub fn memory_stats(&self) -> MemoryStats {
         self.shared.lock().machine.memory_stats().clone()
+    }
+
+    /// Preemptions by the machine scheduler so far.
+    pub fn preemptions(&self) -> u64 {
+        self.shared.lock().preemptions
     }
 
     /// Swap-outs that failed (disk full, say); the memory stayed resident.
