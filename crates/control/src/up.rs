@@ -95,6 +95,8 @@ pub struct Cluster {
     pub workers: Vec<SocketAddr>,
     /// `(role, address)` of every role's `/metrics`.
     pub metrics: Vec<(String, SocketAddr)>,
+    /// The demo app's components: `(name, content hash)`, for `/v1/invoke/<hash>`.
+    pub demo_functions: Vec<(String, String)>,
     /// Shared with the shards' metrics servers, which follow a restart.
     shard_services: Arc<Mutex<Vec<ShardService>>>,
     classes: ClassSet,
@@ -346,6 +348,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         shards,
         workers,
         metrics,
+        demo_functions: vec![("hello".into(), hello), ("spin".into(), spin)],
         shard_services,
         classes,
         stop,

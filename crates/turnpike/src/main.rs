@@ -1,6 +1,7 @@
 //! `turnpike`: the one binary of Turnpike: a whole cluster in one process (`turnpike up`) and
 //! the cluster simulator (`turnpike sim ...`); see `turnpike --help`.
 
+mod roles;
 mod sim;
 mod up;
 mod worker;
@@ -26,6 +27,10 @@ enum Command {
     Up(up::UpArgs),
     /// Run one worker node that registers with the given shards.
     Worker(worker::WorkerArgs),
+    /// Run one scheduler shard.
+    Shard(roles::ShardArgs),
+    /// Run the HTTP gateway in front of the given shards.
+    Gateway(roles::GatewayArgs),
     /// Run the discrete-event cluster simulator (the paper's evaluation and beyond).
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Up(args) => up::main(args),
         Command::Worker(args) => worker::main(args),
+        Command::Shard(args) => roles::shard(args),
+        Command::Gateway(args) => roles::gateway(args),
         Command::Sim(cmd) => sim::main(cmd),
     }
 }

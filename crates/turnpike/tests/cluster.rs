@@ -1,5 +1,7 @@
-//! A worker process SIGKILLed mid-load: the shards notice, place its invocations again on the
-//! surviving worker, and every request gets an answer (a result, or a clear 503), none hangs.
+//! The roles as separate processes: a worker process SIGKILLed mid-load (the shards notice,
+//! place its invocations again on the surviving worker, and every request gets an answer, a
+//! result or a clear 503, none hangs), and a cluster of `turnpike shard`, `turnpike worker`
+//! and `turnpike gateway` processes serving a route.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -128,4 +130,103 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
     );
     assert_eq!(get(gw, "/hello").await.0, 200, "new work still runs");
     cluster.stop().await;
+}
+
+/// Starts a role process and returns it with the address it printed on the line starting
+/// with `prefix`.
+fn start_role(args: &[String], prefix: &str) -> (Child, String) {
+    let mut child = Child(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the role starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("readable");
+    let addr = first
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected `{prefix}...`, got {first:?}"))
+        .trim()
+        .to_string();
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_in_its_own_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let functions = turnpike_control::up::default_functions_dir();
+    let mut children = Vec::new();
+    let mut shards = Vec::new();
+    for seed in 1..=2 {
+        let (child, addr) = start_role(
+            &["shard".into(), "--seed".into(), seed.to_string()],
+            "shard listening on ",
+        );
+        children.push(child);
+        shards.push(addr);
+    }
+    let mut worker_args = vec![
+        "worker".to_string(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--load".into(),
+        functions.join("hello.wasm").display().to_string(),
+    ];
+    for s in &shards {
+        worker_args.extend(["--shard".into(), s.clone()]);
+    }
+    let (worker, _) = start_role(&worker_args, "worker listening on ");
+    children.push(worker);
+    // The worker prints what it loaded; its hash names the function in the route.
+    let bytes = std::fs::read(functions.join("hello.wasm")).expect("hello.wasm");
+    let hello_hash = turnpike_worker::cache::sha256_hex(&bytes);
+    let mut gateway_args = vec![
+        "gateway".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--route".into(),
+        format!("/hello={hello_hash}@critical"),
+    ];
+    for s in &shards {
+        gateway_args.extend(["--shard".into(), s.clone()]);
+    }
+    let (gateway, url) = start_role(&gateway_args, "gateway listening on http://");
+    children.push(gateway);
+    let gw: SocketAddr = url.parse().expect("gateway address");
+    // The worker registers with the shards in its first dispatcher round.
+    let start = Instant::now();
+    loop {
+        let (status, text) = get(gw, "/hello").await;
+        if status == 200 {
+            assert!(text.contains("hello from turnpike"), "{text}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no answer from the separate roles: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(gw, "/elsewhere").await.0, 404);
+    drop(children);
+}
+
+#[test]
+fn a_bad_route_is_refused_at_start_naming_the_classes() {
+    let out = Command::new(BIN)
+        .args([
+            "gateway",
+            "--shard",
+            "127.0.0.1:1",
+            "--route",
+            "/x=abc@gold",
+        ])
+        .output()
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gold") && err.contains("critical"), "{err}");
 }

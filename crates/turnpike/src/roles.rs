@@ -1,0 +1,183 @@
+//! `turnpike shard` and `turnpike gateway`: the control plane's other roles, one per process.
+//! (`turnpike worker` is in `worker.rs`; `turnpike up` runs all of them in one process.)
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use turnpike_control::gateway::{Gateway, GatewayConfig, Route};
+use turnpike_control::metrics;
+use turnpike_control::shard::{ShardConfig, ShardService};
+use turnpike_policy::ClassSet;
+
+#[derive(Args, Debug)]
+pub struct ShardArgs {
+    /// Where the shard serves its RPCs (port 0: chosen by the OS, printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where it serves Prometheus `/metrics` (port 0: chosen by the OS, printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
+    /// Workers polled per decision when the idle list cannot place.
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// Seed of the shard's random sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Where the gateway serves HTTP.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where it serves Prometheus `/metrics` (port 0: chosen by the OS, printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
+    /// A shard to send invocations to (repeat for each shard).
+    #[arg(long = "shard", required = true)]
+    shards: Vec<SocketAddr>,
+    /// A route: `PREFIX=FUNCTION_HASH@CLASS`, e.g. `/hello=ab12...@critical` (repeatable).
+    #[arg(long = "route")]
+    routes: Vec<String>,
+    /// Largest request and response body, bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+}
+
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, bound))
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+pub fn shard(args: ShardArgs) -> ExitCode {
+    crate::block_on(async move {
+        let service = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig {
+                k: args.k.max(1),
+                seed: args.seed,
+                ..ShardConfig::default()
+            },
+        );
+        let ((rpc, rpc_addr), (metrics_listener, metrics_addr)) =
+            match (listen(args.listen).await, listen(args.metrics).await) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            };
+        let rendered = service.clone();
+        tokio::spawn(metrics::serve(
+            metrics_listener,
+            Arc::new(move || rendered.metrics()),
+            std::future::pending(),
+        ));
+        println!("shard listening on {rpc_addr}");
+        println!("metrics: http://{metrics_addr}/metrics");
+        let server = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(rpc),
+                crate::up::wait_for_signal(),
+            );
+        match server.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e.to_string()),
+        }
+    })
+}
+
+/// Parses `PREFIX=HASH@CLASS`.
+fn parse_route(text: &str, classes: &ClassSet) -> Result<Route, String> {
+    let (prefix, target) = text
+        .split_once('=')
+        .ok_or_else(|| format!("route `{text}`: expected PREFIX=FUNCTION_HASH@CLASS"))?;
+    let (function, class) = target
+        .split_once('@')
+        .ok_or_else(|| format!("route `{text}`: expected PREFIX=FUNCTION_HASH@CLASS"))?;
+    let class_id = classes.by_name(class).ok_or_else(|| {
+        let names: Vec<_> = classes.iter().map(|(_, c)| c.name.as_str()).collect();
+        format!(
+            "route `{text}`: unknown class `{class}`; classes: {}",
+            names.join(", ")
+        )
+    })?;
+    if !prefix.starts_with('/') {
+        return Err(format!("route `{text}`: the prefix must start with `/`"));
+    }
+    Ok(Route {
+        method: None,
+        prefix: prefix.to_string(),
+        function: function.to_string(),
+        class: class_id,
+    })
+}
+
+pub fn gateway(args: GatewayArgs) -> ExitCode {
+    let classes = ClassSet::default_four();
+    let routes: Result<Vec<Route>, String> = args
+        .routes
+        .iter()
+        .map(|r| parse_route(r, &classes))
+        .collect();
+    let routes = match routes {
+        Ok(routes) => routes,
+        Err(e) => return fail(e),
+    };
+    crate::block_on(async move {
+        let gateway = Gateway::new(GatewayConfig {
+            classes,
+            routes,
+            shards: args.shards,
+            max_request_bytes: args.max_body_bytes,
+            max_response_bytes: args.max_body_bytes,
+            start_mb: 2,
+        });
+        let ((http, http_addr), (metrics_listener, metrics_addr)) =
+            match (listen(args.listen).await, listen(args.metrics).await) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            };
+        let rendered = gateway.clone();
+        tokio::spawn(metrics::serve(
+            metrics_listener,
+            Arc::new(move || rendered.metrics()),
+            std::future::pending(),
+        ));
+        println!("gateway listening on http://{http_addr}");
+        println!("metrics: http://{metrics_addr}/metrics");
+        gateway.serve(http, crate::up::wait_for_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_and_bad_ones_say_why() {
+        let classes = ClassSet::default_four();
+        let r = parse_route("/api=abc@critical", &classes).unwrap();
+        assert_eq!((r.prefix.as_str(), r.function.as_str()), ("/api", "abc"));
+        assert_eq!(r.class, classes.top());
+        let e = parse_route("/api=abc@gold", &classes).unwrap_err();
+        assert!(e.contains("gold") && e.contains("batch"), "{e}");
+        assert!(parse_route("/api", &classes)
+            .unwrap_err()
+            .contains("PREFIX="));
+        assert!(parse_route("api=abc@batch", &classes)
+            .unwrap_err()
+            .contains("start with"));
+    }
+}
