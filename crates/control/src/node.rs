@@ -395,9 +395,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, String> {
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let router = tonic::transport::Server::builder().add_service(service.into_server());
     let server = tokio::spawn(async move {
-        let _ = router
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
+        let _ = router.serve_with_incoming(wire::incoming(listener)).await;
     });
     let dispatcher = tokio::spawn(dispatch(
         worker,

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 use turnpike_policy::dispatcher::DispatcherConfig;
@@ -24,6 +23,7 @@ use crate::gateway::{Gateway, GatewayConfig, Route};
 use crate::metrics;
 use crate::node::{self, NodeService};
 use crate::shard::{ShardConfig, ShardService};
+use crate::wire;
 
 #[derive(Clone, Debug)]
 pub struct UpConfig {
@@ -197,7 +197,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), UpError> {
 fn spawn_rpc(router: Router, listener: TcpListener, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let _ = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+            .serve_with_incoming_shutdown(wire::incoming(listener), stopped(stop))
             .await;
     })
 }

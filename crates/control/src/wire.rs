@@ -25,6 +25,20 @@ pub fn channel(endpoint: Result<Endpoint, tonic::transport::Error>) -> Channel {
         .connect_lazy()
 }
 
+/// The connections accepted on `listener`, with Nagle's algorithm off: an RPC answer is
+/// small and must not wait for the peer's delayed ACK (without this, p99 latency through the
+/// cluster was ~100 ms and throughput a tenth).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 pub fn failure(kind: proto::FailureKind, message: impl Into<String>) -> proto::Outcome {
     proto::Outcome {
         ending: Some(proto::outcome::Ending::Failure(proto::Failure {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use turnpike_control::gateway::{Gateway, GatewayConfig, Route};
 use turnpike_control::metrics;
 use turnpike_control::shard::{ShardConfig, ShardService};
@@ -87,7 +86,7 @@ pub fn shard(args: ShardArgs) -> ExitCode {
         let server = tonic::transport::Server::builder()
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(rpc),
+                turnpike_control::wire::incoming(rpc),
                 crate::up::wait_for_signal(),
             );
         match server.await {
