@@ -9,6 +9,8 @@
 //! 2. Priority enforcement: Poisson arrivals of 10 ms `spin`s at 2x the cluster's CPU
 //!    capacity for 3 s, classes drawn uniformly; per-class p50/p99 slowdown (latency over the
 //!    spin's own 10 ms).
+//!
+//! `HELLO_ONLY=1` runs only the first (for profiling).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -212,6 +214,10 @@ fn main() {
         let config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.clone());
         let cluster = up::start(&config).await.expect("cluster starts");
         hello_figures(cluster.gateway, &dir, &config.functions_dir).await;
+        if std::env::var_os("HELLO_ONLY").is_some() {
+            cluster.stop().await;
+            return;
+        }
         let spin = cluster
             .demo_functions
             .iter()
