@@ -255,7 +255,9 @@ pub async fn dispatch(
             functions: worker.functions(),
         };
         let mut lens = vec![usize::MAX; clients.len()];
-        if dispatcher.member_of().is_none() {
+        // The shards' idle-list lengths matter only to a join: ask only when one may happen.
+        let may_join = entry.free_mb as f64 >= config.join_free_fraction * capacity_mb as f64;
+        if dispatcher.member_of().is_none() && may_join {
             for (s, client) in clients.iter().enumerate() {
                 if ids[s].is_some() {
                     if let Ok(r) = client.clone().idle_len(proto::Empty {}).await {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use turnpike_worker::{InvokeError, Outcome, Request};
+use turnpike_worker::{Outcome, Request};
 
 use crate::proto;
 
@@ -100,7 +100,7 @@ pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
         }),
         Err(error) => proto::outcome::Ending::Failure(proto::Failure {
             kind: crate::node::failure_kind(&error) as i32,
-            message: describe(&error),
+            message: error.to_string(),
         }),
     };
     proto::Outcome {
@@ -109,10 +109,6 @@ pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
         worker: 0,
         attempts: 1,
     }
-}
-
-fn describe(error: &InvokeError) -> String {
-    error.to_string()
 }
 
 fn duration_ns(d: Duration) -> u64 {

@@ -27,6 +27,9 @@ pub struct UpArgs {
     /// Directory with the demo app's components (hello.wasm, spin.wasm).
     #[arg(long)]
     functions: Option<PathBuf>,
+    /// Largest request and response body through the gateway, bytes (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -40,6 +43,8 @@ async fn run(args: UpArgs) -> ExitCode {
         config.workers = workers.max(1);
     }
     config.memory_mb_per_worker = args.worker_memory_mb;
+    config.max_request_bytes = args.max_body_bytes;
+    config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {
         config.functions_dir = dir;
     }
