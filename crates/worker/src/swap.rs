@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -415,24 +415,6 @@ impl InvocationMemory {
         // come from a broken invariant, and the state left behind is still consistent enough
         // to drop.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Bytes of linear memory it has now (resident or swapped out).
-    pub fn bytes(&self) -> u64 {
-        self.lock()
-            .memories
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|m| m.size.load(Ordering::Acquire) as u64)
-            .sum()
-    }
-
-    pub fn is_swapped_out(&self) -> bool {
-        !self.lock().swapped.is_empty()
     }
 
     pub fn totals(&self) -> SwapTotals {
