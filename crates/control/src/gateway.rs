@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use turnpike_policy::{ClassId, ClassSet};
 
 use crate::metrics::{self, ClassHistograms};
@@ -111,11 +111,7 @@ impl Gateway {
             .shards
             .iter()
             .map(|a| ShardHandle {
-                client: ShardClient::new(wire::channel(Endpoint::from_shared(format!(
-                    "http://{a}"
-                ))))
-                .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(wire::MAX_MESSAGE_BYTES),
+                client: wire::shard_client(*a),
                 in_flight: AtomicU64::new(0),
                 down_until: Mutex::new(None),
             })
@@ -269,7 +265,8 @@ impl Gateway {
             .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
             .filter(|r| {
                 let p = r.prefix.trim_end_matches('/');
-                path == p || path.starts_with(&format!("{p}/")) || p.is_empty()
+                path.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             })
             .max_by_key(|r| r.prefix.len())
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::SeedableRng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
@@ -223,7 +223,8 @@ pub async fn dispatch(
         // worker by polling.
         return register_forever(worker, address, shards).await;
     };
-    let clients: Vec<ShardClient<Channel>> = shards.iter().map(|&a| shard_client(a)).collect();
+    let clients: Vec<ShardClient<Channel>> =
+        shards.iter().map(|&a| wire::shard_client(a)).collect();
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
         memory_mb: capacity_mb,
@@ -311,22 +312,13 @@ async fn register_forever(worker: Arc<Worker>, address: SocketAddr, shards: Vec<
         memory_mb: 0,
         cores: worker.config().cores,
     };
-    let clients: Vec<_> = shards.iter().map(|&a| shard_client(a)).collect();
+    let clients: Vec<_> = shards.iter().map(|&a| wire::shard_client(a)).collect();
     loop {
         for client in &clients {
             let _ = client.clone().register(info.clone()).await;
         }
         tokio::time::sleep(REGISTER_EVERY).await;
     }
-}
-
-/// A lazily connecting client of a shard (reconnects by itself after the shard restarts).
-pub fn shard_client(address: SocketAddr) -> ShardClient<Channel> {
-    ShardClient::new(wire::channel(Endpoint::from_shared(format!(
-        "http://{address}"
-    ))))
-    .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
 }
 
 /// Maps a worker's failure to the wire.

@@ -473,7 +473,7 @@ impl proto::shard_server::Shard for ShardService {
             }
             None => {
                 let id = state.workers.len() as u32;
-                let client = WorkerClient::new(wire::channel(Ok(endpoint)))
+                let client = WorkerClient::new(wire::channel(endpoint))
                     .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
                 state.workers.push(WorkerSlot {

@@ -1,12 +1,14 @@
 //! Between the RPC messages and the worker's and HTTP's own types, and how every connection
 //! between roles is set up (timeouts, keep-alive).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use turnpike_worker::{Outcome, Request};
 
 use crate::proto;
+use crate::proto::shard_client::ShardClient;
 
 /// Largest RPC message: request and response bodies travel inside them.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -14,8 +16,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// A lazily connecting channel with the timeouts every role uses: connecting must not take
 /// long (a dead peer is noticed), and HTTP/2 keep-alive pings notice a peer that vanished
 /// without closing its connections.
-pub fn channel(endpoint: Result<Endpoint, tonic::transport::Error>) -> Channel {
-    let endpoint = endpoint.unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1"));
+pub fn channel(endpoint: Endpoint) -> Channel {
     endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -37,6 +38,16 @@ pub fn incoming(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
+}
+
+/// A lazily connecting client of the shard at `address` (reconnects by itself after the shard
+/// restarts): what gateways and workers use.
+pub fn shard_client(address: SocketAddr) -> ShardClient<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .expect("a socket address makes a valid URI");
+    ShardClient::new(channel(endpoint))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 pub fn failure(kind: proto::FailureKind, message: impl Into<String>) -> proto::Outcome {
