@@ -13,6 +13,8 @@ done
 
 # The worker's tests and benchmarks run the example guests (wasm32-wasip2 components).
 scripts/build-examples.sh
+# The guests' own unit tests (argument parsing), on the host.
+cargo test --manifest-path examples/functions/Cargo.toml --workspace --locked --quiet
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings

@@ -11,6 +11,10 @@
 //!   load as evenly as asking all of them at the cost of two counter reads, and skips a shard
 //!   that failed at the transport level for [`SHARD_DOWN_FOR`]; the request that met the
 //!   failure is tried once on another shard.
+//! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
+//!   depth in headers vouched for by the cluster's chain token: the callee runs at
+//!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
+//!   function's response says the class it ran at in [`RAN_AT_HEADER`].
 //! - Answers: unknown route 404; unknown class 400 naming the known ones; a request body over
 //!   the limit 413; a response body over the limit 413 too (it says which); a function that
 //!   failed 502 with the reason; no shard or worker available 503 with the reason.
@@ -29,6 +33,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use turnpike_policy::{ClassId, ClassSet};
 
+use crate::chain;
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -38,6 +43,9 @@ use crate::wire;
 pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
 /// The header naming the class of a direct invocation.
 pub const CLASS_HEADER: &str = "x-turnpike-class";
+/// The response header naming the class an invocation ran at (the same name as
+/// [`CLASS_HEADER`]: what was asked for, and what was given).
+pub const RAN_AT_HEADER: &str = "x-turnpike-class";
 
 /// A route: requests whose path starts with `prefix` (whole segments) run `function` at
 /// `class`.
@@ -59,6 +67,11 @@ pub struct GatewayConfig {
     pub max_response_bytes: usize,
     /// Memory an invocation is assumed to start with, MB (for placement).
     pub start_mb: u64,
+    /// The cluster's chain token (see [`crate::chain`]); `None`: calls from functions are
+    /// refused.
+    pub chain_token: Option<String>,
+    /// Deepest call chain served; deeper requests get 508.
+    pub max_chain_depth: u32,
 }
 
 #[derive(Debug)]
@@ -92,6 +105,11 @@ impl ShardHandle {
 }
 
 type Body = Full<Bytes>;
+
+/// Whether `a == b`, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
     let mut text = text.into();
@@ -218,6 +236,11 @@ impl Gateway {
                 }
             }
         };
+        let (class, depth) = match self.chain_context(&parts.headers) {
+            Ok(None) => (class, 0),
+            Ok(Some((caller, depth))) => (class.max(caller), depth),
+            Err(refusal) => return refusal,
+        };
         let limit = self.config.max_request_bytes;
         let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -238,14 +261,85 @@ impl Gateway {
                 .uri
                 .path_and_query()
                 .map_or_else(|| path.clone(), |p| p.as_str().to_string()),
-            headers: wire::headers_to_wire(&parts.headers),
+            headers: wire::headers_to_wire(&parts.headers)
+                .into_iter()
+                .filter(|h| !chain::PLATFORM_HEADERS.contains(&h.name.as_str()))
+                .collect(),
             body: body.to_vec(),
-            depth: 0,
+            depth,
             start_mb: self.config.start_mb,
         };
-        let response = self.invoke(invocation).await;
+        let mut response = self.invoke(invocation).await;
         self.latency.observe(class.index(), started.elapsed());
+        let ran_at = &self.config.classes.get(class).name;
+        if let Ok(value) = http::HeaderValue::from_str(ran_at) {
+            response.headers_mut().insert(RAN_AT_HEADER, value);
+        }
         response
+    }
+
+    /// The caller's class and the chain depth of a call from a function; `None` for an
+    /// outside request; an answer to send instead when the call may not go on.
+    #[allow(clippy::result_large_err)]
+    fn chain_context(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<(ClassId, u32)>, http::Response<Body>> {
+        if !chain::PLATFORM_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
+        {
+            return Ok(None);
+        }
+        let token = headers.get(chain::TOKEN_HEADER).map(|v| v.as_bytes());
+        let vouched = match (&self.config.chain_token, token) {
+            (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given),
+            _ => false,
+        };
+        if !vouched {
+            return Err(answer(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "`{}`, `{}` and `{}` are set by the platform on calls between functions; a request from outside must not send them",
+                    chain::CALLER_CLASS_HEADER,
+                    chain::DEPTH_HEADER,
+                    chain::TOKEN_HEADER
+                ),
+            ));
+        }
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        let caller_name = text(chain::CALLER_CLASS_HEADER);
+        let Some(caller) = self.config.classes.by_name(&caller_name) else {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown caller class `{caller_name}`; classes: {}",
+                    self.class_names()
+                ),
+            ));
+        };
+        let depth_text = text(chain::DEPTH_HEADER);
+        let Ok(depth) = depth_text.parse::<u32>() else {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                format!("bad `{}`: {depth_text:?}", chain::DEPTH_HEADER),
+            ));
+        };
+        let max = self.config.max_chain_depth;
+        if depth > max {
+            return Err(answer(
+                StatusCode::LOOP_DETECTED,
+                format!(
+                    "call chain depth {depth} is over the limit of {max}: a function called another {depth} deep (is one calling itself without end?)"
+                ),
+            ));
+        }
+        Ok(Some((caller, depth)))
     }
 
     fn class_names(&self) -> String {

@@ -7,6 +7,8 @@
 //!   `Shard` service, placing invocations on real workers and retrying lost ones.
 //! - [`node`]: a worker (the `turnpike-worker` runtime) behind the `Worker` service, and its
 //!   dispatcher keeping it registered with every shard and on one idle list.
+//! - [`chain`]: call chains - a worker's link to the gateway for its guests' calls to other
+//!   functions, and the headers that carry the caller's class and the chain's depth.
 //! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
 //! - [`metrics`]: Prometheus `/metrics` for every role.
 //! - [`wire`]: conversions between the RPC messages and the worker's types, and the
@@ -15,6 +17,7 @@
 //! The RPCs are defined in `proto/turnpike.proto`. Placement state is soft and in memory:
 //! workers re-register with a restarted shard and re-join its idle list.
 
+pub mod chain;
 pub mod gateway;
 pub mod http_server;
 pub mod metrics;

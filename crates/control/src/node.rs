@@ -3,7 +3,9 @@
 //! (the policy core's [`Dispatcher`] decides when to join, update and leave).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +15,12 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
-use turnpike_policy::{ClassId, ShardId};
-use turnpike_worker::{Function, InvokeError, InvokeOptions, Worker};
+use turnpike_policy::{ClassId, ClassSet, ShardId};
+use turnpike_worker::{
+    Function, InvokeError, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
+};
 
+use crate::chain::GatewayLink;
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -176,7 +181,11 @@ impl proto::worker_server::Worker for NodeService {
         };
         let outcome = self
             .worker
-            .invoke(&function, request, InvokeOptions::class(ClassId(class)))
+            .invoke(
+                &function,
+                request,
+                InvokeOptions::class(ClassId(class)).depth(inv.depth),
+            )
             .await;
         self.latency.observe(usize::from(class), outcome.usage.wall);
         if outcome.result.is_err() {
@@ -333,40 +342,62 @@ pub(crate) fn failure_kind(error: &InvokeError) -> proto::FailureKind {
     }
 }
 
-/// A worker node on its own: what `turnpike worker` runs.
+/// A worker node: what `turnpike worker` runs, and each worker of `turnpike up`.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub listen: SocketAddr,
     pub shards: Vec<SocketAddr>,
-    pub data_dir: std::path::PathBuf,
+    /// Compiled components go to `cache/` inside, swap files to `swap/` (created if missing;
+    /// several nodes may share one data directory).
+    pub data_dir: PathBuf,
     pub cores: u32,
     pub memory_mb: u64,
-    /// Components to load at start (until deployment comes with the store).
-    pub load: Vec<std::path::PathBuf>,
+    pub classes: ClassSet,
+    /// Where guests' calls to other functions go: the gateway and the cluster's chain token
+    /// (see [`crate::chain`]). `None`: such calls are denied.
+    pub gateway: Option<(SocketAddr, String)>,
+    /// Seed of the dispatcher's random choices.
+    pub seed: u64,
 }
 
-/// A started node: its address and the tasks serving it (dropping them stops nothing; abort
-/// them to stop).
+/// A started node. Its tasks run until `shutdown` (the server) or until aborted (both).
 #[derive(Debug)]
 pub struct RunningNode {
     pub address: SocketAddr,
+    pub service: NodeService,
+    /// Content hashes of the components loaded at start, in order.
     pub loaded: Vec<String>,
     pub server: tokio::task::JoinHandle<()>,
     pub dispatcher: tokio::task::JoinHandle<()>,
 }
 
-/// Starts a worker node: runtime, RPC server, dispatcher; loads `config.load`.
-pub async fn start_node(config: NodeConfig) -> Result<RunningNode, String> {
-    use turnpike_worker::{Runtime, RuntimeConfig, WorkerConfig};
-    let runtime = Runtime::new(RuntimeConfig::new(config.data_dir.join("cache")))
-        .map_err(|e| e.to_string())?;
+/// Starts a worker node: runtime, worker, `components` loaded (`(label for errors, bytes)`),
+/// then the RPC server and the dispatcher, which registers it with the shards - so no shard
+/// places an invocation here before its functions are loaded.
+pub async fn start_node(
+    config: NodeConfig,
+    components: &[(String, Vec<u8>)],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningNode, String> {
+    let cache_dir = config.data_dir.join("cache");
+    let swap_dir = config.data_dir.join("swap");
+    for dir in [&cache_dir, &swap_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+    }
+    let runtime = Runtime::new(RuntimeConfig::new(cache_dir)).map_err(|e| e.to_string())?;
+    let platform = config.gateway.map(|(gateway, token)| {
+        GatewayLink::new(gateway, token, config.classes.clone()) as Arc<dyn Platform>
+    });
     let worker = Arc::new(
         Worker::new(
             Arc::new(runtime),
             WorkerConfig {
                 cores: config.cores,
+                classes: config.classes,
                 memory_mb: Some(config.memory_mb),
-                swap_dir: config.data_dir.join("swap"),
+                swap_dir,
+                platform,
                 ..WorkerConfig::default()
             },
         )
@@ -374,32 +405,33 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, String> {
     );
     let service = NodeService::new(worker.clone());
     let mut loaded = Vec::new();
-    for path in &config.load {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for (label, bytes) in components {
         let hash = service
-            .load(bytes)
+            .load(bytes.clone())
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| format!("{label}: {e}"))?;
         loaded.push(hash);
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let router = tonic::transport::Server::builder().add_service(service.into_server());
+    let router = tonic::transport::Server::builder().add_service(service.clone().into_server());
     let server = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(wire::incoming(listener)).await;
+        let _ = router
+            .serve_with_incoming_shutdown(wire::incoming(listener), shutdown)
+            .await;
     });
     let dispatcher = tokio::spawn(dispatch(
         worker,
         address,
         config.shards,
         DispatcherConfig::default(),
-        u64::from(address.port()),
+        config.seed,
     ));
     Ok(RunningNode {
         address,
+        service,
         loaded,
         server,
         dispatcher,

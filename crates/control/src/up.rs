@@ -4,7 +4,9 @@
 //!
 //! The demo app: `GET /hello` (top class), and the `spin` example at `/work/critical?ms=N`
 //! (top class) and `/work/batch?ms=N` (bottom class), so price classes can be seen at work
-//! with `curl` at once.
+//! with `curl` at once; and the `chain` example at `/chain?to=PATH` (bottom class), which
+//! calls `PATH` through the platform and shows the class the callee ran at
+//! (`max(caller, route)`: `/chain?to=/hello` runs hello at the top class).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,13 +17,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
-use turnpike_policy::dispatcher::DispatcherConfig;
 use turnpike_policy::{ClassId, ClassSet};
-use turnpike_worker::{Runtime, RuntimeConfig, Worker, WorkerConfig};
 
+use crate::chain;
 use crate::gateway::{Gateway, GatewayConfig, Route};
 use crate::metrics;
-use crate::node::{self, NodeService};
+use crate::node::{self, NodeConfig};
 use crate::shard::{ShardConfig, ShardService};
 use crate::wire;
 
@@ -33,7 +34,7 @@ pub struct UpConfig {
     pub workers: usize,
     pub cores_per_worker: u32,
     pub memory_mb_per_worker: u64,
-    /// Where the demo app's components are (`hello.wasm`, `spin.wasm`).
+    /// Where the demo app's components are (`hello.wasm`, `spin.wasm`, `chain.wasm`).
     pub functions_dir: PathBuf,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -73,12 +74,6 @@ pub enum UpError {
     },
     #[error("the demo app's component {path} is missing ({source}); build the example functions with scripts/build-examples.sh")]
     DemoMissing {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("data directory {path}: {source}")]
-    DataDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -243,36 +238,35 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         shards.push(addr);
     }
 
-    let hello_bytes = read_demo(&config.functions_dir, "hello")?;
-    let spin_bytes = read_demo(&config.functions_dir, "spin")?;
-    let cache_dir = config.data_dir.join("cache");
-    let swap_dir = config.data_dir.join("swap");
-    for dir in [&cache_dir, &swap_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| UpError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
+    // The gateway's address comes first: workers send their guests' calls there.
+    let (gateway_listener, gateway_addr) = bind(config.listen).await?;
+    let chain_token = chain::new_token();
+
+    let mut components = Vec::new();
+    for name in DEMO_FUNCTIONS {
+        components.push((name.to_string(), read_demo(&config.functions_dir, name)?));
     }
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();
-    let (mut hello, mut spin) = (String::new(), String::new());
+    let mut hashes = Vec::new();
     for w in 0..config.workers {
-        let runtime = Runtime::new(RuntimeConfig::new(&cache_dir))
-            .map_err(|e| UpError::Worker(e.to_string()))?;
-        let worker = Worker::new(
-            Arc::new(runtime),
-            WorkerConfig {
+        let node = node::start_node(
+            NodeConfig {
+                listen: loopback,
+                shards: shards.clone(),
+                data_dir: config.data_dir.clone(),
                 cores: config.cores_per_worker,
+                memory_mb: config.memory_mb_per_worker,
                 classes: classes.clone(),
-                memory_mb: Some(config.memory_mb_per_worker),
-                swap_dir: swap_dir.clone(),
-                ..WorkerConfig::default()
+                gateway: Some((gateway_addr, chain_token.clone())),
+                seed: w as u64 + 1,
             },
+            &components,
+            stopped(stop_rx.clone()),
         )
-        .map_err(|e| UpError::Worker(e.to_string()))?;
-        let worker = Arc::new(worker);
-        let service = NodeService::new(worker.clone());
-        let rendered = service.clone();
+        .await
+        .map_err(UpError::Worker)?;
+        let rendered = node.service.clone();
         spawn_metrics(
             format!("worker {w}"),
             Arc::new(move || rendered.metrics()),
@@ -281,37 +275,29 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
             &mut metrics_tasks,
         )
         .await?;
-        hello = service
-            .load(hello_bytes.clone())
-            .await
-            .map_err(UpError::Worker)?;
-        spin = service
-            .load(spin_bytes.clone())
-            .await
-            .map_err(UpError::Worker)?;
-        let (listener, addr) = bind(loopback).await?;
-        let server = spawn_rpc(
-            Server::builder().add_service(service.into_server()),
-            listener,
-            stop_rx.clone(),
-        );
-        let dispatcher = tokio::spawn(node::dispatch(
-            worker,
-            addr,
-            shards.clone(),
-            DispatcherConfig::default(),
-            w as u64 + 1,
-        ));
-        worker_tasks.push([server, dispatcher]);
-        workers.push(addr);
+        hashes = node.loaded;
+        worker_tasks.push([node.server, node.dispatcher]);
+        workers.push(node.address);
     }
+    let demo_functions: Vec<(String, String)> = DEMO_FUNCTIONS
+        .iter()
+        .map(|n| n.to_string())
+        .zip(hashes)
+        .collect();
+    let hash = |name: &str| {
+        demo_functions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(String::new, |(_, h)| h.clone())
+    };
 
     let top = classes.top();
     let bottom = ClassId(0);
     let routes = vec![
-        route("/hello", &hello, top),
-        route("/work/critical", &spin, top),
-        route("/work/batch", &spin, bottom),
+        route("/hello", &hash("hello"), top),
+        route("/work/critical", &hash("spin"), top),
+        route("/work/batch", &hash("spin"), bottom),
+        route("/chain", &hash("chain"), bottom),
     ];
     let gateway = Gateway::new(GatewayConfig {
         classes: classes.clone(),
@@ -320,6 +306,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         start_mb: 2,
+        chain_token: Some(chain_token),
+        max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
     });
     let rendered = gateway.clone();
     spawn_metrics(
@@ -330,8 +318,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         &mut metrics_tasks,
     )
     .await?;
-    let (listener, gateway_addr) = bind(config.listen).await?;
-    let gateway_task = tokio::spawn(gateway.serve(listener, stopped(stop_rx.clone())));
+    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
 
     // Ready when every shard knows every worker.
     for _ in 0..400 {
@@ -348,7 +335,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         shards,
         workers,
         metrics,
-        demo_functions: vec![("hello".into(), hello), ("spin".into(), spin)],
+        demo_functions,
         shard_services,
         classes,
         stop,
@@ -358,6 +345,9 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         metrics_tasks,
     })
 }
+
+/// The demo app's components, by file name in `functions_dir`.
+const DEMO_FUNCTIONS: [&str; 3] = ["hello", "spin", "chain"];
 
 fn route(prefix: &str, function: &str, class: ClassId) -> Route {
     Route {

@@ -13,12 +13,15 @@ use crate::proto::shard_client::ShardClient;
 /// Largest RPC message: request and response bodies travel inside them.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// How long connecting to another role may take before it counts as down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A lazily connecting channel with the timeouts every role uses: connecting must not take
 /// long (a dead peer is noticed), and HTTP/2 keep-alive pings notice a peer that vanished
 /// without closing its connections.
 pub fn channel(endpoint: Endpoint) -> Channel {
     endpoint
-        .connect_timeout(Duration::from_secs(1))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))

@@ -1,6 +1,6 @@
 //! `turnpike up` end to end, on loopback ports chosen by the OS: the demo app through the
-//! gateway, shards and workers; bad requests; priorities under overload; a shard restart with
-//! its idle list rebuilt. (A worker killed mid-load needs a process to kill:
+//! gateway, shards and workers; bad requests; call chains; priorities under overload; a shard
+//! restart with its idle list rebuilt. (A worker killed mid-load needs a process to kill:
 //! `crates/turnpike/tests/cluster.rs`.)
 //!
 //! The tests of this binary run one at a time (`serial`): they measure orderings on a 2-core
@@ -30,6 +30,12 @@ async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
 
 /// One HTTP/1.1 exchange on a new connection: (status, body).
 async fn http(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let (status, _, body) = exchange(addr, raw).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 exchange on a new connection: (status, head, body).
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(raw).await.expect("send");
     let mut answer = Vec::new();
@@ -40,10 +46,8 @@ async fn http(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -225,4 +229,83 @@ async fn a_restarted_shard_gets_its_workers_and_idle_list_back() {
         assert_eq!(get(gw, "/hello").await.0, 200);
     }
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_called_function_runs_at_the_higher_of_its_callers_and_its_routes_class() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(2, &dir).await;
+    let gw = cluster.gateway;
+
+    // `/chain` is a batch route; hello's route is critical, so hello runs at critical.
+    let (status, head, body) = exchange(
+        gw,
+        b"GET /chain?to=/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        "called /hello: 200, ran at critical\nhello from turnpike\n"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-turnpike-class: batch"),
+        "the caller itself ran at batch: {head}"
+    );
+
+    // Batch calling batch stays batch.
+    let (status, body) = get(gw, "/chain?to=/work/batch%3Fms%3D1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("called /work/batch?ms=1: 200, ran at batch\n"),
+        "{body}"
+    );
+
+    // A critical caller lifts its batch callee to critical.
+    let chain = &cluster
+        .demo_functions
+        .iter()
+        .find(|(name, _)| name == "chain")
+        .expect("chain is in the demo app")
+        .1;
+    let direct = format!(
+        "GET /v1/invoke/{chain}?to=/work/batch%3Fms%3D1 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: critical\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = http(gw, direct.as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("called /work/batch?ms=1: 200, ran at critical\n"),
+        "{body}"
+    );
+
+    // A function calling itself is stopped by the depth limit, and every level answers.
+    let (status, body) = get(gw, "/chain?to=self").await;
+    assert_eq!(status, 508, "{body}");
+    assert_eq!(
+        body.matches("called /chain?to=self: 508").count(),
+        9,
+        "depths 0 to 8 ran, depth 9 was refused: {body}"
+    );
+    assert!(
+        body.contains("call chain depth 9 is over the limit of 8"),
+        "{body}"
+    );
+
+    // An outside request cannot claim a caller's class: without the cluster's token, or with
+    // a wrong one, the platform's headers are refused.
+    for extra in [
+        "x-turnpike-caller-class: critical\r\nx-turnpike-depth: 1\r\n",
+        "x-turnpike-caller-class: critical\r\nx-turnpike-depth: 1\r\nx-turnpike-chain-token: guess\r\n",
+        "x-turnpike-depth: 0\r\n",
+    ] {
+        let request = format!(
+            "GET /work/batch?ms=1 HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n"
+        );
+        let (status, body) = http(gw, request.as_bytes()).await;
+        assert_eq!(status, 403, "{extra}: {body}");
+        assert!(body.contains("set by the platform"), "{body}");
+    }
+    assert_eq!(get(gw, "/hello").await.0, 200);
 }

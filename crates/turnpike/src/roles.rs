@@ -45,6 +45,14 @@ pub struct GatewayArgs {
     /// Largest request and response body, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// The cluster's chain token, shared with the workers: calls from functions must carry
+    /// it (better given in the environment than on the command line). Without it, calls
+    /// from functions are refused.
+    #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
+    chain_token: Option<String>,
+    /// Deepest call chain served (a function calling a function ...); deeper gets 508.
+    #[arg(long, default_value_t = turnpike_control::chain::DEFAULT_MAX_CHAIN_DEPTH)]
+    max_chain_depth: u32,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
@@ -141,6 +149,8 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
             start_mb: 2,
+            chain_token: args.chain_token,
+            max_chain_depth: args.max_chain_depth,
         });
         let ((http, http_addr), (metrics_listener, metrics_addr)) =
             match (listen(args.listen).await, listen(args.metrics).await) {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use turnpike_control::node::{self, NodeConfig};
+use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -28,19 +29,39 @@ pub struct WorkerArgs {
     /// A component to load at start (repeatable).
     #[arg(long = "load")]
     load: Vec<PathBuf>,
+    /// The gateway that guests' calls to other functions (`http://turnpike/...`) go to;
+    /// without it such calls are denied.
+    #[arg(long, requires = "chain_token")]
+    gateway: Option<SocketAddr>,
+    /// The cluster's chain token, the same as the gateway's (better given in the
+    /// environment than on the command line).
+    #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
+    chain_token: Option<String>,
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
     crate::block_on(async move {
+        let mut components = Vec::new();
+        for path in &args.load {
+            match std::fs::read(path) {
+                Ok(bytes) => components.push((path.display().to_string(), bytes)),
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
         let config = NodeConfig {
             listen: args.listen,
             shards: args.shards,
             data_dir: args.data_dir,
             cores: args.cores.max(1),
             memory_mb: args.memory_mb,
-            load: args.load,
+            classes: ClassSet::default_four(),
+            gateway: args.gateway.zip(args.chain_token),
+            seed: u64::from(args.listen.port()),
         };
-        let node = match node::start_node(config).await {
+        let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -132,12 +132,13 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
     cluster.stop().await;
 }
 
-/// Starts a role process and returns it with the address it printed on the line starting
-/// with `prefix`.
+/// Starts a role process (with the cluster's chain token in its environment) and returns it
+/// with the address it printed on the line starting with `prefix`.
 fn start_role(args: &[String], prefix: &str) -> (Child, String) {
     let mut child = Child(
         Command::new(BIN)
             .args(args)
+            .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the role starts"),
@@ -168,33 +169,44 @@ async fn every_role_in_its_own_process() {
         children.push(child);
         shards.push(addr);
     }
-    let mut worker_args = vec![
-        "worker".to_string(),
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--load".into(),
-        functions.join("hello.wasm").display().to_string(),
-    ];
-    for s in &shards {
-        worker_args.extend(["--shard".into(), s.clone()]);
-    }
-    let (worker, _) = start_role(&worker_args, "worker listening on ");
-    children.push(worker);
-    // The worker prints what it loaded; its hash names the function in the route.
-    let bytes = std::fs::read(functions.join("hello.wasm")).expect("hello.wasm");
-    let hello_hash = turnpike_worker::cache::sha256_hex(&bytes);
+    // The gateway first: the worker sends its guests' calls there. Functions are named by
+    // their content hashes, which the worker will print as it loads them.
+    let hash = |name: &str| {
+        let bytes = std::fs::read(functions.join(format!("{name}.wasm"))).expect("example");
+        turnpike_worker::cache::sha256_hex(&bytes)
+    };
     let mut gateway_args = vec![
         "gateway".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--route".into(),
-        format!("/hello={hello_hash}@critical"),
+        format!("/hello={}@critical", hash("hello")),
+        "--route".into(),
+        format!("/chain={}@batch", hash("chain")),
     ];
     for s in &shards {
         gateway_args.extend(["--shard".into(), s.clone()]);
     }
     let (gateway, url) = start_role(&gateway_args, "gateway listening on http://");
     children.push(gateway);
+    let mut worker_args = vec![
+        "worker".to_string(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--gateway".into(),
+        url.clone(),
+    ];
+    for name in ["hello", "chain"] {
+        worker_args.extend([
+            "--load".into(),
+            functions.join(format!("{name}.wasm")).display().to_string(),
+        ]);
+    }
+    for s in &shards {
+        worker_args.extend(["--shard".into(), s.clone()]);
+    }
+    let (worker, _) = start_role(&worker_args, "worker listening on ");
+    children.push(worker);
     let gw: SocketAddr = url.parse().expect("gateway address");
     // The worker registers with the shards in its first dispatcher round.
     let start = Instant::now();
@@ -211,6 +223,13 @@ async fn every_role_in_its_own_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(gw, "/elsewhere").await.0, 404);
+    // A call between functions: the worker and the gateway share the chain token.
+    let (status, text) = get(gw, "/chain?to=/hello").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\r\n\r\ncalled /hello: 200, ran at critical\n"),
+        "{text}"
+    );
     drop(children);
 }
 

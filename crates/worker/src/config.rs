@@ -1,9 +1,12 @@
 //! Configuration of the runtime (engine, pool, cache) and of the worker (slots, limits).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use turnpike_policy::ClassSet;
+
+use crate::calls::Platform;
 
 /// The wasmtime engine and its compile cache. Limits have names and units.
 #[derive(Clone, Debug)]
@@ -80,6 +83,9 @@ pub struct WorkerConfig {
     /// Where swap files go; the worker makes its own directory inside and removes it when it
     /// is dropped. Default: the system's temporary directory.
     pub swap_dir: PathBuf,
+    /// Where guests' calls to other functions go (`http://turnpike/...`, see
+    /// [`crate::calls`]). `None`: such calls are denied like any other outgoing request.
+    pub platform: Option<Arc<dyn Platform>>,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +100,7 @@ impl Default for WorkerConfig {
             memory_mb: None,
             swap_mb: 8192,
             swap_dir: std::env::temp_dir(),
+            platform: None,
         }
     }
 }

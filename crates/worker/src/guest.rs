@@ -1,5 +1,6 @@
 //! One invocation in-process: its own store and instance, the sandbox it gets (WASI with no
-//! filesystem and no network, outgoing HTTP denied, a linear-memory cap), and its response.
+//! filesystem and no network, outgoing HTTP denied except calls to other functions through
+//! the platform - see [`crate::calls`] - and a linear-memory cap), and its response.
 
 use std::future::Future;
 use std::pin::pin;
@@ -16,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::calls::{self, Caller, Platform};
 use crate::error::InvokeError;
 use crate::meter::MemoryMeter;
 
@@ -102,7 +104,7 @@ pub struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: DenyOutgoing,
+    hooks: Outgoing,
     limiter: MemoryLimiter,
 }
 
@@ -115,7 +117,7 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    fn new(cap_bytes: u64, meter: Arc<MemoryMeter>) -> Self {
+    fn new(cap_bytes: u64, meter: Arc<MemoryMeter>, hooks: Outgoing) -> Self {
         // No preopened directories, no environment, no arguments, empty stdin, stdout and
         // stderr discarded; sockets denied (the default address check refuses every address,
         // and TCP, UDP and name lookup are switched off besides).
@@ -128,7 +130,7 @@ impl Host {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: DenyOutgoing,
+            hooks,
             limiter: MemoryLimiter { cap_bytes, meter },
         }
     }
@@ -153,23 +155,54 @@ impl WasiHttpView for Host {
     }
 }
 
-/// wasi:http hooks that refuse every outgoing request (no platform grant exists yet).
-#[derive(Debug)]
-struct DenyOutgoing;
+/// An invocation's outgoing `wasi:http` requests: those addressed to the platform go to its
+/// [`Platform`] with the invocation as [`Caller`]; every other one is denied.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) platform: Option<Arc<dyn Platform>>,
+    pub(crate) caller: Caller,
+}
+
+impl Outgoing {
+    /// Denies every outgoing request.
+    pub(crate) fn denied() -> Self {
+        Self {
+            platform: None,
+            caller: Caller {
+                class: turnpike_policy::ClassId(0),
+                depth: 0,
+            },
+        }
+    }
+}
 
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
 )>;
 
-impl WasiHttpHooks for DenyOutgoing {
+impl WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
-        _request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        let platform = self
+            .platform
+            .clone()
+            .filter(|_| calls::is_platform_call(request.uri()));
+        let caller = self.caller;
+        Box::new(async move {
+            let Some(platform) = platform else {
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            };
+            let response = platform.call(caller, request).await?;
+            // The whole response is in hand once `call` returns; nothing is left to report.
+            let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
     }
 }
 
@@ -228,7 +261,8 @@ enum GuestFailure {
 }
 
 /// Runs one invocation of `function` directly on the calling task, outside any scheduler: no
-/// slot, no preemption, no timeout (the guest still yields at every epoch tick). For
+/// slot, no preemption, no timeout, no calls to other functions (the guest still yields at
+/// every epoch tick). For
 /// benchmarks (the baseline the scheduler's overhead is measured against) and tools; a worker
 /// runs invocations through [`crate::Worker::submit`].
 pub async fn run_unscheduled(
@@ -237,7 +271,14 @@ pub async fn run_unscheduled(
     cap_bytes: u64,
 ) -> Result<Response, InvokeError> {
     let meter = Arc::new(MemoryMeter::new(Instant::now()));
-    run(function.pre().clone(), request, cap_bytes, meter).await
+    run(
+        function.pre().clone(),
+        request,
+        cap_bytes,
+        meter,
+        Outgoing::denied(),
+    )
+    .await
 }
 
 /// Runs one invocation to its response: a new store and instance of `pre`, the request handed
@@ -248,9 +289,10 @@ pub(crate) async fn run(
     request: Request,
     cap_bytes: u64,
     meter: Arc<MemoryMeter>,
+    outgoing: Outgoing,
 ) -> Result<Response, InvokeError> {
     let request = request.into_http()?;
-    let mut store = Store::new(pre.engine(), Host::new(cap_bytes, meter.clone()));
+    let mut store = Store::new(pre.engine(), Host::new(cap_bytes, meter.clone(), outgoing));
     store.limiter(|host| &mut host.limiter);
     store.set_epoch_deadline(1);
     let tick_meter = meter.clone();

@@ -15,6 +15,8 @@
 //! - [`guest`]: one invocation: its own store and instance, WASI with no filesystem and no
 //!   network (outgoing HTTP denied), a linear-memory cap enforced by a resource limiter, and
 //!   the response collected while the guest runs ([`InvokeError`] says how one failed).
+//! - [`calls`]: the one outgoing request a guest may make, a call to another function through
+//!   the platform (`http://turnpike/...`), sent with the caller's class and chain depth.
 //! - [`meter`]: what an invocation used ([`Usage`]): CPU time on a core, peak and time-integrated
 //!   linear memory, times parked and blocked, its class.
 //! - [`worker`]: the priority executor. A [`Worker`] has C core slots and asks
@@ -36,6 +38,7 @@
 //! it when measuring error paths.
 
 pub mod cache;
+pub mod calls;
 pub mod config;
 pub mod error;
 pub mod guest;
@@ -45,6 +48,7 @@ pub mod stacks;
 pub mod swap;
 pub mod worker;
 
+pub use calls::{Caller, Platform};
 pub use config::{RuntimeConfig, WorkerConfig};
 pub use error::{InvokeError, LoadError};
 pub use guest::{Request, Response};

@@ -52,9 +52,10 @@ use turnpike_policy::memory::{MemoryConfig, MemoryStats};
 use turnpike_policy::{ClassId, InvocationId};
 use wasmtime::Engine;
 
+use crate::calls::Caller;
 use crate::config::WorkerConfig;
 use crate::error::InvokeError;
-use crate::guest::{self, Request, Response};
+use crate::guest::{self, Outgoing, Request, Response};
 use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
 use crate::runtime::{Function, Runtime, StartError};
 use crate::swap::InvocationMemory;
@@ -65,6 +66,9 @@ pub struct InvokeOptions {
     pub class: ClassId,
     pub memory_cap_mb: Option<u64>,
     pub timeout: Option<Duration>,
+    /// Its depth in a call chain: 0 for an outside request, the caller's depth + 1 for a call
+    /// from another function (see [`crate::calls`]).
+    pub depth: u32,
 }
 
 impl InvokeOptions {
@@ -73,7 +77,13 @@ impl InvokeOptions {
             class,
             memory_cap_mb: None,
             timeout: None,
+            depth: 0,
         }
+    }
+
+    pub fn depth(mut self, depth: u32) -> Self {
+        self.depth = depth;
+        self
     }
 
     pub fn memory_cap_mb(mut self, mb: u64) -> Self {
@@ -396,6 +406,13 @@ impl Worker {
             request,
             cap_mb.saturating_mul(BYTES_PER_MB),
             meter.clone(),
+            Outgoing {
+                platform: self.config.platform.clone(),
+                caller: Caller {
+                    class,
+                    depth: options.depth,
+                },
+            },
         ));
         {
             let mut sched = self.shared.lock();
