@@ -14,85 +14,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rand::Rng;
-use rand::SeedableRng;
+mod common;
+
+use common::*;
 use turnpike_control::up::{self, UpConfig};
 use turnpike_policy::ClassId;
 use turnpike_worker::{InvokeOptions, Request, Runtime, RuntimeConfig, Worker, WorkerConfig};
 
 const CLIENTS: usize = 16;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
-async fn get(client: &HttpClient, url: &str) -> (u16, Bytes) {
-    get_as(client, url, None).await
-}
-
-/// GET, optionally naming the class in the direct-invocation header.
-async fn get_as(client: &HttpClient, url: &str, class: Option<&str>) -> (u16, Bytes) {
-    let mut request = http::Request::get(url);
-    if let Some(class) = class {
-        request = request.header(turnpike_control::gateway::CLASS_HEADER, class);
-    }
-    let request = request.body(Empty::new()).expect("request");
-    let response = client.request(request).await.expect("request");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
-}
-
-/// Closed loop: `CLIENTS` tasks each sending `per_client` requests; (requests/s, sorted
-/// latencies).
-async fn closed_loop<F, Fut>(per_client: usize, one: F) -> (f64, Vec<Duration>)
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let one = one.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per_client);
-                for _ in 0..per_client {
-                    let t = Instant::now();
-                    one().await;
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("client task"));
-    }
-    let rate = all.len() as f64 / t0.elapsed().as_secs_f64();
-    all.sort();
-    (rate, all)
-}
-
 async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &std::path::Path) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = http_client();
     let url = format!("http://{gateway}/hello");
     // Warm up connections and caches.
     for _ in 0..200 {
@@ -100,7 +34,7 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
     }
     let (platform_rate, platform) = {
         let (client, url) = (client.clone(), url.clone());
-        closed_loop(500, move || {
+        closed_loop(CLIENTS, 500, move || {
             let (client, url) = (client.clone(), url.clone());
             async move {
                 assert_eq!(get(&client, &url).await.0, 200);
@@ -127,7 +61,7 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
     let hello = runtime
         .load(&std::fs::read(functions.join("hello.wasm")).expect("hello.wasm"))
         .expect("hello loads");
-    let (direct_rate, direct) = closed_loop(500, move || {
+    let (direct_rate, direct) = closed_loop(CLIENTS, 500, move || {
         let (worker, hello) = (worker.clone(), hello.clone());
         async move {
             let o = worker
@@ -157,50 +91,14 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
 
 async fn priority_figures(gateway: SocketAddr, cores: usize, spin_hash: String) {
     const SPIN_MS: u64 = 10;
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     // 2x capacity: each core serves 1000/SPIN_MS spins per second.
     let rate = 2.0 * cores as f64 * 1000.0 / SPIN_MS as f64;
-    let names = ["batch", "standard", "interactive", "critical"];
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
-    let t0 = Instant::now();
-    let mut next = Duration::ZERO;
-    let mut tasks = Vec::new();
-    while next < Duration::from_secs(3) {
-        tokio::time::sleep_until((t0 + next).into()).await;
-        let class = rng.random_range(0..4usize);
-        let client = client.clone();
-        let url = format!("http://{gateway}/v1/invoke/{spin_hash}?ms={SPIN_MS}");
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let (status, _) = get_as(&client, &url, Some(names[class])).await;
-            (class, status, t.elapsed())
-        }));
-        let u: f64 = rng.random_range(f64::EPSILON..1.0);
-        next += Duration::from_secs_f64(-u.ln() / rate);
-    }
-    let mut by_class: Vec<Vec<Duration>> = vec![Vec::new(); 4];
-    for t in tasks {
-        let (class, status, latency) = t.await.expect("request task");
-        assert_eq!(status, 200);
-        by_class[class].push(latency);
-    }
+    let url = format!("http://{gateway}/v1/invoke/{spin_hash}?ms={SPIN_MS}");
+    let by_class = poisson_by_class(&url, rate, Duration::from_secs(3)).await;
     println!(
         "priority at 2x CPU capacity ({rate:.0} spins/s of {SPIN_MS} ms for 3 s, classes uniform):"
     );
-    for (class, lat) in by_class.iter_mut().enumerate() {
-        if lat.is_empty() {
-            continue;
-        }
-        lat.sort();
-        let slow = |d: Duration| d.as_secs_f64() * 1000.0 / SPIN_MS as f64;
-        println!(
-            "  {:<12} n={:<5} slowdown p50 {:>7.1}  p99 {:>7.1}",
-            names[class],
-            lat.len(),
-            slow(percentile(lat, 0.5)),
-            slow(percentile(lat, 0.99))
-        );
-    }
+    print_slowdowns(&by_class, SPIN_MS);
 }
 
 fn main() {

@@ -9,6 +9,8 @@
 //!   dispatcher keeping it registered with every shard and on one idle list.
 //! - [`chain`]: call chains - a worker's link to the gateway for its guests' calls to other
 //!   functions, and the headers that carry the caller's class and the chain's depth.
+//! - [`emulated`]: workers that run no wasm but emulate invocations (runtime and memory from
+//!   the request) under the same machine policy, a thousand to a process, for scale tests.
 //! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
 //! - [`metrics`]: Prometheus `/metrics` for every role.
 //! - [`wire`]: conversions between the RPC messages and the worker's types, and the
@@ -18,6 +20,7 @@
 //! workers re-register with a restarted shard and re-join its idle list.
 
 pub mod chain;
+pub mod emulated;
 pub mod gateway;
 pub mod http_server;
 pub mod metrics;

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
@@ -27,9 +28,12 @@ use crate::proto::shard_client::ShardClient;
 use crate::proto::worker_server::WorkerServer;
 use crate::wire;
 
-/// How often the dispatcher looks at the worker's memory and load, and re-registers.
+/// How often the dispatcher looks at a real worker's memory and load.
 const DISPATCH_TICK: Duration = Duration::from_millis(5);
-const REGISTER_EVERY: Duration = Duration::from_millis(500);
+/// How often a worker registers with every shard again by default (how soon a restarted
+/// shard knows it). The cost is workers x shards RPCs per period: a thousand emulated workers
+/// use a longer period ([`crate::emulated::EmulatedFleet`]).
+pub const REGISTER_EVERY: Duration = Duration::from_millis(500);
 
 /// The `Worker` service over a [`Worker`].
 #[derive(Debug, Clone)]
@@ -218,34 +222,98 @@ impl proto::worker_server::Worker for NodeService {
     }
 }
 
-/// Keeps this worker registered with every shard and on at most one idle list. Runs until
-/// the task is dropped.
+/// What a worker's dispatcher needs to know about its machine: a real [`Worker`], or an
+/// emulated one ([`crate::emulated`]).
+pub trait NodeLoad: Send + Sync + 'static {
+    /// Memory for guests, MB; `None`: unlimited (the machine never joins an idle list).
+    fn capacity_mb(&self) -> Option<u64>;
+    fn cores(&self) -> u32;
+    fn used_mb(&self) -> u64;
+    /// Invocations on the machine (running, parked, blocked, not started).
+    fn functions(&self) -> u32;
+    /// Returns when memory or the function count may have changed, or after `at_most`.
+    fn changed(&self, at_most: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl NodeLoad for Worker {
+    fn capacity_mb(&self) -> Option<u64> {
+        self.config().memory_mb
+    }
+
+    fn cores(&self) -> u32 {
+        self.config().cores
+    }
+
+    fn used_mb(&self) -> u64 {
+        Worker::used_mb(self)
+    }
+
+    fn functions(&self) -> u32 {
+        Worker::functions(self)
+    }
+
+    /// The worker's memory moves as guests grow, without an event: look every tick.
+    fn changed(&self, at_most: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(at_most.min(DISPATCH_TICK)))
+    }
+}
+
+/// How a worker's dispatcher runs.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchConfig {
+    /// The idle-list rules (the policy core's).
+    pub idle_list: DispatcherConfig,
+    /// How often it registers with every shard again; the first registration comes after a
+    /// random fraction of this, so workers started together do not register in step.
+    pub register_every: Duration,
+    /// Seeds its random choices.
+    pub seed: u64,
+}
+
+impl DispatchConfig {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            idle_list: DispatcherConfig::default(),
+            register_every: REGISTER_EVERY,
+            seed,
+        }
+    }
+}
+
+/// Keeps a worker registered with every shard and on at most one idle list. Runs until the
+/// task is dropped.
 pub async fn dispatch(
-    worker: Arc<Worker>,
+    node: Arc<dyn NodeLoad>,
     address: SocketAddr,
     shards: Vec<SocketAddr>,
-    config: DispatcherConfig,
-    seed: u64,
+    options: DispatchConfig,
 ) {
-    let Some(capacity_mb) = worker.config().memory_mb else {
+    let (config, register_every) = (options.idle_list, options.register_every);
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(options.seed);
+    let Some(capacity_mb) = node.capacity_mb() else {
         // Without a memory capacity there is no free memory to advertise; shards find the
         // worker by polling.
-        return register_forever(worker, address, shards).await;
+        return register_forever(node.cores(), address, shards, register_every).await;
     };
     let clients: Vec<ShardClient<Channel>> =
         shards.iter().map(|&a| wire::shard_client(a)).collect();
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
         memory_mb: capacity_mb,
-        cores: worker.config().cores,
+        cores: node.cores(),
     };
     let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
     let mut dispatcher = Dispatcher::new(config);
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
-    let mut since_register = REGISTER_EVERY;
+    // Registered last at a random point of the previous period: the first registration
+    // (immediate) is followed by the next one after a random fraction of the period.
+    let mut last_register: Option<Instant> = None;
+    let mut period = register_every.mul_f64(rng.random_range(0.0..1.0));
     loop {
-        if since_register >= REGISTER_EVERY {
-            since_register = Duration::ZERO;
+        if last_register.is_none_or(|t| t.elapsed() >= period) {
+            if last_register.is_some() {
+                period = register_every;
+            }
+            last_register = Some(Instant::now());
             for (s, client) in clients.iter().enumerate() {
                 match client.clone().register(info.clone()).await {
                     Ok(reply) => {
@@ -261,8 +329,8 @@ pub async fn dispatch(
             }
         }
         let entry = IdleEntry {
-            free_mb: capacity_mb.saturating_sub(worker.used_mb()),
-            functions: worker.functions(),
+            free_mb: capacity_mb.saturating_sub(node.used_mb()),
+            functions: node.functions(),
         };
         let mut lens = vec![usize::MAX; clients.len()];
         // The shards' idle-list lengths matter only to a join: ask only when one may happen.
@@ -310,23 +378,35 @@ pub async fn dispatch(
                 dispatcher = Dispatcher::new(config);
             }
         }
-        tokio::time::sleep(DISPATCH_TICK).await;
-        since_register += DISPATCH_TICK;
+        // Not joined because no shard answered yet: try again soon rather than at the next
+        // change.
+        let wait = if ids.iter().all(Option::is_none) {
+            DISPATCH_TICK
+        } else {
+            period
+        };
+        let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
+        node.changed(wait.min(period.saturating_sub(since))).await;
     }
 }
 
-async fn register_forever(worker: Arc<Worker>, address: SocketAddr, shards: Vec<SocketAddr>) {
+async fn register_forever(
+    cores: u32,
+    address: SocketAddr,
+    shards: Vec<SocketAddr>,
+    register_every: Duration,
+) {
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
         memory_mb: 0,
-        cores: worker.config().cores,
+        cores,
     };
     let clients: Vec<_> = shards.iter().map(|&a| wire::shard_client(a)).collect();
     loop {
         for client in &clients {
             let _ = client.clone().register(info.clone()).await;
         }
-        tokio::time::sleep(REGISTER_EVERY).await;
+        tokio::time::sleep(register_every).await;
     }
 }
 
@@ -423,11 +503,10 @@ pub async fn start_node(
             .await;
     });
     let dispatcher = tokio::spawn(dispatch(
-        worker,
+        worker as Arc<dyn NodeLoad>,
         address,
         config.shards,
-        DispatcherConfig::default(),
-        config.seed,
+        DispatchConfig::new(config.seed),
     ));
     Ok(RunningNode {
         address,

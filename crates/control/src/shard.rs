@@ -47,6 +47,9 @@ pub struct ShardConfig {
     /// Workers polled per decision when the idle list cannot place (power-of-k).
     pub k: usize,
     pub use_idle_list: bool,
+    /// One first-come-first-served queue for all classes, as the Hermod baseline has (with
+    /// `use_idle_list` off); otherwise per-class queues with the core's head choice.
+    pub fifo: bool,
     /// Seeds the shard's sampling of workers.
     pub seed: u64,
 }
@@ -56,6 +59,7 @@ impl Default for ShardConfig {
         Self {
             k: 2,
             use_idle_list: true,
+            fifo: false,
             seed: 1,
         }
     }
@@ -82,6 +86,8 @@ struct Inner {
     waits: ClassHistograms,
     wake: Notify,
     classes: ClassSet,
+    /// See [`ShardConfig::fifo`].
+    fifo: bool,
     started: Instant,
     next_id: AtomicU64,
 }
@@ -122,6 +128,7 @@ impl ShardService {
             wake: Notify::new(),
             waits: ClassHistograms::new(&classes),
             classes,
+            fifo: config.fifo,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
         });
@@ -238,9 +245,14 @@ impl Inner {
 
     /// Queues a waiting invocation (again) and wakes the placement loop.
     fn enqueue(&self, id: InvocationId, waiting: Waiting) {
+        let class = if self.fifo {
+            ClassId(0)
+        } else {
+            ClassId(waiting.invocation.class as u8)
+        };
         let pending = Pending {
             id,
-            class: ClassId(waiting.invocation.class as u8),
+            class,
             start_mb: waiting.invocation.start_mb,
         };
         let now = self.now_ns();
@@ -285,9 +297,13 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
                 enqueued_ns,
             } => {
                 let waited = inner.now_ns().saturating_sub(enqueued_ns);
-                inner
-                    .waits
-                    .observe(pending.class.index(), Duration::from_nanos(waited));
+                // The invocation's own class (a FIFO shard queues every class as one).
+                let class = inner
+                    .lock()
+                    .waiting
+                    .get(&pending.id)
+                    .map_or(0, |w| w.invocation.class as usize);
+                inner.waits.observe(class, Duration::from_nanos(waited));
                 send(&inner, pending.id, machine, via);
             }
             ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,

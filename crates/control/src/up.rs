@@ -20,6 +20,7 @@ use tonic::transport::Server;
 use turnpike_policy::{ClassId, ClassSet};
 
 use crate::chain;
+use crate::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
 use crate::gateway::{Gateway, GatewayConfig, Route};
 use crate::metrics;
 use crate::node::{self, NodeConfig};
@@ -38,6 +39,11 @@ pub struct UpConfig {
     pub functions_dir: PathBuf,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// Emulated workers instead of real ones (`workers` of them; see [`crate::emulated`]):
+    /// no wasm runs, each invocation's runtime and memory come from its query (`?ms=N&mb=M`).
+    /// With [`MachinePolicy::Hermod`] the shards are Hermod's too (one FIFO queue, no idle
+    /// list), so a run compares the baseline policy on the same services.
+    pub emulated: Option<EmulatedConfig>,
 }
 
 impl UpConfig {
@@ -55,6 +61,21 @@ impl UpConfig {
             functions_dir: default_functions_dir(),
             max_request_bytes: 8 << 20,
             max_response_bytes: 8 << 20,
+            emulated: None,
+        }
+    }
+
+    /// Shard `i`'s configuration.
+    fn shard_config(&self, seed: u64) -> ShardConfig {
+        let hermod = self
+            .emulated
+            .as_ref()
+            .is_some_and(|e| e.policy == MachinePolicy::Hermod);
+        ShardConfig {
+            seed,
+            use_idle_list: !hermod,
+            fifo: hermod,
+            ..ShardConfig::default()
         }
     }
 }
@@ -94,6 +115,9 @@ pub struct Cluster {
     pub demo_functions: Vec<(String, String)>,
     /// Shared with the shards' metrics servers, which follow a restart.
     shard_services: Arc<Mutex<Vec<ShardService>>>,
+    /// The emulated workers, when there are no real ones.
+    pub fleet: Option<EmulatedFleet>,
+    shard_config: ShardConfig,
     classes: ClassSet,
     stop: watch::Sender<bool>,
     gateway_task: JoinHandle<()>,
@@ -117,7 +141,7 @@ impl Cluster {
             self.classes.clone(),
             ShardConfig {
                 seed: i as u64 + 101,
-                ..ShardConfig::default()
+                ..self.shard_config
             },
         );
         let (listener, _) = bind(self.shards[i]).await?;
@@ -213,13 +237,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let (mut metrics, mut metrics_tasks) = (Vec::new(), Vec::new());
     for s in 0..config.shards {
         let (listener, addr) = bind(loopback).await?;
-        let service = ShardService::start(
-            classes.clone(),
-            ShardConfig {
-                seed: s as u64 + 1,
-                ..ShardConfig::default()
-            },
-        );
+        let service = ShardService::start(classes.clone(), config.shard_config(s as u64 + 1));
         lock(&shard_services).push(service.clone());
         let services = shard_services.clone();
         spawn_metrics(
@@ -242,43 +260,57 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let (gateway_listener, gateway_addr) = bind(config.listen).await?;
     let chain_token = chain::new_token();
 
-    let mut components = Vec::new();
-    for name in DEMO_FUNCTIONS {
-        components.push((name.to_string(), read_demo(&config.functions_dir, name)?));
-    }
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();
-    let mut hashes = Vec::new();
-    for w in 0..config.workers {
-        let node = node::start_node(
-            NodeConfig {
-                listen: loopback,
-                shards: shards.clone(),
-                data_dir: config.data_dir.clone(),
-                cores: config.cores_per_worker,
-                memory_mb: config.memory_mb_per_worker,
-                classes: classes.clone(),
-                gateway: Some((gateway_addr, chain_token.clone())),
-                seed: w as u64 + 1,
-            },
-            &components,
-            stopped(stop_rx.clone()),
-        )
-        .await
-        .map_err(UpError::Worker)?;
-        let rendered = node.service.clone();
-        spawn_metrics(
-            format!("worker {w}"),
-            Arc::new(move || rendered.metrics()),
-            stop_rx.clone(),
-            &mut metrics,
-            &mut metrics_tasks,
-        )
-        .await?;
-        hashes = node.loaded;
-        worker_tasks.push([node.server, node.dispatcher]);
-        workers.push(node.address);
-    }
+    let (fleet, hashes) = if let Some(emulated) = &config.emulated {
+        let fleet = EmulatedFleet::start(config.workers, emulated, &shards, 1)
+            .await
+            .map_err(|e| UpError::Worker(format!("emulated workers: {e}")))?;
+        workers.extend(fleet.workers.iter().map(|(a, _)| *a));
+        // Emulated workers run any function; the routes still name one each.
+        let hashes = DEMO_FUNCTIONS
+            .iter()
+            .map(|n| format!("emulated-{n}"))
+            .collect();
+        (Some(fleet), hashes)
+    } else {
+        let mut components = Vec::new();
+        for name in DEMO_FUNCTIONS {
+            components.push((name.to_string(), read_demo(&config.functions_dir, name)?));
+        }
+        let mut hashes = Vec::new();
+        for w in 0..config.workers {
+            let node = node::start_node(
+                NodeConfig {
+                    listen: loopback,
+                    shards: shards.clone(),
+                    data_dir: config.data_dir.clone(),
+                    cores: config.cores_per_worker,
+                    memory_mb: config.memory_mb_per_worker,
+                    classes: classes.clone(),
+                    gateway: Some((gateway_addr, chain_token.clone())),
+                    seed: w as u64 + 1,
+                },
+                &components,
+                stopped(stop_rx.clone()),
+            )
+            .await
+            .map_err(UpError::Worker)?;
+            let rendered = node.service.clone();
+            spawn_metrics(
+                format!("worker {w}"),
+                Arc::new(move || rendered.metrics()),
+                stop_rx.clone(),
+                &mut metrics,
+                &mut metrics_tasks,
+            )
+            .await?;
+            hashes = node.loaded;
+            worker_tasks.push([node.server, node.dispatcher]);
+            workers.push(node.address);
+        }
+        (None, hashes)
+    };
     let demo_functions: Vec<(String, String)> = DEMO_FUNCTIONS
         .iter()
         .map(|n| n.to_string())
@@ -320,8 +352,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     .await?;
     let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
 
-    // Ready when every shard knows every worker.
-    for _ in 0..400 {
+    // Ready when every shard knows every worker (a thousand emulated ones take a while).
+    for _ in 0..2000 {
         if lock(&shard_services)
             .iter()
             .all(|s| s.live_workers() == config.workers)
@@ -337,6 +369,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         metrics,
         demo_functions,
         shard_services,
+        fleet,
+        shard_config: config.shard_config(0),
         classes,
         stop,
         gateway_task,

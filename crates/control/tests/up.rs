@@ -309,3 +309,51 @@ async fn a_called_function_runs_at_the_higher_of_its_callers_and_its_routes_clas
     }
     assert_eq!(get(gw, "/hello").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_workers_run_through_the_real_gateway_and_shards() {
+    use turnpike_control::emulated::{EmulatedConfig, MachinePolicy};
+    let _serial = serial().await;
+    for policy in [MachinePolicy::Turnpike, MachinePolicy::Hermod] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = UpConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir.path().to_path_buf(),
+        );
+        config.workers = 200;
+        let mut emulated = EmulatedConfig::new(turnpike_policy::ClassSet::default_four());
+        emulated.policy = policy;
+        config.emulated = Some(emulated);
+        let cluster = up::start(&config).await.expect("the cluster starts");
+        assert_eq!(cluster.workers.len(), 200);
+        for s in 0..4 {
+            assert_eq!(cluster.shard(s).live_workers(), 200, "{policy:?}");
+        }
+        let gw = cluster.gateway;
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                tokio::spawn(
+                    async move { get(gw, &format!("/work/batch?ms={}&mb=8", i % 5)).await },
+                )
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (status, body) = t.await.expect("request");
+            assert_eq!(status, 200, "{policy:?}: {body}");
+            assert_eq!(body, format!("emulated ms={} mb=8\n", i % 5));
+        }
+        // A runtime the emulation cannot read is the caller's mistake, not a failure.
+        let (status, body) = get(gw, "/work/batch?ms=soon").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("ms"), "{body}");
+        // Every request was placed once, the unreadable one too (its worker refused it).
+        let placed: u64 = (0..4)
+            .map(|s| {
+                let c = cluster.shard(s).counters();
+                c.placed_idle_list + c.placed_polling
+            })
+            .sum();
+        assert_eq!(placed, 51, "{policy:?}");
+        cluster.stop().await;
+    }
+}

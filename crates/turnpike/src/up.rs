@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use turnpike_control::emulated::{EmulatedConfig, MachinePolicy};
 use turnpike_control::up::{self, UpConfig};
+use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -30,6 +32,14 @@ pub struct UpArgs {
     /// Largest request and response body through the gateway, bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Run N emulated workers instead of real ones: no wasm, each invocation's runtime and
+    /// memory taken from its query (`?ms=N&mb=M`), for cluster-scale runs on one machine.
+    #[arg(long, value_name = "N")]
+    emulate: Option<usize>,
+    /// Scheduling policy of emulated workers and the shards: `turnpike`, or the `hermod`
+    /// baseline (processor sharing, one FIFO queue, no idle list).
+    #[arg(long, default_value = "turnpike", requires = "emulate", value_parser = ["turnpike", "hermod"])]
+    policy: String,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -47,6 +57,17 @@ async fn run(args: UpArgs) -> ExitCode {
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {
         config.functions_dir = dir;
+    }
+    if let Some(n) = args.emulate {
+        config.workers = n.max(1);
+        let mut emulated = EmulatedConfig::new(ClassSet::default_four());
+        emulated.memory_mb = args.worker_memory_mb;
+        emulated.policy = if args.policy == "hermod" {
+            MachinePolicy::Hermod
+        } else {
+            MachinePolicy::Turnpike
+        };
+        config.emulated = Some(emulated);
     }
     let cluster = match up::start(&config).await {
         Ok(cluster) => cluster,
@@ -68,6 +89,9 @@ async fn run(args: UpArgs) -> ExitCode {
     for (role, addr) in &cluster.metrics {
         println!("  metrics of {role}: http://{addr}/metrics");
     }
+    if config.emulated.is_some() {
+        println!("Workers are emulated: `?ms=N&mb=M` on any route sets an invocation's runtime and memory.");
+    }
     println!("Try the demo app (price classes at work):");
     println!("  curl {url}/hello                      # top class");
     println!("  curl '{url}/work/critical?ms=100'     # 100 ms of CPU, top class");
@@ -80,6 +104,11 @@ async fn run(args: UpArgs) -> ExitCode {
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
+    if let [first, .., last] = addrs {
+        if addrs.len() > 8 {
+            return format!("{first} .. {last}");
+        }
+    }
     addrs
         .iter()
         .map(ToString::to_string)

@@ -1,0 +1,135 @@
+//! The load generator shared by the control plane's benchmarks: an HTTP/1.1 keep-alive
+//! client, closed and open loops, percentiles.
+#![allow(dead_code)] // each benchmark uses a different subset
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> (u16, Bytes) {
+    get_as(client, url, None).await
+}
+
+/// GET, optionally naming the class in the direct-invocation header.
+pub async fn get_as(client: &HttpClient, url: &str, class: Option<&str>) -> (u16, Bytes) {
+    let mut request = http::Request::get(url);
+    if let Some(class) = class {
+        request = request.header(turnpike_control::gateway::CLASS_HEADER, class);
+    }
+    let request = request.body(Empty::new()).expect("request");
+    let response = client.request(request).await.expect("request");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+/// Closed loop: `clients` tasks each sending `per_client` requests; (requests/s, sorted
+/// latencies).
+pub async fn closed_loop<F, Fut>(clients: usize, per_client: usize, one: F) -> (f64, Vec<Duration>)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    one().await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    let rate = all.len() as f64 / t0.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+/// The default four classes, bottom first.
+pub const CLASS_NAMES: [&str; 4] = ["batch", "standard", "interactive", "critical"];
+
+/// Open loop: Poisson arrivals at `rate` per second for `run` (seed 7), each a GET of `url`
+/// (a direct invocation) at a class drawn uniformly; every answer must be 200. Latencies by
+/// class, sorted.
+pub async fn poisson_by_class(url: &str, rate: f64, run: Duration) -> Vec<Vec<Duration>> {
+    use rand::{Rng, SeedableRng};
+    let client = http_client();
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
+    let t0 = Instant::now();
+    let mut next = Duration::ZERO;
+    let mut tasks = Vec::new();
+    while next < run {
+        tokio::time::sleep_until((t0 + next).into()).await;
+        let class = rng.random_range(0..CLASS_NAMES.len());
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let (status, _) = get_as(&client, &url, Some(CLASS_NAMES[class])).await;
+            (class, status, t.elapsed())
+        }));
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        next += Duration::from_secs_f64(-u.ln() / rate);
+    }
+    let mut by_class: Vec<Vec<Duration>> = vec![Vec::new(); CLASS_NAMES.len()];
+    for t in tasks {
+        let (class, status, latency) = t.await.expect("request task");
+        assert_eq!(status, 200);
+        by_class[class].push(latency);
+    }
+    for lat in &mut by_class {
+        lat.sort();
+    }
+    by_class
+}
+
+/// Prints per-class p50/p99 slowdown (latency over `runtime_ms`); returns `(p50, p99)` by
+/// class.
+pub fn print_slowdowns(by_class: &[Vec<Duration>], runtime_ms: u64) -> Vec<(f64, f64)> {
+    let slow = |d: Duration| d.as_secs_f64() * 1000.0 / runtime_ms as f64;
+    let mut out = Vec::new();
+    for (class, lat) in by_class.iter().enumerate() {
+        if lat.is_empty() {
+            out.push((f64::NAN, f64::NAN));
+            continue;
+        }
+        let (p50, p99) = (slow(percentile(lat, 0.5)), slow(percentile(lat, 0.99)));
+        println!(
+            "  {:<12} n={:<5} slowdown p50 {p50:>7.2}  p99 {p99:>7.2}",
+            CLASS_NAMES[class],
+            lat.len()
+        );
+        out.push((p50, p99));
+    }
+    out
+}
