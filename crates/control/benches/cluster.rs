@@ -3,9 +3,13 @@
 //! --bench cluster` (after `scripts/build-examples.sh`).
 //!
 //! 1. `hello` throughput and latency through the gateway (HTTP/1.1 keep-alive, 16 concurrent
-//!    clients, closed loop), against the same component run on an in-process worker with the
-//!    same concurrency: the ratio is what the platform's path (HTTP, gateway, shard, worker
-//!    RPCs, placement) costs.
+//!    clients, closed loop), against `wasmtime serve` running the same component on this
+//!    machine with the same load generator (issue 4's benchmark 1: goal >= 1.0x throughput,
+//!    platform overhead p99 < 1 ms), and against the component on an in-process worker with
+//!    the same concurrency (what the platform's path - HTTP, gateway, shard, worker RPCs,
+//!    placement - costs over the runtime itself). `wasmtime` is taken from `$WASMTIME`, else
+//!    `.tools/wasmtime/bin/wasmtime` (`scripts/install-wasmtime.sh`), else `PATH`; without it
+//!    that comparison is skipped with a note.
 //! 2. Priority enforcement: Poisson arrivals of 10 ms `spin`s at 2x the cluster's CPU
 //!    capacity for 3 s, classes drawn uniformly; per-class p50/p99 slowdown (latency over the
 //!    spin's own 10 ms).
@@ -71,6 +75,40 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
         }
     })
     .await;
+    match wasmtime_serve(functions).await {
+        Some((mut server, addr)) => {
+            let url = format!("http://{addr}/");
+            for _ in 0..200 {
+                assert_eq!(get(&client, &url).await.0, 200);
+            }
+            let (rate, lat) = {
+                let client = client.clone();
+                closed_loop(CLIENTS, 500, move || {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        assert_eq!(get(&client, &url).await.0, 200);
+                    }
+                })
+                .await
+            };
+            let _ = server.kill();
+            let _ = server.wait();
+            println!(
+                "hello through wasmtime serve {CLIENTS} clients: {rate:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                us(percentile(&lat, 0.5)),
+                us(percentile(&lat, 0.99))
+            );
+            println!(
+                "  turnpike up / wasmtime serve: throughput {:.2}x (goal >= 1.0), p50 +{:.0} us, p99 +{:.0} us (goal p99 overhead < 1000 us)",
+                platform_rate / rate,
+                us(percentile(&platform, 0.5).saturating_sub(percentile(&lat, 0.5))),
+                us(percentile(&platform, 0.99).saturating_sub(percentile(&lat, 0.99)))
+            );
+        }
+        None => println!(
+            "wasmtime serve: no `wasmtime` binary (set WASMTIME, or run scripts/install-wasmtime.sh); comparison skipped"
+        ),
+    }
     println!(
         "hello through turnpike up   {CLIENTS} clients: {platform_rate:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
         us(percentile(&platform, 0.5)),
@@ -87,6 +125,40 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
         us(percentile(&platform, 0.5).saturating_sub(percentile(&direct, 0.5))),
         us(percentile(&platform, 0.99).saturating_sub(percentile(&direct, 0.99)))
     );
+}
+
+/// Starts `wasmtime serve` on `hello.wasm` on a loopback port chosen by the OS; the process
+/// and the address it printed.
+async fn wasmtime_serve(functions: &std::path::Path) -> Option<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let local =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/wasmtime/bin/wasmtime");
+    let binary = std::env::var_os("WASMTIME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| local.exists().then_some(local))
+        .unwrap_or_else(|| "wasmtime".into());
+    let mut child = std::process::Command::new(&binary)
+        .args(["serve", "-Scli", "--addr", "127.0.0.1:0"])
+        .arg(functions.join("hello.wasm"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let stderr = child.stderr.take()?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let line = lines.next()?.ok()?;
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Some(line)
+    })
+    .await
+    .ok()??;
+    let addr = line
+        .strip_prefix("Serving HTTP on http://")?
+        .trim_end_matches('/')
+        .to_string();
+    Some((child, addr))
 }
 
 async fn priority_figures(gateway: SocketAddr, cores: usize, spin_hash: String) {

@@ -258,10 +258,15 @@ impl Inner {
         }
     }
 
+    /// Fires `timer` at `at`, on its own task (the caller holds the state's lock). Tokio's
+    /// timers have millisecond resolution, so a timer due now is not given to them: a
+    /// zero-length invocation would otherwise take a millisecond.
     fn timer(self: &Arc<Self>, at: Instant, timer: Timer) {
         let inner = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             inner.fire(timer);
         });
     }

@@ -84,6 +84,9 @@ pub const CLASS_NAMES: [&str; 4] = ["batch", "standard", "interactive", "critica
 /// class, sorted.
 pub async fn poisson_by_class(url: &str, rate: f64, run: Duration) -> Vec<Vec<Duration>> {
     use rand::{Rng, SeedableRng};
+    // HTTP/1.1: a connection per request in flight. (Over HTTP/2 the server's limit on
+    // concurrent streams queues the overload in the client, first come first served, and
+    // hides the platform's priorities.)
     let client = http_client();
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
     let t0 = Instant::now();
