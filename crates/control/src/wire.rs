@@ -105,8 +105,8 @@ pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
         memory_mb_seconds: u.memory_mb_seconds,
         parks: u.parks,
         blocks: u.blocks,
-        swap_outs: u.swap_outs,
-        swapped_out_bytes: u.swapped_out_bytes,
+        swap_outs: u.swap.swap_outs,
+        swapped_out_bytes: u.swap.swapped_out_bytes,
     };
     let ending = match outcome.result {
         Ok(response) => proto::outcome::Ending::Response(proto::Response {

@@ -284,9 +284,9 @@ async fn swap_bandwidth(rounds: usize) {
         let low = low.await;
         assert_eq!(low.result.expect("grow finishes").status, 200);
         let u = low.usage;
-        assert!(u.swapped_out_bytes >= bytes, "not swapped: {u:?}");
-        out.push(gbps(u.swap_out_time));
-        back.push(gbps(u.swap_in_time));
+        assert!(u.swap.swapped_out_bytes >= bytes, "not swapped: {u:?}");
+        out.push(gbps(u.swap.swap_out_time));
+        back.push(gbps(u.swap.swap_in_time));
 
         let path = dir.join("plain.bin");
         let t = Instant::now();

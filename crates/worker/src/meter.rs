@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use turnpike_policy::ClassId;
 
+use crate::swap::SwapTotals;
+
 /// Bytes per MB in Turnpike's memory figures (the guests' `mb=` is MiB too).
 pub const BYTES_PER_MB: u64 = 1 << 20;
 
@@ -34,14 +36,10 @@ pub struct Usage {
     pub parks: u32,
     /// Times it gave its slot back while blocked on I/O (a sleep, a body read).
     pub blocks: u32,
-    /// Times its memory was swapped out, and the bytes written to and read back from swap.
-    pub swap_outs: u32,
-    pub swapped_out_bytes: u64,
-    pub swapped_in_bytes: u64,
-    /// Time its memory took to write out (off the slots) and to read back (on a slot, before
-    /// it ran again: the latency swapping added to it).
-    pub swap_out_time: Duration,
-    pub swap_in_time: Duration,
+    /// Times its memory was swapped out, the bytes written to and read back from swap, and
+    /// the time that took (writing off the slots; reading on a slot, before it ran again: the
+    /// latency swapping added to it).
+    pub swap: SwapTotals,
 }
 
 /// Linear memory of one invocation, updated by its store's resource limiter at every grow and

@@ -58,7 +58,7 @@ use crate::error::InvokeError;
 use crate::guest::{self, Outgoing, Request, Response};
 use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
 use crate::runtime::{Function, Runtime, StartError};
-use crate::swap::InvocationMemory;
+use crate::swap::{InvocationMemory, SwapTotals};
 
 /// How one invocation should run; unset limits take the worker's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -558,11 +558,7 @@ fn unused(class: ClassId) -> Usage {
         memory_mb_seconds: 0.0,
         parks: 0,
         blocks: 0,
-        swap_outs: 0,
-        swapped_out_bytes: 0,
-        swapped_in_bytes: 0,
-        swap_out_time: Duration::ZERO,
-        swap_in_time: Duration::ZERO,
+        swap: SwapTotals::default(),
     }
 }
 
@@ -703,11 +699,7 @@ impl Gate {
                 memory_mb_seconds,
                 parks,
                 blocks,
-                swap_outs: swap.swap_outs,
-                swapped_out_bytes: swap.swapped_out_bytes,
-                swapped_in_bytes: swap.swapped_in_bytes,
-                swap_out_time: swap.swap_out_time,
-                swap_in_time: swap.swap_in_time,
+                swap,
             },
         }
     }

@@ -120,9 +120,9 @@ async fn a_parked_low_class_grow_is_swapped_out_and_back_in_with_every_byte() {
         "swap-in must restore every byte"
     );
     let u = &low.usage;
-    assert!(u.swap_outs >= 1, "{u:?}");
-    assert!(u.swapped_out_bytes >= 256 * MIB, "{u:?}");
-    assert_eq!(u.swapped_in_bytes, u.swapped_out_bytes, "{u:?}");
+    assert!(u.swap.swap_outs >= 1, "{u:?}");
+    assert!(u.swap.swapped_out_bytes >= 256 * MIB, "{u:?}");
+    assert_eq!(u.swap.swapped_in_bytes, u.swap.swapped_out_bytes, "{u:?}");
     assert!(u.parks >= 1, "{u:?}");
     assert_eq!(worker.memory_stats().swap_outs[usize::from(BATCH.0)], 1);
     assert_eq!(worker.memory_stats().kills, vec![0; 4]);
@@ -206,7 +206,7 @@ async fn a_failed_swap_out_keeps_the_memory_and_loses_nothing() {
         field(&response.text(), "checksum").as_deref(),
         Some(GROW_256_CHECKSUM)
     );
-    assert_eq!(low.usage.swapped_out_bytes, 0);
+    assert_eq!(low.usage.swap.swapped_out_bytes, 0);
 }
 
 #[test]
