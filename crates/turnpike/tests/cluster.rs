@@ -1,7 +1,8 @@
 //! The roles as separate processes: a worker process SIGKILLed mid-load (the shards notice,
 //! place its invocations again on the surviving worker, and every request gets an answer, a
-//! result or a clear 503, none hangs), and a cluster of `turnpike shard`, `turnpike worker`
-//! and `turnpike gateway` processes serving a route.
+//! result or a clear 503, none hangs), a cluster of `turnpike shard`, `turnpike worker` and
+//! `turnpike gateway` processes serving a route and a call between functions, and
+//! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -248,4 +249,60 @@ fn a_bad_route_is_refused_at_start_naming_the_classes() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gold") && err.contains("critical"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_emulated_workers_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut up, url) = start_role(
+        &[
+            "up".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--emulate".into(),
+            "50".into(),
+            "--policy".into(),
+            "hermod".into(),
+        ],
+        "Turnpike is up: gateway http://",
+    );
+    let gw: SocketAddr = url.parse().expect("gateway address");
+    let (status, text) = get(gw, "/work/batch?ms=3&mb=5").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\nemulated ms=3 mb=5\n"), "{text}");
+
+    let pid = up.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = up.0.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "`turnpike up` exits cleanly on SIGTERM: {status}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "`turnpike up` did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_policy_without_emulated_workers_is_refused() {
+    let out = Command::new(BIN)
+        .args(["up", "--policy", "hermod"])
+        .output()
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--emulate"), "{err}");
 }
