@@ -153,12 +153,20 @@ async fn wasmtime_serve(functions: &std::path::Path) -> Option<(std::process::Ch
         Some(line)
     })
     .await
-    .ok()??;
+    .ok()
+    .flatten();
     let addr = line
-        .strip_prefix("Serving HTTP on http://")?
-        .trim_end_matches('/')
-        .to_string();
-    Some((child, addr))
+        .as_deref()
+        .and_then(|l| l.strip_prefix("Serving HTTP on http://"));
+    match addr {
+        Some(addr) => Some((child, addr.trim_end_matches('/').to_string())),
+        None => {
+            eprintln!("wasmtime serve did not start as expected: {line:?}");
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
 }
 
 async fn priority_figures(gateway: SocketAddr, cores: usize, spin_hash: String) {

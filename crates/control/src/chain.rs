@@ -9,7 +9,13 @@
 //! - [`TOKEN_HEADER`]: the cluster's chain token, a secret shared by the gateway and the
 //!   workers (`turnpike up` makes a fresh one at every start), so that an outside client
 //!   cannot claim a caller's class for itself. The gateway refuses caller headers without
-//!   the right token (403), and strips all three before the callee sees the request.
+//!   the right token (403), and strips all three before the callee sees the request; the
+//!   worker drops any of them a guest wrote and sets its own, so guests neither forge nor
+//!   see them.
+//!
+//! Trust boundary: the token proves a request came from a worker. Workers' and shards' RPC
+//! ports are not authenticated, so they must be reachable only inside the cluster (they are
+//! on loopback in `turnpike up`).
 //!
 //! The gateway runs the callee at `max(caller class, the route's class)` and answers a request
 //! deeper than its `max_chain_depth` with `508 Loop Detected` and the reason, which the
@@ -45,9 +51,53 @@ pub const PLATFORM_HEADERS: [&str; 3] = [CALLER_CLASS_HEADER, DEPTH_HEADER, TOKE
 /// Default limit on a call chain's depth: a request at a deeper level is refused with 508.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 8;
 
-/// A fresh random chain token (128 bits, hex).
-pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// The cluster's chain token: a secret, so `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainToken(String);
+
+/// Shortest chain token accepted: a guessable one would let outside clients claim classes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ChainToken {
+    /// A fresh random token (128 bits, hex).
+    pub fn random() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// A token given by an operator; refused when shorter than [`MIN_TOKEN_LEN`].
+    pub fn new(token: String) -> Result<Self, String> {
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the chain token must be at least {MIN_TOKEN_LEN} characters (got {})",
+                token.len()
+            ));
+        }
+        if http::HeaderValue::from_str(&token).is_err() {
+            return Err("the chain token must be visible ASCII".into());
+        }
+        Ok(Self(token))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Whether `given` is this token, in time that does not depend on where they differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        expected.len() == given.len()
+            && expected
+                .iter()
+                .zip(given)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for ChainToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainToken(..)")
+    }
 }
 
 /// A worker's link to the gateway: sends its guests' calls there as HTTP requests, on pooled
@@ -55,13 +105,13 @@ pub fn new_token() -> String {
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
     gateway: SocketAddr,
-    token: String,
+    token: ChainToken,
     classes: ClassSet,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl GatewayLink {
-    pub fn new(gateway: SocketAddr, token: String, classes: ClassSet) -> Arc<Self> {
+    pub fn new(gateway: SocketAddr, token: ChainToken, classes: ClassSet) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(wire::CONNECT_TIMEOUT));
@@ -120,7 +170,7 @@ impl GatewayLink {
             DEPTH_HEADER,
             value(caller.depth.saturating_add(1).to_string())?,
         );
-        headers.insert(TOKEN_HEADER, value(self.token.clone())?);
+        headers.insert(TOKEN_HEADER, value(self.token.0.clone())?);
         Ok(out)
     }
 }
@@ -145,5 +195,60 @@ impl Platform for GatewayLink {
             })?;
             Ok(response.map(|b| b.map_err(HttpError::from).boxed_unsync()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnpike_policy::ClassId;
+
+    #[test]
+    fn a_guests_platform_headers_are_replaced_and_its_own_kept() {
+        let classes = ClassSet::default_four();
+        let token = ChainToken::random();
+        let link = GatewayLink::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            token.clone(),
+            classes.clone(),
+        );
+        let (parts, ()) = http::Request::get("http://turnpike/hello?x=1")
+            .header("x-turnpike-caller-class", "critical")
+            .header("x-turnpike-depth", "0")
+            .header("x-turnpike-chain-token", "forged-by-the-guest")
+            .header("host", "turnpike")
+            .header("x-app", "kept")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let caller = Caller {
+            class: ClassId(0),
+            depth: 3,
+        };
+        let out = link.to_gateway(caller, parts, Bytes::new()).unwrap();
+        assert_eq!(out.uri().to_string(), "http://127.0.0.1:9/hello?x=1");
+        let h = out.headers();
+        let all =
+            |name: &str| -> Vec<&[u8]> { h.get_all(name).iter().map(|v| v.as_bytes()).collect() };
+        assert_eq!(all(CALLER_CLASS_HEADER), vec![b"batch".as_slice()]);
+        assert_eq!(all(DEPTH_HEADER), vec![b"4".as_slice()]);
+        assert_eq!(all(TOKEN_HEADER), vec![token.as_bytes()]);
+        assert_eq!(all("x-app"), vec![b"kept".as_slice()]);
+        assert!(h.get("host").is_none());
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_printed() {
+        assert!(ChainToken::new("short".into()).is_err());
+        assert!(ChainToken::new(String::new()).is_err());
+        assert!(ChainToken::new("line\nbreak-0123456789".into()).is_err());
+        let token = ChainToken::new("0123456789abcdef".into()).unwrap();
+        assert!(token.matches(b"0123456789abcdef"));
+        assert!(!token.matches(b"0123456789abcdeF"));
+        assert!(!token.matches(b""));
+        let random = ChainToken::random();
+        assert_ne!(random, ChainToken::random());
+        assert!(!format!("{random:?}")
+            .contains(&String::from_utf8_lossy(random.as_bytes()).to_string()));
     }
 }

@@ -3,16 +3,18 @@
 //! "Emulated workers for scale").
 //!
 //! An emulated invocation takes its runtime and memory from its request's query:
-//! `?ms=N` milliseconds of CPU (default 0) and `mb=M` of memory (default: the invocation's
-//! start memory), which it holds from the time it first runs. Each emulated worker schedules
-//! them with a machine policy over its core slots, on virtual execution driven by timers:
+//! `?ms=N` milliseconds of CPU (default 0, at most a day) and `mb=M` of memory (default: the
+//! invocation's start memory; at most the worker's memory and swap), which it holds from the
+//! time it first runs. Each emulated worker schedules them with a machine policy over its core
+//! slots, on virtual execution driven by timers (tokio's: millisecond resolution):
 //!
 //! - [`MachinePolicy::Turnpike`]: the policy core's [`Machine`] (preemptive priority by class,
 //!   memory ledger, swap and kill decisions), exactly as a real worker runs it: a preempted
 //!   invocation stops consuming its runtime until resumed; a swap costs nothing; a kill
 //!   answers `KILLED` so the shard places it again.
 //! - [`MachinePolicy::Hermod`]: the Hermod baseline's processor sharing ([`PsMachine`]), for
-//!   comparing policies on the same gateway, shards and RPCs.
+//!   comparing policies on the same gateway, shards and RPCs. Like the paper's Hermod runs,
+//!   it models no memory (it reports none used, and all of it free).
 //!
 //! Functions need not be loaded: any function hash runs. The answer is `200` with
 //! `emulated ms=N mb=M`. Usage reports CPU (runtime) and wall time.
@@ -95,7 +97,7 @@ struct State {
     sched: Sched,
     invocations: HashMap<InvocationId, Emulation>,
     next_id: u64,
-    /// Kills by class (the machine's memory decisions), for tests and metrics.
+    /// Invocations killed by the machine's memory decisions.
     kills: u64,
 }
 
@@ -174,11 +176,9 @@ impl EmulatedWorker {
             );
             let now = Instant::now();
             match &mut state.sched {
-                Sched::Priority(machine) => {
-                    if machine.handle_arrival(id, class, start_mb).is_err() {
-                        return Ending::Killed;
-                    }
-                }
+                Sched::Priority(machine) => machine
+                    .handle_arrival(id, class, start_mb)
+                    .expect("invocation ids are fresh"),
                 Sched::Sharing(ps, _) => {
                     let ns = self.inner.ns(now);
                     ps.handle_arrival(ns, id, duration_ns(runtime));
@@ -272,8 +272,10 @@ impl Inner {
     }
 
     fn fire(self: &Arc<Self>, timer: Timer) {
-        let now = Instant::now();
         let mut state = self.lock();
+        // Read under the lock: an arrival that took the lock first must not be later than
+        // `now` (processor sharing's clock only moves forward).
+        let now = Instant::now();
         match timer {
             Timer::Finish { id, generation } => {
                 let current = state
@@ -314,8 +316,15 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// `?ms=N&mb=M` of an emulated invocation's path.
-fn emulation_of(path_and_query: &str, start_mb: u64) -> Result<(Duration, u64), String> {
+/// Longest emulated runtime, ms (a day).
+const MAX_MS: u64 = 86_400_000;
+
+/// `?ms=N&mb=M` of an emulated invocation's path; `mb` at most `max_mb`.
+fn emulation_of(
+    path_and_query: &str,
+    start_mb: u64,
+    max_mb: u64,
+) -> Result<(Duration, u64), String> {
     let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
     let (mut ms, mut mb) = (0u64, start_mb);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -328,6 +337,14 @@ fn emulation_of(path_and_query: &str, start_mb: u64) -> Result<(Duration, u64), 
         *target = value
             .parse()
             .map_err(|_| format!("`{key}` must be a non-negative integer, got {value:?}"))?;
+    }
+    if ms > MAX_MS {
+        return Err(format!("`ms` must be at most {MAX_MS} (a day), got {ms}"));
+    }
+    if mb > max_mb {
+        return Err(format!(
+            "`mb` must be at most {max_mb} (the worker's memory and swap), got {mb}"
+        ));
     }
     Ok((Duration::from_millis(ms), mb))
 }
@@ -349,7 +366,9 @@ impl proto::worker_server::Worker for EmulatedWorker {
                 format!("unknown class {}", inv.class),
             )));
         };
-        let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb) {
+        let config = &self.inner.config;
+        let max_mb = config.memory_mb.saturating_add(config.swap_mb);
+        let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb, max_mb) {
             Ok(e) => e,
             Err(message) => {
                 return Ok(Response::new(wire::failure(
@@ -401,11 +420,10 @@ impl proto::worker_server::Worker for EmulatedWorker {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        let class = u8::try_from(request.into_inner().class)
-            .map_err(|_| Status::invalid_argument("class"))?;
+        let class = wire::known_class(request.into_inner().class, &self.inner.config.classes)?;
         let state = self.inner.lock();
         let (functions, room_mb) = match &state.sched {
-            Sched::Priority(machine) => (machine.functions(), machine.room_for(ClassId(class))),
+            Sched::Priority(machine) => (machine.functions(), machine.room_for(class)),
             Sched::Sharing(ps, _) => (ps.functions(), self.inner.config.memory_mb),
         };
         Ok(Response::new(proto::PollReply { functions, room_mb }))
@@ -443,8 +461,8 @@ impl NodeLoad for EmulatedWorker {
 }
 
 /// How often an emulated worker registers with every shard again: a thousand of them at the
-/// real workers' 500 ms would be 2,000 RPCs per second per shard.
-pub const REGISTER_EVERY: Duration = Duration::from_secs(5);
+/// real workers' 500 ms ([`node::REGISTER_EVERY`]) would be 2,000 RPCs per second per shard.
+pub const EMULATED_REGISTER_EVERY: Duration = Duration::from_secs(5);
 
 /// A set of emulated workers in this process, each with its own RPC server on a loopback
 /// port chosen by the OS and its own dispatcher.
@@ -479,7 +497,7 @@ impl EmulatedFleet {
                 address,
                 shards.to_vec(),
                 DispatchConfig {
-                    register_every: REGISTER_EVERY,
+                    register_every: EMULATED_REGISTER_EVERY,
                     ..DispatchConfig::new(seed.wrapping_add(i as u64))
                 },
             )));
@@ -504,16 +522,26 @@ mod tests {
     #[test]
     fn the_emulation_comes_from_the_query() {
         assert_eq!(
-            emulation_of("/x?ms=15&mb=64", 2).unwrap(),
+            emulation_of("/x?ms=15&mb=64", 2, 100).unwrap(),
             (Duration::from_millis(15), 64)
         );
-        assert_eq!(emulation_of("/x", 2).unwrap(), (Duration::ZERO, 2));
+        assert_eq!(emulation_of("/x", 2, 100).unwrap(), (Duration::ZERO, 2));
         assert_eq!(
-            emulation_of("/x?other=1&ms=3", 2).unwrap(),
+            emulation_of("/x?other=1&ms=3", 2, 100).unwrap(),
             (Duration::from_millis(3), 2)
         );
-        assert!(emulation_of("/x?ms=-1", 2).unwrap_err().contains("ms"));
-        assert!(emulation_of("/x?mb=lots", 2).unwrap_err().contains("mb"));
+        assert!(emulation_of("/x?ms=-1", 2, 100).unwrap_err().contains("ms"));
+        assert!(emulation_of("/x?mb=lots", 2, 100)
+            .unwrap_err()
+            .contains("mb"));
+        // Values that would overflow the schedulers' arithmetic are refused.
+        assert!(emulation_of("/x?ms=10000000000000", 2, 100)
+            .unwrap_err()
+            .contains("a day"));
+        assert!(emulation_of("/x?mb=101", 2, 100)
+            .unwrap_err()
+            .contains("at most 100"));
+        assert!(emulation_of("/x?mb=18446744073709551615", 2, 100).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,8 @@
 //! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
 //!   depth in headers vouched for by the cluster's chain token: the callee runs at
 //!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
-//!   function's response says the class it ran at in [`RAN_AT_HEADER`].
+//!   function's response says the class it ran at in [`CLASS_HEADER`] (the header a direct
+//!   invocation asks for its class with).
 //! - Answers: unknown route 404; unknown class 400 naming the known ones; a request body over
 //!   the limit 413; a response body over the limit 413 too (it says which); a function that
 //!   failed 502 with the reason; no shard or worker available 503 with the reason.
@@ -43,9 +44,6 @@ use crate::wire;
 pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
 /// The header naming the class of a direct invocation.
 pub const CLASS_HEADER: &str = "x-turnpike-class";
-/// The response header naming the class an invocation ran at (the same name as
-/// [`CLASS_HEADER`]: what was asked for, and what was given).
-pub const RAN_AT_HEADER: &str = "x-turnpike-class";
 
 /// A route: requests whose path starts with `prefix` (whole segments) run `function` at
 /// `class`.
@@ -69,7 +67,7 @@ pub struct GatewayConfig {
     pub start_mb: u64,
     /// The cluster's chain token (see [`crate::chain`]); `None`: calls from functions are
     /// refused.
-    pub chain_token: Option<String>,
+    pub chain_token: Option<chain::ChainToken>,
     /// Deepest call chain served; deeper requests get 508.
     pub max_chain_depth: u32,
 }
@@ -105,11 +103,6 @@ impl ShardHandle {
 }
 
 type Body = Full<Bytes>;
-
-/// Whether `a == b`, in time that does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
     let mut text = text.into();
@@ -273,7 +266,7 @@ impl Gateway {
         self.latency.observe(class.index(), started.elapsed());
         let ran_at = &self.config.classes.get(class).name;
         if let Ok(value) = http::HeaderValue::from_str(ran_at) {
-            response.headers_mut().insert(RAN_AT_HEADER, value);
+            response.headers_mut().insert(CLASS_HEADER, value);
         }
         response
     }
@@ -293,7 +286,7 @@ impl Gateway {
         }
         let token = headers.get(chain::TOKEN_HEADER).map(|v| v.as_bytes());
         let vouched = match (&self.config.chain_token, token) {
-            (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given),
+            (Some(expected), Some(given)) => expected.matches(given),
             _ => false,
         };
         if !vouched {
@@ -451,5 +444,123 @@ impl Gateway {
             }
             None => answer(StatusCode::BAD_GATEWAY, "empty outcome from the shard"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
+
+    fn gateway(token: Option<ChainToken>) -> Arc<Gateway> {
+        Gateway::new(GatewayConfig {
+            classes: ClassSet::default_four(),
+            routes: Vec::new(),
+            shards: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            max_request_bytes: 1024,
+            max_response_bytes: 1024,
+            start_mb: 2,
+            chain_token: token,
+            max_chain_depth: 8,
+        })
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    async fn refusal(g: &Gateway, pairs: &[(&str, &str)]) -> (StatusCode, String) {
+        let response = g.chain_context(&headers(pairs)).unwrap_err();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_from_functions_are_checked() {
+        let token = ChainToken::new("0123456789abcdef".into()).unwrap();
+        let g = gateway(Some(token));
+        let good = "0123456789abcdef";
+        assert_eq!(g.chain_context(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            g.chain_context(&headers(&[
+                (CALLER_CLASS_HEADER, "interactive"),
+                (DEPTH_HEADER, "3"),
+                (TOKEN_HEADER, good),
+            ]))
+            .unwrap(),
+            Some((ClassId(2), 3))
+        );
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "gold"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("gold") && body.contains("batch"), "{body}");
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "-1"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "9"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::LOOP_DETECTED);
+        assert!(body.contains("depth 9 is over the limit of 8"), "{body}");
+        let (status, _) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "critical"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, "0123456789abcdeX"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Any one of the headers without the token is refused; the token without the others
+        // is a malformed call.
+        let (status, _) = refusal(&g, &[(DEPTH_HEADER, "0")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = refusal(&g, &[(TOKEN_HEADER, good)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn without_a_token_every_call_from_a_function_is_refused() {
+        let g = gateway(None);
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, ""),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("set by the platform"), "{body}");
     }
 }

@@ -4,7 +4,7 @@
 //! - [`gateway`]: HTTP in (HTTP/1.1 and HTTP/2), routes to a function and a price class, a
 //!   shard chosen per invocation, the function's response out.
 //! - [`shard`]: the policy core's shard (per-class queues, idle list, power-of-k) behind the
-//!   `Shard` service, placing invocations on real workers and retrying lost ones.
+//!   `Shard` service, placing invocations on workers (real or emulated) and retrying lost ones.
 //! - [`node`]: a worker (the `turnpike-worker` runtime) behind the `Worker` service, and its
 //!   dispatcher keeping it registered with every shard and on one idle list.
 //! - [`chain`]: call chains - a worker's link to the gateway for its guests' calls to other

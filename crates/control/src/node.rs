@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, which the waits below use too.
+use tokio::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
@@ -21,7 +24,7 @@ use turnpike_worker::{
     Function, InvokeError, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
 };
 
-use crate::chain::GatewayLink;
+use crate::chain::{ChainToken, GatewayLink};
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -34,6 +37,8 @@ const DISPATCH_TICK: Duration = Duration::from_millis(5);
 /// shard knows it). The cost is workers x shards RPCs per period: a thousand emulated workers
 /// use a longer period ([`crate::emulated::EmulatedFleet`]).
 pub const REGISTER_EVERY: Duration = Duration::from_millis(500);
+/// How often a worker no shard has answered yet tries to register again.
+pub const UNREGISTERED_RETRY: Duration = Duration::from_millis(100);
 
 /// The `Worker` service over a [`Worker`].
 #[derive(Debug, Clone)]
@@ -213,11 +218,10 @@ impl proto::worker_server::Worker for NodeService {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        let class = u8::try_from(request.into_inner().class)
-            .map_err(|_| Status::invalid_argument("class"))?;
+        let class = wire::known_class(request.into_inner().class, &self.worker.config().classes)?;
         Ok(Response::new(proto::PollReply {
             functions: self.worker.functions(),
-            room_mb: self.worker.room_for(ClassId(class)),
+            room_mb: self.worker.room_for(class),
         }))
     }
 }
@@ -263,8 +267,9 @@ impl NodeLoad for Worker {
 pub struct DispatchConfig {
     /// The idle-list rules (the policy core's).
     pub idle_list: DispatcherConfig,
-    /// How often it registers with every shard again; the first registration comes after a
-    /// random fraction of this, so workers started together do not register in step.
+    /// How often it registers with every shard again. It registers at once when it starts,
+    /// the second time after a random fraction of this (so workers started together do not
+    /// register in step), and every [`UNREGISTERED_RETRY`] while no shard has answered.
     pub register_every: Duration,
     /// Seeds its random choices.
     pub seed: u64,
@@ -304,12 +309,17 @@ pub async fn dispatch(
     };
     let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
     let mut dispatcher = Dispatcher::new(config);
-    // Registered last at a random point of the previous period: the first registration
-    // (immediate) is followed by the next one after a random fraction of the period.
+    // The first registration is immediate, the second after a random fraction of the
+    // period, then one per period; while no shard answers, one per UNREGISTERED_RETRY.
     let mut last_register: Option<Instant> = None;
     let mut period = register_every.mul_f64(rng.random_range(0.0..1.0));
     loop {
-        if last_register.is_none_or(|t| t.elapsed() >= period) {
+        let due = if ids.iter().all(Option::is_none) {
+            UNREGISTERED_RETRY.min(period)
+        } else {
+            period
+        };
+        if last_register.is_none_or(|t| t.elapsed() >= due) {
             if last_register.is_some() {
                 period = register_every;
             }
@@ -378,15 +388,14 @@ pub async fn dispatch(
                 dispatcher = Dispatcher::new(config);
             }
         }
-        // Not joined because no shard answered yet: try again soon rather than at the next
-        // change.
-        let wait = if ids.iter().all(Option::is_none) {
-            DISPATCH_TICK
+        // Until the next registration is due, or something changed on the machine.
+        let due = if ids.iter().all(Option::is_none) {
+            UNREGISTERED_RETRY.min(period)
         } else {
             period
         };
         let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
-        node.changed(wait.min(period.saturating_sub(since))).await;
+        node.changed(due.saturating_sub(since)).await;
     }
 }
 
@@ -435,7 +444,7 @@ pub struct NodeConfig {
     pub classes: ClassSet,
     /// Where guests' calls to other functions go: the gateway and the cluster's chain token
     /// (see [`crate::chain`]). `None`: such calls are denied.
-    pub gateway: Option<(SocketAddr, String)>,
+    pub gateway: Option<(SocketAddr, ChainToken)>,
     /// Seed of the dispatcher's random choices.
     pub seed: u64,
 }

@@ -48,7 +48,9 @@ pub struct ShardConfig {
     pub k: usize,
     pub use_idle_list: bool,
     /// One first-come-first-served queue for all classes, as the Hermod baseline has (with
-    /// `use_idle_list` off); otherwise per-class queues with the core's head choice.
+    /// `use_idle_list` off); otherwise per-class queues with the core's head choice. (The
+    /// queue-length metric then shows every waiting invocation under the bottom class; wait
+    /// times are still by the invocation's own class.)
     pub fifo: bool,
     /// Seeds the shard's sampling of workers.
     pub seed: u64,
@@ -298,11 +300,15 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
             } => {
                 let waited = inner.now_ns().saturating_sub(enqueued_ns);
                 // The invocation's own class (a FIFO shard queues every class as one).
-                let class = inner
-                    .lock()
-                    .waiting
-                    .get(&pending.id)
-                    .map_or(0, |w| w.invocation.class as usize);
+                let class = if inner.fifo {
+                    inner
+                        .lock()
+                        .waiting
+                        .get(&pending.id)
+                        .map_or(0, |w| w.invocation.class as usize)
+                } else {
+                    pending.class.index()
+                };
                 inner.waits.observe(class, Duration::from_nanos(waited));
                 send(&inner, pending.id, machine, via);
             }

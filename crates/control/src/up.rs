@@ -41,6 +41,8 @@ pub struct UpConfig {
     pub max_response_bytes: usize,
     /// Emulated workers instead of real ones (`workers` of them; see [`crate::emulated`]):
     /// no wasm runs, each invocation's runtime and memory come from its query (`?ms=N&mb=M`).
+    /// Their cores and memory are this config's, not `cores_per_worker` and
+    /// `memory_mb_per_worker`.
     /// With [`MachinePolicy::Hermod`] the shards are Hermod's too (one FIFO queue, no idle
     /// list), so a run compares the baseline policy on the same services.
     pub emulated: Option<EmulatedConfig>,
@@ -258,7 +260,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
 
     // The gateway's address comes first: workers send their guests' calls there.
     let (gateway_listener, gateway_addr) = bind(config.listen).await?;
-    let chain_token = chain::new_token();
+    let chain_token = chain::ChainToken::random();
 
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();

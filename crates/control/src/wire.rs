@@ -13,6 +13,23 @@ use crate::proto::shard_client::ShardClient;
 /// Largest RPC message: request and response bodies travel inside them.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// `class` as a class of `classes`, or the RPC's error naming it.
+pub fn known_class(
+    class: u32,
+    classes: &turnpike_policy::ClassSet,
+) -> Result<turnpike_policy::ClassId, tonic::Status> {
+    u8::try_from(class)
+        .ok()
+        .map(turnpike_policy::ClassId)
+        .filter(|c| c.index() < classes.len())
+        .ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "unknown class {class}: there are {} classes",
+                classes.len()
+            ))
+        })
+}
+
 /// How long connecting to another role may take before it counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
+use turnpike_control::chain::ChainToken;
 use turnpike_control::gateway::{Gateway, GatewayConfig, Route};
 use turnpike_control::metrics;
 use turnpike_control::shard::{ShardConfig, ShardService};
@@ -141,6 +142,10 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         Ok(routes) => routes,
         Err(e) => return fail(e),
     };
+    let chain_token = match args.chain_token.map(ChainToken::new).transpose() {
+        Ok(token) => token,
+        Err(e) => return fail(e),
+    };
     crate::block_on(async move {
         let gateway = Gateway::new(GatewayConfig {
             classes,
@@ -149,7 +154,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
             start_mb: 2,
-            chain_token: args.chain_token,
+            chain_token,
             max_chain_depth: args.max_chain_depth,
         });
         let ((http, http_addr), (metrics_listener, metrics_addr)) =

@@ -26,7 +26,7 @@ pub struct UpArgs {
     /// Memory of each worker for guests, MB.
     #[arg(long, default_value_t = 1024)]
     worker_memory_mb: u64,
-    /// Directory with the demo app's components (hello.wasm, spin.wasm).
+    /// Directory with the demo app's components (hello.wasm, spin.wasm, chain.wasm).
     #[arg(long)]
     functions: Option<PathBuf>,
     /// Largest request and response body through the gateway, bytes (413 beyond).

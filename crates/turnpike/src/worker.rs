@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use turnpike_control::chain::ChainToken;
 use turnpike_control::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
 
@@ -40,6 +41,13 @@ pub struct WorkerArgs {
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
+    let chain_token = match args.chain_token.map(ChainToken::new).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     crate::block_on(async move {
         let mut components = Vec::new();
         for path in &args.load {
@@ -58,8 +66,9 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             cores: args.cores.max(1),
             memory_mb: args.memory_mb,
             classes: ClassSet::default_four(),
-            gateway: args.gateway.zip(args.chain_token),
-            seed: u64::from(args.listen.port()),
+            gateway: args.gateway.zip(chain_token),
+            // Distinct per process, so workers started together choose shards differently.
+            seed: u64::from(std::process::id()),
         };
         let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,

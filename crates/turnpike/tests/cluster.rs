@@ -139,7 +139,7 @@ fn start_role(args: &[String], prefix: &str) -> (Child, String) {
     let mut child = Child(
         Command::new(BIN)
             .args(args)
-            .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123")
+            .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123456789")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the role starts"),
@@ -305,4 +305,27 @@ fn a_policy_without_emulated_workers_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--emulate"), "{err}");
+}
+
+#[test]
+fn a_short_chain_token_is_refused_at_start() {
+    for role in [
+        &["gateway", "--shard", "127.0.0.1:1"][..],
+        &[
+            "worker",
+            "--shard",
+            "127.0.0.1:1",
+            "--gateway",
+            "127.0.0.1:1",
+        ][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(role)
+            .env("TURNPIKE_CHAIN_TOKEN", "guessable")
+            .output()
+            .expect("starts");
+        assert_eq!(out.status.code(), Some(2), "{role:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least 16"), "{role:?}: {err}");
+    }
 }

@@ -198,7 +198,8 @@ impl WasiHttpHooks for Outgoing {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             };
             let response = platform.call(caller, request).await?;
-            // The whole response is in hand once `call` returns; nothing is left to report.
+            // The response's body streams on from the platform's connection; its errors reach
+            // the guest through the body itself, so there is nothing more to report here.
             let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
                 Box::new(async { Ok(()) });
             Ok((response, done))

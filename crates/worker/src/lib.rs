@@ -13,7 +13,7 @@
 //!   component that is not a `wasi:http` proxy, or one that needs imports the worker does not
 //!   provide are refused with the reason ([`LoadError`]).
 //! - [`guest`]: one invocation: its own store and instance, WASI with no filesystem and no
-//!   network (outgoing HTTP denied), a linear-memory cap enforced by a resource limiter, and
+//!   network (outgoing HTTP denied but for calls to the platform), a linear-memory cap enforced by a resource limiter, and
 //!   the response collected while the guest runs ([`InvokeError`] says how one failed).
 //! - [`calls`]: the one outgoing request a guest may make, a call to another function through
 //!   the platform (`http://turnpike/...`), sent with the caller's class and chain depth.
