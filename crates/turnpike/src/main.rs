@@ -1,6 +1,7 @@
 //! `turnpike`: the one binary of Turnpike: a whole cluster in one process (`turnpike up`) and
 //! the cluster simulator (`turnpike sim ...`); see `turnpike --help`.
 
+mod config_file;
 mod roles;
 mod sim;
 mod up;
@@ -8,7 +9,7 @@ mod worker;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,7 +52,33 @@ fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A service command's `--config FILE` becomes flags in front of the command line's.
+    let flags_of = |name: &str| -> Vec<String> {
+        Cli::command()
+            .find_subcommand(name)
+            .map(|c| {
+                c.get_arguments()
+                    .filter_map(|a| a.get_long())
+                    .filter(|&l| l != "config")
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let args = match config_file::expand(std::env::args_os().collect(), flags_of) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A flag given twice (in the file and on the command line) takes the last value.
+    let mut command = Cli::command();
+    for name in ["up", "worker", "shard", "gateway"] {
+        command = command.mut_subcommand(name, |c| c.args_override_self(true));
+    }
+    let matches = command.get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Up(args) => up::main(args),
         Command::Worker(args) => worker::main(args),

@@ -2,6 +2,7 @@
 //! (`turnpike worker` is in `worker.rs`; `turnpike up` runs all of them in one process.)
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -15,6 +16,11 @@ use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct ShardArgs {
+    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
+    /// `shard = ["...", "..."]`); flags on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
+    config: Option<PathBuf>,
     /// Where the shard serves its RPCs (port 0: chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -31,6 +37,11 @@ pub struct ShardArgs {
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
+    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
+    /// `shard = ["...", "..."]`); flags on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
+    config: Option<PathBuf>,
     /// Where the gateway serves HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,

@@ -11,6 +11,11 @@ use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
+    /// `shard = ["...", "..."]`); flags on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
+    config: Option<PathBuf>,
     /// Where the gateway listens for HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,

@@ -12,6 +12,11 @@ use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
+    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
+    /// `shard = ["...", "..."]`); flags on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
+    config: Option<PathBuf>,
     /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,

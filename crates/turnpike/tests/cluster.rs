@@ -1,6 +1,7 @@
 //! The roles as separate processes: a worker process SIGKILLed mid-load (the shards notice,
 //! place its invocations again on the surviving worker, and every request gets an answer, a
-//! result or a clear 503, none hangs), a cluster of `turnpike shard`, `turnpike worker` and
+//! result or a clear 503, none hangs), a shard process SIGKILLed mid-load (the gateway sends
+//! what it had in flight there, and new work, to the other shard), a cluster of `turnpike shard`, `turnpike worker` and
 //! `turnpike gateway` processes serving a route and a call between functions, and
 //! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM.
 
@@ -162,11 +163,20 @@ async fn every_role_in_its_own_process() {
     let functions = turnpike_control::up::default_functions_dir();
     let mut children = Vec::new();
     let mut shards = Vec::new();
-    for seed in 1..=2 {
-        let (child, addr) = start_role(
-            &["shard".into(), "--seed".into(), seed.to_string()],
-            "shard listening on ",
-        );
+    // One shard from flags, one from a config file (whose `seed` the command line overrides).
+    let config = dir.path().join("shard.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nseed = 9\nk = 2\n").expect("write");
+    for args in [
+        vec!["shard".to_string(), "--seed".into(), "1".into()],
+        vec![
+            "shard".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--seed".into(),
+            "2".into(),
+        ],
+    ] {
+        let (child, addr) = start_role(&args, "shard listening on ");
         children.push(child);
         shards.push(addr);
     }
@@ -328,4 +338,100 @@ fn a_short_chain_token_is_refused_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("at least 16"), "{role:?}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let functions = turnpike_control::up::default_functions_dir();
+    let spin = functions.join("spin.wasm");
+    let spin_hash = turnpike_worker::cache::sha256_hex(&std::fs::read(&spin).expect("spin.wasm"));
+    let mut shards = Vec::new();
+    let mut shard_children = Vec::new();
+    for seed in 1..=2 {
+        let (child, addr) = start_role(
+            &["shard".into(), "--seed".into(), seed.to_string()],
+            "shard listening on ",
+        );
+        shard_children.push(child);
+        shards.push(addr);
+    }
+    let mut args = vec![
+        "worker".to_string(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--cores".into(),
+        "2".into(),
+        "--load".into(),
+        spin.display().to_string(),
+    ];
+    for s in &shards {
+        args.extend(["--shard".into(), s.clone()]);
+    }
+    let (worker, _) = start_role(&args, "worker listening on ");
+    let mut args = vec![
+        "gateway".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--route".into(),
+        format!("/spin={spin_hash}@batch"),
+    ];
+    for s in &shards {
+        args.extend(["--shard".into(), s.clone()]);
+    }
+    let (gateway, url) = start_role(&args, "gateway listening on http://");
+    let gw: SocketAddr = url.parse().expect("gateway address");
+    let start = Instant::now();
+    while get(gw, "/spin?ms=1").await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 24 spins of 100 ms over 2 slots: both shards have work in flight when one dies.
+    let requests: Vec<_> = (0..24)
+        .map(|_| tokio::spawn(async move { get(gw, "/spin?ms=100").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(shard_children.remove(0)); // SIGKILL
+    let mut ok = 0;
+    for r in requests {
+        let (status, text) = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("every request is answered, none hangs")
+            .expect("request task");
+        match status {
+            200 => ok += 1,
+            503 => assert!(text.contains("shard"), "a 503 says why: {text}"),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!(ok > 0, "work placed by the surviving shard succeeds");
+    // New work goes to the surviving shard.
+    for _ in 0..6 {
+        let (status, text) = get(gw, "/spin?ms=1").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    drop((worker, gateway));
+}
+
+#[test]
+fn a_bad_config_file_is_refused_naming_the_line_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "shard = [\"127.0.0.1:1\"]\nlisten = \"127.0.0.1:0\"\nroutes = []\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .output()
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.toml: line 3") && err.contains("`routes`") && err.contains("route"),
+        "{err}"
+    );
 }
