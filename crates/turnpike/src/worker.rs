@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use turnpike_control::chain::ChainToken;
+use turnpike_control::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
 use turnpike_control::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
 
@@ -43,16 +44,28 @@ pub struct WorkerArgs {
     /// environment than on the command line).
     #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
     chain_token: Option<String>,
+    /// Run N emulated workers in this process instead (no wasm; each invocation's runtime
+    /// and memory from its query, `?ms=N&mb=M`), each on its own loopback port, with
+    /// `--cores` and `--memory-mb` each; `--listen`'s port is ignored.
+    #[arg(long, value_name = "N", conflicts_with_all = ["load", "gateway"])]
+    emulate: Option<usize>,
+    /// Scheduling policy of emulated workers: `turnpike`, or the `hermod` baseline
+    /// (processor sharing).
+    #[arg(long, default_value = "turnpike", requires = "emulate", value_parser = ["turnpike", "hermod"])]
+    policy: String,
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
-    let chain_token = match args.chain_token.map(ChainToken::new).transpose() {
+    let chain_token = match args.chain_token.clone().map(ChainToken::new).transpose() {
         Ok(token) => token,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(n) = args.emulate {
+        return crate::block_on(emulate(n, args));
+    }
     crate::block_on(async move {
         let mut components = Vec::new();
         for path in &args.load {
@@ -91,4 +104,38 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         node.dispatcher.abort();
         ExitCode::SUCCESS
     })
+}
+
+async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {
+    let mut config = EmulatedConfig::new(ClassSet::default_four());
+    config.cores = args.cores.max(1);
+    config.memory_mb = args.memory_mb;
+    if args.policy == "hermod" {
+        config.policy = MachinePolicy::Hermod;
+    }
+    let fleet = match EmulatedFleet::start(
+        n.max(1),
+        &config,
+        &args.shards,
+        u64::from(std::process::id()),
+    )
+    .await
+    {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("error: cannot start the emulated workers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let first = fleet.workers.first().map(|(a, _)| *a);
+    let last = fleet.workers.last().map(|(a, _)| *a);
+    if let (Some(first), Some(last)) = (first, last) {
+        println!(
+            "{} emulated workers listening on {first} .. {last}",
+            fleet.workers.len()
+        );
+    }
+    crate::up::wait_for_signal().await;
+    drop(fleet);
+    ExitCode::SUCCESS
 }

@@ -435,3 +435,43 @@ fn a_bad_config_file_is_refused_naming_the_line_and_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_of_emulated_workers_serves_a_separate_gateway() {
+    let (shard, shard_addr) = start_role(&["shard".into()], "shard listening on ");
+    let (workers, line) = start_role(
+        &[
+            "worker".into(),
+            "--emulate".into(),
+            "100".into(),
+            "--shard".into(),
+            shard_addr.clone(),
+        ],
+        "100 emulated workers listening on ",
+    );
+    assert!(line.contains(" .. "), "{line}");
+    let (gateway, url) = start_role(
+        &[
+            "gateway".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--shard".into(),
+            shard_addr,
+            "--route".into(),
+            "/e=anything@critical".into(),
+        ],
+        "gateway listening on http://",
+    );
+    let gw: SocketAddr = url.parse().expect("gateway address");
+    let start = Instant::now();
+    loop {
+        let (status, text) = get(gw, "/e?ms=2&mb=3").await;
+        if status == 200 {
+            assert!(text.ends_with("\r\n\r\nemulated ms=2 mb=3\n"), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((shard, workers, gateway));
+}
