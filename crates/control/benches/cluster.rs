@@ -1,5 +1,5 @@
 //! Control-plane figures through a real `turnpike up` cluster on this machine (gateway, 4
-//! shards, one 1-slot worker per core, all on loopback): `cargo bench -p turnpike-control
+//! shards, one worker with a slot per core, all on loopback): `cargo bench -p turnpike-control
 //! --bench cluster` (after `scripts/build-examples.sh`).
 //!
 //! 1. `hello` throughput and latency through the gateway (HTTP/1.1 keep-alive, 16 concurrent
@@ -202,7 +202,8 @@ fn main() {
             .find(|(name, _)| name == "spin")
             .map(|(_, hash)| hash.clone())
             .expect("the demo app has spin");
-        priority_figures(cluster.gateway, config.workers, spin).await;
+        let cores = config.workers * config.cores_per_worker as usize;
+        priority_figures(cluster.gateway, cores, spin).await;
         cluster.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     });

@@ -49,17 +49,19 @@ pub struct UpConfig {
 }
 
 impl UpConfig {
-    /// Defaults: 4 shards, one worker per core of this machine with one slot each, 1 GiB of
-    /// memory per worker, the example functions built by `scripts/build-examples.sh`.
+    /// Defaults: 4 shards, one worker with a slot per core of this machine (its machine
+    /// scheduler then orders every invocation on the box by class: one-slot workers let two
+    /// top-class invocations meet on one slot while another runs low-class work), 1 GiB of
+    /// memory per slot, the example functions built by `scripts/build-examples.sh`.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             listen,
             data_dir,
             shards: 4,
-            workers: cores,
-            cores_per_worker: 1,
-            memory_mb_per_worker: 1024,
+            workers: 1,
+            cores_per_worker: u32::try_from(cores).unwrap_or(1),
+            memory_mb_per_worker: 1024 * cores as u64,
             functions_dir: default_functions_dir(),
             max_request_bytes: 8 << 20,
             max_response_bytes: 8 << 20,

@@ -23,7 +23,10 @@ async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().to_path_buf(),
     );
+    // One-slot workers: the orderings asserted below are those of one slot each.
     config.workers = workers;
+    config.cores_per_worker = 1;
+    config.memory_mb_per_worker = 1024;
     config.max_request_bytes = 4096;
     up::start(&config).await.expect("the cluster starts")
 }

@@ -25,12 +25,13 @@ pub struct UpArgs {
     /// Scheduler shards.
     #[arg(long, default_value_t = 4)]
     shards: usize,
-    /// Workers (default: one per core of this machine).
+    /// Workers (default: one, with a slot per core of this machine; more workers split the
+    /// cores between them).
     #[arg(long)]
     workers: Option<usize>,
-    /// Memory of each worker for guests, MB.
-    #[arg(long, default_value_t = 1024)]
-    worker_memory_mb: u64,
+    /// Memory of each worker for guests, MB (default: 1024 per slot).
+    #[arg(long)]
+    worker_memory_mb: Option<u64>,
     /// Directory with the demo app's components (hello.wasm, spin.wasm, chain.wasm).
     #[arg(long)]
     functions: Option<PathBuf>,
@@ -55,9 +56,14 @@ async fn run(args: UpArgs) -> ExitCode {
     let mut config = UpConfig::new(args.listen, args.data_dir);
     config.shards = args.shards.max(1);
     if let Some(workers) = args.workers {
+        let cores = config.cores_per_worker * config.workers as u32;
         config.workers = workers.max(1);
+        config.cores_per_worker = (cores / config.workers as u32).max(1);
+        config.memory_mb_per_worker = 1024 * u64::from(config.cores_per_worker);
     }
-    config.memory_mb_per_worker = args.worker_memory_mb;
+    if let Some(mb) = args.worker_memory_mb {
+        config.memory_mb_per_worker = mb;
+    }
     config.max_request_bytes = args.max_body_bytes;
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {
@@ -66,7 +72,7 @@ async fn run(args: UpArgs) -> ExitCode {
     if let Some(n) = args.emulate {
         config.workers = n.max(1);
         let mut emulated = EmulatedConfig::new(ClassSet::default_four());
-        emulated.memory_mb = args.worker_memory_mb;
+        emulated.memory_mb = args.worker_memory_mb.unwrap_or(1024);
         emulated.policy = if args.policy == "hermod" {
             MachinePolicy::Hermod
         } else {

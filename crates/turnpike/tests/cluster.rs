@@ -49,6 +49,8 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
         dir.path().to_path_buf(),
     );
     config.workers = 1;
+    config.cores_per_worker = 1;
+    config.memory_mb_per_worker = 1024;
     let cluster = up::start(&config).await.expect("the cluster starts");
     let gw = cluster.gateway;
 
