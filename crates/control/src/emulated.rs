@@ -195,7 +195,7 @@ impl EmulatedWorker {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     fn ns(&self, at: Instant) -> u64 {
@@ -431,8 +431,10 @@ impl proto::worker_server::Worker for EmulatedWorker {
 }
 
 impl NodeLoad for EmulatedWorker {
+    /// Hermod models no memory, so its workers never join an idle list (its shards have
+    /// none); they only register.
     fn capacity_mb(&self) -> Option<u64> {
-        Some(self.inner.config.memory_mb)
+        (self.inner.config.policy == MachinePolicy::Turnpike).then_some(self.inner.config.memory_mb)
     }
 
     fn cores(&self) -> u32 {

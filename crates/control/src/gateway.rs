@@ -92,13 +92,12 @@ struct ShardHandle {
 
 impl ShardHandle {
     fn is_down(&self) -> bool {
-        let until = *self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *crate::lock(&self.down_until);
         until.is_some_and(|t| Instant::now() < t)
     }
 
     fn mark_down(&self) {
-        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + SHARD_DOWN_FOR);
+        *crate::lock(&self.down_until) = Some(Instant::now() + SHARD_DOWN_FOR);
     }
 }
 

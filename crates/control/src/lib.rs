@@ -29,6 +29,12 @@ pub mod shard;
 pub mod up;
 pub mod wire;
 
+/// Locks `m`, also after a panic elsewhere poisoned it: every lock here guards plain data
+/// that a panicking holder leaves consistent (counters, maps updated in one step).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The generated RPC messages, clients and servers (`proto/turnpike.proto`).
 #[allow(clippy::all, missing_debug_implementations)]
 pub mod proto {

@@ -142,11 +142,7 @@ impl NodeService {
     }
 
     fn function(&self, hash: &str) -> Option<Arc<Function>> {
-        self.functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
-            .cloned()
+        crate::lock(&self.functions).get(hash).cloned()
     }
 
     /// Loads a component (compiling it off the async threads); returns its hash.
@@ -157,10 +153,7 @@ impl NodeService {
             .map_err(|e| format!("compile task: {e}"))?
             .map_err(|e| e.to_string())?;
         let hash = function.hash().to_string();
-        self.functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash.clone(), function);
+        crate::lock(&self.functions).insert(hash.clone(), function);
         Ok(hash)
     }
 }

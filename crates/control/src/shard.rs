@@ -238,7 +238,7 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update under this lock completes before release; the policy core asserts its
         // own invariants.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     fn now_ns(&self) -> u64 {

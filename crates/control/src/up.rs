@@ -22,6 +22,7 @@ use turnpike_policy::{ClassId, ClassSet};
 use crate::chain;
 use crate::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
 use crate::gateway::{Gateway, GatewayConfig, Route};
+use crate::lock;
 use crate::metrics;
 use crate::node::{self, NodeConfig};
 use crate::shard::{ShardConfig, ShardService};
@@ -182,10 +183,6 @@ impl Drop for Cluster {
             task.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves a role's `/metrics` on a loopback port chosen by the OS.
