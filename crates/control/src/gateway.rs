@@ -16,6 +16,8 @@
 //!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
 //!   function's response says the class it ran at in [`CLASS_HEADER`] (the header a direct
 //!   invocation asks for its class with).
+//! - `GET /v1/classes` publishes the class catalogue: each class's name and price per
+//!   CPU-second, and the one memory price per GB-second (JSON).
 //! - Answers: unknown route 404; unknown class 400 naming the known ones; a request body over
 //!   the limit 413; a response body over the limit 413 too (it says which); a function that
 //!   failed 502 with the reason; no shard or worker available 503 with the reason.
@@ -70,6 +72,8 @@ pub struct GatewayConfig {
     pub chain_token: Option<chain::ChainToken>,
     /// Deepest call chain served; deeper requests get 508.
     pub max_chain_depth: u32,
+    /// Micro-cents per GB-second of memory used, published at `GET /v1/classes`.
+    pub memory_price: f64,
 }
 
 #[derive(Debug)]
@@ -202,6 +206,9 @@ impl Gateway {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_string();
+        if path == "/v1/classes" && parts.method == Method::GET {
+            return self.catalogue();
+        }
         let (function, class) = if let Some(hash) = path.strip_prefix("/v1/invoke/") {
             let Some(name) = parts.headers.get(CLASS_HEADER) else {
                 return answer(
@@ -334,6 +341,33 @@ impl Gateway {
         Ok(Some((caller, depth)))
     }
 
+    /// `GET /v1/classes`: the published prices, lowest class first.
+    fn catalogue(&self) -> http::Response<Body> {
+        let classes: Vec<serde_json::Value> = self
+            .config
+            .classes
+            .iter()
+            .map(|(id, c)| {
+                serde_json::json!({
+                    "name": c.name,
+                    "priority": id.0,
+                    "price_per_cpu_second": c.price,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({
+            "currency": "micro-cents",
+            "classes": classes,
+            "memory_price_per_gb_second": self.config.memory_price,
+        });
+        let mut response = http::Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+
     fn class_names(&self) -> String {
         self.config
             .classes
@@ -461,6 +495,7 @@ mod tests {
             start_mb: 2,
             chain_token: token,
             max_chain_depth: 8,
+            memory_price: 1.0,
         })
     }
 

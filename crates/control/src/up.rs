@@ -341,6 +341,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         start_mb: 2,
         chain_token: Some(chain_token),
         max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
+        memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
     });
     let rendered = gateway.clone();
     spawn_metrics(

@@ -99,6 +99,20 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
     let (status, _) = http(gw, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert_eq!(status, 400);
 
+    // The published price list.
+    let (status, body) = get(gw, "/v1/classes").await;
+    assert_eq!(status, 200, "{body}");
+    let catalogue: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let names: Vec<&str> = catalogue["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["batch", "standard", "interactive", "critical"]);
+    assert_eq!(catalogue["classes"][3]["price_per_cpu_second"], 2.0);
+    assert_eq!(catalogue["memory_price_per_gb_second"], 1.0);
+
     // Nothing above broke the cluster.
     assert_eq!(get(gw, "/hello").await.0, 200);
 

@@ -145,6 +145,23 @@ impl ClassSet {
     }
 }
 
+/// One memory price for every class, micro-cents per GB-second of memory actually used: the
+/// default published price (`DESIGN.md` fixes only the CPU prices' ratios; this one is chosen so
+/// that 128 MB held for a CPU-second at `standard` costs an eighth of that CPU-second).
+pub const DEFAULT_MEMORY_PRICE: f64 = 1.0;
+
+/// What an invocation costs, micro-cents (`DESIGN.md`, "Billing"): its CPU-seconds at its
+/// class's price plus the memory it actually used, in GB-seconds, at the one memory price.
+pub fn cost(
+    classes: &ClassSet,
+    class: ClassId,
+    cpu_seconds: f64,
+    gb_seconds: f64,
+    memory_price: f64,
+) -> f64 {
+    cpu_seconds * classes.price(class) + gb_seconds * memory_price
+}
+
 impl fmt::Display for ClassSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, c) in self.classes.iter().enumerate() {
@@ -198,5 +215,17 @@ mod tests {
             Err(ClassError::DuplicatePrice { .. })
         ));
         assert_eq!(ClassSet::new(vec![c("", 1.0)]), Err(ClassError::EmptyName));
+    }
+
+    #[test]
+    fn cost_is_cpu_at_the_class_price_plus_memory_at_one_price() {
+        let classes = ClassSet::default_four();
+        let top = classes.top();
+        assert_eq!(cost(&classes, top, 1.5, 0.0, DEFAULT_MEMORY_PRICE), 3.0);
+        assert_eq!(cost(&classes, ClassId(0), 2.0, 0.25, 4.0), 2.0);
+        assert_eq!(
+            cost(&classes, ClassId(1), 0.0, 3.0, DEFAULT_MEMORY_PRICE),
+            3.0
+        );
     }
 }

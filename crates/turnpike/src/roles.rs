@@ -167,6 +167,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             start_mb: 2,
             chain_token,
             max_chain_depth: args.max_chain_depth,
+            memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
         });
         let ((http, http_addr), (metrics_listener, metrics_addr)) =
             match (listen(args.listen).await, listen(args.metrics).await) {
