@@ -89,11 +89,13 @@ async fn run(args: UpArgs) -> ExitCode {
     };
     let url = format!("http://{}", cluster.gateway);
     println!("Turnpike is up: gateway {url}");
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "  {} shards on {}; {} workers on {}; data in {}",
-        cluster.shards.len(),
+        "  {} on {}; {} on {}; data in {}",
+        plural(cluster.shards.len(), "shard", "shards"),
         list(&cluster.shards),
-        cluster.workers.len(),
+        plural(cluster.workers.len(), "worker", "workers"),
         list(&cluster.workers),
         config.data_dir.display()
     );
@@ -107,6 +109,8 @@ async fn run(args: UpArgs) -> ExitCode {
     println!("  curl {url}/hello                      # top class");
     println!("  curl '{url}/work/critical?ms=100'     # 100 ms of CPU, top class");
     println!("  curl '{url}/work/batch?ms=100'        # 100 ms of CPU, bottom class");
+    println!("  curl '{url}/chain?to=/hello'          # a batch function calls hello, which runs at critical");
+    println!("  curl {url}/v1/classes                 # the published prices");
     println!("Ctrl-C stops it.");
     wait_for_signal().await;
     println!("stopping");
