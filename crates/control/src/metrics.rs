@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::net::TcpListener;
-use turnpike_policy::ClassSet;
+use turnpike_policy::{ClassId, ClassSet};
 
 /// Upper bounds of the latency buckets, seconds.
 pub const BUCKETS: [f64; 14] = [
@@ -85,7 +85,7 @@ impl ClassHistograms {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (id, class) in self.classes.iter() {
-            self.by_class[id.index()].render(out, name, &format!("class=\"{}\"", class.name));
+            self.by_class[id.index()].render(out, name, &class_label(&class.name));
         }
     }
 }
@@ -101,6 +101,19 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     }
+}
+
+/// The label of a per-class sample.
+fn class_label(name: &str) -> String {
+    format!("class=\"{name}\"")
+}
+
+/// One sample per class of `classes`, lowest first, valued by `value`.
+pub fn by_class(classes: &ClassSet, value: impl Fn(ClassId) -> f64) -> Vec<(String, f64)> {
+    classes
+        .iter()
+        .map(|(id, class)| (class_label(&class.name), value(id)))
+        .collect()
 }
 
 /// A single unlabelled sample.

@@ -66,16 +66,10 @@ impl NodeService {
         let w = &self.worker;
         let classes = &w.config().classes;
         let stats = w.memory_stats();
-        let by_class = |values: &[u64]| -> Vec<(String, f64)> {
-            classes
-                .iter()
-                .map(|(id, c)| {
-                    (
-                        format!("class=\"{}\"", c.name),
-                        values.get(id.index()).copied().unwrap_or(0) as f64,
-                    )
-                })
-                .collect()
+        let by_class = |values: &[u64]| {
+            metrics::by_class(classes, |id| {
+                values.get(id.index()).copied().unwrap_or(0) as f64
+            })
         };
         let mut out = String::new();
         metrics::family(

@@ -166,16 +166,7 @@ impl ShardService {
         let inner = &self.inner;
         let (queues, idle, live, c) = {
             let state = inner.lock();
-            let queues: Vec<(String, f64)> = inner
-                .classes
-                .iter()
-                .map(|(id, class)| {
-                    (
-                        format!("class=\"{}\"", class.name),
-                        state.shard.queued_of(id) as f64,
-                    )
-                })
-                .collect();
+            let queues = metrics::by_class(&inner.classes, |id| state.shard.queued_of(id) as f64);
             let live = state.workers.iter().filter(|w| w.alive).count();
             (queues, state.shard.idle_list().len(), live, state.counters)
         };
