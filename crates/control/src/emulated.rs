@@ -356,17 +356,16 @@ impl proto::worker_server::Worker for EmulatedWorker {
         request: Request<proto::Invocation>,
     ) -> Result<Response<proto::Outcome>, Status> {
         let inv = request.into_inner();
-        let class = u8::try_from(inv.class)
-            .ok()
-            .map(ClassId)
-            .filter(|c| c.index() < self.inner.config.classes.len());
-        let Some(class) = class else {
-            return Ok(Response::new(wire::failure(
-                proto::FailureKind::BadRequest,
-                format!("unknown class {}", inv.class),
-            )));
-        };
         let config = &self.inner.config;
+        let class = match wire::known_class(inv.class, &config.classes) {
+            Ok(class) => class,
+            Err(status) => {
+                return Ok(Response::new(wire::failure(
+                    proto::FailureKind::BadRequest,
+                    status.message(),
+                )))
+            }
+        };
         let max_mb = config.memory_mb.saturating_add(config.swap_mb);
         let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb, max_mb) {
             Ok(e) => e,

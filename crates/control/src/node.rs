@@ -301,11 +301,7 @@ pub async fn dispatch(
     let mut last_register: Option<Instant> = None;
     let mut period = register_every.mul_f64(rng.random_range(0.0..1.0));
     loop {
-        let due = if ids.iter().all(Option::is_none) {
-            UNREGISTERED_RETRY.min(period)
-        } else {
-            period
-        };
+        let due = registration_due(&ids, period);
         if last_register.is_none_or(|t| t.elapsed() >= due) {
             if last_register.is_some() {
                 period = register_every;
@@ -376,13 +372,19 @@ pub async fn dispatch(
             }
         }
         // Until the next registration is due, or something changed on the machine.
-        let due = if ids.iter().all(Option::is_none) {
-            UNREGISTERED_RETRY.min(period)
-        } else {
-            period
-        };
+        let due = registration_due(&ids, period);
         let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
         node.changed(due.saturating_sub(since)).await;
+    }
+}
+
+/// How long after the last registration the next is due: `period`, or sooner while no shard
+/// has answered (`ids`: the worker's id at each shard, if registered).
+fn registration_due(ids: &[Option<u32>], period: Duration) -> Duration {
+    if ids.iter().all(Option::is_none) {
+        UNREGISTERED_RETRY.min(period)
+    } else {
+        period
     }
 }
 
