@@ -17,7 +17,18 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `--config FILE` as each service command declares it, for `--help`; [`expand`] has taken
+/// it out of the command line before clap parses, so it is never read.
+#[derive(clap::Args, Debug)]
+pub struct ConfigFileArg {
+    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
+    /// `shard = ["...", "..."]`); flags on the command line win over it.
+    #[arg(long = "config", value_name = "FILE")]
+    #[allow(dead_code)]
+    file: Option<PathBuf>,
+}
 
 /// The subcommands that take `--config`.
 const SERVICE_COMMANDS: [&str; 4] = ["up", "worker", "shard", "gateway"];

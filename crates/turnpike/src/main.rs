@@ -37,6 +37,30 @@ enum Command {
     Sim(sim::SimCommand),
 }
 
+/// The scheduling policy of emulated workers (`--policy`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PolicyArg {
+    /// The policy core: per-class queues, idle list, preemptive priority on machines.
+    Turnpike,
+    /// The Hermod baseline: processor sharing, one FIFO queue, no idle list.
+    Hermod,
+}
+
+impl From<PolicyArg> for turnpike_control::emulated::MachinePolicy {
+    fn from(policy: PolicyArg) -> Self {
+        match policy {
+            PolicyArg::Turnpike => Self::Turnpike,
+            PolicyArg::Hermod => Self::Hermod,
+        }
+    }
+}
+
+/// Reports a refusal to start (bad input, a port in use) and exits with status 2.
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
 /// Runs a service command on a multi-threaded async runtime.
 fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
@@ -67,10 +91,7 @@ fn main() -> ExitCode {
     };
     let args = match config_file::expand(std::env::args_os().collect(), flags_of) {
         Ok(args) => args,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     // A flag given twice (in the file and on the command line) takes the last value.
     let mut command = Cli::command();

@@ -2,7 +2,6 @@
 //! (`turnpike worker` is in `worker.rs`; `turnpike up` runs all of them in one process.)
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -16,11 +15,8 @@ use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct ShardArgs {
-    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
-    /// `shard = ["...", "..."]`); flags on the command line win over it.
-    #[arg(long, value_name = "FILE")]
-    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: crate::config_file::ConfigFileArg,
     /// Where the shard serves its RPCs (port 0: chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -37,11 +33,8 @@ pub struct ShardArgs {
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
-    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
-    /// `shard = ["...", "..."]`); flags on the command line win over it.
-    #[arg(long, value_name = "FILE")]
-    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: crate::config_file::ConfigFileArg,
     /// Where the gateway serves HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -75,11 +68,6 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
     Ok((listener, bound))
 }
 
-fn fail(message: String) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
-}
-
 pub fn shard(args: ShardArgs) -> ExitCode {
     crate::block_on(async move {
         let service = ShardService::start(
@@ -93,7 +81,7 @@ pub fn shard(args: ShardArgs) -> ExitCode {
         let ((rpc, rpc_addr), (metrics_listener, metrics_addr)) =
             match (listen(args.listen).await, listen(args.metrics).await) {
                 (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return fail(e),
+                (Err(e), _) | (_, Err(e)) => return crate::fail(e),
             };
         let rendered = service.clone();
         tokio::spawn(metrics::serve(
@@ -111,7 +99,7 @@ pub fn shard(args: ShardArgs) -> ExitCode {
             );
         match server.await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e.to_string()),
+            Err(e) => crate::fail(e),
         }
     })
 }
@@ -151,11 +139,11 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         .collect();
     let routes = match routes {
         Ok(routes) => routes,
-        Err(e) => return fail(e),
+        Err(e) => return crate::fail(e),
     };
     let chain_token = match args.chain_token.map(ChainToken::new).transpose() {
         Ok(token) => token,
-        Err(e) => return fail(e),
+        Err(e) => return crate::fail(e),
     };
     crate::block_on(async move {
         let gateway = Gateway::new(GatewayConfig {
@@ -172,7 +160,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         let ((http, http_addr), (metrics_listener, metrics_addr)) =
             match (listen(args.listen).await, listen(args.metrics).await) {
                 (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return fail(e),
+                (Err(e), _) | (_, Err(e)) => return crate::fail(e),
             };
         let rendered = gateway.clone();
         tokio::spawn(metrics::serve(

@@ -5,17 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use turnpike_control::emulated::{EmulatedConfig, MachinePolicy};
+use turnpike_control::emulated::EmulatedConfig;
 use turnpike_control::up::{self, UpConfig};
 use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
-    /// `shard = ["...", "..."]`); flags on the command line win over it.
-    #[arg(long, value_name = "FILE")]
-    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: crate::config_file::ConfigFileArg,
     /// Where the gateway listens for HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -44,8 +41,8 @@ pub struct UpArgs {
     emulate: Option<usize>,
     /// Scheduling policy of emulated workers and the shards: `turnpike`, or the `hermod`
     /// baseline (processor sharing, one FIFO queue, no idle list).
-    #[arg(long, default_value = "turnpike", requires = "emulate", value_parser = ["turnpike", "hermod"])]
-    policy: String,
+    #[arg(long, value_enum, default_value = "turnpike", requires = "emulate")]
+    policy: crate::PolicyArg,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -73,19 +70,12 @@ async fn run(args: UpArgs) -> ExitCode {
         config.workers = n.max(1);
         let mut emulated = EmulatedConfig::new(ClassSet::default_four());
         emulated.memory_mb = args.worker_memory_mb.unwrap_or(1024);
-        emulated.policy = if args.policy == "hermod" {
-            MachinePolicy::Hermod
-        } else {
-            MachinePolicy::Turnpike
-        };
+        emulated.policy = args.policy.into();
         config.emulated = Some(emulated);
     }
     let cluster = match up::start(&config).await {
         Ok(cluster) => cluster,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::fail(e),
     };
     let url = format!("http://{}", cluster.gateway);
     println!("Turnpike is up: gateway {url}");

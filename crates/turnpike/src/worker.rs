@@ -7,17 +7,14 @@ use std::process::ExitCode;
 
 use clap::Args;
 use turnpike_control::chain::ChainToken;
-use turnpike_control::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
+use turnpike_control::emulated::{EmulatedConfig, EmulatedFleet};
 use turnpike_control::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// A TOML file of settings whose keys are this command's flags (`listen = "..."`,
-    /// `shard = ["...", "..."]`); flags on the command line win over it.
-    #[arg(long, value_name = "FILE")]
-    #[allow(dead_code)] // read before clap parses (config_file.rs); here for --help
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: crate::config_file::ConfigFileArg,
     /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -51,17 +48,14 @@ pub struct WorkerArgs {
     emulate: Option<usize>,
     /// Scheduling policy of emulated workers: `turnpike`, or the `hermod` baseline
     /// (processor sharing).
-    #[arg(long, default_value = "turnpike", requires = "emulate", value_parser = ["turnpike", "hermod"])]
-    policy: String,
+    #[arg(long, value_enum, default_value = "turnpike", requires = "emulate")]
+    policy: crate::PolicyArg,
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
     let chain_token = match args.chain_token.clone().map(ChainToken::new).transpose() {
         Ok(token) => token,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::fail(e),
     };
     if let Some(n) = args.emulate {
         return crate::block_on(emulate(n, args));
@@ -71,10 +65,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         for path in &args.load {
             match std::fs::read(path) {
                 Ok(bytes) => components.push((path.display().to_string(), bytes)),
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", path.display());
-                    return ExitCode::from(2);
-                }
+                Err(e) => return crate::fail(format!("cannot read {}: {e}", path.display())),
             }
         }
         let config = NodeConfig {
@@ -90,10 +81,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         };
         let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return crate::fail(e),
         };
         println!("worker listening on {}", node.address);
         for hash in &node.loaded {
@@ -110,9 +98,7 @@ async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {
     let mut config = EmulatedConfig::new(ClassSet::default_four());
     config.cores = args.cores.max(1);
     config.memory_mb = args.memory_mb;
-    if args.policy == "hermod" {
-        config.policy = MachinePolicy::Hermod;
-    }
+    config.policy = args.policy.into();
     let fleet = match EmulatedFleet::start(
         n.max(1),
         &config,
@@ -122,10 +108,7 @@ async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {
     .await
     {
         Ok(fleet) => fleet,
-        Err(e) => {
-            eprintln!("error: cannot start the emulated workers: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::fail(format!("cannot start the emulated workers: {e}")),
     };
     let first = fleet.workers.first().map(|(a, _)| *a);
     let last = fleet.workers.last().map(|(a, _)| *a);
