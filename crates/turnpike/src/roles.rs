@@ -68,6 +68,23 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
     Ok((listener, bound))
 }
 
+/// Binds a role's own address and its `/metrics` address, and serves `render` on the latter
+/// for as long as the process lives: the role's listener, its address, the metrics address.
+async fn listen_with_metrics(
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    render: metrics::Render,
+) -> Result<(TcpListener, SocketAddr, SocketAddr), String> {
+    let (listener, bound) = listen(addr).await?;
+    let (metrics_listener, metrics_bound) = listen(metrics_addr).await?;
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        render,
+        std::future::pending(),
+    ));
+    Ok((listener, bound, metrics_bound))
+}
+
 pub fn shard(args: ShardArgs) -> ExitCode {
     crate::block_on(async move {
         let service = ShardService::start(
@@ -78,17 +95,13 @@ pub fn shard(args: ShardArgs) -> ExitCode {
                 ..ShardConfig::default()
             },
         );
-        let ((rpc, rpc_addr), (metrics_listener, metrics_addr)) =
-            match (listen(args.listen).await, listen(args.metrics).await) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return crate::fail(e),
-            };
         let rendered = service.clone();
-        tokio::spawn(metrics::serve(
-            metrics_listener,
-            Arc::new(move || rendered.metrics()),
-            std::future::pending(),
-        ));
+        let render = Arc::new(move || rendered.metrics());
+        let (rpc, rpc_addr, metrics_addr) =
+            match listen_with_metrics(args.listen, args.metrics, render).await {
+                Ok(bound) => bound,
+                Err(e) => return crate::fail(e),
+            };
         println!("shard listening on {rpc_addr}");
         println!("metrics: http://{metrics_addr}/metrics");
         let server = tonic::transport::Server::builder()
@@ -157,17 +170,13 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_chain_depth: args.max_chain_depth,
             memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
         });
-        let ((http, http_addr), (metrics_listener, metrics_addr)) =
-            match (listen(args.listen).await, listen(args.metrics).await) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => return crate::fail(e),
-            };
         let rendered = gateway.clone();
-        tokio::spawn(metrics::serve(
-            metrics_listener,
-            Arc::new(move || rendered.metrics()),
-            std::future::pending(),
-        ));
+        let render = Arc::new(move || rendered.metrics());
+        let (http, http_addr, metrics_addr) =
+            match listen_with_metrics(args.listen, args.metrics, render).await {
+                Ok(bound) => bound,
+                Err(e) => return crate::fail(e),
+            };
         println!("gateway listening on http://{http_addr}");
         println!("metrics: http://{metrics_addr}/metrics");
         gateway.serve(http, crate::up::wait_for_signal()).await;
