@@ -85,6 +85,9 @@ pub struct Gateway {
     latency: ClassHistograms,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
     responses: [AtomicU64; 4],
+    /// Each class's name as a [`CLASS_HEADER`] value, made once (class names are ASCII-checked
+    /// here, not per response).
+    class_values: Vec<Option<http::HeaderValue>>,
 }
 
 #[derive(Debug)]
@@ -131,12 +134,18 @@ impl Gateway {
             })
             .collect();
         let latency = ClassHistograms::new(&config.classes);
+        let class_values = config
+            .classes
+            .iter()
+            .map(|(_, c)| http::HeaderValue::from_str(&c.name).ok())
+            .collect();
         Arc::new(Self {
             config,
             shards,
             next_id: AtomicU64::new(1),
             latency,
             responses: Default::default(),
+            class_values,
         })
     }
 
@@ -270,9 +279,8 @@ impl Gateway {
         };
         let mut response = self.invoke(invocation).await;
         self.latency.observe(class.index(), started.elapsed());
-        let ran_at = &self.config.classes.get(class).name;
-        if let Ok(value) = http::HeaderValue::from_str(ran_at) {
-            response.headers_mut().insert(CLASS_HEADER, value);
+        if let Some(value) = &self.class_values[class.index()] {
+            response.headers_mut().insert(CLASS_HEADER, value.clone());
         }
         response
     }
