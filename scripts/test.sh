@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, then every test of the workspace.
 # Installs what a fresh machine lacks (the rustfmt and clippy components, the wasm32-wasip2
-# target for the example guests).
+# target for the example guests), and runs a throwaway PostgreSQL server for the store's
+# tests, which run against both SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +19,9 @@ cargo test --manifest-path examples/functions/Cargo.toml --workspace --locked --
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+
+postgres_dir=$(mktemp -d /tmp/turnpike-postgres.XXXXXX)
+trap 'scripts/postgres.sh stop "$postgres_dir" 2>/dev/null || true; rm -rf "$postgres_dir"' EXIT
+TURNPIKE_POSTGRES_URL=$(scripts/postgres.sh start "$postgres_dir")
+export TURNPIKE_POSTGRES_URL TURNPIKE_REQUIRE_POSTGRES=1
 cargo test --workspace --release

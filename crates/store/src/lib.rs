@@ -1,0 +1,712 @@
+//! Turnpike's durable store: only what must survive a restart - tenants and their API keys,
+//! components (by content hash), apps with their functions, function versions and routes,
+//! budgets, and the usage ledger. Placement state (queues, idle lists) is soft and lives in
+//! the control plane, never here.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver: embedded SQLite
+//! (WAL) by default, `sqlite://PATH`; PostgreSQL for a multi-machine deployment,
+//! `postgres://...`. The queries and the migrations ([`migrations`]) are written in the
+//! subset both understand: `$N` parameters, `BIGINT`/`DOUBLE PRECISION`/`TEXT`/`BYTEA`
+//! columns (SQLite maps them to its own types), no auto-increment (every key is a name, a
+//! hash or a given id), `ON CONFLICT DO NOTHING`, sums cast to `BIGINT` (PostgreSQL sums
+//! `BIGINT`s as `NUMERIC`, which `Any` cannot read).
+//!
+//! Every change that touches more than one row runs in one transaction, so a failed request
+//! leaves nothing half-written.
+
+pub mod calendar;
+mod migrations;
+mod model;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use calendar::Day;
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A name already used (a tenant, an app of another tenant).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request names something the store does not have or the tenant may not use.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store URL `{0}`: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    BadUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection pool to the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Which database is behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The SHA-256 of an API key as the store keeps it (lowercase hex).
+pub fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh API key: `tp_` and 32 random bytes in hex.
+fn new_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("tp_{hex}")
+}
+
+impl Store {
+    /// The embedded store's URL for a data directory (`DIR/turnpike.db`).
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("turnpike.db").display()
+        )
+    }
+
+    /// Connects and brings the schema up to date (every process may do this at once; one
+    /// wins each migration, the others see it done).
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        if backend == Backend::Sqlite {
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .map(|p| p.split('?').next().unwrap_or(p))
+            {
+                if let Some(dir) = Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Invalid(format!("data directory {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never wait for the writer; NORMAL: a commit survives a
+                        // crash of the process (not of the machine's power) without an fsync.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let store = Self { pool, backend };
+        migrations::run(&store.pool).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- Tenants and keys ---
+
+    /// Creates a tenant and its first key (returned: the only time it exists in clear).
+    pub async fn create_tenant(&self, name: &str, admin: bool) -> Result<(Tenant, String)> {
+        check_name("tenant", name)?;
+        let key = new_key();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tenants (name, admin, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(i64::from(admin))
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a tenant named `{name}` exists already"
+            )));
+        }
+        insert_key(&mut tx, name, &key).await?;
+        tx.commit().await?;
+        let tenant = Tenant {
+            name: name.to_string(),
+            admin,
+        };
+        Ok((tenant, key))
+    }
+
+    /// A new key for an existing tenant.
+    pub async fn create_key(&self, tenant: &str) -> Result<String> {
+        let key = new_key();
+        let mut tx = self.pool.begin().await?;
+        insert_key(&mut tx, tenant, &key).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// The tenant a key belongs to.
+    pub async fn tenant_by_key(&self, key: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query(
+            "SELECT t.name, t.admin FROM api_keys k JOIN tenants t ON t.name = k.tenant WHERE k.hash = $1",
+        )
+        .bind(key_hash(key))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| tenant_of(&r)).transpose()?)
+    }
+
+    pub async fn tenant(&self, name: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT name, admin FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| tenant_of(&r)).transpose()?)
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT name, admin FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(tenant_of).collect::<Result<_, _>>()?)
+    }
+
+    /// Whether an admin tenant exists (`turnpike up` creates one on an empty store).
+    pub async fn has_admin(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tenants WHERE admin = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    // --- Components ---
+
+    /// Stores a component's bytes under its content hash and records that `tenant` may use
+    /// it. Returns whether the bytes were new to the store.
+    pub async fn put_component(&self, tenant: &str, hash: &str, bytes: &[u8]) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO components (hash, bytes, size, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(hash)
+        .bind(bytes.to_vec())
+        .bind(bytes.len() as i64)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let owned = sqlx::query(
+            "INSERT INTO component_owners (hash, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(hash)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(new || owned)
+    }
+
+    /// A component's bytes by content hash.
+    pub async fn component(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT bytes FROM components WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<Vec<u8>, _>("bytes")).transpose()?)
+    }
+
+    /// Whether `tenant` uploaded the component `hash`.
+    pub async fn owns_component(&self, tenant: &str, hash: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM component_owners WHERE hash = $1 AND tenant = $2",
+        )
+        .bind(hash)
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    // --- Apps, functions, routes ---
+
+    /// Creates or replaces `tenant`'s app `name` in one transaction: its functions (a new
+    /// version for each whose hash changed) and its routes. Refused, with nothing written:
+    /// an app name another tenant has, a hash the tenant has not uploaded, a route naming a
+    /// function the app does not have, two routes with one method and path.
+    pub async fn deploy_app(&self, tenant: &str, name: &str, spec: &AppSpec) -> Result<App> {
+        check_name("app", name)?;
+        spec.check()?;
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        let owner = sqlx::query("SELECT tenant FROM apps WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<String, _>("tenant"))
+            .transpose()?;
+        match owner {
+            Some(owner) if owner != tenant => {
+                return Err(StoreError::Conflict(format!(
+                    "the app name `{name}` is taken: choose another"
+                )))
+            }
+            Some(_) => {
+                sqlx::query("UPDATE apps SET deployed_at = $1 WHERE name = $2")
+                    .bind(now)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {
+                sqlx::query("INSERT INTO apps (name, tenant, deployed_at) VALUES ($1, $2, $3)")
+                    .bind(name)
+                    .bind(tenant)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let old: Vec<(String, String, i64)> =
+            sqlx::query("SELECT name, hash, deployed_at FROM functions WHERE app = $1")
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("name")?,
+                        r.try_get("hash")?,
+                        r.try_get("deployed_at")?,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+        sqlx::query("DELETE FROM functions WHERE app = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM routes WHERE app = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        for (function, hash) in &spec.functions {
+            let owned = sqlx::query(
+                "SELECT COUNT(*) AS n FROM component_owners WHERE hash = $1 AND tenant = $2",
+            )
+            .bind(hash)
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("n")?;
+            if owned == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "function `{function}`: no component {hash} was uploaded by this tenant (POST /v1/components first)"
+                )));
+            }
+            let unchanged = old.iter().find(|(n, h, _)| n == function && h == hash);
+            let deployed_at = unchanged.map_or(now, |(_, _, at)| *at);
+            sqlx::query(
+                "INSERT INTO functions (app, name, hash, deployed_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(name)
+            .bind(function)
+            .bind(hash)
+            .bind(deployed_at)
+            .execute(&mut *tx)
+            .await?;
+            if unchanged.is_none() {
+                sqlx::query(
+                    "INSERT INTO function_versions (app, name, hash, deployed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(function)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for route in &spec.routes {
+            sqlx::query(
+                "INSERT INTO routes (app, method, path, function, class) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(name)
+            .bind(route.method.clone().unwrap_or_default())
+            .bind(&route.path)
+            .bind(&route.function)
+            .bind(&route.class)
+            .execute(&mut *tx)
+            .await?;
+        }
+        bump_routing_version(&mut tx).await?;
+        tx.commit().await?;
+        self.app(tenant, name)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("app `{name}` vanished after deploy")))
+    }
+
+    /// `tenant`'s app `name`; `None` if it does not exist or is another tenant's.
+    pub async fn app(&self, tenant: &str, name: &str) -> Result<Option<App>> {
+        let row = sqlx::query("SELECT name, tenant FROM apps WHERE name = $1 AND tenant = $2")
+            .bind(name)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(_) => Ok(Some(self.load_app(tenant, name).await?)),
+        }
+    }
+
+    /// Every app of `tenant`, by name.
+    pub async fn apps(&self, tenant: &str) -> Result<Vec<App>> {
+        let names: Vec<String> =
+            sqlx::query("SELECT name FROM apps WHERE tenant = $1 ORDER BY name")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("name"))
+                .collect::<Result<_, _>>()?;
+        let mut apps = Vec::with_capacity(names.len());
+        for name in names {
+            apps.push(self.load_app(tenant, &name).await?);
+        }
+        Ok(apps)
+    }
+
+    /// Every app of every tenant: what a gateway routes by.
+    pub async fn all_apps(&self) -> Result<Vec<App>> {
+        let owners: Vec<(String, String)> =
+            sqlx::query("SELECT name, tenant FROM apps ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("name")?, r.try_get("tenant")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+        let mut apps = Vec::with_capacity(owners.len());
+        for (name, tenant) in owners {
+            apps.push(self.load_app(&tenant, &name).await?);
+        }
+        Ok(apps)
+    }
+
+    /// Deletes `tenant`'s app; whether there was one. Its usage stays in the ledger.
+    pub async fn delete_app(&self, tenant: &str, name: &str) -> Result<bool> {
+        if self.app(tenant, name).await?.is_none() {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await?;
+        for table in ["functions", "routes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE app = $1"))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM apps WHERE name = $1 AND tenant = $2")
+            .bind(name)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            // Deleted by another request in between: nothing of ours to remove.
+            return Ok(false);
+        }
+        bump_routing_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A number that changes whenever any app's routes or functions change: gateways poll
+    /// it to know when to reload their routing table.
+    pub async fn routing_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'routing'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("value"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    async fn load_app(&self, tenant: &str, name: &str) -> Result<App> {
+        let functions = sqlx::query(
+            "SELECT name, hash, deployed_at FROM functions WHERE app = $1 ORDER BY name",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Function {
+                name: r.try_get("name")?,
+                hash: r.try_get("hash")?,
+                deployed_at: r.try_get("deployed_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        let routes = sqlx::query(
+            "SELECT method, path, function, class FROM routes WHERE app = $1 ORDER BY path, method",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let method: String = r.try_get("method")?;
+            Ok(RouteSpec {
+                method: (!method.is_empty()).then_some(method),
+                path: r.try_get("path")?,
+                function: r.try_get("function")?,
+                class: r.try_get("class")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        Ok(App {
+            name: name.to_string(),
+            tenant: tenant.to_string(),
+            functions,
+            routes,
+        })
+    }
+
+    /// Every version a function of `tenant`'s app has had, oldest first: `(hash, deployed
+    /// at)`.
+    pub async fn function_versions(
+        &self,
+        tenant: &str,
+        app: &str,
+        function: &str,
+    ) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT v.hash, v.deployed_at FROM function_versions v JOIN apps a ON a.name = v.app \
+             WHERE v.app = $1 AND v.name = $2 AND a.tenant = $3 ORDER BY v.deployed_at, v.hash",
+        )
+        .bind(app)
+        .bind(function)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("hash")?, r.try_get("deployed_at")?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    // --- Budgets ---
+
+    pub async fn budget(&self, tenant: &str) -> Result<Option<Budget>> {
+        let row = sqlx::query(
+            "SELECT budget_monthly, budget_over, budget_headroom FROM tenants WHERE name = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let monthly: Option<f64> = row.try_get("budget_monthly")?;
+        let over: String = row.try_get("budget_over")?;
+        Ok(monthly.map(|monthly| Budget {
+            monthly,
+            over: OverBudget::parse(&over).unwrap_or(OverBudget::Throttle),
+            headroom: row.try_get("budget_headroom").unwrap_or(DEFAULT_HEADROOM),
+        }))
+    }
+
+    /// Sets (or with `None` removes) `tenant`'s monthly budget.
+    pub async fn set_budget(&self, tenant: &str, budget: Option<&Budget>) -> Result<()> {
+        if let Some(b) = budget {
+            b.check()?;
+        }
+        sqlx::query(
+            "UPDATE tenants SET budget_monthly = $1, budget_over = $2, budget_headroom = $3 WHERE name = $4",
+        )
+        .bind(budget.map(|b| b.monthly))
+        .bind(budget.map_or(OverBudget::Throttle, |b| b.over).as_str())
+        .bind(budget.map_or(DEFAULT_HEADROOM, |b| b.headroom))
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // --- The usage ledger ---
+
+    /// Records invocations in one transaction. Idempotent by invocation id: an entry whose
+    /// id is in the ledger already is skipped, so a retried write never counts twice.
+    /// Returns how many were new.
+    pub async fn record(&self, entries: &[UsageEntry]) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for e in entries {
+            new += sqlx::query(
+                "INSERT INTO ledger (invocation, tenant, app, function, class, day, at, status, cpu_ns, gb_seconds, cost) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+            )
+            .bind(e.invocation)
+            .bind(&e.tenant)
+            .bind(&e.app)
+            .bind(&e.function)
+            .bind(&e.class)
+            .bind(Day::of_unix(e.at).to_string())
+            .bind(e.at)
+            .bind(i64::from(e.status))
+            .bind(e.cpu_ns)
+            .bind(e.gb_seconds)
+            .bind(e.cost)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// `tenant`'s usage from `from` to `to` (both included), summed by the columns `by`, in
+    /// their order.
+    pub async fn usage(
+        &self,
+        tenant: &str,
+        by: &[UsageKey],
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<UsageRow>> {
+        let columns: Vec<&str> = by.iter().map(|k| k.column()).collect();
+        let group = if columns.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", columns.join(", "))
+        };
+        let grouping = if columns.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY {0} ORDER BY {0}", columns.join(", "))
+        };
+        let sql = format!(
+            "SELECT COUNT(*) AS invocations, CAST(COALESCE(SUM(cpu_ns), 0) AS BIGINT) AS cpu_ns, \
+             COALESCE(SUM(gb_seconds), 0.0) AS gb_seconds, COALESCE(SUM(cost), 0.0) AS cost{group} \
+             FROM ledger WHERE tenant = $1 AND day >= $2 AND day <= $3{grouping}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(from.to_string())
+            .bind(to.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let keys = by
+                    .iter()
+                    .map(|k| Ok((*k, r.try_get::<String, _>(k.column())?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                Ok(UsageRow {
+                    keys,
+                    totals: totals_of(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// What `tenant` has spent from the first instant of `from` on (micro-cents).
+    pub async fn spent_since(&self, tenant: &str, from: Day) -> Result<f64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost), 0.0) AS cost FROM ledger WHERE tenant = $1 AND day >= $2",
+        )
+        .bind(tenant)
+        .bind(from.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("cost")?)
+    }
+
+    /// Entries in the ledger, all tenants.
+    pub async fn ledger_len(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM ledger")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+}
+
+fn tenant_of(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
+    Ok(Tenant {
+        name: row.try_get("name")?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
+    })
+}
+
+fn totals_of(row: &AnyRow) -> Result<UsageTotals, StoreError> {
+    Ok(UsageTotals {
+        invocations: row.try_get::<i64, _>("invocations")? as u64,
+        cpu_seconds: row.try_get::<i64, _>("cpu_ns")? as f64 / 1e9,
+        gb_seconds: row.try_get("gb_seconds")?,
+        cost: row.try_get("cost")?,
+    })
+}
+
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    key: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO api_keys (hash, tenant, created_at) VALUES ($1, $2, $3)")
+        .bind(key_hash(key))
+        .bind(tenant)
+        .bind(unix_now())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn bump_routing_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'routing'")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

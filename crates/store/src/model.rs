@@ -1,0 +1,256 @@
+//! What the store keeps, as the API shows it (serde names are the JSON field names of
+//! `docs/api.md`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// A developer account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub name: String,
+    /// May create tenants and invoke any component.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+/// An app as deployed: `PUT /v1/apps/{name}`'s body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Function name to component content hash.
+    #[serde(default)]
+    pub functions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A route of an app: requests to `path` (a prefix on whole segments) with `method` (any if
+/// `None`) run `function` at `class`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    pub function: String,
+    pub class: String,
+}
+
+/// A deployed app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct App {
+    pub name: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub functions: Vec<Function>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A function of an app at its current version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Function {
+    pub name: String,
+    pub hash: String,
+    /// Unix seconds when this version went live.
+    pub deployed_at: i64,
+}
+
+impl App {
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+}
+
+/// Tenant and app names: DNS labels, so an app's name can be its host name's first label.
+pub fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "bad {what} name `{name}`: use 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
+        )))
+    }
+}
+
+impl AppSpec {
+    /// What the store can check alone (classes are the gateway's to check).
+    pub fn check(&self) -> Result<(), StoreError> {
+        for name in self.functions.keys() {
+            if name.is_empty() || name.contains('/') {
+                return Err(StoreError::Invalid(format!(
+                    "bad function name `{name}`: not empty, no `/`"
+                )));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.path.starts_with('/') {
+                return Err(StoreError::Invalid(format!(
+                    "route {i}: path `{}` must start with `/`",
+                    route.path
+                )));
+            }
+            if !self.functions.contains_key(&route.function) {
+                return Err(StoreError::Invalid(format!(
+                    "route {i} ({}): the app has no function `{}`",
+                    route.path, route.function
+                )));
+            }
+            if let Some(method) = &route.method {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(StoreError::Invalid(format!(
+                        "route {i} ({}): bad method `{method}` (GET, POST, ...)",
+                        route.path
+                    )));
+                }
+            }
+            let key = |r: &RouteSpec| (r.method.clone(), r.path.trim_end_matches('/').to_string());
+            if let Some(j) = self.routes[..i].iter().position(|r| key(r) == key(route)) {
+                return Err(StoreError::Conflict(format!(
+                    "routes {j} and {i} both claim {} {}",
+                    route.method.as_deref().unwrap_or("every method on"),
+                    route.path
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tenant's default headroom: 5% of the monthly budget.
+pub const DEFAULT_HEADROOM: f64 = 0.05;
+
+/// A tenant's monthly budget and what happens to new invocations over it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Micro-cents per calendar month (UTC).
+    pub monthly: f64,
+    pub over: OverBudget,
+    /// How far spend may run ahead of the pro-rata budget, as a fraction of `monthly`.
+    #[serde(default = "default_headroom")]
+    pub headroom: f64,
+}
+
+fn default_headroom() -> f64 {
+    DEFAULT_HEADROOM
+}
+
+impl Budget {
+    pub fn check(&self) -> Result<(), StoreError> {
+        if !(self.monthly.is_finite() && self.monthly >= 0.0) {
+            return Err(StoreError::Invalid(format!(
+                "budget `monthly` must be a number >= 0, not {}",
+                self.monthly
+            )));
+        }
+        if !(self.headroom.is_finite() && self.headroom >= 0.0) {
+            return Err(StoreError::Invalid(format!(
+                "budget `headroom` must be a number >= 0, not {}",
+                self.headroom
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverBudget {
+    /// 429 with `Retry-After`.
+    Throttle,
+    /// Run at the cheapest class.
+    Lower,
+}
+
+impl OverBudget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttle => "throttle",
+            Self::Lower => "lower",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "throttle" => Some(Self::Throttle),
+            "lower" => Some(Self::Lower),
+            _ => None,
+        }
+    }
+}
+
+/// One invocation in the ledger.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageEntry {
+    /// Unique per invocation, the same on its retries.
+    pub invocation: i64,
+    /// Who pays.
+    pub tenant: String,
+    pub app: String,
+    pub function: String,
+    /// The class it ran at (its price).
+    pub class: String,
+    /// Unix seconds when it ended.
+    pub at: i64,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Time on a core.
+    pub cpu_ns: i64,
+    /// Memory actually used, integrated over the run.
+    pub gb_seconds: f64,
+    /// Micro-cents.
+    pub cost: f64,
+}
+
+/// A column usage can be summed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UsageKey {
+    App,
+    Function,
+    Class,
+    Day,
+}
+
+impl UsageKey {
+    pub const ALL: [UsageKey; 4] = [Self::App, Self::Function, Self::Class, Self::Day];
+
+    /// The ledger's column (and the API's name for it).
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Function => "function",
+            Self::Class => "class",
+            Self::Day => "day",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.column() == text)
+    }
+}
+
+/// Usage summed over some ledger entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct UsageTotals {
+    pub invocations: u64,
+    pub cpu_seconds: f64,
+    pub gb_seconds: f64,
+    pub cost: f64,
+}
+
+/// Usage summed by some keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRow {
+    pub keys: Vec<(UsageKey, String)>,
+    pub totals: UsageTotals,
+}

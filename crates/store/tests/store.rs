@@ -1,0 +1,344 @@
+//! The store against both databases: every test runs on a fresh embedded SQLite file and on a
+//! fresh database of a real PostgreSQL server named by `TURNPIKE_POSTGRES_URL` (a server's
+//! admin URL; `scripts/test.sh` starts one with `scripts/postgres.sh`). Without the variable
+//! the PostgreSQL half is skipped with a note, unless `TURNPIKE_REQUIRE_POSTGRES=1` (CI), when
+//! it fails.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use sqlx::Connection;
+use turnpike_store::{
+    AppSpec, Budget, Day, OverBudget, RouteSpec, Store, StoreError, UsageEntry, UsageKey,
+};
+
+/// Runs `test` on SQLite and on PostgreSQL, each with a store of its own.
+async fn on_both<F, Fut>(name: &str, test: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let sqlite = Store::open(&Store::sqlite_url(dir.path()))
+        .await
+        .expect("open SQLite");
+    test(sqlite).await;
+    match std::env::var("TURNPIKE_POSTGRES_URL") {
+        Ok(url) => {
+            let store = fresh_postgres(&url, name).await;
+            test(store).await;
+        }
+        Err(_) if std::env::var("TURNPIKE_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("TURNPIKE_POSTGRES_URL is not set (scripts/postgres.sh start DIR prints one)")
+        }
+        Err(_) => eprintln!("{name}: PostgreSQL half skipped (set TURNPIKE_POSTGRES_URL)"),
+    }
+}
+
+/// A new, empty database on the server at `admin_url`, opened as a store.
+async fn fresh_postgres(admin_url: &str, name: &str) -> Store {
+    let db = format!("turnpike_{name}_{}", std::process::id());
+    let mut admin = sqlx::postgres::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to TURNPIKE_POSTGRES_URL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test database");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("TURNPIKE_POSTGRES_URL ends in /DATABASE");
+    Store::open(&format!("{base}/{db}"))
+        .await
+        .expect("open PostgreSQL")
+}
+
+fn spec(functions: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> AppSpec {
+    AppSpec {
+        functions: functions
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        routes: routes
+            .iter()
+            .map(|(path, function, class)| RouteSpec {
+                path: path.to_string(),
+                method: None,
+                function: function.to_string(),
+                class: class.to_string(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_keys() {
+    on_both("tenants", |store| async move {
+        let (acme, key) = store.create_tenant("acme", false).await.unwrap();
+        assert!(key.starts_with("tp_") && key.len() == 67, "{key}");
+        assert_eq!(store.tenant_by_key(&key).await.unwrap(), Some(acme.clone()));
+        // Only the hash is kept: the hash is not a key, and a wrong key finds nobody.
+        let hash = turnpike_store::key_hash(&key);
+        assert_eq!(store.tenant_by_key(&hash).await.unwrap(), None);
+        assert_eq!(store.tenant_by_key("tp_wrong").await.unwrap(), None);
+        let second = store.create_key("acme").await.unwrap();
+        assert_ne!(second, key);
+        assert_eq!(store.tenant_by_key(&second).await.unwrap(), Some(acme));
+        // A taken name and a bad name are refused and write nothing.
+        assert!(matches!(
+            store.create_tenant("acme", true).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(!store.has_admin().await.unwrap());
+        assert!(matches!(
+            store.create_tenant("Bad Name", false).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.tenants().await.unwrap().len(), 1);
+        store.create_tenant("root", true).await.unwrap();
+        assert!(store.has_admin().await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn apps_deploy_atomically_and_stay_with_their_tenant() {
+    on_both("apps", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store.create_tenant("evil", false).await.unwrap();
+        let wasm_a = b"\0asm component a".to_vec();
+        assert!(store.put_component("acme", "aaaa", &wasm_a).await.unwrap());
+        assert!(!store.put_component("acme", "aaaa", &wasm_a).await.unwrap());
+        store.put_component("acme", "bbbb", b"b").await.unwrap();
+        assert_eq!(store.component("aaaa").await.unwrap(), Some(wasm_a));
+        assert_eq!(store.component("cccc").await.unwrap(), None);
+        let v0 = store.routing_version().await.unwrap();
+
+        let app = store
+            .deploy_app(
+                "acme",
+                "shop",
+                &spec(&[("home", "aaaa")], &[("/", "home", "critical")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(app.function("home").unwrap().hash, "aaaa");
+        assert_eq!(app.routes.len(), 1);
+        assert!(store.routing_version().await.unwrap() > v0);
+
+        // Another tenant: cannot see it, cannot take the name, cannot use acme's component.
+        assert_eq!(store.app("evil", "shop").await.unwrap(), None);
+        assert!(store.apps("evil").await.unwrap().is_empty());
+        assert!(matches!(
+            store.deploy_app("evil", "shop", &spec(&[], &[])).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store
+                .deploy_app("evil", "mine", &spec(&[("f", "aaaa")], &[]))
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(!store.delete_app("evil", "shop").await.unwrap());
+        assert!(!store.owns_component("evil", "aaaa").await.unwrap());
+
+        // A bad redeploy (an unknown hash after a good function) changes nothing.
+        let bad = spec(
+            &[("home", "bbbb"), ("zzz", "ffff")],
+            &[("/", "home", "critical")],
+        );
+        let refused = store.deploy_app("acme", "shop", &bad).await;
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.app("acme", "shop").await.unwrap(), Some(app.clone()));
+        // Two routes on one path, a route to a missing function: refused.
+        let twice = spec(
+            &[("home", "aaaa")],
+            &[("/a", "home", "batch"), ("/a/", "home", "critical")],
+        );
+        assert!(matches!(
+            store.deploy_app("acme", "shop", &twice).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let dangling = spec(&[("home", "aaaa")], &[("/a", "nope", "batch")]);
+        assert!(matches!(
+            store.deploy_app("acme", "shop", &dangling).await,
+            Err(StoreError::Invalid(_))
+        ));
+
+        // A good redeploy switches the version and keeps the history.
+        let v1 = store.routing_version().await.unwrap();
+        let app2 = store
+            .deploy_app(
+                "acme",
+                "shop",
+                &spec(&[("home", "bbbb")], &[("/", "home", "standard")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(app2.function("home").unwrap().hash, "bbbb");
+        assert_eq!(app2.routes[0].class, "standard");
+        assert!(store.routing_version().await.unwrap() > v1);
+        let versions = store
+            .function_versions("acme", "shop", "home")
+            .await
+            .unwrap();
+        let hashes: Vec<&str> = versions.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(hashes, ["aaaa", "bbbb"]);
+        assert_eq!(store.all_apps().await.unwrap(), vec![app2]);
+
+        assert!(store.delete_app("acme", "shop").await.unwrap());
+        assert_eq!(store.app("acme", "shop").await.unwrap(), None);
+        // The name is free again, for anyone.
+        store.put_component("evil", "bbbb", b"b").await.unwrap();
+        store
+            .deploy_app("evil", "shop", &spec(&[("x", "bbbb")], &[]))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+fn entry(invocation: i64, function: &str, class: &str, at: i64, cost: f64) -> UsageEntry {
+    UsageEntry {
+        invocation,
+        tenant: "acme".into(),
+        app: "shop".into(),
+        function: function.into(),
+        class: class.into(),
+        at,
+        status: 200,
+        cpu_ns: 1_500_000_000,
+        gb_seconds: 0.25,
+        cost,
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_counts_each_invocation_once() {
+    on_both("ledger", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        let nov_2 = Day::parse("2026-11-02").unwrap().start_unix() + 60;
+        let nov_3 = nov_2 + 86_400;
+        let oct_31 = Day::parse("2026-10-31").unwrap().start_unix();
+        let entries = vec![
+            entry(1, "home", "critical", nov_2, 3.0),
+            entry(2, "home", "batch", nov_2, 1.0),
+            entry(3, "cart", "critical", nov_3, 3.0),
+            entry(-4, "cart", "critical", oct_31, 7.0),
+        ];
+        assert_eq!(store.record(&entries).await.unwrap(), 4);
+        // A retried write (the same ids) adds nothing; a batch with one new id adds one.
+        assert_eq!(store.record(&entries).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .record(&[entries[0].clone(), entry(5, "home", "batch", nov_3, 1.0)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.ledger_len().await.unwrap(), 5);
+
+        let nov = Day::parse("2026-11-01").unwrap();
+        let end = Day::parse("2026-11-30").unwrap();
+        let by_function = store
+            .usage("acme", &[UsageKey::Function], nov, end)
+            .await
+            .unwrap();
+        let summary: Vec<(String, u64, f64)> = by_function
+            .iter()
+            .map(|r| (r.keys[0].1.clone(), r.totals.invocations, r.totals.cost))
+            .collect();
+        assert_eq!(
+            summary,
+            [("cart".into(), 1, 3.0), ("home".into(), 3, 5.0)],
+            "{by_function:?}"
+        );
+        assert_eq!(by_function[1].totals.cpu_seconds, 4.5);
+        assert_eq!(by_function[1].totals.gb_seconds, 0.75);
+        let by_class_day = store
+            .usage("acme", &[UsageKey::Class, UsageKey::Day], nov, end)
+            .await
+            .unwrap();
+        let keys: Vec<Vec<String>> = by_class_day
+            .iter()
+            .map(|r| r.keys.iter().map(|(_, v)| v.clone()).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ["batch", "2026-11-02"],
+                ["batch", "2026-11-03"],
+                ["critical", "2026-11-02"],
+                ["critical", "2026-11-03"]
+            ]
+        );
+        let total = store.usage("acme", &[], nov, end).await.unwrap();
+        assert_eq!(total[0].totals.invocations, 4);
+        let everything = store
+            .usage("acme", &[], Day::parse("2026-10-01").unwrap(), end)
+            .await
+            .unwrap();
+        assert_eq!(everything[0].totals.invocations, 5);
+        assert_eq!(store.spent_since("acme", nov).await.unwrap(), 8.0);
+        assert_eq!(store.spent_since("evil", nov).await.unwrap(), 0.0);
+        assert!(store
+            .usage("evil", &[UsageKey::Function], nov, end)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn budgets() {
+    on_both("budgets", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        assert_eq!(store.budget("acme").await.unwrap(), None);
+        let budget = Budget {
+            monthly: 1000.0,
+            over: OverBudget::Lower,
+            headroom: 0.1,
+        };
+        store.set_budget("acme", Some(&budget)).await.unwrap();
+        assert_eq!(store.budget("acme").await.unwrap(), Some(budget));
+        let bad = Budget {
+            monthly: -1.0,
+            ..budget
+        };
+        assert!(matches!(
+            store.set_budget("acme", Some(&bad)).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.budget("acme").await.unwrap(), Some(budget));
+        store.set_budget("acme", None).await.unwrap();
+        assert_eq!(store.budget("acme").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn data_survives_reopening_and_concurrent_opens_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::sqlite_url(dir.path());
+    // Two processes starting at once: both open (and migrate) the same file.
+    let (a, b) = tokio::join!(Store::open(&url), Store::open(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (_, key) = a.create_tenant("acme", false).await.unwrap();
+    assert!(b.tenant_by_key(&key).await.unwrap().is_some());
+    a.close().await;
+    b.close().await;
+    let reopened = Store::open(&url).await.unwrap();
+    assert!(reopened.tenant_by_key(&key).await.unwrap().is_some());
+    assert!(matches!(
+        Store::open("mysql://nope").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}
