@@ -169,12 +169,12 @@ async fn wasmtime_serve(functions: &std::path::Path) -> Option<(std::process::Ch
     }
 }
 
-async fn priority_figures(gateway: SocketAddr, cores: usize, spin_hash: String) {
+async fn priority_figures(gateway: SocketAddr, key: &str, cores: usize, spin_hash: String) {
     const SPIN_MS: u64 = 10;
     // 2x capacity: each core serves 1000/SPIN_MS spins per second.
     let rate = 2.0 * cores as f64 * 1000.0 / SPIN_MS as f64;
     let url = format!("http://{gateway}/v1/invoke/{spin_hash}?ms={SPIN_MS}");
-    let by_class = poisson_by_class(&url, rate, Duration::from_secs(3)).await;
+    let by_class = poisson_by_class(&url, key, rate, Duration::from_secs(3)).await;
     println!(
         "priority at 2x CPU capacity ({rate:.0} spins/s of {SPIN_MS} ms for 3 s, classes uniform):"
     );
@@ -203,7 +203,13 @@ fn main() {
             .map(|(_, hash)| hash.clone())
             .expect("the demo app has spin");
         let cores = config.workers * config.cores_per_worker as usize;
-        priority_figures(cluster.gateway, cores, spin).await;
+        priority_figures(
+            cluster.gateway,
+            cluster.admin_key.as_deref().expect("a fresh store"),
+            cores,
+            spin,
+        )
+        .await;
         cluster.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     });

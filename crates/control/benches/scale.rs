@@ -46,7 +46,10 @@ async fn emulated_cluster(
     cores: u32,
     policy: MachinePolicy,
 ) -> Cluster {
-    let dir = std::env::temp_dir().join(format!("turnpike-bench-scale-{}", std::process::id()));
+    // A fresh data directory (and store) per cluster: each start makes its own admin key.
+    static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("turnpike-bench-scale-{}-{n}", std::process::id()));
     let mut config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
     config.shards = shards;
     config.workers = workers;
@@ -194,7 +197,13 @@ async fn priority_run(
     let cluster = emulated_cluster(4, workers, cores, policy).await;
     let rate = 2.0 * (workers * cores as usize) as f64 * 1000.0 / run_ms as f64;
     let url = format!("http://{}/v1/invoke/emulated?ms={run_ms}", cluster.gateway);
-    let by_class = poisson_by_class(&url, rate, RUN).await;
+    let by_class = poisson_by_class(
+        &url,
+        cluster.admin_key.as_deref().expect("a fresh store"),
+        rate,
+        RUN,
+    )
+    .await;
     cluster.stop().await;
     println!(
         "{policy:?}: {rate:.0} invocations/s of {run_ms} ms on {workers} emulated workers x {cores} cores (2x capacity) for {RUN:?}, classes uniform:"

@@ -1,10 +1,13 @@
-//! The gateway: HTTP/1.1 and HTTP/2 in, each request mapped to a function and a price class
-//! and sent to a shard, the function's response out.
+//! The gateway: HTTP/1.1 and HTTP/2 in, each request mapped to a function, a price class and
+//! a paying tenant and sent to a shard, the function's response out.
 //!
-//! - Routes map a path prefix (and optionally a method) to a function and a class; the longest
-//!   matching prefix wins, and a prefix matches whole path segments (`/work` matches
-//!   `/work/batch`, not `/workshop`). `POST|GET /v1/invoke/<function hash>` invokes a loaded
-//!   function directly, its class named by the `x-turnpike-class` header.
+//! - Routing ([`crate::routing`]): apps' routes by host name (`APP.<domain>`), the
+//!   operator's routes for every other host; a path prefix matches whole segments and the
+//!   longest wins. The developer API under `/v1/` ([`crate::api`]) deploys apps and invokes
+//!   functions directly (`x-turnpike-class` names the class).
+//! - Billing ([`crate::billing`]): before an invocation, the paying tenant's budget (429 or
+//!   the cheapest class when over it); after, its cost in the usage ledger, committed before
+//!   the response goes out.
 //! - Choosing a shard: every shard holds the same kind of per-class queues and places over
 //!   all workers, so any shard may take any invocation. The gateway takes the one with fewer
 //!   invocations in flight from two chosen at random (power of two choices), which spreads
@@ -14,54 +17,67 @@
 //! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
 //!   depth in headers vouched for by the cluster's chain token: the callee runs at
 //!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
-//!   function's response says the class it ran at in [`CLASS_HEADER`] (the header a direct
-//!   invocation asks for its class with).
-//! - `GET /v1/classes` publishes the class catalogue: each class's name and price per
-//!   CPU-second, and the one memory price per GB-second (JSON).
-//! - Answers: unknown route 404; unknown class 400 naming the known ones; a request body over
-//!   the limit 413; a response body over the limit 413 too (it says which); a function that
-//!   failed 502 with the reason; no shard or worker available 503 with the reason.
+//!   function's response says the class it ran at in [`CLASS_HEADER`].
+//! - Answers: unknown route or app 404; unknown class 400 naming the known ones; a request
+//!   body over the limit 413; a response body over the limit 413 too (it says which); a
+//!   function that failed 502 with the reason; no shard or worker available 503 with the
+//!   reason; over a throttling budget 429 with `Retry-After`.
+//! - Stopping: the listener closes and open connections finish their requests (at most
+//!   [`DRAIN_FOR`]), so every accepted request is answered and billed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use turnpike_policy::{ClassId, ClassSet};
+use turnpike_store::{Store, Tenant, UsageEntry};
+use turnpike_worker::{Runtime, RuntimeConfig};
 
+use crate::billing::{Admission, Billing, Clock};
 use crate::chain;
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
+use crate::routing::{Lookup, RoutingTable, Target};
 use crate::wire;
+
+pub use crate::routing::Route;
 
 /// A shard that failed at the transport level is skipped for this long.
 pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
 /// The header naming the class of a direct invocation.
 pub const CLASS_HEADER: &str = "x-turnpike-class";
-
-/// A route: requests whose path starts with `prefix` (whole segments) run `function` at
-/// `class`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub method: Option<Method>,
-    pub prefix: String,
-    /// The function's content hash.
-    pub function: String,
-    pub class: ClassId,
-}
+/// How often the gateway asks the store whether any app changed (another gateway deployed).
+pub const ROUTING_POLL: Duration = Duration::from_secs(1);
+/// How long open connections get to finish their requests when the gateway stops.
+pub const DRAIN_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub classes: ClassSet,
+    /// The operator's routes (see [`crate::routing`]): every host that names no app.
     pub routes: Vec<Route>,
+    /// Tenants, keys, apps, budgets and the ledger.
+    pub store: Store,
+    /// Apps answer at `APP.<domain>`.
+    pub domain: String,
+    /// Where compiled components are cached (the workers of `turnpike up` share it, so a
+    /// component compiled at deploy is not compiled again on first use).
+    pub compile_cache: PathBuf,
+    /// Largest component upload, bytes.
+    pub max_component_bytes: usize,
+    /// The budget rule's clock.
+    pub clock: Arc<dyn Clock>,
     pub shards: Vec<SocketAddr>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -78,9 +94,17 @@ pub struct GatewayConfig {
 
 #[derive(Debug)]
 pub struct Gateway {
-    config: GatewayConfig,
+    pub(crate) config: GatewayConfig,
     shards: Vec<ShardHandle>,
+    /// Invocation ids: from a random start, so that ids from gateways (and restarts) do
+    /// not meet in the ledger.
     next_id: AtomicU64,
+    pub(crate) billing: Billing,
+    routing: RwLock<Arc<RoutingTable>>,
+    /// Checks and precompiles uploaded components.
+    pub(crate) compiler: Arc<Runtime>,
+    /// Tenants by key hash, once looked up (keys are never revoked today).
+    keys: Mutex<HashMap<String, Tenant>>,
     /// Request to response, by class (routed and direct invocations).
     latency: ClassHistograms,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
@@ -108,9 +132,9 @@ impl ShardHandle {
     }
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
-fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
+pub(crate) fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
     let mut text = text.into();
     text.push('\n');
     let mut response = http::Response::new(Full::new(Bytes::from(text)));
@@ -123,7 +147,17 @@ fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig) -> Arc<Self> {
+    /// A gateway with its routing table read from the store. Starts the ledger writer on the
+    /// current runtime.
+    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let compiler = Runtime::new(RuntimeConfig::new(config.compile_cache.clone()))
+            .map_err(|e| format!("component compiler: {e}"))?;
+        let billing = Billing::new(
+            config.store.clone(),
+            config.classes.clone(),
+            config.memory_price,
+            config.clock.clone(),
+        );
         let shards = config
             .shards
             .iter()
@@ -139,14 +173,84 @@ impl Gateway {
             .iter()
             .map(|(_, c)| http::HeaderValue::from_str(&c.name).ok())
             .collect();
-        Arc::new(Self {
+        let gateway = Arc::new(Self {
             config,
             shards,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(rand::random()),
+            billing,
+            routing: RwLock::new(Arc::new(RoutingTable::default())),
+            compiler: Arc::new(compiler),
+            keys: Mutex::new(HashMap::new()),
             latency,
             responses: Default::default(),
             class_values,
-        })
+        });
+        gateway.reload_routing().await?;
+        Ok(gateway)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.config.store
+    }
+
+    /// The routing table now.
+    fn routing(&self) -> Arc<RoutingTable> {
+        self.routing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rebuilds the routing table from the store (after a deploy, or when another gateway
+    /// changed it).
+    pub(crate) async fn reload_routing(&self) -> Result<(), String> {
+        let store = &self.config.store;
+        let version = store.routing_version().await.map_err(|e| e.to_string())?;
+        let apps = store.all_apps().await.map_err(|e| e.to_string())?;
+        let table = RoutingTable::new(
+            version,
+            &apps,
+            &self.config.classes,
+            self.config.routes.clone(),
+        );
+        *self
+            .routing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+        Ok(())
+    }
+
+    /// Reloads the routing table whenever the store's routing version moves.
+    async fn follow_store(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(ROUTING_POLL).await;
+            let Ok(version) = self.config.store.routing_version().await else {
+                continue;
+            };
+            if version != self.routing().version {
+                if let Err(e) = self.reload_routing().await {
+                    eprintln!("gateway: reloading routes: {e}");
+                }
+            }
+        }
+    }
+
+    /// The tenant a request's `Authorization: Bearer KEY` names.
+    pub(crate) async fn tenant_of(&self, key: &str) -> Result<Option<Tenant>, String> {
+        let hash = turnpike_store::key_hash(key);
+        if let Some(tenant) = crate::lock(&self.keys).get(&hash) {
+            return Ok(Some(tenant.clone()));
+        }
+        let tenant = self
+            .config
+            .store
+            .tenant_by_key(key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &tenant {
+            crate::lock(&self.keys).insert(hash, t.clone());
+        }
+        Ok(tenant)
     }
 
     /// The gateway's metrics in Prometheus text format.
@@ -182,6 +286,20 @@ impl Gateway {
             "Invocations in flight, by shard.",
             &in_flight,
         );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_ledger_rows_total",
+            "counter",
+            "Invocations written to the usage ledger.",
+            &metrics::single(self.billing.recorded() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_ledger_failures_total",
+            "counter",
+            "Invocations the ledger could not record (the store failed).",
+            &metrics::single(self.billing.failures() as f64),
+        );
         self.latency.render(
             &mut out,
             "turnpike_gateway_request_seconds",
@@ -196,11 +314,13 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        let follower = tokio::spawn(self.clone().follow_store());
         let handler = move |request| {
             let gateway = self.clone();
             async move { gateway.handle(request).await }
         };
         crate::http_server::serve(listener, handler, shutdown).await;
+        follower.abort();
     }
 
     /// Answers one HTTP request.
@@ -212,42 +332,73 @@ impl Gateway {
     }
 
     async fn answer(&self, request: http::Request<Incoming>) -> http::Response<Body> {
-        let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let path = parts.uri.path().to_string();
-        if path == "/v1/classes" && parts.method == Method::GET {
-            return self.catalogue();
+        let path = parts.uri.path();
+        if path == "/v1" || path.starts_with("/v1/") {
+            return crate::api::handle(self, parts, body).await;
         }
-        let (function, class) = if let Some(hash) = path.strip_prefix("/v1/invoke/") {
-            let Some(name) = parts.headers.get(CLASS_HEADER) else {
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let table = self.routing();
+        let target = match table.lookup(&self.config.domain, host, &parts.method, path) {
+            Lookup::Found(target) => target.clone(),
+            Lookup::NoApp(app) => {
+                return answer(StatusCode::NOT_FOUND, format!("no app named `{app}`"))
+            }
+            Lookup::NoRoute => {
                 return answer(
-                    StatusCode::BAD_REQUEST,
-                    format!("a direct invocation names its class in the `{CLASS_HEADER}` header; classes: {}", self.class_names()),
-                );
-            };
-            let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
-            let Some(class) = self.config.classes.by_name(&name) else {
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown class `{name}`; classes: {}", self.class_names()),
-                );
-            };
-            (hash.to_string(), class)
-        } else {
-            match self.route(&parts.method, &path) {
-                Some(route) => (route.function.clone(), route.class),
-                None => {
-                    return answer(
-                        StatusCode::NOT_FOUND,
-                        format!("no route for {} {path}", parts.method),
-                    )
-                }
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {} {path}", parts.method),
+                )
             }
         };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| path.to_string(), |p| p.as_str().to_string());
+        self.run(target, parts, body, path_and_query).await
+    }
+
+    /// Runs `target` for a request: the caller's class if it is a call from a function, the
+    /// paying tenant's budget, the body within its limit; then the invocation, its ledger
+    /// row, and the function's response.
+    pub(crate) async fn run(
+        &self,
+        target: Target,
+        parts: http::request::Parts,
+        body: Incoming,
+        path_and_query: String,
+    ) -> http::Response<Body> {
+        let started = Instant::now();
         let (class, depth) = match self.chain_context(&parts.headers) {
-            Ok(None) => (class, 0),
-            Ok(Some((caller, depth))) => (class.max(caller), depth),
+            Ok(None) => (target.class, 0),
+            Ok(Some((caller, depth))) => (target.class.max(caller), depth),
             Err(refusal) => return refusal,
+        };
+        let class = match self.billing.admit(&target.tenant, class).await {
+            Ok(Admission::Run(class)) => class,
+            Ok(Admission::Throttle(wait)) => {
+                let mut response = answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "over the monthly budget of `{}`: retry in {wait} s, or raise the budget (turnpike budget)",
+                        target.tenant
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
+                return response;
+            }
+            Err(e) => {
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the store is unavailable: {e}"),
+                )
+            }
         };
         let limit = self.config.max_request_bytes;
         let body = match Limited::new(body, limit).collect().await {
@@ -262,22 +413,46 @@ impl Gateway {
         };
         let invocation = proto::Invocation {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            function,
+            function: target.hash.clone(),
             class: u32::from(class.0),
             method: parts.method.as_str().to_string(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| path.clone(), |p| p.as_str().to_string()),
+            path_and_query,
             headers: wire::headers_to_wire(&parts.headers)
                 .into_iter()
-                .filter(|h| !chain::PLATFORM_HEADERS.contains(&h.name.as_str()))
+                .filter(|h| {
+                    !chain::PLATFORM_HEADERS.contains(&h.name.as_str())
+                        && h.name != http::header::AUTHORIZATION.as_str()
+                })
                 .collect(),
             body: body.to_vec(),
             depth,
             start_mb: self.config.start_mb,
         };
-        let mut response = self.invoke(invocation).await;
+        let id = invocation.id;
+        let mut response = match self.invoke(invocation).await {
+            Ok(outcome) => {
+                let usage = billable(&outcome);
+                let response = self.respond(outcome);
+                if let Some((cpu_ns, mb_seconds)) = usage {
+                    self.billing
+                        .record(UsageEntry {
+                            invocation: id as i64,
+                            tenant: target.tenant,
+                            app: target.app,
+                            function: target.function,
+                            class: self.config.classes.get(class).name.clone(),
+                            at: self.billing.clock().now(),
+                            status: response.status().as_u16(),
+                            cpu_ns: cpu_ns as i64,
+                            gb_seconds: mb_seconds / 1024.0,
+                            cost: self.billing.cost(class, cpu_ns, mb_seconds),
+                        })
+                        .await;
+                }
+                response
+            }
+            Err(refusal) => refusal,
+        };
         self.latency.observe(class.index(), started.elapsed());
         if let Some(value) = &self.class_values[class.index()] {
             response.headers_mut().insert(CLASS_HEADER, value.clone());
@@ -350,7 +525,7 @@ impl Gateway {
     }
 
     /// `GET /v1/classes`: the published prices, lowest class first.
-    fn catalogue(&self) -> http::Response<Body> {
+    pub(crate) fn catalogue(&self) -> http::Response<Body> {
         let classes: Vec<serde_json::Value> = self
             .config
             .classes
@@ -376,27 +551,13 @@ impl Gateway {
         response
     }
 
-    fn class_names(&self) -> String {
+    pub(crate) fn class_names(&self) -> String {
         self.config
             .classes
             .iter()
             .map(|(_, c)| c.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// The longest route whose prefix matches `path` at a segment boundary.
-    fn route(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.config
-            .routes
-            .iter()
-            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
-            .filter(|r| {
-                let p = r.prefix.trim_end_matches('/');
-                path.strip_prefix(p)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .max_by_key(|r| r.prefix.len())
     }
 
     /// Two random live shards, the one with fewer in flight first; then the rest as fallback.
@@ -420,7 +581,13 @@ impl Gateway {
         }
     }
 
-    async fn invoke(&self, invocation: proto::Invocation) -> http::Response<Body> {
+    /// Sends an invocation to a shard (another one if that one is down); its outcome, or the
+    /// answer to give when no shard could take it.
+    #[allow(clippy::result_large_err)]
+    async fn invoke(
+        &self,
+        invocation: proto::Invocation,
+    ) -> Result<proto::Outcome, http::Response<Body>> {
         let mut tried = Vec::new();
         for _ in 0..2 {
             let Some(s) = self.pick_shard().filter(|s| !tried.contains(s)) else {
@@ -432,19 +599,22 @@ impl Gateway {
             let result = shard.client.clone().invoke(invocation.clone()).await;
             shard.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
-                Ok(outcome) => return self.respond(outcome.into_inner()),
+                Ok(outcome) => return Ok(outcome.into_inner()),
                 Err(status) => {
                     shard.mark_down();
                     if tried.len() == 2 {
-                        return answer(
+                        return Err(answer(
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("shard unavailable: {}", status.message()),
-                        );
+                        ));
                     }
                 }
             }
         }
-        answer(StatusCode::SERVICE_UNAVAILABLE, "no shard is available")
+        Err(answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no shard is available",
+        ))
     }
 
     fn respond(&self, outcome: proto::Outcome) -> http::Response<Body> {
@@ -488,15 +658,35 @@ impl Gateway {
     }
 }
 
+/// CPU nanoseconds and memory MB-seconds of an invocation that ran and is billed: it answered,
+/// or the guest failed (a trap, a timeout). Not billed: one that never ran, or was killed
+/// to free memory (the platform's choice) and then found no other worker.
+fn billable(outcome: &proto::Outcome) -> Option<(u64, f64)> {
+    let usage = outcome.usage.as_ref()?;
+    let ran = match &outcome.ending {
+        Some(proto::outcome::Ending::Response(_)) => true,
+        Some(proto::outcome::Ending::Failure(f)) => f.kind == proto::FailureKind::Guest as i32,
+        None => false,
+    };
+    ran.then_some((usage.cpu_ns, usage.memory_mb_seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
 
-    fn gateway(token: Option<ChainToken>) -> Arc<Gateway> {
-        Gateway::new(GatewayConfig {
+    async fn gateway(token: Option<ChainToken>) -> (Arc<Gateway>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        let gateway = Gateway::new(GatewayConfig {
             classes: ClassSet::default_four(),
             routes: Vec::new(),
+            store,
+            domain: "localhost".into(),
+            compile_cache: dir.path().join("cache"),
+            max_component_bytes: 1024,
+            clock: Arc::new(crate::billing::SystemClock),
             shards: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
             max_request_bytes: 1024,
             max_response_bytes: 1024,
@@ -505,6 +695,9 @@ mod tests {
             max_chain_depth: 8,
             memory_price: 1.0,
         })
+        .await
+        .unwrap();
+        (gateway, dir)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
@@ -528,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn calls_from_functions_are_checked() {
         let token = ChainToken::new("0123456789abcdef".into()).unwrap();
-        let g = gateway(Some(token));
+        let (g, _dir) = gateway(Some(token)).await;
         let good = "0123456789abcdef";
         assert_eq!(g.chain_context(&headers(&[])).unwrap(), None);
         assert_eq!(
@@ -592,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_token_every_call_from_a_function_is_refused() {
-        let g = gateway(None);
+        let (g, _dir) = gateway(None).await;
         let (status, body) = refusal(
             &g,
             &[

@@ -1,5 +1,6 @@
 //! The HTTP server loop the gateway and every role's `/metrics` use: HTTP/1.1 and HTTP/2 on
-//! one listener, a task per connection, until shutdown.
+//! one listener, a task per connection, until shutdown; then open connections finish the
+//! requests they have (for at most [`crate::gateway::DRAIN_FOR`]) and close.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,8 +10,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-/// Serves `handler` on `listener` until `shutdown` completes. Connections already open are
-/// left to finish on their own.
+/// Serves `handler` on `listener` until `shutdown` completes, then drains: every open
+/// connection answers the requests it has and closes (HTTP/1.1 after the response in
+/// progress, HTTP/2 with GOAWAY), so every accepted request is answered.
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
 where
     H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -19,24 +21,46 @@ where
     let builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(_) => continue,
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
-        tokio::spawn(async move {
+        let mut stop = stopping.subscribe();
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let response = handler(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = builder.serve_connection(io, service).await;
+            let connection = builder.serve_connection(io, service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async {
+                    while !*stop.borrow_and_update() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
+    drop(listener);
+    let _ = stopping.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(crate::gateway::DRAIN_FOR, drained).await;
 }

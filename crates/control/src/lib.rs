@@ -1,8 +1,12 @@
-//! Turnpike's control plane (issue 4, "Control plane", in progress): the roles of a running
+//! Turnpike's control plane : the roles of a running
 //! cluster as network services, speaking gRPC (tonic) to each other on TCP.
 //!
 //! - [`gateway`]: HTTP in (HTTP/1.1 and HTTP/2), routes to a function and a price class, a
 //!   shard chosen per invocation, the function's response out.
+//! - [`routing`]: the gateway's routing table - apps by host name, the operator's routes.
+//! - [`api`]: the developer API under `/v1/` (tenants, keys, uploads, apps, invocation,
+//!   usage, budgets; `docs/api.md`), on the durable store (`turnpike-store`).
+//! - [`billing`]: cost of each invocation, the group-committed usage ledger, budgets.
 //! - [`shard`]: the policy core's shard (per-class queues, idle list, power-of-k) behind the
 //!   `Shard` service, placing invocations on workers (real or emulated) and retrying lost ones.
 //! - [`node`]: a worker (the `turnpike-worker` runtime) behind the `Worker` service, and its
@@ -19,12 +23,15 @@
 //! The RPCs are defined in `proto/turnpike.proto`. Placement state is soft and in memory:
 //! workers re-register with a restarted shard and re-join its idle list.
 
+pub mod api;
+pub mod billing;
 pub mod chain;
 pub mod emulated;
 pub mod gateway;
 pub mod http_server;
 pub mod metrics;
 pub mod node;
+pub mod routing;
 pub mod shard;
 pub mod up;
 pub mod wire;

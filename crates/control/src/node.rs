@@ -24,6 +24,8 @@ use turnpike_worker::{
     Function, InvokeError, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
 };
 
+use turnpike_store::Store;
+
 use crate::chain::{ChainToken, GatewayLink};
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
@@ -41,21 +43,33 @@ pub const REGISTER_EVERY: Duration = Duration::from_millis(500);
 pub const UNREGISTERED_RETRY: Duration = Duration::from_millis(100);
 
 /// The `Worker` service over a [`Worker`].
+///
+/// A function is loaded at start (`turnpike worker --load`), by a `Load` RPC, or on its
+/// first invocation from the store (content-addressed, so a redeployed function is a new
+/// hash and invocations still running on the old one finish on it).
 #[derive(Debug, Clone)]
 pub struct NodeService {
     worker: Arc<Worker>,
     functions: Arc<Mutex<HashMap<String, Arc<Function>>>>,
+    /// Where functions not loaded yet come from.
+    store: Option<Store>,
+    /// Held while fetching and compiling a function from the store, so that concurrent
+    /// first invocations compile it once.
+    fetching: Arc<tokio::sync::Mutex<()>>,
     /// Wall time of invocations by class, submit to end on this worker.
     latency: Arc<ClassHistograms>,
     failures: Arc<AtomicU64>,
 }
 
 impl NodeService {
-    pub fn new(worker: Arc<Worker>) -> Self {
+    /// The service over `worker`, loading functions it lacks from `store` if given.
+    pub fn new(worker: Arc<Worker>, store: Option<Store>) -> Self {
         let latency = Arc::new(ClassHistograms::new(&worker.config().classes));
         Self {
             worker,
             functions: Arc::new(Mutex::new(HashMap::new())),
+            store,
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             latency,
             failures: Arc::new(AtomicU64::new(0)),
         }
@@ -139,6 +153,29 @@ impl NodeService {
         crate::lock(&self.functions).get(hash).cloned()
     }
 
+    /// The function `hash`, loaded from the store if it is not loaded yet: `Ok(None)` if
+    /// there is no store or the store does not have it.
+    async fn function_or_fetch(&self, hash: &str) -> Result<Option<Arc<Function>>, String> {
+        if let Some(function) = self.function(hash) {
+            return Ok(Some(function));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let _fetching = self.fetching.lock().await;
+        if let Some(function) = self.function(hash) {
+            return Ok(Some(function));
+        }
+        let Some(bytes) = store.component(hash).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let loaded = self.load(bytes).await?;
+        if loaded != hash {
+            return Err(format!("the store's component {hash} hashes to {loaded}"));
+        }
+        Ok(self.function(hash))
+    }
+
     /// Loads a component (compiling it off the async threads); returns its hash.
     pub async fn load(&self, bytes: Vec<u8>) -> Result<String, String> {
         let runtime = self.worker.runtime().clone();
@@ -159,11 +196,20 @@ impl proto::worker_server::Worker for NodeService {
         request: Request<proto::Invocation>,
     ) -> Result<Response<proto::Outcome>, Status> {
         let inv = request.into_inner();
-        let Some(function) = self.function(&inv.function) else {
-            return Ok(Response::new(wire::failure(
-                proto::FailureKind::UnknownFunction,
-                format!("function {} is not loaded on this worker", inv.function),
-            )));
+        let function = match self.function_or_fetch(&inv.function).await {
+            Ok(Some(function)) => function,
+            Ok(None) => {
+                return Ok(Response::new(wire::failure(
+                    proto::FailureKind::UnknownFunction,
+                    format!("function {} is not loaded on this worker", inv.function),
+                )))
+            }
+            Err(e) => {
+                return Ok(Response::new(wire::failure(
+                    proto::FailureKind::Unavailable,
+                    format!("loading function {} from the store: {e}", inv.function),
+                )))
+            }
         };
         let class = u8::try_from(inv.class).map_err(|_| Status::invalid_argument("class"))?;
         let request = match wire::to_worker_request(&inv) {
@@ -436,6 +482,8 @@ pub struct NodeConfig {
     pub gateway: Option<(SocketAddr, ChainToken)>,
     /// Seed of the dispatcher's random choices.
     pub seed: u64,
+    /// Where functions not loaded at start come from (deployed through the API).
+    pub store: Option<Store>,
 }
 
 /// A started node. Its tasks run until `shutdown` (the server) or until aborted (both).
@@ -481,7 +529,7 @@ pub async fn start_node(
         )
         .map_err(|e| e.to_string())?,
     );
-    let service = NodeService::new(worker.clone());
+    let service = NodeService::new(worker.clone(), config.store);
     let mut loaded = Vec::new();
     for (label, bytes) in components {
         let hash = service

@@ -18,13 +18,16 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 use turnpike_policy::{ClassId, ClassSet};
+use turnpike_store::Store;
 
+use crate::billing::SystemClock;
 use crate::chain;
 use crate::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
-use crate::gateway::{Gateway, GatewayConfig, Route};
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::lock;
 use crate::metrics;
 use crate::node::{self, NodeConfig};
+use crate::routing::{Route, Target, OPERATOR};
 use crate::shard::{ShardConfig, ShardService};
 use crate::wire;
 
@@ -40,6 +43,15 @@ pub struct UpConfig {
     pub functions_dir: PathBuf,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// The store: `None` for the embedded SQLite file in `data_dir`, or a
+    /// `sqlite://` / `postgres://` URL.
+    pub store_url: Option<String>,
+    /// Apps answer at `APP.<domain>`.
+    pub domain: String,
+    /// Largest component upload, bytes.
+    pub max_component_bytes: usize,
+    /// The clock of the gateway's budget rule (tests move it).
+    pub clock: Arc<dyn crate::billing::Clock>,
     /// Emulated workers instead of real ones (`workers` of them; see [`crate::emulated`]):
     /// no wasm runs, each invocation's runtime and memory come from its query (`?ms=N&mb=M`).
     /// Their cores and memory are this config's, not `cores_per_worker` and
@@ -66,6 +78,10 @@ impl UpConfig {
             functions_dir: default_functions_dir(),
             max_request_bytes: 8 << 20,
             max_response_bytes: 8 << 20,
+            store_url: None,
+            domain: "localhost".into(),
+            max_component_bytes: 64 << 20,
+            clock: Arc::new(SystemClock),
             emulated: None,
         }
     }
@@ -106,6 +122,10 @@ pub enum UpError {
     },
     #[error("worker: {0}")]
     Worker(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 /// A running cluster. Dropping it (or [`Cluster::stop`]) stops every role.
@@ -122,6 +142,12 @@ pub struct Cluster {
     shard_services: Arc<Mutex<Vec<ShardService>>>,
     /// The emulated workers, when there are no real ones.
     pub fleet: Option<EmulatedFleet>,
+    /// The store the gateway and workers use.
+    pub store: Store,
+    /// The admin tenant's key, when this start created it (a fresh store): shown once.
+    pub admin_key: Option<String>,
+    /// Stops the gateway alone (it drains before the other roles stop).
+    gateway_stop: watch::Sender<bool>,
     shard_config: ShardConfig,
     classes: ClassSet,
     stop: watch::Sender<bool>,
@@ -159,13 +185,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops every role and waits for their servers to close.
+    /// Stops every role: first the gateway, which answers the requests it has (for at most
+    /// [`crate::gateway::DRAIN_FOR`]) while the shards and workers still run them, then the
+    /// rest.
     pub async fn stop(mut self) {
+        let _ = self.gateway_stop.send(true);
+        let _ = (&mut self.gateway_task).await;
         let _ = self.stop.send(true);
         for task in self.tasks() {
             task.abort();
         }
-        let _ = (&mut self.gateway_task).await;
     }
 
     fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
@@ -230,6 +259,16 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let classes = ClassSet::default_four();
     let (stop, stop_rx) = watch::channel(false);
+    let store_url = config
+        .store_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
+    let store = Store::open(&store_url)
+        .await
+        .map_err(|e| UpError::Store(e.to_string()))?;
+    let admin_key = crate::api::bootstrap_admin(&store)
+        .await
+        .map_err(|e| UpError::Store(e.to_string()))?;
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
 
     let mut shards = Vec::new();
@@ -291,6 +330,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                     classes: classes.clone(),
                     gateway: Some((gateway_addr, chain_token.clone())),
                     seed: w as u64 + 1,
+                    store: Some(store.clone()),
                 },
                 &components,
                 stopped(stop_rx.clone()),
@@ -317,24 +357,22 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         .map(|n| n.to_string())
         .zip(hashes)
         .collect();
-    let hash = |name: &str| {
-        demo_functions
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or_else(String::new, |(_, h)| h.clone())
-    };
-
     let top = classes.top();
     let bottom = ClassId(0);
     let routes = vec![
-        route("/hello", &hash("hello"), top),
-        route("/work/critical", &hash("spin"), top),
-        route("/work/batch", &hash("spin"), bottom),
-        route("/chain", &hash("chain"), bottom),
+        demo_route("/hello", &demo_functions, "hello", top),
+        demo_route("/work/critical", &demo_functions, "spin", top),
+        demo_route("/work/batch", &demo_functions, "spin", bottom),
+        demo_route("/chain", &demo_functions, "chain", bottom),
     ];
     let gateway = Gateway::new(GatewayConfig {
         classes: classes.clone(),
         routes,
+        store: store.clone(),
+        domain: config.domain.clone(),
+        compile_cache: config.data_dir.join("cache"),
+        max_component_bytes: config.max_component_bytes,
+        clock: config.clock.clone(),
         shards: shards.clone(),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
@@ -342,7 +380,9 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         chain_token: Some(chain_token),
         max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
         memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
-    });
+    })
+    .await
+    .map_err(UpError::Gateway)?;
     let rendered = gateway.clone();
     spawn_metrics(
         "gateway".into(),
@@ -352,7 +392,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         &mut metrics_tasks,
     )
     .await?;
-    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(stop_rx.clone())));
+    let (gateway_stop, gateway_stop_rx) = watch::channel(false);
+    let gateway_task = tokio::spawn(gateway.serve(gateway_listener, stopped(gateway_stop_rx)));
 
     // Ready when every shard knows every worker (a thousand emulated ones take a while).
     for _ in 0..2000 {
@@ -372,6 +413,9 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         demo_functions,
         shard_services,
         fleet,
+        store,
+        admin_key,
+        gateway_stop,
         shard_config: config.shard_config(0),
         classes,
         stop,
@@ -385,12 +429,22 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
 /// The demo app's components, by file name in `functions_dir`.
 const DEMO_FUNCTIONS: [&str; 3] = ["hello", "spin", "chain"];
 
-fn route(prefix: &str, function: &str, class: ClassId) -> Route {
+/// A demo route: an operator route (any host that names no app), paid by the admin.
+fn demo_route(prefix: &str, functions: &[(String, String)], name: &str, class: ClassId) -> Route {
+    let hash = functions
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or_else(String::new, |(_, h)| h.clone());
     Route {
         method: Some(http::Method::GET),
         prefix: prefix.into(),
-        function: function.into(),
-        class,
+        target: Target {
+            tenant: OPERATOR.into(),
+            app: "demo".into(),
+            function: name.into(),
+            hash,
+            class,
+        },
     }
 }
 

@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+mod common;
+
+use common::exchange;
 use turnpike_control::up::{self, Cluster, UpConfig};
 
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -35,22 +36,6 @@ async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
 async fn http(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
     let (status, _, body) = exchange(addr, raw).await;
     (status, body)
-}
-
-/// One HTTP/1.1 exchange on a new connection: (status, head, body).
-async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(raw).await.expect("send");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -79,7 +64,11 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
     // A prefix matches whole segments only.
     assert_eq!(get(gw, "/hellothere").await.0, 404);
 
-    let unknown_class = "POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: gold\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let key = cluster
+        .admin_key
+        .clone()
+        .expect("a fresh store has a new admin");
+    let unknown_class = format!("POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nx-turnpike-class: gold\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let (status, body) = http(gw, unknown_class.as_bytes()).await;
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -89,7 +78,7 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
 
     let big = "x".repeat(5000);
     let oversized = format!(
-        "POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: critical\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        "POST /v1/invoke/0123 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nx-turnpike-class: critical\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
         big.len()
     );
     let (status, body) = http(gw, oversized.as_bytes()).await;
@@ -288,7 +277,8 @@ async fn a_called_function_runs_at_the_higher_of_its_callers_and_its_routes_clas
         .expect("chain is in the demo app")
         .1;
     let direct = format!(
-        "GET /v1/invoke/{chain}?to=/work/batch%3Fms%3D1 HTTP/1.1\r\nHost: t\r\nx-turnpike-class: critical\r\nConnection: close\r\n\r\n"
+        "GET /v1/invoke/{chain}?to=/work/batch%3Fms%3D1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nx-turnpike-class: critical\r\nConnection: close\r\n\r\n",
+        cluster.admin_key.as_deref().expect("a fresh store has a new admin")
     );
     let (status, body) = http(gw, direct.as_bytes()).await;
     assert_eq!(status, 200, "{body}");

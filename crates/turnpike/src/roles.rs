@@ -8,7 +8,9 @@ use std::sync::Arc;
 use clap::Args;
 use tokio::net::TcpListener;
 use turnpike_control::chain::ChainToken;
-use turnpike_control::gateway::{Gateway, GatewayConfig, Route};
+use turnpike_control::billing::SystemClock;
+use turnpike_control::gateway::{Gateway, GatewayConfig};
+use turnpike_control::routing::{Route, Target, OPERATOR};
 use turnpike_control::metrics;
 use turnpike_control::shard::{ShardConfig, ShardService};
 use turnpike_policy::ClassSet;
@@ -44,9 +46,23 @@ pub struct GatewayArgs {
     /// A shard to send invocations to (repeat for each shard).
     #[arg(long = "shard", required = true)]
     shards: Vec<SocketAddr>,
-    /// A route: `PREFIX=FUNCTION_HASH@CLASS`, e.g. `/hello=ab12...@critical` (repeatable).
+    /// An operator route: `PREFIX=FUNCTION_HASH@CLASS`, e.g. `/hello=ab12...@critical`
+    /// (repeatable); it answers every host that names no app, billed to the admin.
     #[arg(long = "route")]
     routes: Vec<String>,
+    /// The store: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` (default: the embedded
+    /// SQLite file in `--data-dir`).
+    #[arg(long)]
+    store: Option<String>,
+    /// The embedded store and the compile cache.
+    #[arg(long, default_value = "./.turnpike")]
+    data_dir: std::path::PathBuf,
+    /// Apps answer at `APP.<domain>`.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Largest component upload, bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_component_bytes: usize,
     /// Largest request and response body, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -138,8 +154,13 @@ fn parse_route(text: &str, classes: &ClassSet) -> Result<Route, String> {
     Ok(Route {
         method: None,
         prefix: prefix.to_string(),
-        function: function.to_string(),
-        class: class_id,
+        target: Target {
+            tenant: OPERATOR.into(),
+            app: "-".into(),
+            function: function.to_string(),
+            hash: function.to_string(),
+            class: class_id,
+        },
     })
 }
 
@@ -159,9 +180,26 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         Err(e) => return crate::fail(e),
     };
     crate::block_on(async move {
+        let url = args
+            .store
+            .clone()
+            .unwrap_or_else(|| turnpike_store::Store::sqlite_url(&args.data_dir));
+        let store = match turnpike_store::Store::open(&url).await {
+            Ok(store) => store,
+            Err(e) => return crate::fail(e),
+        };
+        let admin_key = match turnpike_control::api::bootstrap_admin(&store).await {
+            Ok(key) => key,
+            Err(e) => return crate::fail(e),
+        };
         let gateway = Gateway::new(GatewayConfig {
             classes,
             routes,
+            store,
+            domain: args.domain,
+            compile_cache: args.data_dir.join("cache"),
+            max_component_bytes: args.max_component_bytes,
+            clock: Arc::new(SystemClock),
             shards: args.shards,
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
@@ -169,7 +207,12 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             chain_token,
             max_chain_depth: args.max_chain_depth,
             memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
-        });
+        })
+        .await;
+        let gateway = match gateway {
+            Ok(gateway) => gateway,
+            Err(e) => return crate::fail(e),
+        };
         let rendered = gateway.clone();
         let render = Arc::new(move || rendered.metrics());
         let (http, http_addr, metrics_addr) =
@@ -178,6 +221,9 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
                 Err(e) => return crate::fail(e),
             };
         println!("gateway listening on http://{http_addr}");
+        if let Some(key) = admin_key {
+            println!("  admin key: {key}   (shown once: keep it; `turnpike tenants create NAME` makes tenants)");
+        }
         println!("metrics: http://{metrics_addr}/metrics");
         gateway.serve(http, crate::up::wait_for_signal()).await;
         ExitCode::SUCCESS
@@ -192,8 +238,8 @@ mod tests {
     fn routes_parse_and_bad_ones_say_why() {
         let classes = ClassSet::default_four();
         let r = parse_route("/api=abc@critical", &classes).unwrap();
-        assert_eq!((r.prefix.as_str(), r.function.as_str()), ("/api", "abc"));
-        assert_eq!(r.class, classes.top());
+        assert_eq!((r.prefix.as_str(), r.target.hash.as_str()), ("/api", "abc"));
+        assert_eq!(r.target.class, classes.top());
         let e = parse_route("/api=abc@gold", &classes).unwrap_err();
         assert!(e.contains("gold") && e.contains("batch"), "{e}");
         assert!(parse_route("/api", &classes)

@@ -16,9 +16,16 @@ pub struct UpArgs {
     /// Where the gateway listens for HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Compile cache and swap files.
+    /// The embedded store (tenants, apps, the usage ledger), compile cache and swap files.
     #[arg(long, default_value = "./.turnpike")]
     data_dir: PathBuf,
+    /// The store, if not the embedded SQLite file in `--data-dir`: `postgres://USER@HOST/DB`
+    /// (or `sqlite://PATH`).
+    #[arg(long)]
+    store: Option<String>,
+    /// Apps answer at `APP.<domain>` (e.g. `curl shop.localhost:8080/`).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
     /// Scheduler shards.
     #[arg(long, default_value_t = 4)]
     shards: usize,
@@ -52,6 +59,8 @@ pub fn main(args: UpArgs) -> ExitCode {
 async fn run(args: UpArgs) -> ExitCode {
     let mut config = UpConfig::new(args.listen, args.data_dir);
     config.shards = args.shards.max(1);
+    config.store_url = args.store;
+    config.domain = args.domain;
     if let Some(workers) = args.workers {
         let cores = config.cores_per_worker * config.workers as u32;
         config.workers = workers.max(1);
@@ -89,6 +98,11 @@ async fn run(args: UpArgs) -> ExitCode {
         list(&cluster.workers),
         config.data_dir.display()
     );
+    if let Some(key) = &cluster.admin_key {
+        println!("  admin key: {key}");
+        println!("    (shown once: keep it. `TURNPIKE_KEY=<key> turnpike tenants create NAME` makes a tenant;");
+        println!("     a tenant deploys with `turnpike deploy` - see docs/api.md)");
+    }
     for (role, addr) in &cluster.metrics {
         println!("  metrics of {role}: http://{addr}/metrics");
     }

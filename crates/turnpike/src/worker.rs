@@ -41,6 +41,11 @@ pub struct WorkerArgs {
     /// environment than on the command line).
     #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
     chain_token: Option<String>,
+    /// The store functions deployed through the API are fetched from on first use
+    /// (`sqlite://PATH` - the gateway's file on this machine - or `postgres://...`); without
+    /// it, only `--load`ed components run.
+    #[arg(long)]
+    store: Option<String>,
     /// Run N emulated workers in this process instead (no wasm; each invocation's runtime
     /// and memory from its query, `?ms=N&mb=M`), each on its own loopback port, with
     /// `--cores` and `--memory-mb` each; `--listen`'s port is ignored.
@@ -68,7 +73,15 @@ pub fn main(args: WorkerArgs) -> ExitCode {
                 Err(e) => return crate::fail(format!("cannot read {}: {e}", path.display())),
             }
         }
+        let store = match &args.store {
+            Some(url) => match turnpike_store::Store::open(url).await {
+                Ok(store) => Some(store),
+                Err(e) => return crate::fail(e),
+            },
+            None => None,
+        };
         let config = NodeConfig {
+            store,
             listen: args.listen,
             shards: args.shards,
             data_dir: args.data_dir,

@@ -27,11 +27,13 @@ pub async fn get(client: &HttpClient, url: &str) -> (u16, Bytes) {
     get_as(client, url, None).await
 }
 
-/// GET, optionally naming the class in the direct-invocation header.
-pub async fn get_as(client: &HttpClient, url: &str, class: Option<&str>) -> (u16, Bytes) {
+/// GET; a direct invocation names its class and carries an API key: `(class, key)`.
+pub async fn get_as(client: &HttpClient, url: &str, direct: Option<(&str, &str)>) -> (u16, Bytes) {
     let mut request = http::Request::get(url);
-    if let Some(class) = class {
-        request = request.header(turnpike_control::gateway::CLASS_HEADER, class);
+    if let Some((class, key)) = direct {
+        request = request
+            .header(turnpike_control::gateway::CLASS_HEADER, class)
+            .header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let request = request.body(Empty::new()).expect("request");
     let response = client.request(request).await.expect("request");
@@ -80,9 +82,14 @@ where
 pub const CLASS_NAMES: [&str; 4] = ["batch", "standard", "interactive", "critical"];
 
 /// Open loop: Poisson arrivals at `rate` per second for `run` (seed 7), each a GET of `url`
-/// (a direct invocation) at a class drawn uniformly; every answer must be 200. Latencies by
-/// class, sorted.
-pub async fn poisson_by_class(url: &str, rate: f64, run: Duration) -> Vec<Vec<Duration>> {
+/// (a direct invocation with API key `key`) at a class drawn uniformly; every answer must be
+/// 200. Latencies by class, sorted.
+pub async fn poisson_by_class(
+    url: &str,
+    key: &str,
+    rate: f64,
+    run: Duration,
+) -> Vec<Vec<Duration>> {
     use rand::{Rng, SeedableRng};
     // HTTP/1.1: a connection per request in flight. (Over HTTP/2 the server's limit on
     // concurrent streams queues the overload in the client, first come first served, and
@@ -95,10 +102,10 @@ pub async fn poisson_by_class(url: &str, rate: f64, run: Duration) -> Vec<Vec<Du
     while next < run {
         tokio::time::sleep_until((t0 + next).into()).await;
         let class = rng.random_range(0..CLASS_NAMES.len());
-        let (client, url) = (client.clone(), url.to_string());
+        let (client, url, key) = (client.clone(), url.to_string(), key.to_string());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let (status, _) = get_as(&client, &url, Some(CLASS_NAMES[class])).await;
+            let (status, _) = get_as(&client, &url, Some((CLASS_NAMES[class], &key))).await;
             (class, status, t.elapsed())
         }));
         let u: f64 = rng.random_range(f64::EPSILON..1.0);

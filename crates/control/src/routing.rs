@@ -1,0 +1,273 @@
+//! The gateway's routing table: which function, class and paying tenant a request's host,
+//! method and path lead to.
+//!
+//! - **Apps by host name.** App `shop`'s routes answer requests whose host is
+//!   `shop.<domain>` (any port) - or `shop.turnpike`, the name functions call it by (see
+//!   [`crate::chain`]). A host naming an app that does not exist answers 404. Two tenants'
+//!   routes can never collide: each app has its own host.
+//! - **Operator routes** (the gateway's configuration: `turnpike up`'s demo app,
+//!   `turnpike gateway --route`) answer every other host, e.g. `localhost:8080`. Their
+//!   invocations are billed to the [`OPERATOR`] tenant.
+//! - Within a route set, a route's path is a prefix on whole segments (`/work` matches
+//!   `/work/batch`, not `/workshop`), the longest match wins, and a route with a method wins
+//!   over one without at the same length.
+//!
+//! The table is rebuilt from the store whenever its routing version changes (after every
+//! deploy or delete, by this gateway at once and by others within [`crate::gateway`]'s poll
+//! period), and swapped in whole: a request routes on one consistent table, and one that
+//! is running keeps the function version it started with.
+
+use std::collections::HashMap;
+
+use http::Method;
+use turnpike_policy::{ClassId, ClassSet};
+use turnpike_store::App;
+
+/// The tenant that pays for operator routes.
+pub const OPERATOR: &str = "admin";
+/// The host suffix functions use to call an app: `http://shop.turnpike/path`.
+pub const PLATFORM_DOMAIN: &str = "turnpike";
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Who pays.
+    pub tenant: String,
+    pub app: String,
+    /// The function's name in its app (the ledger's label).
+    pub function: String,
+    /// Its component's content hash.
+    pub hash: String,
+    pub class: ClassId,
+}
+
+/// A route: requests whose path starts with `prefix` (whole segments) go to `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub method: Option<Method>,
+    pub prefix: String,
+    pub target: Target,
+}
+
+/// Every route the gateway serves, by app.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    /// The store's routing version this table was built from.
+    pub version: i64,
+    apps: HashMap<String, Vec<Route>>,
+    operator: Vec<Route>,
+}
+
+/// What a request's host and path lead to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Found(&'a Target),
+    /// The host names an app that does not exist.
+    NoApp(String),
+    /// No route of the app (or of the operator) matches.
+    NoRoute,
+}
+
+impl RoutingTable {
+    /// A table of the store's `apps` and the operator's routes. A stored route whose class
+    /// this gateway does not know (a gateway configured with other classes) is left out.
+    pub fn new(version: i64, apps: &[App], classes: &ClassSet, operator: Vec<Route>) -> Self {
+        let apps = apps
+            .iter()
+            .map(|app| {
+                let routes = app
+                    .routes
+                    .iter()
+                    .filter_map(|r| {
+                        let function = app.function(&r.function)?;
+                        Some(Route {
+                            method: r.method.as_deref().and_then(|m| m.parse().ok()),
+                            prefix: r.path.clone(),
+                            target: Target {
+                                tenant: app.tenant.clone(),
+                                app: app.name.clone(),
+                                function: function.name.clone(),
+                                hash: function.hash.clone(),
+                                class: classes.by_name(&r.class)?,
+                            },
+                        })
+                    })
+                    .collect();
+                (app.name.clone(), routes)
+            })
+            .collect();
+        Self {
+            version,
+            apps,
+            operator,
+        }
+    }
+
+    /// Where a request for `host` (the `Host` header or the URI's authority), `method` and
+    /// `path` goes, with `domain` the gateway's own domain.
+    pub fn lookup(
+        &self,
+        domain: &str,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Lookup<'_> {
+        let routes = match host.and_then(|h| app_of_host(h, domain)) {
+            Some(app) => match self.apps.get(app) {
+                Some(routes) => routes,
+                None => return Lookup::NoApp(app.to_string()),
+            },
+            None => &self.operator,
+        };
+        longest_match(routes, method, path).map_or(Lookup::NoRoute, Lookup::Found)
+    }
+
+    /// The operator's routes (as configured).
+    pub fn operator(&self) -> &[Route] {
+        &self.operator
+    }
+}
+
+/// The app a host names: `APP.<domain>` or `APP.turnpike`, any port, any case.
+pub fn app_of_host<'h>(host: &'h str, domain: &str) -> Option<&'h str> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let (app, rest) = name.split_once('.')?;
+    let ours = rest.eq_ignore_ascii_case(domain) || rest.eq_ignore_ascii_case(PLATFORM_DOMAIN);
+    (ours && !app.is_empty()).then_some(app)
+}
+
+fn longest_match<'r>(routes: &'r [Route], method: &Method, path: &str) -> Option<&'r Target> {
+    routes
+        .iter()
+        .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
+        .filter(|r| {
+            let p = r.prefix.trim_end_matches('/');
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .max_by_key(|r| (r.prefix.trim_end_matches('/').len(), r.method.is_some()))
+        .map(|r| &r.target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnpike_store::{Function, RouteSpec};
+
+    fn app(name: &str, tenant: &str, routes: &[(&str, Option<&str>, &str, &str)]) -> App {
+        App {
+            name: name.into(),
+            tenant: tenant.into(),
+            functions: vec![
+                Function {
+                    name: "home".into(),
+                    hash: format!("{name}-home"),
+                    deployed_at: 0,
+                },
+                Function {
+                    name: "api".into(),
+                    hash: format!("{name}-api"),
+                    deployed_at: 0,
+                },
+            ],
+            routes: routes
+                .iter()
+                .map(|(path, method, function, class)| RouteSpec {
+                    path: path.to_string(),
+                    method: method.map(String::from),
+                    function: function.to_string(),
+                    class: class.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_name_apps() {
+        assert_eq!(
+            app_of_host("shop.localhost:8080", "localhost"),
+            Some("shop")
+        );
+        assert_eq!(app_of_host("Shop.LOCALHOST", "localhost"), Some("Shop"));
+        assert_eq!(app_of_host("shop.turnpike", "example.com"), Some("shop"));
+        assert_eq!(app_of_host("shop.example.com", "example.com"), Some("shop"));
+        assert_eq!(app_of_host("localhost:8080", "localhost"), None);
+        assert_eq!(app_of_host("127.0.0.1:8080", "localhost"), None);
+        assert_eq!(app_of_host("a.b.localhost", "localhost"), None);
+        assert_eq!(app_of_host(".localhost", "localhost"), None);
+    }
+
+    #[test]
+    fn each_app_routes_only_its_own_host() {
+        let classes = ClassSet::default_four();
+        let apps = [
+            app(
+                "shop",
+                "acme",
+                &[
+                    ("/", None, "home", "critical"),
+                    ("/api", Some("POST"), "api", "batch"),
+                    ("/old", None, "home", "no-such-class"),
+                ],
+            ),
+            app("blog", "other", &[("/", None, "api", "standard")]),
+        ];
+        let operator = vec![Route {
+            method: None,
+            prefix: "/hello".into(),
+            target: Target {
+                tenant: OPERATOR.into(),
+                app: "demo".into(),
+                function: "hello".into(),
+                hash: "h".into(),
+                class: ClassId(3),
+            },
+        }];
+        let table = RoutingTable::new(7, &apps, &classes, operator);
+        let get = Method::GET;
+        let found =
+            |host, method: &Method, path| match table.lookup("localhost", Some(host), method, path)
+            {
+                Lookup::Found(t) => Some((t.tenant.clone(), t.function.clone(), t.class)),
+                _ => None,
+            };
+        assert_eq!(
+            found("shop.localhost", &get, "/api/x"),
+            Some(("acme".into(), "home".into(), ClassId(3)))
+        );
+        assert_eq!(
+            found("shop.localhost:8080", &Method::POST, "/api/x"),
+            Some(("acme".into(), "api".into(), ClassId(0)))
+        );
+        assert_eq!(
+            found("blog.localhost", &get, "/api"),
+            Some(("other".into(), "api".into(), ClassId(1)))
+        );
+        // A route with a class this gateway does not know is left out: `/` answers.
+        assert_eq!(
+            found("shop.localhost", &get, "/old").map(|t| t.1),
+            Some("home".into())
+        );
+        // The operator's routes answer other hosts only.
+        assert_eq!(
+            found("localhost:8080", &get, "/hello"),
+            Some((OPERATOR.into(), "hello".into(), ClassId(3)))
+        );
+        assert_eq!(
+            found("shop.localhost", &get, "/hello").map(|t| t.1),
+            Some("home".into())
+        );
+        assert_eq!(table.lookup("localhost", None, &get, "/x"), Lookup::NoRoute);
+        assert_eq!(
+            table.lookup("localhost", Some("nope.localhost"), &get, "/"),
+            Lookup::NoApp("nope".into())
+        );
+        assert_eq!(
+            table.lookup("localhost", Some("localhost"), &get, "/helloworld"),
+            Lookup::NoRoute
+        );
+    }
+}
