@@ -241,7 +241,10 @@ impl Api<'_> {
             Ok(bytes) => bytes,
             Err(refusal) => return refusal,
         };
-        let compiler = self.gateway.compiler.clone();
+        let compiler = match self.gateway.compiler() {
+            Ok(compiler) => compiler,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
         let checked = {
             let bytes = bytes.clone();
             tokio::task::spawn_blocking(move || compiler.load(&bytes)).await
@@ -549,6 +552,8 @@ impl Api<'_> {
                 }
             }
         }
+        // Read-your-writes: this gateway's own recent invocations are in the answer.
+        self.gateway.billing.flush().await;
         let store = self.gateway.store();
         let (rows, total) = match (
             store.usage(&self.tenant.name, &by, from, to).await,

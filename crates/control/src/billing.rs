@@ -6,13 +6,16 @@
 //!   price` ([`turnpike_policy::class::cost`]). Invocations that never ran (no worker, shard
 //!   down) cost nothing; one the guest failed (a trap, a timeout) is billed for what it used.
 //! - **The ledger.** Each billed invocation is one row keyed by its invocation id, written
-//!   idempotently ([`Store::record`]). Writes are group-committed: a writer task gathers what
-//!   arrives while the previous commit runs into one transaction, and an invocation's HTTP
-//!   response waits for its row's commit - so every success a client saw is in the ledger,
-//!   even if the process is killed right after, and a busy gateway makes one commit per batch
-//!   rather than one per invocation. A commit that keeps failing (the database is down) is
-//!   counted in `turnpike_gateway_ledger_failures_total` and the responses go out anyway:
-//!   a stored outage must not take the functions down with it.
+//!   idempotently ([`Store::record`]). A writer task commits the rows that arrived in the
+//!   last [`LEDGER_FLUSH`] as one transaction: the response does not wait for it (a commit
+//!   per invocation, or a response waiting for one, measured at 40% of the gateway's hello
+//!   throughput; `docs/benchmarks.md`). When the gateway stops it drains its connections and
+//!   then [`Billing::flush`]es, so a restart loses no row and every success a client saw is
+//!   in the ledger; a crash of the process (SIGKILL, power) loses at most the rows of the last
+//!   [`LEDGER_FLUSH`] - unbilled, never billed twice. `GET /v1/usage` flushes first, so a
+//!   tenant reads its own invocations at once. A commit that keeps failing (the database is
+//!   down) is counted in `turnpike_gateway_ledger_failures_total`: a store outage must not
+//!   take the functions down with it.
 //! - **Budgets.** A tenant's monthly budget (UTC calendar months) is checked before each
 //!   invocation it pays for. At fraction `t` of the month, it is over budget when
 //!   `spent > monthly x t + headroom x monthly`: spend may run ahead of the pro-rata budget
@@ -39,6 +42,8 @@ use turnpike_store::{Budget, Day, OverBudget, Store, UsageEntry};
 pub const BOOK_REFRESH: Duration = Duration::from_secs(5);
 /// Ledger rows per transaction, at most.
 const MAX_BATCH: usize = 512;
+/// How long the ledger writer gathers rows before committing them.
+pub const LEDGER_FLUSH: Duration = Duration::from_millis(10);
 /// Tries of a failing ledger commit.
 const COMMIT_TRIES: u32 = 3;
 
@@ -116,6 +121,14 @@ struct Book {
     read_at: Instant,
 }
 
+/// What the ledger writer is sent.
+#[derive(Debug)]
+enum Write {
+    Row(UsageEntry),
+    /// Commit what has arrived now, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The gateway's meter: costs, the ledger writer, budget checks.
 #[derive(Debug)]
 pub struct Billing {
@@ -124,7 +137,7 @@ pub struct Billing {
     memory_price: f64,
     clock: Arc<dyn Clock>,
     books: Mutex<HashMap<String, Book>>,
-    writer: mpsc::UnboundedSender<(UsageEntry, oneshot::Sender<bool>)>,
+    writer: mpsc::UnboundedSender<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
 }
@@ -212,15 +225,15 @@ impl Billing {
                 return Ok(book.clone());
             }
         }
+        // The store's sum must include what this gateway recorded (at most every
+        // `BOOK_REFRESH` per tenant, and after a budget change).
+        self.flush().await;
         let budget = self.store.budget(tenant).await.map_err(|e| e.to_string())?;
-        let spent = match budget {
-            Some(_) => self
-                .store
-                .spent_since(tenant, month)
-                .await
-                .map_err(|e| e.to_string())?,
-            None => 0.0,
-        };
+        let spent = self
+            .store
+            .spent_since(tenant, month)
+            .await
+            .map_err(|e| e.to_string())?;
         let book = Book {
             budget,
             month,
@@ -231,59 +244,83 @@ impl Billing {
         Ok(book)
     }
 
-    /// Writes `entry` to the ledger and returns once it is committed (or failed for good).
-    pub async fn record(&self, entry: UsageEntry) {
+    /// Hands `entry` to the ledger writer (committed within [`LEDGER_FLUSH`]) and counts its
+    /// cost in the tenant's spend at once.
+    pub fn record(&self, entry: UsageEntry) {
         let (tenant, cost) = (entry.tenant.clone(), entry.cost);
-        let (done, committed) = oneshot::channel();
-        if self.writer.send((entry, done)).is_err() {
+        if self.writer.send(Write::Row(entry)).is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if committed.await == Ok(true) {
-            if let Some(book) = crate::lock(&self.books).get_mut(&tenant) {
-                book.spent += cost;
-            }
+        if let Some(book) = crate::lock(&self.books).get_mut(&tenant) {
+            book.spent += cost;
+        }
+    }
+
+    /// Returns once every row recorded before the call is committed (or failed for good).
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.writer.send(Write::Flush(done)).is_ok() {
+            let _ = flushed.await;
         }
     }
 }
 
-/// The ledger writer: one transaction per batch of what has arrived, each entry's sender
-/// told whether it is committed.
+/// The ledger writer: gathers rows for [`LEDGER_FLUSH`] (or until a flush is asked for, or
+/// [`MAX_BATCH`] rows), commits them in one transaction, and answers the flushes.
 async fn write_ledger(
     store: Store,
-    mut entries: mpsc::UnboundedReceiver<(UsageEntry, oneshot::Sender<bool>)>,
+    mut writes: mpsc::UnboundedReceiver<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
 ) {
-    let mut batch = Vec::new();
-    while entries.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let rows: Vec<UsageEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
-        let mut committed = false;
-        for attempt in 0..COMMIT_TRIES {
-            match store.record(&rows).await {
-                Ok(_) => {
-                    committed = true;
-                    break;
-                }
-                Err(e) => {
-                    eprintln!(
-                        "ledger: commit of {} rows failed (try {}): {e}",
-                        rows.len(),
-                        attempt + 1
-                    );
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
+    let mut rows: Vec<UsageEntry> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut open = true;
+    while open {
+        // Wait for the first write; then gather until the deadline.
+        match writes.recv().await {
+            Some(Write::Row(row)) => rows.push(row),
+            Some(Write::Flush(done)) => flushes.push(done),
+            None => open = false,
+        }
+        let deadline = tokio::time::Instant::now() + LEDGER_FLUSH;
+        while open && flushes.is_empty() && rows.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, writes.recv()).await {
+                Ok(Some(Write::Row(row))) => rows.push(row),
+                Ok(Some(Write::Flush(done))) => flushes.push(done),
+                Ok(None) => open = false,
+                Err(_) => break,
             }
         }
-        if committed {
-            recorded.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        } else {
-            failures.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if !rows.is_empty() {
+            commit(&store, &rows, &failures, &recorded).await;
+            rows.clear();
         }
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(committed);
+        for done in flushes.drain(..) {
+            let _ = done.send(());
         }
     }
+}
+
+async fn commit(store: &Store, rows: &[UsageEntry], failures: &AtomicU64, recorded: &AtomicU64) {
+    for attempt in 0..COMMIT_TRIES {
+        match store.record(rows).await {
+            Ok(_) => {
+                recorded.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                eprintln!(
+                    "ledger: commit of {} rows failed (try {}): {e}",
+                    rows.len(),
+                    attempt + 1
+                );
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    failures.fetch_add(rows.len() as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -365,7 +402,8 @@ mod tests {
             gb_seconds: 0.0,
             cost: billing.cost(top, 5_000_000_000, 0.0),
         };
-        billing.record(spend(1)).await;
+        billing.record(spend(1));
+        billing.flush().await;
         assert_eq!(billing.recorded(), 1);
         let Admission::Throttle(wait) = billing.admit("acme", top).await.unwrap() else {
             panic!("not throttled")
@@ -390,7 +428,8 @@ mod tests {
             .await
             .unwrap();
         billing.forget("acme");
-        billing.record(spend(2)).await;
+        billing.record(spend(2));
+        billing.flush().await;
         assert_eq!(
             billing.admit("acme", top).await.unwrap(),
             Admission::Run(ClassId(0))
@@ -404,7 +443,8 @@ mod tests {
         // The same invocation recorded again is not spent again.
         clock.set(nov(11));
         billing.forget("acme");
-        billing.record(spend(2)).await;
+        billing.record(spend(2));
+        billing.flush().await;
         assert_eq!(store.ledger_len().await.unwrap(), 2);
         let (_, _, spent) = billing.status("acme").await.unwrap();
         assert_eq!(spent, 20.0);

@@ -6,8 +6,8 @@
 //!   longest wins. The developer API under `/v1/` ([`crate::api`]) deploys apps and invokes
 //!   functions directly (`x-turnpike-class` names the class).
 //! - Billing ([`crate::billing`]): before an invocation, the paying tenant's budget (429 or
-//!   the cheapest class when over it); after, its cost in the usage ledger, committed before
-//!   the response goes out.
+//!   the cheapest class when over it); after, its cost in the usage ledger (committed in
+//!   batches; all of them before the gateway stops).
 //! - Choosing a shard: every shard holds the same kind of per-class queues and places over
 //!   all workers, so any shard may take any invocation. The gateway takes the one with fewer
 //!   invocations in flight from two chosen at random (power of two choices), which spreads
@@ -22,8 +22,9 @@
 //!   body over the limit 413; a response body over the limit 413 too (it says which); a
 //!   function that failed 502 with the reason; no shard or worker available 503 with the
 //!   reason; over a throttling budget 429 with `Retry-After`.
-//! - Stopping: the listener closes and open connections finish their requests (at most
-//!   [`DRAIN_FOR`]), so every accepted request is answered and billed.
+//! - Stopping: the listener closes, open connections finish their requests (at most
+//!   [`DRAIN_FOR`]), and the ledger is flushed, so every accepted request is answered and
+//!   billed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,8 +102,9 @@ pub struct Gateway {
     next_id: AtomicU64,
     pub(crate) billing: Billing,
     routing: RwLock<Arc<RoutingTable>>,
-    /// Checks and precompiles uploaded components.
-    pub(crate) compiler: Arc<Runtime>,
+    /// Checks and precompiles uploaded components; made on the first upload (an engine has
+    /// an epoch ticker thread, which a gateway that never sees an upload need not run).
+    compiler: Mutex<Option<Arc<Runtime>>>,
     /// Tenants by key hash, once looked up (keys are never revoked today).
     keys: Mutex<HashMap<String, Tenant>>,
     /// Request to response, by class (routed and direct invocations).
@@ -150,8 +152,6 @@ impl Gateway {
     /// A gateway with its routing table read from the store. Starts the ledger writer on the
     /// current runtime.
     pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, String> {
-        let compiler = Runtime::new(RuntimeConfig::new(config.compile_cache.clone()))
-            .map_err(|e| format!("component compiler: {e}"))?;
         let billing = Billing::new(
             config.store.clone(),
             config.classes.clone(),
@@ -179,7 +179,7 @@ impl Gateway {
             next_id: AtomicU64::new(rand::random()),
             billing,
             routing: RwLock::new(Arc::new(RoutingTable::default())),
-            compiler: Arc::new(compiler),
+            compiler: Mutex::new(None),
             keys: Mutex::new(HashMap::new()),
             latency,
             responses: Default::default(),
@@ -233,6 +233,20 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// The engine that checks and precompiles uploads (into the compile cache the workers
+    /// of `turnpike up` share).
+    pub(crate) fn compiler(&self) -> Result<Arc<Runtime>, String> {
+        let mut compiler = crate::lock(&self.compiler);
+        if let Some(runtime) = &*compiler {
+            return Ok(runtime.clone());
+        }
+        let runtime = Runtime::new(RuntimeConfig::new(self.config.compile_cache.clone()))
+            .map(Arc::new)
+            .map_err(|e| format!("component compiler: {e}"))?;
+        *compiler = Some(runtime.clone());
+        Ok(runtime)
     }
 
     /// The tenant a request's `Authorization: Bearer KEY` names.
@@ -308,19 +322,23 @@ impl Gateway {
         out
     }
 
-    /// Serves HTTP on `listener` until `shutdown` completes.
+    /// Serves HTTP on `listener` until `shutdown` completes; then answers the requests
+    /// already accepted and commits their ledger rows.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let follower = tokio::spawn(self.clone().follow_store());
+        let serving = self.clone();
         let handler = move |request| {
-            let gateway = self.clone();
+            let gateway = serving.clone();
             async move { gateway.handle(request).await }
         };
         crate::http_server::serve(listener, handler, shutdown).await;
         follower.abort();
+        // Every answered request's row, in the store before the gateway is gone.
+        self.billing.flush().await;
     }
 
     /// Answers one HTTP request.
@@ -434,20 +452,18 @@ impl Gateway {
                 let usage = billable(&outcome);
                 let response = self.respond(outcome);
                 if let Some((cpu_ns, mb_seconds)) = usage {
-                    self.billing
-                        .record(UsageEntry {
-                            invocation: id as i64,
-                            tenant: target.tenant,
-                            app: target.app,
-                            function: target.function,
-                            class: self.config.classes.get(class).name.clone(),
-                            at: self.billing.clock().now(),
-                            status: response.status().as_u16(),
-                            cpu_ns: cpu_ns as i64,
-                            gb_seconds: mb_seconds / 1024.0,
-                            cost: self.billing.cost(class, cpu_ns, mb_seconds),
-                        })
-                        .await;
+                    self.billing.record(UsageEntry {
+                        invocation: id as i64,
+                        tenant: target.tenant,
+                        app: target.app,
+                        function: target.function,
+                        class: self.config.classes.get(class).name.clone(),
+                        at: self.billing.clock().now(),
+                        status: response.status().as_u16(),
+                        cpu_ns: cpu_ns as i64,
+                        gb_seconds: mb_seconds / 1024.0,
+                        cost: self.billing.cost(class, cpu_ns, mb_seconds),
+                    });
                 }
                 response
             }

@@ -582,27 +582,21 @@ impl Store {
     /// id is in the ledger already is skipped, so a retried write never counts twice.
     /// Returns how many were new.
     pub async fn record(&self, entries: &[UsageEntry]) -> Result<u64> {
+        // One multi-row statement per chunk: a batch costs a round trip to the database, not
+        // one per row. Chunks keep the parameters (11 a row) within both databases' limits.
+        // A batch of one chunk is one statement, atomic without a transaction around it.
+        const ROWS: usize = 256;
+        if entries.len() <= ROWS {
+            let sql = insert_usage_sql(entries.len());
+            let query = bind_usage(sqlx::query(&sql), entries);
+            return Ok(query.execute(&self.pool).await?.rows_affected());
+        }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
-        for e in entries {
-            new += sqlx::query(
-                "INSERT INTO ledger (invocation, tenant, app, function, class, day, at, status, cpu_ns, gb_seconds, cost) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-            )
-            .bind(e.invocation)
-            .bind(&e.tenant)
-            .bind(&e.app)
-            .bind(&e.function)
-            .bind(&e.class)
-            .bind(Day::of_unix(e.at).to_string())
-            .bind(e.at)
-            .bind(i64::from(e.status))
-            .bind(e.cpu_ns)
-            .bind(e.gb_seconds)
-            .bind(e.cost)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for chunk in entries.chunks(ROWS) {
+            let sql = insert_usage_sql(chunk.len());
+            let query = bind_usage(sqlx::query(&sql), chunk);
+            new += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(new)
@@ -672,6 +666,47 @@ impl Store {
             .await?;
         Ok(row.try_get::<i64, _>("n")? as u64)
     }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `INSERT ... ON CONFLICT DO NOTHING` of `rows` ledger rows in one statement.
+fn insert_usage_sql(rows: usize) -> String {
+    const COLUMNS: usize = 11;
+    let mut sql = String::from(
+        "INSERT INTO ledger (invocation, tenant, app, function, class, day, at, status, cpu_ns, gb_seconds, cost) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let first = row * COLUMNS + 1;
+        let params: Vec<String> = (first..first + COLUMNS).map(|p| format!("${p}")).collect();
+        sql.push('(');
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// Binds `entries` to [`insert_usage_sql`]'s statement.
+fn bind_usage<'q>(mut query: AnyQuery<'q>, entries: &'q [UsageEntry]) -> AnyQuery<'q> {
+    for e in entries {
+        query = query
+            .bind(e.invocation)
+            .bind(&e.tenant)
+            .bind(&e.app)
+            .bind(&e.function)
+            .bind(&e.class)
+            .bind(Day::of_unix(e.at).to_string())
+            .bind(e.at)
+            .bind(i64::from(e.status))
+            .bind(e.cpu_ns)
+            .bind(e.gb_seconds)
+            .bind(e.cost);
+    }
+    query
 }
 
 fn tenant_of(row: &AnyRow) -> Result<Tenant, sqlx::Error> {

@@ -77,7 +77,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(
-            "bad {what} name `{name}`: use 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
+            "bad {what} name `{name}`: a name is a DNS label, 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
         )))
     }
 }

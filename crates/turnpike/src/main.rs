@@ -1,7 +1,13 @@
-//! `turnpike`: the one binary of Turnpike: a whole cluster in one process (`turnpike up`) and
-//! the cluster simulator (`turnpike sim ...`); see `turnpike --help`.
+//! `turnpike`: the one binary of Turnpike: every role of a cluster (`turnpike up` runs them
+//! all in one process; `gateway`, `shard`, `worker` one each), the developer CLI on the
+//! gateway's `/v1/` API (`deploy`, `functions`, `routes`, `invoke`, `usage`, `budget`,
+//! `classes`, `tenants`), and the cluster simulator (`turnpike sim ...`); see
+//! `turnpike --help`.
 
+mod api_commands;
+mod client;
 mod config_file;
+mod manifest;
 mod roles;
 mod sim;
 mod up;
@@ -35,6 +41,25 @@ enum Command {
     /// Run the discrete-event cluster simulator (the paper's evaluation and beyond).
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Deploy an app from its manifest (turnpike.toml): upload its components, set its
+    /// functions, routes and budget.
+    Deploy(api_commands::DeployArgs),
+    /// List the functions of your apps.
+    Functions(api_commands::ReadArgs),
+    /// List the routes of your apps.
+    Routes(api_commands::ReadArgs),
+    /// List the price classes and their prices.
+    Classes(api_commands::ReadArgs),
+    /// Run a function of one of your apps at a price class.
+    Invoke(api_commands::InvokeArgs),
+    /// Show your usage and its cost, summed by function, class, app or day.
+    Usage(api_commands::UsageArgs),
+    /// Show your monthly budget, or set it (`--monthly N --over throttle|lower`) or remove it
+    /// (`--none`).
+    Budget(api_commands::BudgetArgs),
+    /// Create and list tenants (admin only).
+    #[command(subcommand)]
+    Tenants(api_commands::TenantsCommand),
 }
 
 /// The scheduling policy of emulated workers (`--policy`).
@@ -106,5 +131,13 @@ fn main() -> ExitCode {
         Command::Shard(args) => roles::shard(args),
         Command::Gateway(args) => roles::gateway(args),
         Command::Sim(cmd) => sim::main(cmd),
+        Command::Deploy(args) => api_commands::exit(api_commands::deploy(args)),
+        Command::Functions(args) => api_commands::exit(api_commands::functions(args)),
+        Command::Routes(args) => api_commands::exit(api_commands::routes(args)),
+        Command::Classes(args) => api_commands::exit(api_commands::classes(args)),
+        Command::Invoke(args) => api_commands::exit(api_commands::invoke(args)),
+        Command::Usage(args) => api_commands::exit(api_commands::usage(args)),
+        Command::Budget(args) => api_commands::exit(api_commands::budget(args)),
+        Command::Tenants(cmd) => api_commands::exit(api_commands::tenants(cmd)),
     }
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
-use turnpike_control::chain::ChainToken;
 use turnpike_control::billing::SystemClock;
+use turnpike_control::chain::ChainToken;
 use turnpike_control::gateway::{Gateway, GatewayConfig};
-use turnpike_control::routing::{Route, Target, OPERATOR};
 use turnpike_control::metrics;
+use turnpike_control::routing::{Route, Target, OPERATOR};
 use turnpike_control::shard::{ShardConfig, ShardService};
 use turnpike_policy::ClassSet;
 

@@ -161,6 +161,7 @@ fn start_role(args: &[String], prefix: &str) -> (Child, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_in_its_own_process() {
+    let gateway_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
     let functions = turnpike_control::up::default_functions_dir();
     let mut children = Vec::new();
@@ -192,6 +193,8 @@ async fn every_role_in_its_own_process() {
         "gateway".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        gateway_dir.path().display().to_string(),
         "--route".into(),
         format!("/hello={}@critical", hash("hello")),
         "--route".into(),
@@ -344,6 +347,7 @@ fn a_short_chain_token_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
+    let gateway_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
     let functions = turnpike_control::up::default_functions_dir();
     let spin = functions.join("spin.wasm");
@@ -375,6 +379,8 @@ async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
         "gateway".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        gateway_dir.path().display().to_string(),
         "--route".into(),
         format!("/spin={spin_hash}@batch"),
     ];
@@ -440,6 +446,7 @@ fn a_bad_config_file_is_refused_naming_the_line_and_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_of_emulated_workers_serves_a_separate_gateway() {
+    let gateway_dir = tempfile::tempdir().expect("temp dir");
     let (shard, shard_addr) = start_role(&["shard".into()], "shard listening on ");
     let (workers, line) = start_role(
         &[
@@ -457,6 +464,8 @@ async fn a_worker_process_of_emulated_workers_serves_a_separate_gateway() {
             "gateway".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            gateway_dir.path().display().to_string(),
             "--shard".into(),
             shard_addr,
             "--route".into(),

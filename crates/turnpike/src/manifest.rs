@@ -1,0 +1,592 @@
+//! The app manifest, `turnpike.toml`, that `turnpike deploy` reads: an app's name, its
+//! functions (component files), its routes with their price classes, and optionally the
+//! tenant's monthly budget.
+//!
+//! ```toml
+//! app = "shop"                      # a DNS label: [a-z0-9-], 1-63 characters
+//!
+//! [functions]
+//! hello = "dist/hello.wasm"         # a component, relative to this file's directory
+//!
+//! [[routes]]
+//! path = "/"                        # a path prefix, starting with '/'
+//! function = "hello"                # a key of [functions]
+//! class = "critical"                # a price class (the gateway checks it)
+//! method = "GET"                    # optional: every method without it
+//!
+//! [budget]                          # optional: the tenant's monthly budget
+//! monthly = 1000000                 # micro-cents a month
+//! over = "throttle"                 # or "lower"
+//! headroom = 0.05                   # a fraction of `monthly`, default 0.05
+//! ```
+//!
+//! Everything the CLI can check without the gateway is checked here, and refused with the
+//! file, the line and the field named: an unknown field, a bad app or function name, a route
+//! path not starting with `/`, a route naming a function the file does not have, two routes
+//! with the same method and path, a component file that cannot be read, a negative number.
+//! (Classes and the components' contents are the gateway's to check.)
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Headroom of a budget that does not name one: a fraction of the monthly budget.
+pub const DEFAULT_HEADROOM: f64 = 0.05;
+
+/// A checked manifest, its component files read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub app: String,
+    /// By name.
+    pub functions: Vec<Function>,
+    /// In the file's order.
+    pub routes: Vec<Route>,
+    pub budget: Option<Budget>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    pub name: String,
+    /// The component file as the manifest names it, resolved against its directory.
+    pub path: PathBuf,
+    /// The component's bytes.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path: String,
+    pub function: String,
+    pub class: String,
+    /// `None`: every method.
+    pub method: Option<String>,
+}
+
+/// A tenant's monthly budget (`[budget]`, and `turnpike budget --monthly`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Micro-cents a month.
+    pub monthly: f64,
+    pub over: Over,
+    /// A fraction of `monthly` that may be spent ahead of the pro-rata allowance.
+    pub headroom: f64,
+}
+
+/// What the gateway does with a new invocation while the tenant is over budget.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// Refuse it with 429 and `Retry-After`.
+    Throttle,
+    /// Run it at the cheapest class.
+    Lower,
+}
+
+impl Over {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Over::Throttle => "throttle",
+            Over::Lower => "lower",
+        }
+    }
+}
+
+impl Budget {
+    /// The body of `PUT /v1/budget`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "monthly": self.monthly,
+            "over": self.over.as_str(),
+            "headroom": self.headroom,
+        })
+    }
+}
+
+impl Manifest {
+    /// The body of `PUT /v1/apps/{app}`, given each function's uploaded content hash.
+    pub fn app_json(&self, hashes: &BTreeMap<String, String>) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let mut route = serde_json::json!({
+                    "path": r.path,
+                    "function": r.function,
+                    "class": r.class,
+                });
+                if let Some(method) = &r.method {
+                    route["method"] = method.as_str().into();
+                }
+                route
+            })
+            .collect();
+        serde_json::json!({ "functions": hashes, "routes": routes })
+    }
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    app: Spanned<String>,
+    functions: Spanned<BTreeMap<String, Spanned<String>>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    budget: Option<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    function: Spanned<String>,
+    class: Spanned<String>,
+    method: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    monthly: Spanned<f64>,
+    over: Spanned<String>,
+    headroom: Option<Spanned<f64>>,
+}
+
+/// Reads and checks the manifest at `path`; the error names the file, the line and the field.
+pub fn load(path: &Path) -> Result<Manifest, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the manifest {}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    parse(&text, path, dir)
+}
+
+/// The 1-based line of byte `offset` in `text`.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key whose value starts at byte `offset` (`monthly` for the `"x"` of `monthly = "x"`),
+/// if the text before it on its line ends with `KEY =`.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?;
+    let line = before.rsplit('\n').next()?;
+    let line = line.trim_end().strip_suffix('=')?.trim_end();
+    let start = line
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .map_or(0, |i| i + 1);
+    Some(&line[start..]).filter(|k| !k.is_empty())
+}
+
+/// Whether `name` is a DNS label: `[a-z0-9-]`, 1-63 characters, no leading or trailing `-`
+/// (app and tenant names) - the store's rule, checked here before anything is uploaded.
+pub fn check_dns_label(what: &str, name: &str) -> Result<(), String> {
+    turnpike_store::check_name(what, name).map_err(|e| e.to_string())
+}
+
+/// Whether `name` can name a function: letters, digits, `-`, `_` and `.`, 1-63 characters,
+/// so that it fits in a URL path as it is.
+pub fn check_function_name(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` cannot name a function: use 1-63 of letters, digits, `-`, `_` and `.`"
+        ))
+    }
+}
+
+/// `v` if it is a number >= 0 (a budget's `monthly` and `headroom`).
+pub fn check_non_negative(v: f64) -> Result<f64, String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a number >= 0"))
+    }
+}
+
+/// Checks the manifest text read from `file` (named in errors); component paths are relative
+/// to `dir`.
+fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
+    let at = |span: Range<usize>, field: &str, message: String| {
+        format!(
+            "{}: line {}: `{field}`: {message}",
+            file.display(),
+            line_at(text, span.start)
+        )
+    };
+    let raw: RawManifest = toml::from_str(text).map_err(|e| {
+        let Some(span) = e.span() else {
+            return format!("{}: {}", file.display(), e.message());
+        };
+        let line = line_at(text, span.start);
+        match key_before(text, span.start) {
+            Some(key) => format!("{}: line {line}: `{key}`: {}", file.display(), e.message()),
+            None => format!("{}: line {line}: {}", file.display(), e.message()),
+        }
+    })?;
+
+    check_dns_label("app", raw.app.get_ref()).map_err(|e| at(raw.app.span(), "app", e))?;
+
+    if raw.functions.get_ref().is_empty() {
+        return Err(at(
+            raw.functions.span(),
+            "functions",
+            "no functions: name at least one component, `hello = \"dist/hello.wasm\"`".into(),
+        ));
+    }
+    let mut functions = Vec::new();
+    for (name, component) in raw.functions.get_ref() {
+        let field = format!("functions.{name}");
+        check_function_name(name).map_err(|e| at(component.span(), &field, e))?;
+        let path = dir.join(component.get_ref());
+        let bytes = std::fs::read(&path).map_err(|e| {
+            at(
+                component.span(),
+                &field,
+                format!("cannot read the component {}: {e}", path.display()),
+            )
+        })?;
+        functions.push(Function {
+            name: name.clone(),
+            path,
+            bytes,
+        });
+    }
+
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        let r = route.get_ref();
+        let field = |name: &str| format!("routes[{i}].{name}");
+        let path = r.path.get_ref();
+        if !path.starts_with('/') {
+            return Err(at(
+                r.path.span(),
+                &field("path"),
+                format!("`{path}` must start with `/`"),
+            ));
+        }
+        let function = r.function.get_ref();
+        if !raw.functions.get_ref().contains_key(function) {
+            let known: Vec<&str> = raw.functions.get_ref().keys().map(String::as_str).collect();
+            return Err(at(
+                r.function.span(),
+                &field("function"),
+                format!(
+                    "no function `{function}` in [functions] (it has: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let class = r.class.get_ref();
+        if class.is_empty() {
+            return Err(at(
+                r.class.span(),
+                &field("class"),
+                "empty: name a price class (`turnpike classes` lists them)".into(),
+            ));
+        }
+        if let Some(method) = &r.method {
+            if http::Method::from_bytes(method.get_ref().as_bytes()).is_err() {
+                return Err(at(
+                    method.span(),
+                    &field("method"),
+                    format!("`{}` is not an HTTP method", method.get_ref()),
+                ));
+            }
+        }
+        let method = r.method.as_ref().map(|m| m.get_ref().clone());
+        if !seen.insert((method.clone(), path.clone())) {
+            return Err(at(
+                route.span(),
+                &format!("routes[{i}]"),
+                format!(
+                    "a second route for {}: two routes may not have the same method and path",
+                    match &method {
+                        Some(m) => format!("{m} {path}"),
+                        None => format!("{path} (every method)"),
+                    }
+                ),
+            ));
+        }
+        routes.push(Route {
+            path: path.clone(),
+            function: function.clone(),
+            class: class.clone(),
+            method,
+        });
+    }
+
+    let budget = match &raw.budget {
+        None => None,
+        Some(b) => {
+            let b = b.get_ref();
+            let non_negative = |value: &Spanned<f64>, name: &str| {
+                check_non_negative(*value.get_ref())
+                    .map_err(|e| at(value.span(), &format!("budget.{name}"), e))
+            };
+            let monthly = non_negative(&b.monthly, "monthly")?;
+            let headroom = match &b.headroom {
+                Some(h) => non_negative(h, "headroom")?,
+                None => DEFAULT_HEADROOM,
+            };
+            let over = match b.over.get_ref().as_str() {
+                "throttle" => Over::Throttle,
+                "lower" => Over::Lower,
+                other => {
+                    return Err(at(
+                        b.over.span(),
+                        "budget.over",
+                        format!("`{other}` must be `throttle` or `lower`"),
+                    ))
+                }
+            };
+            Some(Budget {
+                monthly,
+                over,
+                headroom,
+            })
+        }
+    };
+
+    Ok(Manifest {
+        app: raw.app.into_inner(),
+        functions,
+        routes,
+        budget,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"app = "shop"
+
+[functions]
+hello = "dist/hello.wasm"
+spin = "dist/spin.wasm"
+
+[[routes]]
+path = "/"
+function = "hello"
+class = "critical"
+method = "GET"
+
+[[routes]]
+path = "/work"
+function = "spin"
+class = "batch"
+
+[budget]
+monthly = 1000000
+over = "lower"
+"#;
+
+    /// A directory with `dist/hello.wasm` and `dist/spin.wasm` (not real components: the
+    /// manifest does not look inside).
+    fn components() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
+        for name in ["hello", "spin"] {
+            std::fs::write(dir.path().join(format!("dist/{name}.wasm")), name).expect("write");
+        }
+        dir
+    }
+
+    fn check(text: &str) -> Result<Manifest, String> {
+        let dir = components();
+        parse(text, Path::new("app/turnpike.toml"), dir.path())
+    }
+
+    /// The error for `GOOD` with `from` replaced by `to`.
+    fn error(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        check(&GOOD.replacen(from, to, 1)).expect_err("refused")
+    }
+
+    fn assert_names(error: &str, line: usize, field: &str) {
+        assert!(
+            error.starts_with(&format!("app/turnpike.toml: line {line}: "))
+                && error.contains(field),
+            "expected line {line} and `{field}` in: {error}"
+        );
+    }
+
+    #[test]
+    fn a_good_manifest() {
+        let dir = components();
+        let file = dir.path().join("turnpike.toml");
+        std::fs::write(&file, GOOD).expect("write");
+        let m = load(&file).expect("a good manifest");
+        assert_eq!(m.app, "shop");
+        assert_eq!(
+            m.functions
+                .iter()
+                .map(|f| (f.name.as_str(), f.bytes.as_slice()))
+                .collect::<Vec<_>>(),
+            [("hello", &b"hello"[..]), ("spin", &b"spin"[..])]
+        );
+        assert_eq!(m.functions[0].path, dir.path().join("dist/hello.wasm"));
+        assert_eq!(
+            m.routes,
+            [
+                Route {
+                    path: "/".into(),
+                    function: "hello".into(),
+                    class: "critical".into(),
+                    method: Some("GET".into())
+                },
+                Route {
+                    path: "/work".into(),
+                    function: "spin".into(),
+                    class: "batch".into(),
+                    method: None
+                }
+            ]
+        );
+        assert_eq!(
+            m.budget,
+            Some(Budget {
+                monthly: 1e6,
+                over: Over::Lower,
+                headroom: DEFAULT_HEADROOM
+            })
+        );
+        let hashes = BTreeMap::from([
+            ("hello".to_string(), "h1".to_string()),
+            ("spin".to_string(), "h2".to_string()),
+        ]);
+        assert_eq!(
+            m.app_json(&hashes),
+            serde_json::json!({
+                "functions": {"hello": "h1", "spin": "h2"},
+                "routes": [
+                    {"path": "/", "function": "hello", "class": "critical", "method": "GET"},
+                    {"path": "/work", "function": "spin", "class": "batch"}
+                ]
+            })
+        );
+        assert_eq!(
+            m.budget.expect("budget").to_json(),
+            serde_json::json!({"monthly": 1e6, "over": "lower", "headroom": 0.05})
+        );
+    }
+
+    #[test]
+    fn routes_and_budget_are_optional() {
+        let m = check("app = \"a-1\"\n[functions]\nf = \"dist/hello.wasm\"\n").expect("good");
+        assert!(m.routes.is_empty() && m.budget.is_none());
+    }
+
+    #[test]
+    fn bad_app_names_are_refused() {
+        for bad in [
+            "Shop",
+            "-shop",
+            "shop-",
+            "",
+            "sh op",
+            "shop.x",
+            &"a".repeat(64),
+        ] {
+            let e = error("app = \"shop\"", &format!("app = \"{bad}\""));
+            assert_names(&e, 1, "`app`");
+            assert!(e.contains("DNS label"), "{e}");
+        }
+        assert!(check_dns_label("app", &"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_name_the_line() {
+        let e = error("class = \"batch\"", "class = \"batch\"\nweight = 3");
+        assert_names(&e, 17, "`weight`");
+        let e = error("[budget]", "[budget]\ncurrency = \"usd\"");
+        assert_names(&e, 19, "`currency`");
+        let e = error("path = \"/work\"", "path = \"/work");
+        assert!(e.starts_with("app/turnpike.toml: line 14: "), "{e}");
+        let e = error("class = \"critical\"\n", "");
+        assert_names(&e, 7, "`class`");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field() {
+        let e = error("monthly = 1000000", "monthly = \"lots\"");
+        assert_names(&e, 19, "`monthly`");
+        let e = error("hello = \"dist/hello.wasm\"", "hello = 3");
+        assert_names(&e, 4, "`hello`");
+    }
+
+    #[test]
+    fn a_route_path_must_start_with_a_slash() {
+        let e = error("path = \"/work\"", "path = \"work\"");
+        assert_names(&e, 14, "`routes[1].path`");
+    }
+
+    #[test]
+    fn a_route_must_name_a_function_of_the_manifest() {
+        let e = error("function = \"spin\"", "function = \"spinn\"");
+        assert_names(&e, 15, "`routes[1].function`");
+        assert!(e.contains("spinn") && e.contains("hello, spin"), "{e}");
+    }
+
+    #[test]
+    fn components_must_be_readable_and_functions_named() {
+        let e = error("dist/spin.wasm", "dist/nope.wasm");
+        assert_names(&e, 5, "`functions.spin`");
+        assert!(e.contains("nope.wasm"), "{e}");
+        let e = error("spin = ", "\"sp/in\" = ");
+        assert_names(&e, 5, "cannot name a function");
+        let e = check("app = \"a\"\n[functions]\n").expect_err("no functions");
+        assert!(
+            e.contains("`functions`") && e.contains("no functions"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn budget_numbers_must_not_be_negative_and_over_is_throttle_or_lower() {
+        let e = error("monthly = 1000000", "monthly = -1");
+        assert_names(&e, 19, "`budget.monthly`");
+        let e = error("over = \"lower\"", "over = \"lower\"\nheadroom = -0.5");
+        assert_names(&e, 21, "`budget.headroom`");
+        let e = error("over = \"lower\"", "over = \"slower\"");
+        assert_names(&e, 20, "`budget.over`");
+        assert!(e.contains("throttle"), "{e}");
+        let e = error("monthly = 1000000", "monthly = nan");
+        assert_names(&e, 19, "`budget.monthly`");
+    }
+
+    #[test]
+    fn two_routes_with_the_same_method_and_path_are_refused() {
+        let e = error("path = \"/work\"", "path = \"/\"\nmethod = \"GET\"");
+        assert_names(&e, 13, "`routes[1]`");
+        assert!(e.contains("GET /"), "{e}");
+        // The same path for another method, or for every method, is another route.
+        assert!(check(&GOOD.replacen("path = \"/work\"", "path = \"/\"", 1)).is_ok());
+        let e = error(
+            "[budget]",
+            "[[routes]]\npath = \"/work\"\nfunction = \"hello\"\nclass = \"batch\"\n[budget]",
+        );
+        assert_names(&e, 18, "`routes[2]`");
+        assert!(e.contains("every method"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_method_is_refused() {
+        let e = error("method = \"GET\"", "method = \"G T\"");
+        assert_names(&e, 11, "`routes[0].method`");
+    }
+
+    #[test]
+    fn a_missing_manifest_is_named() {
+        let e = load(Path::new("/nonexistent/turnpike.toml")).expect_err("missing");
+        assert!(e.contains("/nonexistent/turnpike.toml"), "{e}");
+    }
+}
