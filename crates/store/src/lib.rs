@@ -18,6 +18,7 @@ pub mod calendar;
 mod migrations;
 mod model;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -264,14 +265,7 @@ impl Store {
 
     /// Whether `tenant` uploaded the component `hash`.
     pub async fn owns_component(&self, tenant: &str, hash: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM component_owners WHERE hash = $1 AND tenant = $2",
-        )
-        .bind(hash)
-        .bind(tenant)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        owns(&self.pool, tenant, hash).await
     }
 
     // --- Apps, functions, routes ---
@@ -285,12 +279,7 @@ impl Store {
         spec.check()?;
         let now = unix_now();
         let mut tx = self.pool.begin().await?;
-        let owner = sqlx::query("SELECT tenant FROM apps WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get::<String, _>("tenant"))
-            .transpose()?;
+        let owner = owner_of(&mut *tx, name).await?;
         match owner {
             Some(owner) if owner != tenant => {
                 return Err(StoreError::Conflict(format!(
@@ -336,15 +325,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for (function, hash) in &spec.functions {
-            let owned = sqlx::query(
-                "SELECT COUNT(*) AS n FROM component_owners WHERE hash = $1 AND tenant = $2",
-            )
-            .bind(hash)
-            .bind(tenant)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get::<i64, _>("n")?;
-            if owned == 0 {
+            if !owns(&mut *tx, tenant, hash).await? {
                 return Err(StoreError::Invalid(format!(
                     "function `{function}`: no component {hash} was uploaded by this tenant (POST /v1/components first)"
                 )));
@@ -393,72 +374,35 @@ impl Store {
 
     /// `tenant`'s app `name`; `None` if it does not exist or is another tenant's.
     pub async fn app(&self, tenant: &str, name: &str) -> Result<Option<App>> {
-        let row = sqlx::query("SELECT name, tenant FROM apps WHERE name = $1 AND tenant = $2")
-            .bind(name)
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(_) => Ok(Some(self.load_app(tenant, name).await?)),
-        }
+        Ok(self.load_apps(Some(tenant), Some(name)).await?.pop())
     }
 
     /// Every app of `tenant`, by name.
     pub async fn apps(&self, tenant: &str) -> Result<Vec<App>> {
-        let names: Vec<String> =
-            sqlx::query("SELECT name FROM apps WHERE tenant = $1 ORDER BY name")
-                .bind(tenant)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get("name"))
-                .collect::<Result<_, _>>()?;
-        let mut apps = Vec::with_capacity(names.len());
-        for name in names {
-            apps.push(self.load_app(tenant, &name).await?);
-        }
-        Ok(apps)
+        self.load_apps(Some(tenant), None).await
     }
 
     /// Every app of every tenant: what a gateway routes by.
     pub async fn all_apps(&self) -> Result<Vec<App>> {
-        let owners: Vec<(String, String)> =
-            sqlx::query("SELECT name, tenant FROM apps ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("name")?, r.try_get("tenant")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-        let mut apps = Vec::with_capacity(owners.len());
-        for (name, tenant) in owners {
-            apps.push(self.load_app(&tenant, &name).await?);
-        }
-        Ok(apps)
+        self.load_apps(None, None).await
     }
 
     /// Deletes `tenant`'s app; whether there was one. Its usage stays in the ledger.
     pub async fn delete_app(&self, tenant: &str, name: &str) -> Result<bool> {
-        if self.app(tenant, name).await?.is_none() {
+        let mut tx = self.pool.begin().await?;
+        if owner_of(&mut *tx, name).await?.as_deref() != Some(tenant) {
             return Ok(false);
         }
-        let mut tx = self.pool.begin().await?;
         for table in ["functions", "routes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE app = $1"))
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
         }
-        let deleted = sqlx::query("DELETE FROM apps WHERE name = $1 AND tenant = $2")
+        sqlx::query("DELETE FROM apps WHERE name = $1")
             .bind(name)
-            .bind(tenant)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            // Deleted by another request in between: nothing of ours to remove.
-            return Ok(false);
-        }
+            .await?;
         bump_routing_version(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
@@ -476,45 +420,74 @@ impl Store {
             .unwrap_or(0))
     }
 
-    async fn load_app(&self, tenant: &str, name: &str) -> Result<App> {
-        let functions = sqlx::query(
-            "SELECT name, hash, deployed_at FROM functions WHERE app = $1 ORDER BY name",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Function {
-                name: r.try_get("name")?,
-                hash: r.try_get("hash")?,
-                deployed_at: r.try_get("deployed_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        let routes = sqlx::query(
-            "SELECT method, path, function, class FROM routes WHERE app = $1 ORDER BY path, method",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let method: String = r.try_get("method")?;
-            Ok(RouteSpec {
-                method: (!method.is_empty()).then_some(method),
-                path: r.try_get("path")?,
-                function: r.try_get("function")?,
-                class: r.try_get("class")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        Ok(App {
-            name: name.to_string(),
-            tenant: tenant.to_string(),
-            functions,
-            routes,
-        })
+    /// Apps, by name - of `tenant` and named `name` when given: three queries, however
+    /// many apps.
+    async fn load_apps(&self, tenant: Option<&str>, name: Option<&str>) -> Result<Vec<App>> {
+        let filters: Vec<(&str, &str)> = [("a.tenant", tenant), ("a.name", name)]
+            .into_iter()
+            .filter_map(|(column, value)| Some((column, value?)))
+            .collect();
+        let condition: Vec<String> = filters
+            .iter()
+            .enumerate()
+            .map(|(i, (column, _))| format!("{column} = ${}", i + 1))
+            .collect();
+        let filter = if condition.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", condition.join(" AND "))
+        };
+        let values: Vec<&str> = filters.iter().map(|(_, value)| *value).collect();
+        let values = &values;
+        let fetch = |sql: String| async move {
+            let mut query = sqlx::query(&sql);
+            for value in values {
+                query = query.bind(*value);
+            }
+            query.fetch_all(&self.pool).await
+        };
+        let mut apps: BTreeMap<String, App> = BTreeMap::new();
+        for r in fetch(format!("SELECT a.name, a.tenant FROM apps a{filter}")).await? {
+            let name: String = r.try_get("name")?;
+            let app = App {
+                name: name.clone(),
+                tenant: r.try_get("tenant")?,
+                functions: Vec::new(),
+                routes: Vec::new(),
+            };
+            apps.insert(name, app);
+        }
+        let functions = fetch(format!(
+            "SELECT f.app, f.name, f.hash, f.deployed_at FROM functions f \
+             JOIN apps a ON a.name = f.app{filter} ORDER BY f.app, f.name"
+        ))
+        .await?;
+        for r in functions {
+            if let Some(app) = apps.get_mut(&r.try_get::<String, _>("app")?) {
+                app.functions.push(Function {
+                    name: r.try_get("name")?,
+                    hash: r.try_get("hash")?,
+                    deployed_at: r.try_get("deployed_at")?,
+                });
+            }
+        }
+        let routes = fetch(format!(
+            "SELECT r.app, r.method, r.path, r.function, r.class FROM routes r \
+             JOIN apps a ON a.name = r.app{filter} ORDER BY r.app, r.path, r.method"
+        ))
+        .await?;
+        for r in routes {
+            if let Some(app) = apps.get_mut(&r.try_get::<String, _>("app")?) {
+                let method: String = r.try_get("method")?;
+                app.routes.push(RouteSpec {
+                    method: (!method.is_empty()).then_some(method),
+                    path: r.try_get("path")?,
+                    function: r.try_get("function")?,
+                    class: r.try_get("class")?,
+                });
+            }
+        }
+        Ok(apps.into_values().collect())
     }
 
     /// Every version a function of `tenant`'s app has had, oldest first: `(hash, deployed
@@ -707,6 +680,33 @@ fn bind_usage<'q>(mut query: AnyQuery<'q>, entries: &'q [UsageEntry]) -> AnyQuer
             .bind(e.cost);
     }
     query
+}
+
+/// The tenant that has the app `name`, if any.
+async fn owner_of<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    name: &str,
+) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT tenant FROM apps WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| r.try_get::<String, _>("tenant")).transpose()?)
+}
+
+/// Whether `tenant` uploaded the component `hash`.
+async fn owns<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    tenant: &str,
+    hash: &str,
+) -> Result<bool> {
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM component_owners WHERE hash = $1 AND tenant = $2")
+            .bind(hash)
+            .bind(tenant)
+            .fetch_one(db)
+            .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
 }
 
 fn tenant_of(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
