@@ -12,7 +12,8 @@
 //! `BIGINT`s as `NUMERIC`, which `Any` cannot read).
 //!
 //! Every change that touches more than one row runs in one transaction, so a failed request
-//! leaves nothing half-written.
+//! leaves nothing half-written; each starts with a write, so that on SQLite it waits for the
+//! write lock rather than failing when another writer went first.
 
 pub mod calendar;
 mod migrations;
@@ -279,6 +280,7 @@ impl Store {
         spec.check()?;
         let now = unix_now();
         let mut tx = self.pool.begin().await?;
+        bump_routing_version(&mut tx).await?;
         let owner = owner_of(&mut *tx, name).await?;
         match owner {
             Some(owner) if owner != tenant => {
@@ -365,7 +367,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        bump_routing_version(&mut tx).await?;
         tx.commit().await?;
         self.app(tenant, name)
             .await?
@@ -390,6 +391,7 @@ impl Store {
     /// Deletes `tenant`'s app; whether there was one. Its usage stays in the ledger.
     pub async fn delete_app(&self, tenant: &str, name: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        bump_routing_version(&mut tx).await?;
         if owner_of(&mut *tx, name).await?.as_deref() != Some(tenant) {
             return Ok(false);
         }
@@ -403,7 +405,6 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        bump_routing_version(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -739,6 +740,10 @@ async fn insert_key(
     Ok(())
 }
 
+/// Bumps the routing version. A transaction that changes apps does this first: its first
+/// statement is then a write, which on SQLite waits for the write lock (busy timeout) - a
+/// transaction that read first and wrote later would fail at once with "database is locked"
+/// when another writer had moved on meanwhile.
 async fn bump_routing_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
     sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'routing'")
         .execute(&mut **tx)
