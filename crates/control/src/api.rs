@@ -19,7 +19,7 @@ use turnpike_store::{
     calendar::rfc3339, AppSpec, Budget, Day, StoreError, Tenant, UsageKey, UsageTotals,
 };
 
-use crate::billing::over_budget;
+use crate::billing::{allowance, over_budget};
 use crate::gateway::{Body, Gateway, CLASS_HEADER};
 use crate::routing::Target;
 
@@ -43,7 +43,12 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 type Response = http::Response<Body>;
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
-    let mut response = http::Response::new(Full::new(Bytes::from(format!("{value:#}\n"))));
+    json_text(status, Bytes::from(format!("{value:#}\n")))
+}
+
+/// A response of JSON text.
+fn json_text(status: StatusCode, text: Bytes) -> Response {
+    let mut response = http::Response::new(Full::new(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -78,15 +83,9 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
     let method = parts.method.clone();
     // Public.
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["classes"]) => return gateway.catalogue(),
+        (&Method::GET, ["classes"]) => return catalogue(gateway),
         (&Method::GET, ["openapi.json"]) => {
-            let mut response =
-                http::Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            return response;
+            return json_text(StatusCode::OK, Bytes::from_static(OPENAPI.as_bytes()))
         }
         _ => {}
     }
@@ -122,6 +121,22 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
             ),
         ),
     }
+}
+
+/// `GET /v1/classes`: the published prices, lowest class first.
+fn catalogue(gateway: &Gateway) -> Response {
+    let config = &gateway.config;
+    let classes: Vec<Value> = config
+        .classes
+        .iter()
+        .map(|(id, c)| json!({ "name": c.name, "priority": id.0, "price_per_cpu_second": c.price }))
+        .collect();
+    let body = json!({
+        "currency": "micro-cents",
+        "classes": classes,
+        "memory_price_per_gb_second": config.memory_price,
+    });
+    json_response(StatusCode::OK, &body)
 }
 
 async fn authenticate(gateway: &Gateway, headers: &http::HeaderMap) -> Result<Tenant, Response> {
@@ -282,15 +297,16 @@ impl Api<'_> {
         }
     }
 
+    /// The host name an app answers at.
+    fn host(&self, app: &str) -> String {
+        format!("{app}.{}", self.gateway.config.domain)
+    }
+
     fn app_json(&self, app: &turnpike_store::App) -> Value {
-        let functions: Vec<Value> = app
-            .functions
-            .iter()
-            .map(|f| json!({ "name": f.name, "hash": f.hash, "deployed_at": rfc3339(f.deployed_at) }))
-            .collect();
+        let functions: Vec<Value> = app.functions.iter().map(function_json).collect();
         json!({
             "name": app.name,
-            "host": format!("{}.{}", app.name, self.gateway.config.domain),
+            "host": self.host(&app.name),
             "functions": functions,
             "routes": app.routes,
         })
@@ -376,7 +392,9 @@ impl Api<'_> {
                     .iter()
                     .flat_map(|a| {
                         a.functions.iter().map(|f| {
-                            json!({ "app": a.name, "name": f.name, "hash": f.hash, "deployed_at": rfc3339(f.deployed_at) })
+                            let mut function = function_json(f);
+                            function["app"] = json!(a.name);
+                            function
                         })
                     })
                     .collect();
@@ -392,7 +410,7 @@ impl Api<'_> {
                 let routes: Vec<Value> = apps
                     .iter()
                     .flat_map(|a| {
-                        let host = format!("{}.{}", a.name, self.gateway.config.domain);
+                        let host = self.host(&a.name);
                         a.routes.iter().map(move |r| {
                             json!({ "app": a.name, "host": host, "path": r.path, "method": r.method,
                                     "function": r.function, "class": r.class })
@@ -441,14 +459,12 @@ impl Api<'_> {
             Ok(class) => class,
             Err(refusal) => return refusal,
         };
-        let found = match self.gateway.store().app(&self.tenant.name, app).await {
-            Ok(found) => found,
-            Err(e) => return store_error(e),
-        };
-        let Some(hash) = found
-            .as_ref()
-            .and_then(|a| a.function(function))
-            .map(|f| f.hash.clone())
+        // From the routing table, not the store: no database read per invocation.
+        let Some(hash) = self
+            .gateway
+            .routing()
+            .function(&self.tenant.name, app, function)
+            .map(str::to_string)
         else {
             return not_found(&format!("function `{app}/{function}`"));
         };
@@ -603,11 +619,10 @@ impl Api<'_> {
                 body["state"] = json!("ok");
             }
             Some(b) => {
-                let fraction = turnpike_store::calendar::month_fraction(now);
                 body["monthly"] = json!(b.monthly);
                 body["over"] = json!(b.over);
                 body["headroom"] = json!(b.headroom);
-                body["allowed_now"] = json!(b.monthly * fraction + b.headroom * b.monthly);
+                body["allowed_now"] = json!(allowance(&b, now));
                 body["state"] = json!(match over_budget(&b, spent, now) {
                     None => "ok",
                     Some(_) if b.over == turnpike_store::OverBudget::Throttle => "throttled",
@@ -623,16 +638,10 @@ impl Api<'_> {
         #[serde(deny_unknown_fields)]
         struct SetBudget {
             monthly: Option<f64>,
-            #[serde(default = "throttle")]
+            #[serde(default)]
             over: turnpike_store::OverBudget,
-            #[serde(default = "headroom")]
+            #[serde(default = "turnpike_store::default_headroom")]
             headroom: f64,
-        }
-        fn throttle() -> turnpike_store::OverBudget {
-            turnpike_store::OverBudget::Throttle
-        }
-        fn headroom() -> f64 {
-            turnpike_store::DEFAULT_HEADROOM
         }
         let asked: SetBudget = match read_json(self.gateway, body).await {
             Ok(asked) => asked,
@@ -654,6 +663,10 @@ impl Api<'_> {
         self.gateway.billing.forget(&self.tenant.name);
         self.budget().await
     }
+}
+
+fn function_json(f: &turnpike_store::Function) -> Value {
+    json!({ "name": f.name, "hash": f.hash, "deployed_at": rfc3339(f.deployed_at) })
 }
 
 fn totals_json(totals: &UsageTotals) -> Value {

@@ -81,15 +81,20 @@ impl Clock for ManualClock {
     }
 }
 
+/// What a tenant with `budget` may have spent this month by `now`: the pro-rata budget plus
+/// the headroom.
+pub fn allowance(budget: &Budget, now: i64) -> f64 {
+    budget.monthly * month_fraction(now) + budget.headroom * budget.monthly
+}
+
 /// Whether a tenant with `budget` that has spent `spent` this month may run more at `now`:
 /// `None` if so, else the seconds until it may (its pro-rata allowance catches up).
 pub fn over_budget(budget: &Budget, spent: f64, now: i64) -> Option<u64> {
-    let headroom = budget.headroom * budget.monthly;
-    let allowed = budget.monthly * month_fraction(now) + headroom;
-    if spent <= allowed {
+    if spent <= allowance(budget, now) {
         return None;
     }
     // The moment the allowance reaches the spend: `monthly x t + headroom = spent`.
+    let headroom = budget.headroom * budget.monthly;
     let t = if budget.monthly > 0.0 {
         (spent - headroom) / budget.monthly
     } else {

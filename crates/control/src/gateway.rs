@@ -194,7 +194,7 @@ impl Gateway {
     }
 
     /// The routing table now.
-    fn routing(&self) -> Arc<RoutingTable> {
+    pub(crate) fn routing(&self) -> Arc<RoutingTable> {
         self.routing
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -538,33 +538,6 @@ impl Gateway {
             ));
         }
         Ok(Some((caller, depth)))
-    }
-
-    /// `GET /v1/classes`: the published prices, lowest class first.
-    pub(crate) fn catalogue(&self) -> http::Response<Body> {
-        let classes: Vec<serde_json::Value> = self
-            .config
-            .classes
-            .iter()
-            .map(|(id, c)| {
-                serde_json::json!({
-                    "name": c.name,
-                    "priority": id.0,
-                    "price_per_cpu_second": c.price,
-                })
-            })
-            .collect();
-        let body = serde_json::json!({
-            "currency": "micro-cents",
-            "classes": classes,
-            "memory_price_per_gb_second": self.config.memory_price,
-        });
-        let mut response = http::Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        response
     }
 
     pub(crate) fn class_names(&self) -> String {

@@ -1,5 +1,6 @@
 //! The gateway's routing table: which function, class and paying tenant a request's host,
-//! method and path lead to.
+//! method and path lead to; and each app's functions by name, for direct invocations
+//! (`/v1/apps/APP/functions/NAME/invoke`), so no invocation reads the store.
 //!
 //! - **Apps by host name.** App `shop`'s routes answer requests whose host is
 //!   `shop.<domain>` (any port) - or `shop.turnpike`, the name functions call it by (see
@@ -55,6 +56,8 @@ pub struct RoutingTable {
     /// The store's routing version this table was built from.
     pub version: i64,
     apps: HashMap<String, Vec<Route>>,
+    /// Each app's tenant and its functions' hashes by name (direct invocations).
+    functions: HashMap<String, (String, HashMap<String, String>)>,
     operator: Vec<Route>,
 }
 
@@ -72,7 +75,7 @@ impl RoutingTable {
     /// A table of the store's `apps` and the operator's routes. A stored route whose class
     /// this gateway does not know (a gateway configured with other classes) is left out.
     pub fn new(version: i64, apps: &[App], classes: &ClassSet, operator: Vec<Route>) -> Self {
-        let apps = apps
+        let routes = apps
             .iter()
             .map(|app| {
                 let routes = app
@@ -96,11 +99,20 @@ impl RoutingTable {
                 (app.name.clone(), routes)
             })
             .collect();
+        let functions = apps_functions(apps);
         Self {
             version,
-            apps,
+            apps: routes,
+            functions,
             operator,
         }
+    }
+
+    /// The hash of `tenant`'s function `app/function`; `None` if there is none, or the app is
+    /// another tenant's.
+    pub fn function(&self, tenant: &str, app: &str, function: &str) -> Option<&str> {
+        let (owner, hashes) = self.functions.get(app)?;
+        (owner == tenant).then(|| hashes.get(function).map(String::as_str))?
     }
 
     /// Where a request for `host` (the `Host` header or the URI's authority), `method` and
@@ -126,6 +138,19 @@ impl RoutingTable {
     pub fn operator(&self) -> &[Route] {
         &self.operator
     }
+}
+
+fn apps_functions(apps: &[App]) -> HashMap<String, (String, HashMap<String, String>)> {
+    apps.iter()
+        .map(|app| {
+            let hashes = app
+                .functions
+                .iter()
+                .map(|f| (f.name.clone(), f.hash.clone()))
+                .collect();
+            (app.name.clone(), (app.tenant.clone(), hashes))
+        })
+        .collect()
 }
 
 /// The app a host names: `APP.<domain>` or `APP.turnpike`, any port, any case.

@@ -141,7 +141,8 @@ pub struct Budget {
     pub headroom: f64,
 }
 
-fn default_headroom() -> f64 {
+/// [`DEFAULT_HEADROOM`], for serde defaults.
+pub fn default_headroom() -> f64 {
     DEFAULT_HEADROOM
 }
 
@@ -163,10 +164,11 @@ impl Budget {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OverBudget {
     /// 429 with `Retry-After`.
+    #[default]
     Throttle,
     /// Run at the cheapest class.
     Lower,
