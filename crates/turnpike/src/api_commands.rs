@@ -13,6 +13,9 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::Value;
 
+use turnpike_control::gateway::CLASS_HEADER;
+use turnpike_store::{Day, UsageKey};
+
 use crate::client::{ApiArgs, Client, Error};
 use crate::manifest::{self, Budget, Over};
 
@@ -330,18 +333,15 @@ pub fn invoke(args: InvokeArgs) -> Result<(), Error> {
     }
 }
 
-/// The header naming an invocation's class, on the request and the answer.
-const CLASS_HEADER: &str = "x-turnpike-class";
-
 /// `turnpike usage`: the caller's ledger, summed per `--by`.
 pub fn usage(args: UsageArgs) -> Result<(), Error> {
     let mut query = Vec::new();
     if let Some(by) = &args.by {
         for item in by.split(',') {
-            if !USAGE_KEYS.contains(&item) {
+            if !usage_keys().contains(&item) {
                 return Err(Error::Input(format!(
                     "--by `{by}`: `{item}` is not one of {}",
-                    USAGE_KEYS.join(", ")
+                    usage_keys().join(", ")
                 )));
             }
         }
@@ -361,7 +361,7 @@ pub fn usage(args: UsageArgs) -> Result<(), Error> {
         let rows: Vec<&Value> = list(answer, "rows").collect();
         // The columns the rows are per, in the order of `by`'s words, then the sums; at least
         // one column for the word `total`.
-        let keys: Vec<&str> = USAGE_KEYS
+        let keys: Vec<&str> = usage_keys()
             .into_iter()
             .filter(|k| rows.iter().any(|r| r.get(*k).is_some()))
             .collect();
@@ -393,29 +393,19 @@ pub fn usage(args: UsageArgs) -> Result<(), Error> {
     })
 }
 
-/// What `--by` may name, in the order of a usage table's columns.
-const USAGE_KEYS: [&str; 4] = ["app", "function", "class", "day"];
+/// What `--by` may name (the store's usage keys), in the order of a usage table's columns.
+fn usage_keys() -> [&'static str; 4] {
+    UsageKey::ALL.map(UsageKey::column)
+}
 
 /// A usage row's sums.
 const USAGE_SUMS: [&str; 4] = ["invocations", "cpu_seconds", "gb_seconds", "cost"];
 
-/// Whether `date` is `YYYY-MM-DD`.
+/// Whether `date` is a date as `YYYY-MM-DD` (the gateway's rule).
 fn check_date(date: &str) -> Result<(), String> {
-    let b = date.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let number = |r: std::ops::Range<usize>| date[r].parse::<u32>().unwrap_or(0);
-    let ok = b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && digits(0..4)
-        && digits(5..7)
-        && digits(8..10)
-        && (1..=12).contains(&number(5..7))
-        && (1..=31).contains(&number(8..10));
-    if ok {
-        Ok(())
-    } else {
-        Err("not a date as YYYY-MM-DD".into())
+    match Day::parse(date) {
+        Some(_) => Ok(()),
+        None => Err("not a date as YYYY-MM-DD".into()),
     }
 }
 

@@ -75,7 +75,7 @@ pub fn expand(
 
 /// The flags a config file's text stands for.
 fn settings(text: &str, path: &Path, flags: &[String]) -> Result<Vec<String>, String> {
-    let at = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let at = |offset: usize| crate::manifest::line_at(text, offset);
     let table: BTreeMap<String, toml::Spanned<toml::Value>> =
         toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| at(s.start));
