@@ -5,6 +5,8 @@
 //! `turnpike gateway` processes serving a route and a call between functions, and
 //! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -14,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use turnpike_control::up::{self, UpConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
+use common::{status_of, Child, BIN};
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -23,22 +25,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.expect("read");
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    (status, text)
-}
-
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    (status_of(&text), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

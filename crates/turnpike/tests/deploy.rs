@@ -5,23 +5,15 @@
 //! OpenAPI document is served; a bad manifest, a wrong key and a gateway that is not running
 //! are refused with clear errors.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
-
-/// Kills `turnpike up` on drop, so a failing test leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{status_of, Child, BIN};
 
 /// `turnpike up` on OS-chosen ports with a fresh data dir: the process, the gateway's address
 /// and the admin key it printed.
@@ -105,12 +97,7 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("read");
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    (status, text)
+    (status_of(&text), text)
 }
 
 /// A directory with `dist/hello.wasm` (the example built by scripts/build-examples.sh) and a
