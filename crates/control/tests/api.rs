@@ -216,6 +216,16 @@ async fn tenants_deploy_invoke_and_see_only_their_own() {
         .await;
     assert_eq!(core_module.status, 400, "{}", core_module.body);
     assert!(core_module.body.contains("core"), "{}", core_module.body);
+    // A component that exports nothing: not a wasi:http proxy.
+    let no_handler = acme
+        .send("POST", "/v1/components", b"\0asm\x0d\0\x01\0", &[])
+        .await;
+    assert_eq!(no_handler.status, 400, "{}", no_handler.body);
+    assert!(
+        no_handler.body.contains("wasi:http/incoming-handler"),
+        "{}",
+        no_handler.body
+    );
     let huge = vec![0u8; 5 << 20];
     assert_eq!(
         acme.send("POST", "/v1/components", &huge, &[]).await.status,
@@ -495,6 +505,42 @@ async fn budgets_throttle_or_lower_on_the_clock() {
             .await
             .status,
         200
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_lets_requests_in_flight_finish_on_the_old_version() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = up::start(&config(dir.path())).await.expect("cluster");
+    let gw = cluster.gateway;
+    let admin = Client::new(gw, cluster.admin_key.as_deref().expect("admin key"));
+    let acme = Client::new(gw, &admin.create_tenant("acme").await);
+    let spin = acme.upload(&component("spin")).await;
+    let echo = acme.upload(&component("echo")).await;
+    let deploy = |hash: String| {
+        let acme = &acme;
+        async move {
+            let body = app(&[("main", &hash)], &[("/", "main", "critical")]);
+            let a = acme.json("PUT", "/v1/apps/calc", &body).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    };
+    deploy(spin).await;
+    // A 400 ms spin starts on version 1; version 2 goes live while it runs.
+    let slow =
+        tokio::spawn(async move { call(gw, "GET", "/?ms=400", "calc.localhost", &[], b"").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    deploy(echo).await;
+    let new = call(gw, "POST", "/", "calc.localhost", &[], b"v2").await;
+    assert_eq!((new.status, new.body.as_str()), (200, "v2"));
+    let old = slow.await.expect("the slow request");
+    assert_eq!(old.status, 200, "{}", old.body);
+    assert!(
+        old.body.contains("checksum="),
+        "ran on the old version: {}",
+        old.body
     );
     cluster.stop().await;
 }
