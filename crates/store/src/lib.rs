@@ -556,19 +556,21 @@ impl Store {
     /// id is in the ledger already is skipped, so a retried write never counts twice.
     /// Returns how many were new.
     pub async fn record(&self, entries: &[UsageEntry]) -> Result<u64> {
-        // One multi-row statement per chunk: a batch costs a round trip to the database, not
-        // one per row. Chunks keep the parameters (11 a row) within both databases' limits.
-        // A batch of one chunk is one statement, atomic without a transaction around it.
-        const ROWS: usize = 256;
-        if entries.len() <= ROWS {
-            let sql = insert_usage_sql(entries.len());
-            let query = bind_usage(sqlx::query(&sql), entries);
+        // Multi-row statements: a batch costs a few round trips to the database, not one per
+        // row. They come in a few fixed sizes (see [`usage_chunks`]) so that every
+        // connection's prepared-statement cache keeps them: with a statement per batch length,
+        // re-parsing them was ~4% of the gateway's CPU at 6,000 invocations/s. A batch of one
+        // chunk is one statement, atomic without a transaction around it.
+        let chunks = usage_chunks(entries);
+        if let [chunk] = chunks.as_slice() {
+            let sql = insert_usage_sql(self.backend, chunk.len());
+            let query = bind_usage(sqlx::query(&sql), chunk);
             return Ok(query.execute(&self.pool).await?.rows_affected());
         }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
-        for chunk in entries.chunks(ROWS) {
-            let sql = insert_usage_sql(chunk.len());
+        for chunk in chunks {
+            let sql = insert_usage_sql(self.backend, chunk.len());
             let query = bind_usage(sqlx::query(&sql), chunk);
             new += query.execute(&mut *tx).await?.rows_affected();
         }
@@ -645,7 +647,27 @@ impl Store {
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// `INSERT ... ON CONFLICT DO NOTHING` of `rows` ledger rows in one statement.
-fn insert_usage_sql(rows: usize) -> String {
+/// `entries` in chunks of [`USAGE_CHUNKS`]' sizes, largest first.
+fn usage_chunks(mut entries: &[UsageEntry]) -> Vec<&[UsageEntry]> {
+    let mut chunks = Vec::new();
+    for size in USAGE_CHUNKS {
+        while entries.len() >= size {
+            let (chunk, rest) = entries.split_at(size);
+            chunks.push(chunk);
+            entries = rest;
+        }
+    }
+    chunks
+}
+
+/// Rows per ledger statement. Each size is one prepared statement per connection; the
+/// largest keeps the parameters (11 a row) within both databases' limits.
+const USAGE_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// The ledger's insert of `rows` rows. SQLite's parameters are anonymous (`?`): sqlx looks
+/// each named one up by number, a linear search in SQLite that made binding quadratic in
+/// the row count (9% of the gateway's CPU at 6,000 invocations/s). PostgreSQL needs `$N`.
+fn insert_usage_sql(backend: Backend, rows: usize) -> String {
     const COLUMNS: usize = 11;
     let mut sql = String::from(
         "INSERT INTO ledger (invocation, tenant, app, function, class, day, at, status, cpu_ns, gb_seconds, cost) VALUES ",
@@ -655,7 +677,12 @@ fn insert_usage_sql(rows: usize) -> String {
             sql.push_str(", ");
         }
         let first = row * COLUMNS + 1;
-        let params: Vec<String> = (first..first + COLUMNS).map(|p| format!("${p}")).collect();
+        let params: Vec<String> = (first..first + COLUMNS)
+            .map(|p| match backend {
+                Backend::Sqlite => "?".to_string(),
+                Backend::Postgres => format!("${p}"),
+            })
+            .collect();
         sql.push('(');
         sql.push_str(&params.join(", "));
         sql.push(')');

@@ -297,6 +297,31 @@ async fn the_ledger_counts_each_invocation_once() {
     .await;
 }
 
+/// A batch longer than the largest statement goes in several statements of different sizes
+/// (64, 16, 4, 1 rows) in one transaction: every row lands once, with its own values.
+#[tokio::test]
+async fn a_long_batch_lands_whole() {
+    on_both("ledger_long", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        let at = Day::parse("2026-11-02").unwrap().start_unix();
+        // 64 + 2 x 16 + 4 + 3 x 1 rows.
+        let entries: Vec<UsageEntry> = (1..=103)
+            .map(|i| entry(i, "home", "batch", at, i as f64))
+            .collect();
+        assert_eq!(store.record(&entries).await.unwrap(), 103);
+        // Again with one new row at the end: only it is new.
+        let mut again = entries.clone();
+        again.push(entry(104, "home", "batch", at, 104.0));
+        assert_eq!(store.record(&again).await.unwrap(), 1);
+        assert_eq!(store.ledger_len().await.unwrap(), 104);
+        let day = Day::parse("2026-11-02").unwrap();
+        let totals = store.usage("acme", &[], day, day).await.unwrap();
+        assert_eq!(totals[0].totals.invocations, 104);
+        assert_eq!(totals[0].totals.cost, (1..=104).sum::<i64>() as f64);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn budgets() {
     on_both("budgets", |store| async move {
