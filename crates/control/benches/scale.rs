@@ -1,9 +1,9 @@
 //! The control plane at cluster scale, with emulated workers (no wasm: each invocation's
 //! runtime comes from its query): `cargo bench -p turnpike-control --bench scale`.
 //!
-//! 1. Placements per second of one shard with 1,000 emulated workers: 64 concurrent `Invoke`
-//!    RPCs straight to the shard, each a zero-length invocation it must place on a worker and
-//!    answer. Baseline in the same run: the rate of a bare unary RPC (`Poll` on the emulated
+//! 1. Placements per second of one shard with 1,000 emulated workers: 64 invocations in
+//!    flight on one link straight to the shard, each a zero-length invocation it must place on
+//!    a worker and answer. Baseline in the same run: the rate of a bare unary RPC (`Poll` on the emulated
 //!    workers, round robin) at the same concurrency - the floor any RPC-driven placement pays.
 //! 2. Invocations per second of the whole path (HTTP to the gateway, 4 shards, 1,000 emulated
 //!    workers), 64 keep-alive clients. Goal: >= 20,000/s on 2 cores.
@@ -15,10 +15,10 @@
 //!    the figures). Goal: Turnpike's top-class p99 slowdown <= 1.5 and >= 5x better than
 //!    Hermod's.
 //!
-//! 4. The data path: a shard's `Invoke` (payload through the shard to the worker) against the
-//!    worker's own `Run` called directly (the payload's one hop if the gateway sent it to the
+//! 4. The data path: a shard's `Invoke` link (payload through the shard to the worker) against
+//!    the worker's own `Run` link called directly (the payload's one hop if the gateway sent it to the
 //!    worker after placement), for request bodies of 0 B, 64 KiB and 1 MiB, one at a time on
-//!    one emulated worker. Both paths are two RPCs per invocation (gateway->shard, then
+//!    one emulated worker. Both paths are two hops per invocation (gateway->shard, then
 //!    shard->worker or gateway->worker); what differs is the payload's extra hop, which this
 //!    measures.
 //!
@@ -28,10 +28,12 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use turnpike_control::emulated::{EmulatedConfig, MachinePolicy};
+use turnpike_control::link::Link;
 use turnpike_control::proto;
 use turnpike_control::proto::worker_client::WorkerClient;
 use turnpike_control::up::{self, Cluster, UpConfig};
@@ -114,13 +116,15 @@ async fn shard_placements() {
         })
         .await
     };
-    let shard = turnpike_control::wire::shard_client(cluster.shards[0]);
+    let shard = Arc::new(Link::to_shard(turnpike_control::wire::shard_client(
+        cluster.shards[0],
+    )));
     let before = cluster.shard(0).counters();
     let placed = for_a_while(move |i| {
-        let mut shard = shard.clone();
+        let shard = shard.clone();
         async move {
             let outcome = shard
-                .invoke(proto::Invocation {
+                .call(proto::Invocation {
                     id: i as u64,
                     function: "emulated".into(),
                     class: (i % 4) as u32,
@@ -130,8 +134,7 @@ async fn shard_placements() {
                     ..proto::Invocation::default()
                 })
                 .await
-                .expect("invoke")
-                .into_inner();
+                .expect("invoke");
             assert!(
                 matches!(outcome.ending, Some(proto::outcome::Ending::Response(_))),
                 "{outcome:?}"
@@ -141,13 +144,13 @@ async fn shard_placements() {
     .await;
     let after = cluster.shard(0).counters();
     println!(
-        "one shard, 1000 emulated workers, {CONCURRENCY} concurrent Invoke RPCs: {placed:>8.0} placements/s (idle list {}, polling {})",
+        "one shard, 1000 emulated workers, {CONCURRENCY} invocations in flight on one link: {placed:>8.0} placements/s (idle list {}, polling {})",
         after.placed_idle_list - before.placed_idle_list,
         after.placed_polling - before.placed_polling
     );
     println!("  bare unary RPC (Poll) at the same concurrency: {bare:>8.0} RPCs/s");
     println!(
-        "  placements / bare RPCs: {:.2} (each placement is two RPCs: gateway->shard, shard->worker)",
+        "  placements / bare RPCs: {:.2} (a placement is two hops, gateway->shard and shard->worker, each a message each way on a link)",
         placed / bare
     );
     cluster.stop().await;
@@ -232,8 +235,12 @@ async fn data_path() {
     let endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.workers[0]))
             .expect("endpoint");
-    let worker = WorkerClient::new(turnpike_control::wire::channel(endpoint));
-    let shard = turnpike_control::wire::shard_client(cluster.shards[0]);
+    let worker = Arc::new(Link::to_worker(WorkerClient::new(
+        turnpike_control::wire::channel(endpoint),
+    )));
+    let shard = Arc::new(Link::to_shard(turnpike_control::wire::shard_client(
+        cluster.shards[0],
+    )));
     println!("data path, one invocation at a time, 1 emulated worker:");
     for size in [0usize, 64 << 10, 1 << 20] {
         let invocation = proto::Invocation {
@@ -246,8 +253,7 @@ async fn data_path() {
             ..proto::Invocation::default()
         };
         let time = |through_shard: bool| {
-            let (mut shard, mut worker, invocation) =
-                (shard.clone(), worker.clone(), invocation.clone());
+            let (shard, worker, invocation) = (shard.clone(), worker.clone(), invocation.clone());
             async move {
                 let mut lat = Vec::new();
                 for i in 0..300u64 {
@@ -255,9 +261,9 @@ async fn data_path() {
                     inv.id = i;
                     let t = Instant::now();
                     if through_shard {
-                        shard.invoke(inv).await.expect("invoke");
+                        shard.call(inv).await.expect("invoke");
                     } else {
-                        worker.run(inv).await.expect("run");
+                        worker.call(inv).await.expect("run");
                     }
                     lat.push(t.elapsed());
                 }

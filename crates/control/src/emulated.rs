@@ -29,12 +29,13 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 // Tokio's clock, so tests can run the emulation on paused time.
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::{ClassId, ClassSet, InvocationId};
 
+use crate::link;
 use crate::node::{self, DispatchConfig, NodeLoad};
 use crate::proto;
 use crate::proto::worker_server::WorkerServer;
@@ -349,32 +350,18 @@ fn emulation_of(
     Ok((Duration::from_millis(ms), mb))
 }
 
-#[tonic::async_trait]
-impl proto::worker_server::Worker for EmulatedWorker {
-    async fn run(
-        &self,
-        request: Request<proto::Invocation>,
-    ) -> Result<Response<proto::Outcome>, Status> {
-        let inv = request.into_inner();
+impl EmulatedWorker {
+    /// Emulates one invocation placed here.
+    async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
         let config = &self.inner.config;
         let class = match wire::known_class(inv.class, &config.classes) {
             Ok(class) => class,
-            Err(status) => {
-                return Ok(Response::new(wire::failure(
-                    proto::FailureKind::BadRequest,
-                    status.message(),
-                )))
-            }
+            Err(status) => return wire::failure(proto::FailureKind::BadRequest, status.message()),
         };
         let max_mb = config.memory_mb.saturating_add(config.swap_mb);
         let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb, max_mb) {
             Ok(e) => e,
-            Err(message) => {
-                return Ok(Response::new(wire::failure(
-                    proto::FailureKind::BadRequest,
-                    message,
-                )))
-            }
+            Err(message) => return wire::failure(proto::FailureKind::BadRequest, message),
         };
         let started = Instant::now();
         let ending = self.run(class, inv.start_mb, runtime, mb).await;
@@ -401,7 +388,23 @@ impl proto::worker_server::Worker for EmulatedWorker {
             ),
         };
         outcome.usage = Some(usage);
-        Ok(Response::new(outcome))
+        outcome
+    }
+}
+
+#[tonic::async_trait]
+impl proto::worker_server::Worker for EmulatedWorker {
+    type RunStream = link::OutcomeStream;
+
+    async fn run(
+        &self,
+        request: Request<Streaming<proto::InvocationFrame>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let worker = self.clone();
+        Ok(Response::new(link::serve(
+            request.into_inner(),
+            move |inv| worker.clone().run_one(inv),
+        )))
     }
 
     async fn load(

@@ -39,16 +39,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::{Store, Tenant, UsageEntry};
 use turnpike_worker::{Runtime, RuntimeConfig};
 
 use crate::billing::{Admission, Billing, Clock};
 use crate::chain;
+use crate::link::Link;
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
-use crate::proto::shard_client::ShardClient;
 use crate::routing::{Lookup, RoutingTable, Target};
 use crate::wire;
 
@@ -118,7 +117,7 @@ pub struct Gateway {
 
 #[derive(Debug)]
 struct ShardHandle {
-    client: ShardClient<Channel>,
+    link: Link,
     in_flight: AtomicU64,
     down_until: Mutex<Option<Instant>>,
 }
@@ -162,7 +161,7 @@ impl Gateway {
             .shards
             .iter()
             .map(|a| ShardHandle {
-                client: wire::shard_client(*a),
+                link: Link::to_shard(wire::shard_client(*a)),
                 in_flight: AtomicU64::new(0),
                 down_until: Mutex::new(None),
             })
@@ -585,10 +584,10 @@ impl Gateway {
             tried.push(s);
             let shard = &self.shards[s];
             shard.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result = shard.client.clone().invoke(invocation.clone()).await;
+            let result = shard.link.call(invocation.clone()).await;
             shard.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
-                Ok(outcome) => return Ok(outcome.into_inner()),
+                Ok(outcome) => return Ok(outcome),
                 Err(status) => {
                     shard.mark_down();
                     if tried.len() == 2 {

@@ -13,6 +13,8 @@
 //!   dispatcher keeping it registered with every shard and on one idle list.
 //! - [`chain`]: call chains - a worker's link to the gateway for its guests' calls to other
 //!   functions, and the headers that carry the caller's class and the chain's depth.
+//! - [`link`]: invocations multiplexed on one long-lived stream per gateway-shard and
+//!   shard-worker pair.
 //! - [`emulated`]: workers that run no wasm but emulate invocations (runtime and memory from
 //!   the request) under the same machine policy, a thousand to a process, for scale tests.
 //! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
@@ -29,6 +31,7 @@ pub mod chain;
 pub mod emulated;
 pub mod gateway;
 pub mod http_server;
+pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod routing;

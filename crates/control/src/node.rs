@@ -16,10 +16,10 @@ use tokio::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
-use turnpike_policy::{ClassId, ClassSet, ShardId};
+use turnpike_policy::{ClassSet, ShardId};
 use turnpike_worker::{
     Function, InvokeError, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
 };
@@ -27,6 +27,7 @@ use turnpike_worker::{
 use turnpike_store::Store;
 
 use crate::chain::{ChainToken, GatewayLink};
+use crate::link;
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -189,51 +190,61 @@ impl NodeService {
     }
 }
 
-#[tonic::async_trait]
-impl proto::worker_server::Worker for NodeService {
-    async fn run(
-        &self,
-        request: Request<proto::Invocation>,
-    ) -> Result<Response<proto::Outcome>, Status> {
-        let inv = request.into_inner();
+impl NodeService {
+    /// Runs one invocation placed here.
+    async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
         let function = match self.function_or_fetch(&inv.function).await {
             Ok(Some(function)) => function,
             Ok(None) => {
-                return Ok(Response::new(wire::failure(
+                return wire::failure(
                     proto::FailureKind::UnknownFunction,
                     format!("function {} is not loaded on this worker", inv.function),
-                )))
+                )
             }
             Err(e) => {
-                return Ok(Response::new(wire::failure(
+                return wire::failure(
                     proto::FailureKind::Unavailable,
                     format!("loading function {} from the store: {e}", inv.function),
-                )))
+                )
             }
         };
-        let class = u8::try_from(inv.class).map_err(|_| Status::invalid_argument("class"))?;
+        let class = match wire::known_class(inv.class, &self.worker.config().classes) {
+            Ok(class) => class,
+            Err(status) => return wire::failure(proto::FailureKind::BadRequest, status.message()),
+        };
         let request = match wire::to_worker_request(&inv) {
             Ok(r) => r,
-            Err(message) => {
-                return Ok(Response::new(wire::failure(
-                    proto::FailureKind::BadRequest,
-                    message,
-                )))
-            }
+            Err(message) => return wire::failure(proto::FailureKind::BadRequest, message),
         };
         let outcome = self
             .worker
             .invoke(
                 &function,
                 request,
-                InvokeOptions::class(ClassId(class)).depth(inv.depth),
+                InvokeOptions::class(class).depth(inv.depth),
             )
             .await;
-        self.latency.observe(usize::from(class), outcome.usage.wall);
+        self.latency.observe(class.index(), outcome.usage.wall);
         if outcome.result.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Response::new(wire::from_worker_outcome(outcome)))
+        wire::from_worker_outcome(outcome)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::worker_server::Worker for NodeService {
+    type RunStream = link::OutcomeStream;
+
+    async fn run(
+        &self,
+        request: Request<Streaming<proto::InvocationFrame>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let node = self.clone();
+        Ok(Response::new(link::serve(
+            request.into_inner(),
+            move |inv| node.clone().run_one(inv),
+        )))
     }
 
     async fn load(

@@ -1,15 +1,15 @@
 //! A scheduler shard as a service: the policy core's [`Shard`] (per-class multi-queue, idle
-//! list, power-of-k) fed by `Invoke` RPCs from gateways and idle-list RPCs from workers, with
+//! list, power-of-k) fed by invocations on gateways' links and idle-list RPCs from workers, with
 //! one placement loop that asks real workers for their load and sends each placed invocation
 //! to its worker.
 //!
 //! Data path: the invocation's payload travels through the shard (gateway -> shard -> worker
-//! and back), one RPC per hop, rather than the shard answering with a placement and the gateway
-//! calling the worker. It keeps the gateway simple and lets the shard retry on another worker
+//! and back), one message each way per hop on long-lived streams ([`crate::link`]), rather
+//! than the shard answering with a placement and the gateway calling the worker. It keeps the gateway simple and lets the shard retry on another worker
 //! without the gateway's help; the extra hop's cost is measured in the control-plane
 //! benchmark.
 //!
-//! Faults: a worker whose `Run` fails at the transport level is marked lost (left out of
+//! Faults: a worker whose link fails at the transport level is marked lost (left out of
 //! polling and removed from the idle list until it registers again) and the invocation is
 //! placed again, up to [`MAX_ATTEMPTS`] placements; an invocation killed to free memory is
 //! placed again the same way. Every accepted invocation is answered.
@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use tokio::sync::{oneshot, Notify};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::shard::{Pending, Shard, ShardDecision, ShardStep, Via};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
+use crate::link::{self, Link};
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_server::ShardServer;
@@ -105,7 +106,10 @@ struct State {
 
 #[derive(Debug)]
 struct WorkerSlot {
+    /// For polls.
     client: WorkerClient<Channel>,
+    /// For placed invocations.
+    link: Arc<Link>,
     alive: bool,
 }
 
@@ -362,7 +366,7 @@ async fn poll_workers(
 /// Sends a placed invocation to its worker; the answer goes to the caller, or the invocation
 /// is placed again.
 fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
-    let (mut waiting, client) = {
+    let (mut waiting, link) = {
         let mut state = inner.lock();
         let Some(waiting) = state.waiting.remove(&id) else {
             return;
@@ -371,14 +375,13 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             Via::IdleList => state.counters.placed_idle_list += 1,
             Via::Polling => state.counters.placed_polling += 1,
         }
-        let client = state.workers[machine.0 as usize].client.clone();
-        (waiting, client)
+        let link = state.workers[machine.0 as usize].link.clone();
+        (waiting, link)
     };
     waiting.attempts += 1;
     let inner = inner.clone();
     tokio::spawn(async move {
-        let mut client = client;
-        let result = client.run(waiting.invocation.clone()).await;
+        let result = link.call(waiting.invocation.clone()).await;
         let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
             if waiting.attempts >= MAX_ATTEMPTS {
                 let mut outcome = wire::failure(
@@ -393,8 +396,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             }
         };
         match result {
-            Ok(outcome) => {
-                let mut outcome = outcome.into_inner();
+            Ok(mut outcome) => {
                 let killed = matches!(
                     &outcome.ending,
                     Some(proto::outcome::Ending::Failure(f))
@@ -433,22 +435,19 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
     });
 }
 
-#[tonic::async_trait]
-impl proto::shard_server::Shard for ShardService {
-    async fn invoke(
-        &self,
-        request: Request<proto::Invocation>,
-    ) -> Result<Response<proto::Outcome>, Status> {
-        let invocation = request.into_inner();
+impl ShardService {
+    /// Queues one invocation and waits for its outcome (placement, the worker's answer, any
+    /// retries).
+    async fn invoke_one(self, invocation: proto::Invocation) -> proto::Outcome {
         if invocation.class as usize >= self.inner.classes.len() {
-            return Ok(Response::new(wire::failure(
+            return wire::failure(
                 proto::FailureKind::BadRequest,
                 format!(
                     "unknown class {}: this shard has {} classes",
                     invocation.class,
                     self.inner.classes.len()
                 ),
-            )));
+            );
         }
         let (reply, answer) = oneshot::channel();
         let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -460,13 +459,28 @@ impl proto::shard_server::Shard for ShardService {
                 attempts: 0,
             },
         );
-        let outcome = answer.await.unwrap_or_else(|_| {
+        answer.await.unwrap_or_else(|_| {
             wire::failure(
                 proto::FailureKind::Unavailable,
                 "the shard is shutting down",
             )
-        });
-        Ok(Response::new(outcome))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl proto::shard_server::Shard for ShardService {
+    type InvokeStream = link::OutcomeStream;
+
+    async fn invoke(
+        &self,
+        request: Request<Streaming<proto::InvocationFrame>>,
+    ) -> Result<Response<Self::InvokeStream>, Status> {
+        let shard = self.clone();
+        Ok(Response::new(link::serve(
+            request.into_inner(),
+            move |inv| shard.clone().invoke_one(inv),
+        )))
     }
 
     async fn register(
@@ -490,6 +504,7 @@ impl proto::shard_server::Shard for ShardService {
                     .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
                 state.workers.push(WorkerSlot {
+                    link: Arc::new(Link::to_worker(client.clone())),
                     client,
                     alive: true,
                 });
