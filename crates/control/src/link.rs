@@ -133,6 +133,12 @@ impl Link {
             .unwrap_or_else(|_| Err(Status::unavailable("the link was dropped")))
     }
 
+    /// Whether a stream is open (or opening) now: false before the first call, after the
+    /// stream broke, and after it was closed for idleness.
+    pub fn is_open(&self) -> bool {
+        crate::lock(&self.current).is_some()
+    }
+
     /// The open session, or a new one (its stream opened by a driver task).
     fn session(&self) -> Arc<Session> {
         let mut current = crate::lock(&self.current);
