@@ -6,7 +6,9 @@
 //!    a worker and answer. Baseline in the same run: the rate of a bare unary RPC (`Poll` on the emulated
 //!    workers, round robin) at the same concurrency - the floor any RPC-driven placement pays.
 //! 2. Invocations per second of the whole path (HTTP to the gateway, 4 shards, 1,000 emulated
-//!    workers), 64 keep-alive clients. Goal: >= 20,000/s on 2 cores.
+//!    workers), 64 keep-alive clients. Goal: >= 20,000/s on 2 cores. Baseline in the same
+//!    run: the same clients against the gateway's 404 for a missing route, the HTTP part's
+//!    ceiling on this machine with nothing invoked.
 //! 3. Priority enforcement, Turnpike vs the Hermod baseline on the same services: Poisson
 //!    arrivals at 2x the cluster's CPU for 3 s, classes uniform; per-class p50/p99 slowdown.
 //!    Twice: 5 emulated workers of 8 cores (the paper's machine shape) with 200 ms
@@ -175,16 +177,33 @@ async fn whole_path() {
     for _ in 0..200 {
         assert_eq!(get(&client, &url).await.0, 200);
     }
-    let rate = for_a_while(move |_| {
+    let rate = for_a_while({
         let (client, url) = (client.clone(), url.clone());
+        move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                assert_eq!(get(&client, &url).await.0, 200);
+            }
+        }
+    })
+    .await;
+    // The ceiling of the HTTP part alone: the same clients and gateway, a route that is not
+    // there (routing only, nothing invoked).
+    let missing = format!("http://{}/no-such-route", cluster.gateway);
+    let http_only = for_a_while(move |_| {
+        let (client, url) = (client.clone(), missing.clone());
         async move {
-            assert_eq!(get(&client, &url).await.0, 200);
+            assert_eq!(get(&client, &url).await.0, 404);
         }
     })
     .await;
     println!(
         "whole path (HTTP, gateway, 4 shards, 1000 emulated workers), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
         rate / 20_000.0
+    );
+    println!(
+        "  the same clients and gateway answering 404 (HTTP and routing only): {http_only:>8.0} req/s; invocations / that: {:.2}",
+        rate / http_only
     );
     cluster.stop().await;
 }
