@@ -24,7 +24,7 @@
 //!    shard->worker or gateway->worker); what differs is the payload's extra hop, which this
 //!    measures.
 //!
-//! `PART=1|2|3|4` runs one part. Everything runs on this machine's cores: the load generator
+//! `PART=1|2|3|4` runs one part; `SHARDS=N WORKERS=M` change part 2's cluster. Everything runs on this machine's cores: the load generator
 //! shares them with the services.
 
 mod common;
@@ -165,13 +165,8 @@ async fn whole_path() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let cluster = emulated_cluster(
-        env("SHARDS", 4),
-        env("WORKERS", 1000),
-        1,
-        MachinePolicy::Turnpike,
-    )
-    .await;
+    let (shards, workers) = (env("SHARDS", 4), env("WORKERS", 1000));
+    let cluster = emulated_cluster(shards, workers, 1, MachinePolicy::Turnpike).await;
     let client = http_client();
     let url = format!("http://{}/hello", cluster.gateway);
     for _ in 0..200 {
@@ -198,7 +193,7 @@ async fn whole_path() {
     })
     .await;
     println!(
-        "whole path (HTTP, gateway, 4 shards, 1000 emulated workers), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
+        "whole path (HTTP, gateway, {shards} shards, {workers} emulated workers), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
         rate / 20_000.0
     );
     println!(
