@@ -24,8 +24,8 @@
 //!    shard->worker or gateway->worker); what differs is the payload's extra hop, which this
 //!    measures.
 //!
-//! `PART=1|2|3|4` runs one part; `SHARDS=N WORKERS=M` change part 2's cluster. Everything runs on this machine's cores: the load generator
-//! shares them with the services.
+//! `PART=1|2|3|4` runs one part; `SHARDS=N WORKERS=M` change part 2's cluster. Everything
+//! runs on this machine's cores: the load generator shares them with the services.
 
 mod common;
 
