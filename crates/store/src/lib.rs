@@ -21,6 +21,7 @@ mod model;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -51,6 +52,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The ledger's insert for each of [`USAGE_CHUNKS`]' sizes, in that order (made once).
+    ledger_inserts: Arc<[String; USAGE_CHUNKS.len()]>,
 }
 
 /// Which database is behind a [`Store`].
@@ -139,7 +142,11 @@ impl Store {
             })
             .connect(url)
             .await?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            ledger_inserts: Arc::new(USAGE_CHUNKS.map(|rows| insert_usage_sql(backend, rows))),
+        };
         migrations::run(&store.pool).await?;
         Ok(store)
     }
@@ -563,19 +570,26 @@ impl Store {
         // chunk is one statement, atomic without a transaction around it.
         let chunks = usage_chunks(entries);
         if let [chunk] = chunks.as_slice() {
-            let sql = insert_usage_sql(self.backend, chunk.len());
-            let query = bind_usage(sqlx::query(&sql), chunk);
+            let query = bind_usage(sqlx::query(self.ledger_insert(chunk.len())), chunk);
             return Ok(query.execute(&self.pool).await?.rows_affected());
         }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
         for chunk in chunks {
-            let sql = insert_usage_sql(self.backend, chunk.len());
-            let query = bind_usage(sqlx::query(&sql), chunk);
+            let query = bind_usage(sqlx::query(self.ledger_insert(chunk.len())), chunk);
             new += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(new)
+    }
+
+    /// The ledger's insert of `rows` rows, one of [`USAGE_CHUNKS`]' sizes.
+    fn ledger_insert(&self, rows: usize) -> &str {
+        let i = USAGE_CHUNKS
+            .iter()
+            .position(|&n| n == rows)
+            .expect("ledger chunks come in USAGE_CHUNKS' sizes");
+        &self.ledger_inserts[i]
     }
 
     /// `tenant`'s usage from `from` to `to` (both included), summed by the columns `by`, in
