@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::{Endpoint, Server};
 use turnpike_control::emulated::{EmulatedConfig, EmulatedWorker};
 use turnpike_control::link::{Link, IDLE_CLOSE};
@@ -19,19 +18,23 @@ use turnpike_policy::ClassSet;
 /// Far beyond anything these calls need: only a hang reaches it.
 const HANG: Duration = Duration::from_secs(20);
 
-/// An emulated 4-core worker served on `listener` until `stop` fires.
-fn serve(listener: TcpListener, stop: oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
+/// An emulated 4-core worker served on a loopback port for the rest of the test; its
+/// address.
+async fn start_worker() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let address = listener.local_addr().expect("a bound address");
     let mut config = EmulatedConfig::new(ClassSet::default_four());
     config.cores = 4;
     let worker = EmulatedWorker::new(config);
     tokio::spawn(async move {
         let _ = Server::builder()
             .add_service(worker.into_server())
-            .serve_with_incoming_shutdown(wire::incoming(listener), async {
-                let _ = stop.await;
-            })
+            .serve_with_incoming(wire::incoming(listener))
             .await;
-    })
+    });
+    address
 }
 
 fn link_to(address: SocketAddr) -> Link {
@@ -59,10 +62,7 @@ fn body(outcome: &proto::Outcome) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_link_get_their_own_answers_in_the_order_they_finish() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel();
-    serve(listener, stopped);
+    let address = start_worker().await;
     let link = std::sync::Arc::new(link_to(address));
 
     let slow = tokio::spawn({
@@ -115,10 +115,7 @@ fn proxy(listener: TcpListener, upstream: SocketAddr) -> tokio::task::JoinSet<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel();
-    serve(listener, stopped);
+    let upstream = start_worker().await;
     // The link reaches the worker through a proxy whose death stands for the peer's.
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = front.local_addr().unwrap();
@@ -163,10 +160,7 @@ async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_ag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_is_closed_and_opened_again_on_the_next_call() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel();
-    serve(listener, stopped);
+    let address = start_worker().await;
     let link = link_to(address);
     assert!(!link.is_open());
     link.call(invocation("/?ms=0")).await.expect("call");
