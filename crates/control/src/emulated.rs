@@ -401,10 +401,7 @@ impl proto::worker_server::Worker for EmulatedWorker {
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let worker = self.clone();
-        Ok(Response::new(link::serve(
-            request.into_inner(),
-            move |inv| worker.clone().run_one(inv),
-        )))
+        link::serve(request, move |inv| worker.clone().run_one(inv))
     }
 
     async fn load(

@@ -113,7 +113,7 @@ impl Link {
             let mut calls = crate::lock(&session.calls);
             if calls.ended {
                 drop(calls);
-                self.forget(&session);
+                forget(&self.current, &session);
                 continue;
             }
             calls.waiting.insert(tag, answer);
@@ -158,10 +158,6 @@ impl Link {
         let opening = (self.open)(UnboundedReceiverStream::new(requests));
         tokio::spawn(drive(opening, session.clone(), self.current.clone()));
         session
-    }
-
-    fn forget(&self, session: &Arc<Session>) {
-        forget(&self.current, session);
     }
 }
 
@@ -233,14 +229,19 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
     }
 }
 
-/// Serves an incoming link: `handle` answers each invocation, from a task of its own, and the
-/// answers go back tagged as they finish. The response stream ends once the incoming one has
-/// ended and every answer is sent.
-pub fn serve<F, Fut>(mut inbound: Streaming<proto::InvocationFrame>, handle: F) -> OutcomeStream
+/// Serves an incoming link (the whole answer of a `Shard.Invoke` or `Worker.Run` handler):
+/// `handle` answers each invocation, from a task of its own, and the answers go back tagged
+/// as they finish. The response stream ends once the incoming one has ended and every answer
+/// is sent.
+pub fn serve<F, Fut>(
+    request: tonic::Request<Streaming<proto::InvocationFrame>>,
+    handle: F,
+) -> Result<tonic::Response<OutcomeStream>, Status>
 where
     F: Fn(proto::Invocation) -> Fut + Send + 'static,
     Fut: Future<Output = proto::Outcome> + Send + 'static,
 {
+    let mut inbound = request.into_inner();
     let (answers, outbound) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
@@ -267,5 +268,6 @@ where
             });
         }
     });
-    Box::pin(UnboundedReceiverStream::new(outbound))
+    let outbound: OutcomeStream = Box::pin(UnboundedReceiverStream::new(outbound));
+    Ok(tonic::Response::new(outbound))
 }

@@ -241,10 +241,7 @@ impl proto::worker_server::Worker for NodeService {
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let node = self.clone();
-        Ok(Response::new(link::serve(
-            request.into_inner(),
-            move |inv| node.clone().run_one(inv),
-        )))
+        link::serve(request, move |inv| node.clone().run_one(inv))
     }
 
     async fn load(

@@ -477,10 +477,7 @@ impl proto::shard_server::Shard for ShardService {
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
         let shard = self.clone();
-        Ok(Response::new(link::serve(
-            request.into_inner(),
-            move |inv| shard.clone().invoke_one(inv),
-        )))
+        link::serve(request, move |inv| shard.clone().invoke_one(inv))
     }
 
     async fn register(
