@@ -262,7 +262,7 @@ async fn data_path() {
             class: 3,
             method: "POST".into(),
             path_and_query: "/?ms=0".into(),
-            body: vec![7u8; size],
+            body: vec![7u8; size].into(),
             start_mb: 2,
             ..proto::Invocation::default()
         };

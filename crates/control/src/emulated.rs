@@ -377,7 +377,7 @@ impl EmulatedWorker {
                 ending: Some(proto::outcome::Ending::Response(proto::Response {
                     status: 200,
                     headers: Vec::new(),
-                    body: format!("emulated ms={} mb={mb}\n", runtime.as_millis()).into_bytes(),
+                    body: format!("emulated ms={} mb={mb}\n", runtime.as_millis()).into(),
                 })),
                 attempts: 1,
                 ..proto::Outcome::default()

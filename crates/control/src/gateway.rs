@@ -441,7 +441,7 @@ impl Gateway {
                         && h.name != http::header::AUTHORIZATION.as_str()
                 })
                 .collect(),
-            body: body.to_vec(),
+            body,
             depth,
             start_mb: self.config.start_mb,
         };
@@ -618,7 +618,7 @@ impl Gateway {
                         ),
                     );
                 }
-                let mut response = http::Response::new(Full::new(Bytes::from(r.body)));
+                let mut response = http::Response::new(Full::new(r.body));
                 *response.status_mut() =
                     StatusCode::from_u16(r.status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
                 for h in r.headers {

@@ -97,7 +97,7 @@ pub fn to_worker_request(inv: &proto::Invocation) -> Result<Request, String> {
             .map_err(|_| format!("bad value of header {:?}", h.name))?;
         request.headers.append(name, value);
     }
-    request.body = bytes::Bytes::from(inv.body.clone());
+    request.body = inv.body.clone();
     Ok(request)
 }
 
@@ -129,7 +129,7 @@ pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
         Ok(response) => proto::outcome::Ending::Response(proto::Response {
             status: u32::from(response.status),
             headers: headers_to_wire(&response.headers),
-            body: response.body.to_vec(),
+            body: response.body,
         }),
         Err(error) => proto::outcome::Ending::Failure(proto::Failure {
             kind: crate::node::failure_kind(&error) as i32,
