@@ -29,23 +29,33 @@ use turnpike_worker::{InvokeOptions, Request, Runtime, RuntimeConfig, Worker, Wo
 
 const CLIENTS: usize = 16;
 
-async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &std::path::Path) {
+/// `hello` through the gateway at `gateway`: throughput and latencies, after a warm-up.
+async fn hello_through(gateway: SocketAddr) -> (f64, Vec<Duration>) {
     let client = http_client();
     let url = format!("http://{gateway}/hello");
     // Warm up connections and caches.
     for _ in 0..200 {
         assert_eq!(get(&client, &url).await.0, 200);
     }
-    let (platform_rate, platform) = {
+    closed_loop(CLIENTS, 500, move || {
         let (client, url) = (client.clone(), url.clone());
-        closed_loop(CLIENTS, 500, move || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                assert_eq!(get(&client, &url).await.0, 200);
-            }
-        })
-        .await
-    };
+        async move {
+            assert_eq!(get(&client, &url).await.0, 200);
+        }
+    })
+    .await
+}
+
+/// Prints the hello figures: through `turnpike up` (its roles calling each other in process,
+/// as shipped), through `turnpike up --loopback-rpc` (`loopback`: the same roles over loopback
+/// gRPC, as separate processes would be), and the baselines.
+async fn hello_figures(
+    (platform_rate, platform): (f64, Vec<Duration>),
+    (loopback_rate, loopback): (f64, Vec<Duration>),
+    dir: &std::path::Path,
+    functions: &std::path::Path,
+) {
+    let client = http_client();
 
     // Baseline: the same component on an in-process worker with as many slots as the
     // cluster has in total, same concurrency.
@@ -98,12 +108,17 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
                 us(percentile(&lat, 0.5)),
                 us(percentile(&lat, 0.99))
             );
-            println!(
-                "  turnpike up / wasmtime serve: throughput {:.2}x (goal >= 1.0), p50 +{:.0} us, p99 +{:.0} us (goal p99 overhead < 1000 us)",
-                platform_rate / rate,
-                us(percentile(&platform, 0.5).saturating_sub(percentile(&lat, 0.5))),
-                us(percentile(&platform, 0.99).saturating_sub(percentile(&lat, 0.99)))
-            );
+            for (label, r, l) in [
+                ("turnpike up", platform_rate, &platform),
+                ("turnpike up --loopback-rpc", loopback_rate, &loopback),
+            ] {
+                println!(
+                    "  {label} / wasmtime serve: throughput {:.2}x (goal >= 1.0), p50 {:+.0} us, p99 {:+.0} us (goal p99 overhead < 1000 us)",
+                    r / rate,
+                    signed_us(percentile(l, 0.5), percentile(&lat, 0.5)),
+                    signed_us(percentile(l, 0.99), percentile(&lat, 0.99)),
+                );
+            }
         }
         None => println!(
             "wasmtime serve: no `wasmtime` binary (set WASMTIME, or run scripts/install-wasmtime.sh); comparison skipped"
@@ -113,6 +128,11 @@ async fn hello_figures(gateway: SocketAddr, dir: &std::path::Path, functions: &s
         "hello through turnpike up   {CLIENTS} clients: {platform_rate:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
         us(percentile(&platform, 0.5)),
         us(percentile(&platform, 0.99))
+    );
+    println!(
+        "hello through turnpike up --loopback-rpc {CLIENTS} clients: {loopback_rate:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+        us(percentile(&loopback, 0.5)),
+        us(percentile(&loopback, 0.99))
     );
     println!(
         "hello on an in-process worker {CLIENTS} in flight: {direct_rate:>6.0} inv/s  p50 {:>7.0} us  p99 {:>7.0} us",
@@ -181,6 +201,11 @@ async fn priority_figures(gateway: SocketAddr, key: &str, cores: usize, spin_has
     print_slowdowns(&by_class, SPIN_MS);
 }
 
+/// `a - b` in microseconds, negative when `a` is shorter.
+fn signed_us(a: Duration, b: Duration) -> f64 {
+    (a.as_secs_f64() - b.as_secs_f64()) * 1e6
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -190,8 +215,16 @@ fn main() {
         let dir =
             std::env::temp_dir().join(format!("turnpike-bench-cluster-{}", std::process::id()));
         let config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.clone());
+        let loopback_config = UpConfig {
+            loopback_rpc: true,
+            ..UpConfig::new(config.listen, dir.join("loopback"))
+        };
+        let loopback = up::start(&loopback_config).await.expect("cluster starts");
+        let through_loopback = hello_through(loopback.gateway).await;
+        loopback.stop().await;
         let cluster = up::start(&config).await.expect("cluster starts");
-        hello_figures(cluster.gateway, &dir, &config.functions_dir).await;
+        let through_up = hello_through(cluster.gateway).await;
+        hello_figures(through_up, through_loopback, &dir, &config.functions_dir).await;
         if std::env::var_os("HELLO_ONLY").is_some() {
             cluster.stop().await;
             return;

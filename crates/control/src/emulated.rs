@@ -36,6 +36,7 @@ use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::{ClassId, ClassSet, InvocationId};
 
 use crate::link;
+use crate::local::{Directory, LocalWorker};
 use crate::node::{self, DispatchConfig, NodeLoad};
 use crate::proto;
 use crate::proto::worker_server::WorkerServer;
@@ -400,8 +401,7 @@ impl proto::worker_server::Worker for EmulatedWorker {
         &self,
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let worker = self.clone();
-        link::serve(request, move |inv| worker.clone().run_one(inv))
+        link::serve(request, self.handler())
     }
 
     async fn load(
@@ -419,13 +419,24 @@ impl proto::worker_server::Worker for EmulatedWorker {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        let class = wire::known_class(request.into_inner().class, &self.inner.config.classes)?;
+        LocalWorker::poll(self, request.into_inner().class).map(Response::new)
+    }
+}
+
+impl LocalWorker for EmulatedWorker {
+    fn handler(&self) -> link::Handler {
+        let worker = self.clone();
+        Arc::new(move |inv| Box::pin(worker.clone().run_one(inv)))
+    }
+
+    fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
+        let class = wire::known_class(class, &self.inner.config.classes)?;
         let state = self.inner.lock();
         let (functions, room_mb) = match &state.sched {
             Sched::Priority(machine) => (machine.functions(), machine.room_for(class)),
             Sched::Sharing(ps, _) => (ps.functions(), self.inner.config.memory_mb),
         };
-        Ok(Response::new(proto::PollReply { functions, room_mb }))
+        Ok(proto::PollReply { functions, room_mb })
     }
 }
 
@@ -474,12 +485,14 @@ pub struct EmulatedFleet {
 }
 
 impl EmulatedFleet {
-    /// Starts `n` emulated workers registering with `shards`.
+    /// Starts `n` emulated workers registering with `shards`; they add themselves to
+    /// `directory` and call the shards found there without RPC ([`crate::local`]).
     pub async fn start(
         n: usize,
         config: &EmulatedConfig,
         shards: &[SocketAddr],
         seed: u64,
+        directory: &Directory,
     ) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(n);
         let mut tasks = Vec::with_capacity(2 * n);
@@ -493,6 +506,7 @@ impl EmulatedFleet {
             tasks.push(tokio::spawn(async move {
                 let _ = router.serve_with_incoming(wire::incoming(listener)).await;
             }));
+            directory.add_worker(address, Arc::new(worker.clone()));
             tasks.push(tokio::spawn(node::dispatch(
                 Arc::new(worker.clone()),
                 address,
@@ -501,6 +515,7 @@ impl EmulatedFleet {
                     register_every: EMULATED_REGISTER_EVERY,
                     ..DispatchConfig::new(seed.wrapping_add(i as u64))
                 },
+                directory.clone(),
             )));
             workers.push((address, worker));
         }

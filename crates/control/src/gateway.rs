@@ -79,6 +79,9 @@ pub struct GatewayConfig {
     /// The budget rule's clock.
     pub clock: Arc<dyn Clock>,
     pub shards: Vec<SocketAddr>,
+    /// Shards of this process, called without RPC (see [`crate::local`]); empty in a
+    /// gateway process of its own.
+    pub directory: crate::local::Directory,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     /// Memory an invocation is assumed to start with, MB (for placement).
@@ -161,7 +164,7 @@ impl Gateway {
             .shards
             .iter()
             .map(|a| ShardHandle {
-                link: Link::to_shard(wire::shard_client(*a)),
+                link: config.directory.shard_link(*a),
                 in_flight: AtomicU64::new(0),
                 down_until: Mutex::new(None),
             })
@@ -676,6 +679,7 @@ mod tests {
             max_component_bytes: 1024,
             clock: Arc::new(crate::billing::SystemClock),
             shards: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            directory: crate::local::Directory::rpc_only(),
             max_request_bytes: 1024,
             max_response_bytes: 1024,
             start_mb: 2,

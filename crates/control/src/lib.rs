@@ -1,5 +1,6 @@
-//! Turnpike's control plane : the roles of a running
-//! cluster as network services, speaking gRPC (tonic) to each other on TCP.
+//! Turnpike's control plane: the roles of a running cluster as network services, speaking
+//! gRPC (tonic) to each other on TCP - or, between roles of one process (`turnpike up`),
+//! calling each other directly ([`local`]).
 //!
 //! - [`gateway`]: HTTP in (HTTP/1.1 and HTTP/2), routes to a function and a price class, a
 //!   shard chosen per invocation, the function's response out.
@@ -15,6 +16,7 @@
 //!   functions, and the headers that carry the caller's class and the chain's depth.
 //! - [`link`]: invocations multiplexed on one long-lived stream per gateway-shard and
 //!   shard-worker pair.
+//! - [`local`]: roles of the same process (`turnpike up`) calling each other directly.
 //! - [`emulated`]: workers that run no wasm but emulate invocations (runtime and memory from
 //!   the request) under the same machine policy, a thousand to a process, for scale tests.
 //! - [`up`]: `turnpike up`, a whole cluster in one process with the demo app deployed.
@@ -32,6 +34,7 @@ pub mod emulated;
 pub mod gateway;
 pub mod http_server;
 pub mod link;
+pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod routing;

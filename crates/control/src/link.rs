@@ -18,6 +18,11 @@
 //!
 //! The server side, [`serve`], answers each invocation of an incoming stream from its own
 //! task, so a slow invocation never holds up the ones behind it.
+//!
+//! A link to a role in the same process ([`Link::in_process`], see [`crate::local`]) hands
+//! each invocation to the role's handler on a task of its own, as `serve` would, without
+//! encoding it or crossing a socket; a caller that gives up does not cancel it, as with a
+//! stream.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,8 +56,23 @@ type Open = Box<
         + Sync,
 >;
 
-/// Calls multiplexed on one stream to a shard or a worker; cheap to share (`Arc`).
+/// A role's answer to one invocation, as [`serve`] and [`Link::in_process`] call it.
+pub type Handler = Arc<
+    dyn Fn(proto::Invocation) -> Pin<Box<dyn Future<Output = proto::Outcome> + Send>> + Send + Sync,
+>;
+
+/// Calls to a shard or a worker: multiplexed on one stream, or handed to a role in this
+/// process; cheap to share (`Arc`).
 pub struct Link {
+    route: Route,
+}
+
+enum Route {
+    Stream(Streamed),
+    InProcess(Handler),
+}
+
+struct Streamed {
     open: Open,
     current: Arc<Mutex<Option<Arc<Session>>>>,
     next_tag: AtomicU64,
@@ -95,17 +115,47 @@ impl Link {
         }))
     }
 
+    /// A link to a role in this process: `handle` answers each invocation on a task of its
+    /// own.
+    pub fn in_process(handle: Handler) -> Self {
+        Self {
+            route: Route::InProcess(handle),
+        }
+    }
+
     fn new(open: Open) -> Self {
         Self {
-            open,
-            current: Arc::new(Mutex::new(None)),
-            next_tag: AtomicU64::new(1),
+            route: Route::Stream(Streamed {
+                open,
+                current: Arc::new(Mutex::new(None)),
+                next_tag: AtomicU64::new(1),
+            }),
         }
     }
 
     /// Sends `invocation` and waits for its outcome; an error is the transport's (the stream
     /// broke before the answer came).
     pub async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
+        match &self.route {
+            Route::Stream(streamed) => streamed.call(invocation).await,
+            Route::InProcess(handle) => tokio::spawn(handle(invocation))
+                .await
+                .map_err(|e| Status::unavailable(format!("the invocation's task ended: {e}"))),
+        }
+    }
+
+    /// Whether a stream is open (or opening) now: false before the first call, after the
+    /// stream broke, and after it was closed for idleness. A link in process is always open.
+    pub fn is_open(&self) -> bool {
+        match &self.route {
+            Route::Stream(streamed) => crate::lock(&streamed.current).is_some(),
+            Route::InProcess(_) => true,
+        }
+    }
+}
+
+impl Streamed {
+    async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let session = loop {
@@ -131,12 +181,6 @@ impl Link {
         answered
             .await
             .unwrap_or_else(|_| Err(Status::unavailable("the link was dropped")))
-    }
-
-    /// Whether a stream is open (or opening) now: false before the first call, after the
-    /// stream broke, and after it was closed for idleness.
-    pub fn is_open(&self) -> bool {
-        crate::lock(&self.current).is_some()
     }
 
     /// The open session, or a new one (its stream opened by a driver task).
@@ -233,14 +277,10 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
 /// `handle` answers each invocation, from a task of its own, and the answers go back tagged
 /// as they finish. The response stream ends once the incoming one has ended and every answer
 /// is sent.
-pub fn serve<F, Fut>(
+pub fn serve(
     request: tonic::Request<Streaming<proto::InvocationFrame>>,
-    handle: F,
-) -> Result<tonic::Response<OutcomeStream>, Status>
-where
-    F: Fn(proto::Invocation) -> Fut + Send + 'static,
-    Fut: Future<Output = proto::Outcome> + Send + 'static,
-{
+    handle: Handler,
+) -> Result<tonic::Response<OutcomeStream>, Status> {
     let mut inbound = request.into_inner();
     let (answers, outbound) = mpsc::unbounded_channel();
     tokio::spawn(async move {

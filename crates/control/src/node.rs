@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
@@ -28,9 +27,9 @@ use turnpike_store::Store;
 
 use crate::chain::{ChainToken, GatewayLink};
 use crate::link;
+use crate::local::{Directory, LocalWorker, ShardPeer};
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
-use crate::proto::shard_client::ShardClient;
 use crate::proto::worker_server::WorkerServer;
 use crate::wire;
 
@@ -240,8 +239,7 @@ impl proto::worker_server::Worker for NodeService {
         &self,
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let node = self.clone();
-        link::serve(request, move |inv| node.clone().run_one(inv))
+        link::serve(request, self.handler())
     }
 
     async fn load(
@@ -259,11 +257,22 @@ impl proto::worker_server::Worker for NodeService {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        let class = wire::known_class(request.into_inner().class, &self.worker.config().classes)?;
-        Ok(Response::new(proto::PollReply {
+        LocalWorker::poll(self, request.into_inner().class).map(Response::new)
+    }
+}
+
+impl LocalWorker for NodeService {
+    fn handler(&self) -> link::Handler {
+        let node = self.clone();
+        Arc::new(move |inv| Box::pin(node.clone().run_one(inv)))
+    }
+
+    fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
+        let class = wire::known_class(class, &self.worker.config().classes)?;
+        Ok(proto::PollReply {
             functions: self.worker.functions(),
             room_mb: self.worker.room_for(class),
-        }))
+        })
     }
 }
 
@@ -327,22 +336,22 @@ impl DispatchConfig {
 }
 
 /// Keeps a worker registered with every shard and on at most one idle list. Runs until the
-/// task is dropped.
+/// task is dropped. Shards in `directory` are called in process.
 pub async fn dispatch(
     node: Arc<dyn NodeLoad>,
     address: SocketAddr,
     shards: Vec<SocketAddr>,
     options: DispatchConfig,
+    directory: Directory,
 ) {
     let (config, register_every) = (options.idle_list, options.register_every);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(options.seed);
     let Some(capacity_mb) = node.capacity_mb() else {
         // Without a memory capacity there is no free memory to advertise; shards find the
         // worker by polling.
-        return register_forever(node.cores(), address, shards, register_every).await;
+        return register_forever(node.cores(), address, shards, register_every, directory).await;
     };
-    let clients: Vec<ShardClient<Channel>> =
-        shards.iter().map(|&a| wire::shard_client(a)).collect();
+    let clients: Vec<ShardPeer> = shards.iter().map(|&a| directory.shard(a)).collect();
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
         memory_mb: capacity_mb,
@@ -362,9 +371,8 @@ pub async fn dispatch(
             }
             last_register = Some(Instant::now());
             for (s, client) in clients.iter().enumerate() {
-                match client.clone().register(info.clone()).await {
+                match client.register(info.clone()).await {
                     Ok(reply) => {
-                        let reply = reply.into_inner();
                         ids[s] = Some(reply.worker);
                         if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
                             // The shard restarted and lost its idle list: join again.
@@ -385,8 +393,8 @@ pub async fn dispatch(
         if dispatcher.member_of().is_none() && may_join {
             for (s, client) in clients.iter().enumerate() {
                 if ids[s].is_some() {
-                    if let Ok(r) = client.clone().idle_len(proto::Empty {}).await {
-                        lens[s] = usize::try_from(r.into_inner().len).unwrap_or(usize::MAX);
+                    if let Ok(len) = client.idle_len().await {
+                        lens[s] = usize::try_from(len).unwrap_or(usize::MAX);
                     }
                 }
             }
@@ -405,7 +413,6 @@ pub async fn dispatch(
             let s = shard.0 as usize;
             let sent = match (ids[s], message) {
                 (Some(worker), Some(entry)) => clients[s]
-                    .clone()
                     .idle_join(proto::IdleEntry {
                         worker,
                         free_mb: entry.free_mb,
@@ -414,7 +421,6 @@ pub async fn dispatch(
                     .await
                     .is_ok(),
                 (Some(worker), None) => clients[s]
-                    .clone()
                     .idle_leave(proto::WorkerRef { worker })
                     .await
                     .is_ok(),
@@ -447,16 +453,17 @@ async fn register_forever(
     address: SocketAddr,
     shards: Vec<SocketAddr>,
     register_every: Duration,
+    directory: Directory,
 ) {
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
         memory_mb: 0,
         cores,
     };
-    let clients: Vec<_> = shards.iter().map(|&a| wire::shard_client(a)).collect();
+    let clients: Vec<_> = shards.iter().map(|&a| directory.shard(a)).collect();
     loop {
         for client in &clients {
-            let _ = client.clone().register(info.clone()).await;
+            let _ = client.register(info.clone()).await;
         }
         tokio::time::sleep(register_every).await;
     }
@@ -492,6 +499,9 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Where functions not loaded at start come from (deployed through the API).
     pub store: Option<Store>,
+    /// Roles of this process: the node adds itself, and calls the shards found there without
+    /// RPC (see [`crate::local`]). Empty in a process of its own.
+    pub directory: Directory,
 }
 
 /// A started node. Its tasks run until `shutdown` (the server) or until aborted (both).
@@ -556,11 +566,16 @@ pub async fn start_node(
             .serve_with_incoming_shutdown(wire::incoming(listener), shutdown)
             .await;
     });
+    // In the directory before the dispatcher registers it, so in-process shards find it.
+    config
+        .directory
+        .add_worker(address, Arc::new(service.clone()));
     let dispatcher = tokio::spawn(dispatch(
         worker as Arc<dyn NodeLoad>,
         address,
         config.shards,
         DispatchConfig::new(config.seed),
+        config.directory,
     ));
     Ok(RunningNode {
         address,

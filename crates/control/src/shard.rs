@@ -29,6 +29,7 @@ use turnpike_policy::shard::{Pending, Shard, ShardDecision, ShardStep, Via};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::link::{self, Link};
+use crate::local::{Directory, LocalWorker};
 use crate::metrics::{self, ClassHistograms};
 use crate::proto;
 use crate::proto::shard_server::ShardServer;
@@ -93,6 +94,8 @@ struct Inner {
     fifo: bool,
     started: Instant,
     next_id: AtomicU64,
+    /// Workers in this process, reached without RPC.
+    directory: Directory,
 }
 
 #[derive(Debug)]
@@ -107,10 +110,40 @@ struct State {
 #[derive(Debug)]
 struct WorkerSlot {
     /// For polls.
-    client: WorkerClient<Channel>,
+    poller: Poller,
     /// For placed invocations.
     link: Arc<Link>,
     alive: bool,
+}
+
+/// How the shard asks a worker for its load.
+#[derive(Clone, Debug)]
+enum Poller {
+    Rpc(WorkerClient<Channel>),
+    InProcess(Arc<dyn LocalWorker>),
+}
+
+impl Poller {
+    /// The worker's answer, or `None` when it gave none within [`POLL_TIMEOUT`].
+    async fn poll(self, machine: MachineId, class: ClassId) -> Option<PollReply> {
+        let class = u32::from(class.0);
+        let reply = match self {
+            Self::Rpc(mut client) => {
+                let request = proto::PollRequest { class };
+                tokio::time::timeout(POLL_TIMEOUT, client.poll(request))
+                    .await
+                    .ok()?
+                    .ok()?
+                    .into_inner()
+            }
+            Self::InProcess(worker) => worker.poll(class).ok()?,
+        };
+        Some(PollReply {
+            machine,
+            functions: reply.functions,
+            room_mb: reply.room_mb,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -121,8 +154,9 @@ struct Waiting {
 }
 
 impl ShardService {
-    /// A shard and its placement loop (a task on the current tokio runtime).
-    pub fn start(classes: ClassSet, config: ShardConfig) -> Self {
+    /// A shard and its placement loop (a task on the current tokio runtime). Workers that
+    /// register from this process (found in `directory`) are called without RPC.
+    pub fn start(classes: ClassSet, config: ShardConfig, directory: Directory) -> Self {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 shard: Shard::new(&classes, 1, config.k, config.use_idle_list),
@@ -137,6 +171,7 @@ impl ShardService {
             fifo: config.fifo,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
+            directory,
         });
         tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
         Self { inner }
@@ -323,39 +358,34 @@ async fn poll_workers(
     machines: &[MachineId],
     class: ClassId,
 ) -> Vec<PollReply> {
-    let clients: Vec<(MachineId, WorkerClient<Channel>)> = {
+    let pollers: Vec<(MachineId, Poller)> = {
         let state = inner.lock();
         machines
             .iter()
             .filter_map(|&m| {
                 let slot = state.workers.get(m.0 as usize)?;
-                slot.alive.then(|| (m, slot.client.clone()))
+                slot.alive.then(|| (m, slot.poller.clone()))
             })
             .collect()
     };
-    let mut polls = tokio::task::JoinSet::new();
-    for (machine, mut client) in clients {
-        polls.spawn(async move {
-            let request = proto::PollRequest {
-                class: u32::from(class.0),
-            };
-            match tokio::time::timeout(POLL_TIMEOUT, client.poll(request)).await {
-                Ok(Ok(reply)) => {
-                    let reply = reply.into_inner();
-                    Some(PollReply {
-                        machine,
-                        functions: reply.functions,
-                        room_mb: reply.room_mb,
-                    })
-                }
-                _ => None,
-            }
-        });
-    }
     let mut replies = Vec::with_capacity(machines.len());
-    while let Some(joined) = polls.join_next().await {
-        if let Ok(Some(reply)) = joined {
-            replies.push(reply);
+    if pollers
+        .iter()
+        .all(|(_, p)| matches!(p, Poller::InProcess(_)))
+    {
+        // Nothing to wait for: no tasks.
+        for (machine, poller) in pollers {
+            replies.extend(poller.poll(machine, class).await);
+        }
+    } else {
+        let mut polls = tokio::task::JoinSet::new();
+        for (machine, poller) in pollers {
+            polls.spawn(poller.poll(machine, class));
+        }
+        while let Some(joined) = polls.join_next().await {
+            if let Ok(Some(reply)) = joined {
+                replies.push(reply);
+            }
         }
     }
     // Keep the sample's order (ties go to the earlier machine in the core's rule).
@@ -438,7 +468,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
 impl ShardService {
     /// Queues one invocation and waits for its outcome (placement, the worker's answer, any
     /// retries).
-    async fn invoke_one(self, invocation: proto::Invocation) -> proto::Outcome {
+    pub(crate) async fn invoke_one(self, invocation: proto::Invocation) -> proto::Outcome {
         if invocation.class as usize >= self.inner.classes.len() {
             return wire::failure(
                 proto::FailureKind::BadRequest,
@@ -477,7 +507,10 @@ impl proto::shard_server::Shard for ShardService {
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
         let shard = self.clone();
-        link::serve(request, move |inv| shard.clone().invoke_one(inv))
+        link::serve(
+            request,
+            Arc::new(move |inv| Box::pin(shard.clone().invoke_one(inv))),
+        )
     }
 
     async fn register(
@@ -497,12 +530,21 @@ impl proto::shard_server::Shard for ShardService {
             }
             None => {
                 let id = state.workers.len() as u32;
-                let client = WorkerClient::new(wire::channel(endpoint))
-                    .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+                let (poller, link) = match self.inner.directory.worker(&info.address) {
+                    Some(worker) => (
+                        Poller::InProcess(worker.clone()),
+                        Link::in_process(worker.handler()),
+                    ),
+                    None => {
+                        let client = WorkerClient::new(wire::channel(endpoint))
+                            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+                        (Poller::Rpc(client.clone()), Link::to_worker(client))
+                    }
+                };
                 state.workers.push(WorkerSlot {
-                    link: Arc::new(Link::to_worker(client.clone())),
-                    client,
+                    poller,
+                    link: Arc::new(link),
                     alive: true,
                 });
                 state.by_address.insert(info.address, id);

@@ -1,6 +1,11 @@
 //! `turnpike up`: a whole cluster in one process - a gateway, scheduler shards and workers
-//! sharing this machine's cores and memory, each role on its own loopback port and talking to
-//! the others over the same RPCs as separate processes would - with the demo app deployed.
+//! sharing this machine's cores and memory - with the demo app deployed.
+//!
+//! Each role listens on its own loopback port, so separate `turnpike worker`s and gateways
+//! can join the cluster over RPC. Between the roles of this process, calls skip the socket
+//! and go straight to the role that answers them ([`crate::local`]), unless
+//! [`UpConfig::loopback_rpc`] asks for loopback gRPC between them too, as separate processes
+//! on one machine would have.
 //!
 //! The demo app: `GET /hello` (top class), and the `spin` example at `/work/critical?ms=N`
 //! (top class) and `/work/batch?ms=N` (bottom class), so price classes can be seen at work
@@ -24,6 +29,7 @@ use crate::billing::SystemClock;
 use crate::chain;
 use crate::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
 use crate::gateway::{Gateway, GatewayConfig};
+use crate::local::Directory;
 use crate::lock;
 use crate::metrics;
 use crate::node::{self, NodeConfig};
@@ -59,6 +65,9 @@ pub struct UpConfig {
     /// With [`MachinePolicy::Hermod`] the shards are Hermod's too (one FIFO queue, no idle
     /// list), so a run compares the baseline policy on the same services.
     pub emulated: Option<EmulatedConfig>,
+    /// Roles of this process call each other over loopback gRPC instead of directly (to
+    /// measure or test the RPC path on one machine).
+    pub loopback_rpc: bool,
 }
 
 impl UpConfig {
@@ -83,6 +92,7 @@ impl UpConfig {
             max_component_bytes: 64 << 20,
             clock: Arc::new(SystemClock),
             emulated: None,
+            loopback_rpc: false,
         }
     }
 
@@ -149,6 +159,9 @@ pub struct Cluster {
     /// Stops the gateway alone (it drains before the other roles stop).
     gateway_stop: watch::Sender<bool>,
     shard_config: ShardConfig,
+    /// The roles of this process that call each other directly (empty with
+    /// [`UpConfig::loopback_rpc`]).
+    directory: Directory,
     classes: ClassSet,
     stop: watch::Sender<bool>,
     gateway_task: JoinHandle<()>,
@@ -174,7 +187,9 @@ impl Cluster {
                 seed: i as u64 + 101,
                 ..self.shard_config
             },
+            self.directory.clone(),
         );
+        self.directory.add_shard(self.shards[i], service.clone());
         let (listener, _) = bind(self.shards[i]).await?;
         self.shard_tasks[i] = spawn_rpc(
             Server::builder().add_service(service.clone().into_server()),
@@ -270,6 +285,11 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         .await
         .map_err(|e| UpError::Store(e.to_string()))?;
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let directory = if config.loopback_rpc {
+        Directory::rpc_only()
+    } else {
+        Directory::new()
+    };
 
     let mut shards = Vec::new();
     let shard_services = Arc::new(Mutex::new(Vec::new()));
@@ -277,7 +297,12 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let (mut metrics, mut metrics_tasks) = (Vec::new(), Vec::new());
     for s in 0..config.shards {
         let (listener, addr) = bind(loopback).await?;
-        let service = ShardService::start(classes.clone(), config.shard_config(s as u64 + 1));
+        let service = ShardService::start(
+            classes.clone(),
+            config.shard_config(s as u64 + 1),
+            directory.clone(),
+        );
+        directory.add_shard(addr, service.clone());
         lock(&shard_services).push(service.clone());
         let services = shard_services.clone();
         spawn_metrics(
@@ -303,7 +328,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();
     let (fleet, hashes) = if let Some(emulated) = &config.emulated {
-        let fleet = EmulatedFleet::start(config.workers, emulated, &shards, 1)
+        let fleet = EmulatedFleet::start(config.workers, emulated, &shards, 1, &directory)
             .await
             .map_err(|e| UpError::Worker(format!("emulated workers: {e}")))?;
         workers.extend(fleet.workers.iter().map(|(a, _)| *a));
@@ -331,6 +356,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                     gateway: Some((gateway_addr, chain_token.clone())),
                     seed: w as u64 + 1,
                     store: Some(store.clone()),
+                    directory: directory.clone(),
                 },
                 &components,
                 stopped(stop_rx.clone()),
@@ -374,6 +400,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         max_component_bytes: config.max_component_bytes,
         clock: config.clock.clone(),
         shards: shards.clone(),
+        directory: directory.clone(),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         start_mb: 2,
@@ -417,6 +444,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         admin_key,
         gateway_stop,
         shard_config: config.shard_config(0),
+        directory,
         classes,
         stop,
         gateway_task,

@@ -10,10 +10,13 @@ use tokio::net::TcpListener;
 use tonic::transport::{Endpoint, Server};
 use turnpike_control::emulated::{EmulatedConfig, EmulatedWorker};
 use turnpike_control::link::{Link, IDLE_CLOSE};
-use turnpike_control::proto;
 use turnpike_control::proto::worker_client::WorkerClient;
 use turnpike_control::wire;
 use turnpike_policy::ClassSet;
+
+mod emulated;
+
+use emulated::{body, invocation};
 
 /// Far beyond anything these calls need: only a hang reaches it.
 const HANG: Duration = Duration::from_secs(20);
@@ -40,24 +43,6 @@ async fn start_worker() -> SocketAddr {
 fn link_to(address: SocketAddr) -> Link {
     let endpoint = Endpoint::from_shared(format!("http://{address}")).expect("an address is a URI");
     Link::to_worker(WorkerClient::new(wire::channel(endpoint)))
-}
-
-fn invocation(query: &str) -> proto::Invocation {
-    proto::Invocation {
-        function: "emulated".into(),
-        class: 3,
-        method: "GET".into(),
-        path_and_query: query.into(),
-        start_mb: 2,
-        ..proto::Invocation::default()
-    }
-}
-
-fn body(outcome: &proto::Outcome) -> String {
-    match &outcome.ending {
-        Some(proto::outcome::Ending::Response(r)) => String::from_utf8_lossy(&r.body).into(),
-        other => panic!("not a response: {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

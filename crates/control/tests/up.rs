@@ -3,6 +3,9 @@
 //! restart with its idle list rebuilt. (A worker killed mid-load needs a process to kill:
 //! `crates/turnpike/tests/cluster.rs`.)
 //!
+//! The priorities and the shard restart run twice: with the roles calling each other in
+//! process (as `turnpike up` ships) and over loopback gRPC (`--loopback-rpc`).
+//!
 //! The tests of this binary run one at a time (`serial`): they measure orderings on a 2-core
 //! machine.
 
@@ -20,10 +23,16 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
+    cluster_with_rpc(workers, dir, false).await
+}
+
+/// With `loopback_rpc`, the roles call each other over loopback gRPC instead of in process.
+async fn cluster_with_rpc(workers: usize, dir: &tempfile::TempDir, loopback_rpc: bool) -> Cluster {
     let mut config = UpConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().to_path_buf(),
     );
+    config.loopback_rpc = loopback_rpc;
     // One-slot workers: the orderings asserted below are those of one slot each.
     config.workers = workers;
     config.cores_per_worker = 1;
@@ -158,10 +167,16 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_top_class_finishes_near_its_runtime_while_the_bottom_class_waits() {
+    for loopback_rpc in [false, true] {
+        top_class_first(loopback_rpc).await;
+    }
+}
+
+async fn top_class_first(loopback_rpc: bool) {
     let _serial = serial().await;
     let dir = tempfile::tempdir().expect("temp dir");
     // One worker with one slot: every invocation competes for it.
-    let cluster = cluster(1, &dir).await;
+    let cluster = cluster_with_rpc(1, &dir, loopback_rpc).await;
     let gw = cluster.gateway;
     let t0 = Instant::now();
     let batch: Vec<_> = (0..4)
@@ -189,21 +204,27 @@ async fn the_top_class_finishes_near_its_runtime_while_the_bottom_class_waits() 
     // finishes before all but possibly the first batch invocation.
     assert!(
         critical_done < batch_done[1],
-        "critical done at {critical_done:?}, batch at {batch_done:?}"
+        "loopback RPC {loopback_rpc}: critical done at {critical_done:?}, batch at {batch_done:?}"
     );
     // Its latency is its own 50 ms plus overheads, far below the 1.1 s of batch queued ahead.
     assert!(
         critical_latency < batch_done[3] / 4,
-        "critical took {critical_latency:?}; batch finished at {batch_done:?}"
+        "loopback RPC {loopback_rpc}: critical took {critical_latency:?}; batch finished at {batch_done:?}"
     );
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_shard_gets_its_workers_and_idle_list_back() {
+    for loopback_rpc in [false, true] {
+        restarted_shard(loopback_rpc).await;
+    }
+}
+
+async fn restarted_shard(loopback_rpc: bool) {
     let _serial = serial().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cluster = cluster(2, &dir).await;
+    let mut cluster = cluster_with_rpc(2, &dir, loopback_rpc).await;
     let gw = cluster.gateway;
     assert_eq!(get(gw, "/hello").await.0, 200);
     let idle_total =

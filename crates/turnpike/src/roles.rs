@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use turnpike_control::billing::SystemClock;
 use turnpike_control::chain::ChainToken;
 use turnpike_control::gateway::{Gateway, GatewayConfig};
+use turnpike_control::local::Directory;
 use turnpike_control::metrics;
 use turnpike_control::routing::{Route, Target, OPERATOR};
 use turnpike_control::shard::{ShardConfig, ShardService};
@@ -110,6 +111,7 @@ pub fn shard(args: ShardArgs) -> ExitCode {
                 seed: args.seed,
                 ..ShardConfig::default()
             },
+            Directory::rpc_only(),
         );
         let rendered = service.clone();
         let render = Arc::new(move || rendered.metrics());
@@ -201,6 +203,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_component_bytes: args.max_component_bytes,
             clock: Arc::new(SystemClock),
             shards: args.shards,
+            directory: Directory::rpc_only(),
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
             start_mb: 2,

@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// baseline (processor sharing, one FIFO queue, no idle list).
     #[arg(long, value_enum, default_value = "turnpike", requires = "emulate")]
     policy: crate::PolicyArg,
+    /// The roles call each other over loopback gRPC, as separate processes on this machine
+    /// would, instead of directly (every role still listens for RPCs from other processes).
+    #[arg(long)]
+    loopback_rpc: bool,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -71,6 +75,7 @@ async fn run(args: UpArgs) -> ExitCode {
         config.memory_mb_per_worker = mb;
     }
     config.max_request_bytes = args.max_body_bytes;
+    config.loopback_rpc = args.loopback_rpc;
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {
         config.functions_dir = dir;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use turnpike_control::chain::ChainToken;
 use turnpike_control::emulated::{EmulatedConfig, EmulatedFleet};
+use turnpike_control::local::Directory;
 use turnpike_control::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
 
@@ -91,6 +92,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             gateway: args.gateway.zip(chain_token),
             // Distinct per process, so workers started together choose shards differently.
             seed: u64::from(std::process::id()),
+            directory: Directory::rpc_only(),
         };
         let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,
@@ -117,6 +119,7 @@ async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {
         &config,
         &args.shards,
         u64::from(std::process::id()),
+        &Directory::rpc_only(),
     )
     .await
     {
