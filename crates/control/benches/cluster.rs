@@ -3,7 +3,9 @@
 //! --bench cluster` (after `scripts/build-examples.sh`).
 //!
 //! 1. `hello` throughput and latency through the gateway (HTTP/1.1 keep-alive, 16 concurrent
-//!    clients, closed loop), against `wasmtime serve` running the same component on this
+//!    clients, closed loop) of `turnpike up` as shipped (its roles calling each other in
+//!    process) and of `turnpike up --loopback-rpc` (the same roles over loopback gRPC, as
+//!    separate processes on one machine would be), against `wasmtime serve` running the same component on this
 //!    machine with the same load generator (issue 4's benchmark 1: goal >= 1.0x throughput,
 //!    platform overhead p99 < 1 ms), and against the component on an in-process worker with
 //!    the same concurrency (what the platform's path - HTTP, gateway, shard, worker RPCs,

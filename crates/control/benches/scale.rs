@@ -24,7 +24,12 @@
 //!    shard->worker or gateway->worker); what differs is the payload's extra hop, which this
 //!    measures.
 //!
-//! `PART=1|2|3|4` runs one part; `SHARDS=N WORKERS=M` change part 2's cluster. Everything
+//! Parts 2 and 3 run each cluster twice: with its roles calling each other in process (as
+//! `turnpike up` ships) and over loopback gRPC (`--loopback-rpc`, as separate processes on
+//! one machine would); parts 1 and 4 measure RPC links, so their clusters use loopback gRPC.
+//!
+//! `PART=1|2|3|4` runs one part; `RPC=in-process|loopback` one of the two modes of parts 2
+//! and 3 (for profiling); `SHARDS=N WORKERS=M` change part 2's cluster. Everything
 //! runs on this machine's cores: the load generator shares them with the services.
 
 mod common;
@@ -49,6 +54,7 @@ async fn emulated_cluster(
     workers: usize,
     cores: u32,
     policy: MachinePolicy,
+    loopback_rpc: bool,
 ) -> Cluster {
     // A fresh data directory (and store) per cluster: each start makes its own admin key.
     static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -57,6 +63,7 @@ async fn emulated_cluster(
     let mut config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
     config.shards = shards;
     config.workers = workers;
+    config.loopback_rpc = loopback_rpc;
     let mut emulated = EmulatedConfig::new(ClassSet::default_four());
     emulated.policy = policy;
     emulated.cores = cores;
@@ -95,7 +102,7 @@ where
 }
 
 async fn shard_placements() {
-    let cluster = emulated_cluster(1, 1000, 1, MachinePolicy::Turnpike).await;
+    let cluster = emulated_cluster(1, 1000, 1, MachinePolicy::Turnpike, true).await;
     let workers: Vec<WorkerClient<_>> = cluster
         .workers
         .iter()
@@ -158,7 +165,16 @@ async fn shard_placements() {
     cluster.stop().await;
 }
 
-async fn whole_path() {
+/// How a cluster's roles call each other, for the figures' labels.
+fn rpc_label(loopback_rpc: bool) -> &'static str {
+    if loopback_rpc {
+        "loopback gRPC between roles"
+    } else {
+        "roles in process"
+    }
+}
+
+async fn whole_path(loopback_rpc: bool) {
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -166,7 +182,7 @@ async fn whole_path() {
             .unwrap_or(default)
     };
     let (shards, workers) = (env("SHARDS", 4), env("WORKERS", 1000));
-    let cluster = emulated_cluster(shards, workers, 1, MachinePolicy::Turnpike).await;
+    let cluster = emulated_cluster(shards, workers, 1, MachinePolicy::Turnpike, loopback_rpc).await;
     let client = http_client();
     let url = format!("http://{}/hello", cluster.gateway);
     for _ in 0..200 {
@@ -193,7 +209,8 @@ async fn whole_path() {
     })
     .await;
     println!(
-        "whole path (HTTP, gateway, {shards} shards, {workers} emulated workers), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
+        "whole path (HTTP, gateway, {shards} shards, {workers} emulated workers; {}), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
+        rpc_label(loopback_rpc),
         rate / 20_000.0
     );
     println!(
@@ -210,8 +227,9 @@ async fn priority_run(
     workers: usize,
     cores: u32,
     run_ms: u64,
+    loopback_rpc: bool,
 ) -> Vec<(f64, f64)> {
-    let cluster = emulated_cluster(4, workers, cores, policy).await;
+    let cluster = emulated_cluster(4, workers, cores, policy, loopback_rpc).await;
     let rate = 2.0 * (workers * cores as usize) as f64 * 1000.0 / run_ms as f64;
     let url = format!("http://{}/v1/invoke/emulated?ms={run_ms}", cluster.gateway);
     let by_class = poisson_by_class(
@@ -223,20 +241,30 @@ async fn priority_run(
     .await;
     cluster.stop().await;
     println!(
-        "{policy:?}: {rate:.0} invocations/s of {run_ms} ms on {workers} emulated workers x {cores} cores (2x capacity) for {RUN:?}, classes uniform:"
+        "{policy:?}: {rate:.0} invocations/s of {run_ms} ms on {workers} emulated workers x {cores} cores (2x capacity) for {RUN:?}, classes uniform, {}:",
+        rpc_label(loopback_rpc)
     );
     print_slowdowns(&by_class, run_ms)
 }
 
 /// Both policies on the paper's machine shape (8 cores), then on one-core machines (what
 /// `turnpike up` runs on this 2-core machine).
-async fn priorities() {
+async fn priorities(loopback_rpc: bool) {
     for (workers, cores, run_ms) in [(5, 8, 200), (10, 1, 40)] {
-        let turnpike = priority_run(MachinePolicy::Turnpike, workers, cores, run_ms).await;
-        let hermod = priority_run(MachinePolicy::Hermod, workers, cores, run_ms).await;
+        let turnpike = priority_run(
+            MachinePolicy::Turnpike,
+            workers,
+            cores,
+            run_ms,
+            loopback_rpc,
+        )
+        .await;
+        let hermod =
+            priority_run(MachinePolicy::Hermod, workers, cores, run_ms, loopback_rpc).await;
         let top = |v: &[(f64, f64)]| v.last().map_or(f64::NAN, |t| t.1);
         println!(
-            "  {cores}-core workers: top class p99 slowdown Turnpike {:.2} vs Hermod {:.2}: {:.1}x better (goal <= 1.5 and >= 5x)",
+            "  {cores}-core workers, {}: top class p99 slowdown Turnpike {:.2} vs Hermod {:.2}: {:.1}x better (goal <= 1.5 and >= 5x)",
+            rpc_label(loopback_rpc),
             top(&turnpike),
             top(&hermod),
             top(&hermod) / top(&turnpike)
@@ -245,7 +273,7 @@ async fn priorities() {
 }
 
 async fn data_path() {
-    let cluster = emulated_cluster(1, 1, 1, MachinePolicy::Turnpike).await;
+    let cluster = emulated_cluster(1, 1, 1, MachinePolicy::Turnpike, true).await;
     let endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.workers[0]))
             .expect("endpoint");
@@ -304,15 +332,27 @@ fn main() {
         .expect("runtime");
     let part = std::env::var("PART").ok();
     let run = |p: &str| part.as_deref().is_none_or(|x| x == p);
+    let rpc = std::env::var("RPC").ok();
+    let modes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|&loopback| {
+            rpc.as_deref()
+                .is_none_or(|r| r == if loopback { "loopback" } else { "in-process" })
+        })
+        .collect();
     runtime.block_on(async {
         if run("1") {
             shard_placements().await;
         }
         if run("2") {
-            whole_path().await;
+            for &loopback in &modes {
+                whole_path(loopback).await;
+            }
         }
         if run("3") {
-            priorities().await;
+            for &loopback in &modes {
+                priorities(loopback).await;
+            }
         }
         if run("4") {
             data_path().await;
