@@ -40,13 +40,17 @@ use crate::wire;
 pub const MAX_ATTEMPTS: u32 = 3;
 /// A poll that takes longer than this counts as no answer.
 const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// Workers polled per power-of-k decision unless configured: `shared/DESIGN.md`'s default,
+/// and the simulator presets' (`crates/sim/presets`).
+pub const DEFAULT_K: usize = 3;
 /// A blocked shard (no room anywhere it looked) retries after this, or at the next idle-list
 /// join, whichever comes first.
 const RETRY_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Clone, Copy, Debug)]
 pub struct ShardConfig {
-    /// Workers polled per decision when the idle list cannot place (power-of-k).
+    /// Workers polled per decision when the idle list cannot place (power-of-k). Default
+    /// [`DEFAULT_K`].
     pub k: usize,
     pub use_idle_list: bool,
     /// One first-come-first-served queue for all classes, as the Hermod baseline has (with
@@ -61,7 +65,7 @@ pub struct ShardConfig {
 impl Default for ShardConfig {
     fn default() -> Self {
         Self {
-            k: 2,
+            k: DEFAULT_K,
             use_idle_list: true,
             fifo: false,
             seed: 1,

@@ -27,7 +27,7 @@ pub struct ShardArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics: SocketAddr,
     /// Workers polled per decision when the idle list cannot place.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = turnpike_control::shard::DEFAULT_K)]
     k: usize,
     /// Seed of the shard's random sampling.
     #[arg(long, default_value_t = 1)]
