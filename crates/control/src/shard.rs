@@ -5,9 +5,10 @@
 //!
 //! Data path: the invocation's payload travels through the shard (gateway -> shard -> worker
 //! and back), one message each way per hop on long-lived streams ([`crate::link`]), rather
-//! than the shard answering with a placement and the gateway calling the worker. It keeps the gateway simple and lets the shard retry on another worker
-//! without the gateway's help; the extra hop's cost is measured in the control-plane
-//! benchmark.
+//! than the shard answering with a placement and the gateway calling the worker. It keeps
+//! the gateway simple and lets the shard retry on another worker without the gateway's help;
+//! the extra hop's cost is measured in the control-plane benchmark. Workers of the shard's
+//! own process (`turnpike up`) are polled and called directly instead ([`crate::local`]).
 //!
 //! Faults: a worker whose link fails at the transport level is marked lost (left out of
 //! polling and removed from the idle list until it registers again) and the invocation is
