@@ -425,8 +425,7 @@ impl proto::worker_server::Worker for EmulatedWorker {
 
 impl LocalWorker for EmulatedWorker {
     fn handler(&self) -> link::Handler {
-        let worker = self.clone();
-        Arc::new(move |inv| Box::pin(worker.clone().run_one(inv)))
+        link::handler(self.clone(), Self::run_one)
     }
 
     fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {

@@ -61,6 +61,17 @@ pub type Handler = Arc<
     dyn Fn(proto::Invocation) -> Pin<Box<dyn Future<Output = proto::Outcome> + Send>> + Send + Sync,
 >;
 
+/// The handler answering each invocation with `answer(service, invocation)` (on a clone of
+/// `service`): how a role hands its answer to [`serve`] and [`Link::in_process`].
+pub fn handler<S, F, Fut>(service: S, answer: F) -> Handler
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, proto::Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = proto::Outcome> + Send + 'static,
+{
+    Arc::new(move |invocation| Box::pin(answer(service.clone(), invocation)))
+}
+
 /// Calls to a shard or a worker: multiplexed on one stream, or handed to a role in this
 /// process; cheap to share (`Arc`).
 pub struct Link {

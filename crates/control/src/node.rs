@@ -263,8 +263,7 @@ impl proto::worker_server::Worker for NodeService {
 
 impl LocalWorker for NodeService {
     fn handler(&self) -> link::Handler {
-        let node = self.clone();
-        Arc::new(move |inv| Box::pin(node.clone().run_one(inv)))
+        link::handler(self.clone(), Self::run_one)
     }
 
     fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {

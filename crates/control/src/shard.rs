@@ -511,11 +511,7 @@ impl proto::shard_server::Shard for ShardService {
         &self,
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
-        let shard = self.clone();
-        link::serve(
-            request,
-            Arc::new(move |inv| Box::pin(shard.clone().invoke_one(inv))),
-        )
+        link::serve(request, link::handler(self.clone(), Self::invoke_one))
     }
 
     async fn register(
