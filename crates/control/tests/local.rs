@@ -39,14 +39,20 @@ fn shard_in(directory: &Directory) -> (SocketAddr, ShardService) {
     (address, shard)
 }
 
-/// An emulated 2-core worker in `directory`, its dispatcher keeping it registered with the
-/// shard at `shard`; returns once `shard` knows it.
-async fn worker_in(directory: &Directory, shard: SocketAddr, registered: &ShardService) {
+/// An emulated 2-core worker in `directory`, at a fresh address where nothing listens.
+fn emulated_in(directory: &Directory) -> (SocketAddr, EmulatedWorker) {
     let address = unused_address();
     let mut config = EmulatedConfig::new(ClassSet::default_four());
     config.cores = 2;
     let worker = EmulatedWorker::new(config);
     directory.add_worker(address, Arc::new(worker.clone()));
+    (address, worker)
+}
+
+/// An emulated worker in `directory` (`emulated_in`), its dispatcher keeping it registered
+/// with the shard at `shard`; returns once `shard` knows it.
+async fn worker_in(directory: &Directory, shard: SocketAddr, registered: &ShardService) {
+    let (address, worker) = emulated_in(directory);
     tokio::spawn(node::dispatch(
         Arc::new(worker),
         address,
@@ -115,13 +121,7 @@ async fn a_directory_for_rpc_only_records_nothing() {
     let directory = Directory::rpc_only();
     let (address, _shard) = shard_in(&directory);
     assert!(matches!(directory.shard(address), ShardPeer::Rpc(_)));
-    let worker = unused_address();
-    directory.add_worker(
-        worker,
-        Arc::new(EmulatedWorker::new(EmulatedConfig::new(
-            ClassSet::default_four(),
-        ))),
-    );
+    let (worker, _) = emulated_in(&directory);
     assert!(directory.worker(&format!("http://{worker}")).is_none());
     // Over RPC to an address where nothing listens: a clear transport error, not a hang.
     let status = tokio::time::timeout(HANG, directory.shard_link(address).call(invocation("/")))
@@ -134,13 +134,7 @@ async fn a_directory_for_rpc_only_records_nothing() {
 #[test]
 fn workers_are_found_by_their_registered_uri_only() {
     let directory = Directory::new();
-    let address = unused_address();
-    directory.add_worker(
-        address,
-        Arc::new(EmulatedWorker::new(EmulatedConfig::new(
-            ClassSet::default_four(),
-        ))),
-    );
+    let (address, _) = emulated_in(&directory);
     assert!(directory.worker(&format!("http://{address}")).is_some());
     assert!(directory.worker(&address.to_string()).is_none());
     assert!(directory.worker("http://not-an-address").is_none());
