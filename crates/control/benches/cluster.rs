@@ -229,6 +229,7 @@ fn main() {
         hello_figures(through_up, through_loopback, &dir, &config.functions_dir).await;
         if std::env::var_os("HELLO_ONLY").is_some() {
             cluster.stop().await;
+            let _ = std::fs::remove_dir_all(&dir);
             return;
         }
         let spin = cluster

@@ -59,7 +59,7 @@ async fn emulated_cluster(
     // A fresh data directory (and store) per cluster: each start makes its own admin key.
     static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("turnpike-bench-scale-{}-{n}", std::process::id()));
+    let dir = bench_dir().join(n.to_string());
     let mut config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
     config.shards = shards;
     config.workers = workers;
@@ -72,6 +72,11 @@ async fn emulated_cluster(
     let live = cluster.shard(0).live_workers();
     assert_eq!(live, workers, "every emulated worker registered");
     cluster
+}
+
+/// Where this run's clusters keep their data; removed when the bench ends.
+fn bench_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("turnpike-bench-scale-{}", std::process::id()))
 }
 
 /// Runs `one` from `CONCURRENCY` tasks for `RUN`; returns completions per second.
@@ -358,4 +363,5 @@ fn main() {
             data_path().await;
         }
     });
+    let _ = std::fs::remove_dir_all(bench_dir());
 }
