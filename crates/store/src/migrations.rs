@@ -9,58 +9,59 @@ use std::collections::BTreeSet;
 use sqlx::{AnyPool, Row};
 
 /// `(version, statements)`.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE tenants (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE tenants (
             name TEXT PRIMARY KEY,
             admin BIGINT NOT NULL,
             created_at BIGINT NOT NULL,
             budget_monthly DOUBLE PRECISION,
             budget_over TEXT NOT NULL DEFAULT 'throttle',
             budget_headroom DOUBLE PRECISION NOT NULL DEFAULT 0.05)",
-        // Only the SHA-256 of a key is kept.
-        "CREATE TABLE api_keys (
+            // Only the SHA-256 of a key is kept.
+            "CREATE TABLE api_keys (
             hash TEXT PRIMARY KEY,
             tenant TEXT NOT NULL REFERENCES tenants (name),
             created_at BIGINT NOT NULL)",
-        // Content-addressed: one copy of each component, whoever uploaded it.
-        "CREATE TABLE components (
+            // Content-addressed: one copy of each component, whoever uploaded it.
+            "CREATE TABLE components (
             hash TEXT PRIMARY KEY,
             bytes BYTEA NOT NULL,
             size BIGINT NOT NULL,
             created_at BIGINT NOT NULL)",
-        "CREATE TABLE component_owners (
+            "CREATE TABLE component_owners (
             hash TEXT NOT NULL REFERENCES components (hash),
             tenant TEXT NOT NULL REFERENCES tenants (name),
             PRIMARY KEY (hash, tenant))",
-        "CREATE TABLE apps (
+            "CREATE TABLE apps (
             name TEXT PRIMARY KEY,
             tenant TEXT NOT NULL REFERENCES tenants (name),
             deployed_at BIGINT NOT NULL)",
-        "CREATE TABLE functions (
+            "CREATE TABLE functions (
             app TEXT NOT NULL REFERENCES apps (name),
             name TEXT NOT NULL,
             hash TEXT NOT NULL REFERENCES components (hash),
             deployed_at BIGINT NOT NULL,
             PRIMARY KEY (app, name))",
-        "CREATE TABLE function_versions (
+            "CREATE TABLE function_versions (
             app TEXT NOT NULL,
             name TEXT NOT NULL,
             hash TEXT NOT NULL REFERENCES components (hash),
             deployed_at BIGINT NOT NULL,
             PRIMARY KEY (app, name, hash, deployed_at))",
-        // `method` is '' for every method.
-        "CREATE TABLE routes (
+            // `method` is '' for every method.
+            "CREATE TABLE routes (
             app TEXT NOT NULL REFERENCES apps (name),
             method TEXT NOT NULL,
             path TEXT NOT NULL,
             function TEXT NOT NULL,
             class TEXT NOT NULL,
             PRIMARY KEY (app, method, path))",
-        // One row per invocation, by its id: written idempotently. No foreign keys: usage
-        // outlives the app it was spent on.
-        "CREATE TABLE ledger (
+            // One row per invocation, by its id: written idempotently. No foreign keys: usage
+            // outlives the app it was spent on.
+            "CREATE TABLE ledger (
             invocation BIGINT PRIMARY KEY,
             tenant TEXT NOT NULL,
             app TEXT NOT NULL,
@@ -72,12 +73,28 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             cpu_ns BIGINT NOT NULL,
             gb_seconds DOUBLE PRECISION NOT NULL,
             cost DOUBLE PRECISION NOT NULL)",
-        "CREATE INDEX ledger_by_tenant_day ON ledger (tenant, day)",
-        // Counters gateways poll (`routing`: bumped by every deploy and delete).
-        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-        "INSERT INTO counters (name, value) VALUES ('routing', 0)",
-    ],
-)];
+            "CREATE INDEX ledger_by_tenant_day ON ledger (tenant, day)",
+            // Counters gateways poll (`routing`: bumped by every deploy and delete).
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('routing', 0)",
+        ],
+    ),
+    (
+        2,
+        &[
+            // Each tenant's spend by day, kept with the ledger in the same transaction, so a
+            // budget check sums at most a month of rows rather than every invocation of the
+            // month (it scanned the ledger: ~1 s of CPU at 250,000 rows).
+            "CREATE TABLE spend (
+                tenant TEXT NOT NULL,
+                day TEXT NOT NULL,
+                cost DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (tenant, day))",
+            "INSERT INTO spend (tenant, day, cost)
+                SELECT tenant, day, SUM(cost) FROM ledger GROUP BY tenant, day",
+        ],
+    ),
+];
 
 /// Runs the migrations the store has not had yet, each in its own transaction.
 pub(crate) async fn run(pool: &AnyPool) -> Result<(), sqlx::Error> {

@@ -318,8 +318,53 @@ async fn a_long_batch_lands_whole() {
         let totals = store.usage("acme", &[], day, day).await.unwrap();
         assert_eq!(totals[0].totals.invocations, 104);
         assert_eq!(totals[0].totals.cost, (1..=104).sum::<i64>() as f64);
+        // The daily spend a budget check reads counts each row once too.
+        assert_eq!(
+            store.spent_since("acme", day).await.unwrap(),
+            (1..=104).sum::<i64>() as f64
+        );
     })
     .await;
+}
+
+/// A store from before the daily spend table (migration 2) gets it filled from its ledger.
+#[tokio::test]
+async fn an_older_store_gets_its_spend_from_the_ledger() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = Store::sqlite_url(dir.path());
+    let store = Store::open(&url).await.expect("open SQLite");
+    store.create_tenant("acme", false).await.unwrap();
+    let nov_2 = Day::parse("2026-11-02").unwrap().start_unix();
+    let oct_31 = Day::parse("2026-10-31").unwrap().start_unix();
+    store
+        .record(&[
+            entry(1, "home", "batch", nov_2, 2.0),
+            entry(2, "home", "batch", nov_2 + 86_400, 5.0),
+            entry(3, "home", "batch", oct_31, 11.0),
+        ])
+        .await
+        .unwrap();
+    drop(store);
+    // Back to the schema of migration 1: a ledger and no spend.
+    let mut db = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+    for statement in [
+        "DROP TABLE spend",
+        "DELETE FROM schema_migrations WHERE version = 2",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let store = Store::open(&url).await.expect("open and migrate");
+    let nov = Day::parse("2026-11-01").unwrap();
+    assert_eq!(store.spent_since("acme", nov).await.unwrap(), 7.0);
+    let oct = Day::parse("2026-10-01").unwrap();
+    assert_eq!(store.spent_since("acme", oct).await.unwrap(), 18.0);
+    // New rows add to the filled-in days.
+    store
+        .record(&[entry(4, "home", "batch", nov_2, 1.0)])
+        .await
+        .unwrap();
+    assert_eq!(store.spent_since("acme", nov).await.unwrap(), 8.0);
 }
 
 #[tokio::test]
