@@ -22,9 +22,10 @@
 //!   by the headroom (small overruns are tolerated, as the paper says) and never past
 //!   `monthly x (1 + headroom)` in a month. Over budget, `throttle` refuses new invocations
 //!   (429, `Retry-After`: when the pro-rata allowance catches up, at least 1 s) and `lower`
-//!   runs them at the cheapest class. Spend is read from the store at most every
-//!   [`BOOK_REFRESH`] per tenant and kept up to date in between with this gateway's own
-//!   commits; with several gateways, another's spend shows within that period.
+//!   runs them at the cheapest class. Spend is read from the store (its daily spend table,
+//!   kept with the ledger) at most every [`BOOK_REFRESH`] per tenant, by one request while
+//!   the others go on with what was read before, and kept up to date in between with this
+//!   gateway's own commits; with several gateways, another's spend shows within that period.
 //! - **The clock** is a [`Clock`], so tests move through a month at will.
 
 use std::collections::HashMap;
@@ -223,13 +224,42 @@ impl Billing {
         crate::lock(&self.books).remove(tenant);
     }
 
+    /// `tenant`'s book: as kept, or read again when older than [`BOOK_REFRESH`]. One caller
+    /// reads it; the others keep using the one they have meanwhile (at thousands of
+    /// invocations a second, every request in flight would otherwise read the store at
+    /// once). If that read fails, the old book stays in use; without one, the error is the
+    /// caller's.
     async fn book(&self, tenant: &str) -> Result<Book, String> {
         let month = Day::of_unix(self.clock.now()).month_start();
-        if let Some(book) = crate::lock(&self.books).get(tenant) {
-            if book.month == month && book.read_at.elapsed() < BOOK_REFRESH {
-                return Ok(book.clone());
+        let kept = {
+            let mut books = crate::lock(&self.books);
+            match books.get_mut(tenant) {
+                Some(book) if book.month == month => {
+                    if book.read_at.elapsed() < BOOK_REFRESH {
+                        return Ok(book.clone());
+                    }
+                    book.read_at = Instant::now();
+                    Some(book.clone())
+                }
+                _ => None,
             }
+        };
+        match self.read_book(tenant, month).await {
+            Ok(book) => {
+                crate::lock(&self.books).insert(tenant.to_string(), book.clone());
+                Ok(book)
+            }
+            Err(e) => match kept {
+                Some(book) => {
+                    eprintln!("billing: reading the budget of `{tenant}` again: {e}");
+                    Ok(book)
+                }
+                None => Err(e),
+            },
         }
+    }
+
+    async fn read_book(&self, tenant: &str, month: Day) -> Result<Book, String> {
         // The store's sum must include what this gateway recorded (at most every
         // `BOOK_REFRESH` per tenant, and after a budget change).
         self.flush().await;
@@ -239,14 +269,12 @@ impl Billing {
             .spent_since(tenant, month)
             .await
             .map_err(|e| e.to_string())?;
-        let book = Book {
+        Ok(Book {
             budget,
             month,
             spent,
             read_at: Instant::now(),
-        };
-        crate::lock(&self.books).insert(tenant.to_string(), book.clone());
-        Ok(book)
+        })
     }
 
     /// Hands `entry` to the ledger writer (committed within [`LEDGER_FLUSH`]) and counts its
@@ -453,5 +481,60 @@ mod tests {
         assert_eq!(store.ledger_len().await.unwrap(), 2);
         let (_, _, spent) = billing.status("acme").await.unwrap();
         assert_eq!(spent, 20.0);
+    }
+
+    /// A book past its refresh is read again by one caller; when that read fails, the book
+    /// it had stays in use, and a tenant without one gets the store's error.
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_book_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        store.create_tenant("acme", false).await.unwrap();
+        let budget = Budget {
+            monthly: 30.0,
+            over: OverBudget::Throttle,
+            headroom: 0.0,
+        };
+        store.set_budget("acme", Some(&budget)).await.unwrap();
+        let classes = ClassSet::default_four();
+        let billing = Billing::new(store.clone(), classes.clone(), 1.0, ManualClock::at(nov(1)));
+        let top = classes.top();
+        billing.record(UsageEntry {
+            invocation: 1,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at: nov(1),
+            status: 200,
+            cpu_ns: 5_000_000_000,
+            gb_seconds: 0.0,
+            cost: 10.0,
+        });
+        billing.flush().await;
+        assert!(matches!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Throttle(_)
+        ));
+        store.close().await;
+        let age = |by: Duration| {
+            let mut books = crate::lock(&billing.books);
+            let book = books.get_mut("acme").unwrap();
+            book.read_at = Instant::now().checked_sub(by).unwrap();
+        };
+        age(BOOK_REFRESH + Duration::from_secs(1));
+        assert!(
+            matches!(
+                billing.admit("acme", top).await.unwrap(),
+                Admission::Throttle(_)
+            ),
+            "the book read before, still over budget"
+        );
+        // The failed read claimed the refresh: the next one is due a whole period later.
+        let read_at = crate::lock(&billing.books)["acme"].read_at;
+        assert!(read_at.elapsed() < BOOK_REFRESH);
+        billing.forget("acme");
+        let error = billing.admit("acme", top).await.unwrap_err();
+        assert!(error.to_lowercase().contains("closed"), "{error}");
     }
 }
