@@ -6,9 +6,12 @@
 //!    a worker and answer. Baseline in the same run: the rate of a bare unary RPC (`Poll` on the emulated
 //!    workers, round robin) at the same concurrency - the floor any RPC-driven placement pays.
 //! 2. Invocations per second of the whole path (HTTP to the gateway, 4 shards, 1,000 emulated
-//!    workers), 64 keep-alive clients. Goal: >= 20,000/s on 2 cores. Baseline in the same
-//!    run: the same clients against the gateway's 404 for a missing route, the HTTP part's
-//!    ceiling on this machine with nothing invoked.
+//!    workers), 64 keep-alive connections driven by `wrk` (`scripts/install-wrk.sh`; a
+//!    process of its own, cheap per request) and then by the hyper client of this process
+//!    (which takes more of the two cores than the gateway's HTTP side). Goal: >= 20,000/s on
+//!    2 cores, read on wrk's figure. Baseline in the same run, for each: the same clients
+//!    against the gateway's 404 for a missing route, the HTTP part's ceiling on this machine
+//!    with nothing invoked.
 //! 3. Priority enforcement, Turnpike vs the Hermod baseline on the same services: Poisson
 //!    arrivals at 2x the cluster's CPU for 3 s, classes uniform; per-class p50/p99 slowdown.
 //!    Twice: 5 emulated workers of 8 cores (the paper's machine shape) with 200 ms
@@ -214,15 +217,46 @@ async fn whole_path(loopback_rpc: bool) {
     })
     .await;
     println!(
-        "whole path (HTTP, gateway, {shards} shards, {workers} emulated workers; {}), {CONCURRENCY} clients: {rate:>8.0} inv/s; goal 20000: {:.2}x",
+        "whole path (HTTP, gateway, {shards} shards, {workers} emulated workers; {}):",
         rpc_label(loopback_rpc),
-        rate / 20_000.0
     );
     println!(
-        "  the same clients and gateway answering 404 (HTTP and routing only): {http_only:>8.0} req/s; invocations / that: {:.2}",
+        "  wrk, {CONCURRENCY} connections: {}",
+        match wrk_figures(cluster.gateway).await {
+            Some((rate, http_only)) => format!(
+                "{rate:>8.0} inv/s; goal 20000: {:.2}x. The gateway's 404 (HTTP and routing only): {http_only:>8.0} req/s; invocations / that: {:.2}",
+                rate / 20_000.0,
+                rate / http_only
+            ),
+            None => "wrk is not installed (scripts/install-wrk.sh)".to_string(),
+        }
+    );
+    println!(
+        "  hyper client in this process, {CONCURRENCY} clients: {rate:>8.0} inv/s ({:.2}x of 20000). The gateway's 404: {http_only:>8.0} req/s; invocations / that: {:.2}",
+        rate / 20_000.0,
         rate / http_only
     );
     cluster.stop().await;
+}
+
+/// Invocations per second and the 404's requests per second through the gateway at `gateway`,
+/// driven by wrk (a process of its own); `None` without wrk.
+async fn wrk_figures(gateway: SocketAddr) -> Option<(f64, f64)> {
+    let run = |path: &'static str| {
+        let url = format!("http://{gateway}{path}");
+        tokio::task::spawn_blocking(move || wrk(&url, CONCURRENCY, RUN))
+    };
+    let invocations = run("/hello").await.expect("wrk task")?;
+    assert!(
+        invocations.requests > 0 && invocations.non_2xx == 0 && invocations.socket_errors == 0,
+        "every invocation answers 200: {invocations:?}"
+    );
+    let missing = run("/no-such-route").await.expect("wrk task")?;
+    assert!(
+        missing.non_2xx == missing.requests && missing.socket_errors == 0,
+        "every request for a missing route answers 404: {missing:?}"
+    );
+    Some((invocations.rate, missing.rate))
 }
 
 /// Per-class (p50, p99) slowdowns of one policy at 2x capacity, on `workers` emulated

@@ -143,3 +143,76 @@ pub fn print_slowdowns(by_class: &[Vec<Duration>], runtime_ms: u64) -> Vec<(f64,
     }
     out
 }
+
+/// What `wrk` reported for one run.
+#[derive(Clone, Copy, Debug)]
+pub struct WrkRun {
+    /// Responses per second.
+    pub rate: f64,
+    pub requests: u64,
+    /// Responses that were not 2xx or 3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors.
+    pub socket_errors: u64,
+}
+
+/// Runs `wrk` (one thread, `connections` keep-alive connections, `run` long) against `url`;
+/// `None` when wrk is not installed (`scripts/install-wrk.sh`). wrk is the load generator
+/// `shared/notes/benchmarking.md` uses on these machines: it needs several times less CPU
+/// per request than the hyper client above, so more of the two cores are left to the
+/// server.
+pub fn wrk(url: &str, connections: usize, run: Duration) -> Option<WrkRun> {
+    let output = std::process::Command::new("wrk")
+        .args([
+            "-t1".to_string(),
+            format!("-c{connections}"),
+            format!("-d{}s", run.as_secs().max(1)),
+            url.to_string(),
+        ])
+        .output()
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(parse_wrk(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Reads wrk's report: `N requests in ...`, `Requests/sec: R`, and the optional lines
+/// `Non-2xx or 3xx responses: N` and `Socket errors: connect A, read B, write C, timeout D`.
+fn parse_wrk(report: &str) -> WrkRun {
+    let number = |text: &str| -> u64 {
+        text.trim()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!("wrk's report has {text:?} where a number belongs:\n{report}")
+            })
+    };
+    let mut run = WrkRun {
+        rate: f64::NAN,
+        requests: 0,
+        non_2xx: 0,
+        socket_errors: 0,
+    };
+    for line in report.lines().map(str::trim) {
+        if let Some(rate) = line.strip_prefix("Requests/sec:") {
+            run.rate = rate.trim().parse().expect("wrk's Requests/sec");
+        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            run.non_2xx = number(n);
+        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
+            run.socket_errors = errors
+                .split(',')
+                .map(|e| number(e.split_whitespace().last().unwrap_or("")))
+                .sum();
+        } else if let Some((n, _)) = line.split_once(" requests in ") {
+            run.requests = number(n);
+        }
+    }
+    assert!(
+        run.rate.is_finite(),
+        "no Requests/sec in wrk's report:\n{report}"
+    );
+    run
+}
