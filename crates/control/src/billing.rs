@@ -517,12 +517,10 @@ mod tests {
             Admission::Throttle(_)
         ));
         store.close().await;
-        let age = |by: Duration| {
-            let mut books = crate::lock(&billing.books);
-            let book = books.get_mut("acme").unwrap();
-            book.read_at = Instant::now().checked_sub(by).unwrap();
-        };
-        age(BOOK_REFRESH + Duration::from_secs(1));
+        // Past its refresh.
+        crate::lock(&billing.books).get_mut("acme").unwrap().read_at = Instant::now()
+            .checked_sub(BOOK_REFRESH + Duration::from_secs(1))
+            .unwrap();
         assert!(
             matches!(
                 billing.admit("acme", top).await.unwrap(),

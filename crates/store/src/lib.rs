@@ -693,9 +693,10 @@ fn usage_chunks(mut entries: &[UsageEntry]) -> Vec<&[UsageEntry]> {
 const USAGE_CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
 /// The ledger's insert of `rows` rows in one statement, skipping ids already there and
-/// returning each inserted row's tenant, day and cost. SQLite's parameters are anonymous (`?`): sqlx looks
-/// each named one up by number, a linear search in SQLite that made binding quadratic in
-/// the row count (9% of the gateway's CPU at 6,000 invocations/s). PostgreSQL needs `$N`.
+/// returning each inserted row's tenant, day and cost. SQLite's parameters are anonymous
+/// (`?`): sqlx looks each named one up by number, a linear search in SQLite that made
+/// binding quadratic in the row count (9% of the gateway's CPU at 6,000 invocations/s).
+/// PostgreSQL needs `$N`.
 fn insert_usage_sql(backend: Backend, rows: usize) -> String {
     const COLUMNS: usize = 11;
     let mut sql = String::from(
