@@ -2,9 +2,11 @@
 //! runtime comes from its query): `cargo bench -p turnpike-control --bench scale`.
 //!
 //! 1. Placements per second of one shard with 1,000 emulated workers: 64 invocations in
-//!    flight on one link straight to the shard, each a zero-length invocation it must place on
-//!    a worker and answer. Baseline in the same run: the rate of a bare unary RPC (`Poll` on the emulated
-//!    workers, round robin) at the same concurrency - the floor any RPC-driven placement pays.
+//!    flight on one link straight to the shard, each a zero-length invocation it must place
+//!    on a worker and answer. Goal: >= 20,000/s on 2 cores. Baseline in the same run, at the
+//!    same concurrency, round robin over the workers: in process, a zero-length invocation
+//!    straight to a worker (the placement's second hop alone); over gRPC, a bare unary RPC
+//!    (`Poll`), the floor any RPC-driven placement pays.
 //! 2. Invocations per second of the whole path (HTTP to the gateway, 4 shards, 1,000 emulated
 //!    workers), 64 keep-alive connections driven by `wrk` (`scripts/install-wrk.sh`; a
 //!    process of its own, cheap per request) and then by the hyper client of this process
@@ -27,12 +29,12 @@
 //!    shard->worker or gateway->worker); what differs is the payload's extra hop, which this
 //!    measures.
 //!
-//! Parts 2 and 3 run each cluster twice: with its roles calling each other in process (as
+//! Parts 1, 2 and 3 run each cluster twice: with its roles calling each other in process (as
 //! `turnpike up` ships) and over loopback gRPC (`--loopback-rpc`, as separate processes on
-//! one machine would); parts 1 and 4 measure RPC links, so their clusters use loopback gRPC.
+//! one machine would); part 4 measures RPC links, so its cluster uses loopback gRPC.
 //!
-//! `PART=1|2|3|4` runs one part; `RPC=in-process|loopback` one of the two modes of parts 2
-//! and 3 (for profiling); `SHARDS=N WORKERS=M` change part 2's cluster. Everything
+//! `PART=1|2|3|4` runs one part; `RPC=in-process|loopback` one of the two modes of parts 1,
+//! 2 and 3 (for profiling); `SHARDS=N WORKERS=M` change part 2's cluster. Everything
 //! runs on this machine's cores: the load generator shares them with the services.
 
 mod common;
@@ -109,20 +111,22 @@ where
     total as f64 / t0.elapsed().as_secs_f64()
 }
 
-async fn shard_placements() {
-    let cluster = emulated_cluster(1, 1000, 1, MachinePolicy::Turnpike, true).await;
-    let workers: Vec<WorkerClient<_>> = cluster
-        .workers
-        .iter()
-        .map(|a| {
-            let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint");
-            WorkerClient::new(turnpike_control::wire::channel(endpoint))
-        })
-        .collect();
-    let bare = {
-        let workers = workers.clone();
-        for_a_while(move |i| {
+/// Part 1 in one mode: with the roles in process the shard is called and calls its workers
+/// as `turnpike up`'s gateway and shards do, and the baseline is an in-process call straight
+/// to a worker; over loopback gRPC, both go over links and the baseline is a bare unary RPC.
+async fn shard_placements(loopback_rpc: bool) {
+    let cluster = emulated_cluster(1, 1000, 1, MachinePolicy::Turnpike, loopback_rpc).await;
+    let (bare, bare_label) = if loopback_rpc {
+        let workers: Vec<WorkerClient<_>> = cluster
+            .workers
+            .iter()
+            .map(|a| {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                    .expect("endpoint");
+                WorkerClient::new(turnpike_control::wire::channel(endpoint))
+            })
+            .collect();
+        let bare = for_a_while(move |i| {
             let mut client = workers[i % workers.len()].clone();
             async move {
                 client
@@ -131,27 +135,38 @@ async fn shard_placements() {
                     .expect("poll");
             }
         })
-        .await
+        .await;
+        (bare, "bare unary RPC (Poll)")
+    } else {
+        let workers: Vec<Arc<Link>> = cluster
+            .workers
+            .iter()
+            .map(|a| {
+                let worker = cluster
+                    .directory()
+                    .worker(&format!("http://{a}"))
+                    .expect("an emulated worker of this process");
+                Arc::new(Link::in_process(worker.handler()))
+            })
+            .collect();
+        let bare = for_a_while(move |i| {
+            let worker = workers[i % workers.len()].clone();
+            async move {
+                worker.call(zero_length(i)).await.expect("run");
+            }
+        })
+        .await;
+        (
+            bare,
+            "a zero-length invocation straight to a worker in process",
+        )
     };
-    let shard = Arc::new(Link::to_shard(turnpike_control::wire::shard_client(
-        cluster.shards[0],
-    )));
+    let shard = Arc::new(cluster.directory().shard_link(cluster.shards[0]));
     let before = cluster.shard(0).counters();
     let placed = for_a_while(move |i| {
         let shard = shard.clone();
         async move {
-            let outcome = shard
-                .call(proto::Invocation {
-                    id: i as u64,
-                    function: "emulated".into(),
-                    class: (i % 4) as u32,
-                    method: "GET".into(),
-                    path_and_query: "/?ms=0".into(),
-                    start_mb: 2,
-                    ..proto::Invocation::default()
-                })
-                .await
-                .expect("invoke");
+            let outcome = shard.call(zero_length(i)).await.expect("invoke");
             assert!(
                 matches!(outcome.ending, Some(proto::outcome::Ending::Response(_))),
                 "{outcome:?}"
@@ -161,16 +176,31 @@ async fn shard_placements() {
     .await;
     let after = cluster.shard(0).counters();
     println!(
-        "one shard, 1000 emulated workers, {CONCURRENCY} invocations in flight on one link: {placed:>8.0} placements/s (idle list {}, polling {})",
+        "one shard, 1000 emulated workers ({}), {CONCURRENCY} invocations in flight: {placed:>8.0} placements/s (idle list {}, polling {}); goal 20000: {:.2}x",
+        rpc_label(loopback_rpc),
         after.placed_idle_list - before.placed_idle_list,
-        after.placed_polling - before.placed_polling
+        after.placed_polling - before.placed_polling,
+        placed / 20_000.0
     );
-    println!("  bare unary RPC (Poll) at the same concurrency: {bare:>8.0} RPCs/s");
+    println!("  {bare_label} at the same concurrency: {bare:>8.0}/s");
     println!(
-        "  placements / bare RPCs: {:.2} (a placement is two hops, gateway->shard and shard->worker, each a message each way on a link)",
+        "  placements / that: {:.2} (a placement is two hops, gateway->shard and shard->worker)",
         placed / bare
     );
     cluster.stop().await;
+}
+
+/// A zero-length emulated invocation of class `i % 4`.
+fn zero_length(i: usize) -> proto::Invocation {
+    proto::Invocation {
+        id: i as u64,
+        function: "emulated".into(),
+        class: (i % 4) as u32,
+        method: "GET".into(),
+        path_and_query: "/?ms=0".into(),
+        start_mb: 2,
+        ..proto::Invocation::default()
+    }
 }
 
 /// How a cluster's roles call each other, for the figures' labels.
@@ -381,7 +411,9 @@ fn main() {
         .collect();
     runtime.block_on(async {
         if run("1") {
-            shard_placements().await;
+            for &loopback in &modes {
+                shard_placements(loopback).await;
+            }
         }
         if run("2") {
             for &loopback in &modes {

@@ -172,6 +172,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The roles of this process that call each other directly (empty with
+    /// [`UpConfig::loopback_rpc`]): how a caller in this process reaches them as they do.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
     pub fn shard(&self, i: usize) -> ShardService {
         lock(&self.shard_services)[i].clone()
     }
