@@ -187,21 +187,19 @@ impl Cluster {
     pub async fn restart_shard(&mut self, i: usize) -> Result<(), UpError> {
         self.shard_tasks[i].abort();
         let _ = (&mut self.shard_tasks[i]).await;
-        let service = ShardService::start(
-            self.classes.clone(),
-            ShardConfig {
-                seed: i as u64 + 101,
-                ..self.shard_config
-            },
-            self.directory.clone(),
-        );
-        self.directory.add_shard(self.shards[i], service.clone());
-        let (listener, _) = bind(self.shards[i]).await?;
-        self.shard_tasks[i] = spawn_rpc(
-            Server::builder().add_service(service.clone().into_server()),
-            listener,
+        let (listener, address) = bind(self.shards[i]).await?;
+        let config = ShardConfig {
+            seed: i as u64 + 101,
+            ..self.shard_config
+        };
+        let (service, task) = serve_shard(
+            &self.classes,
+            config,
+            &self.directory,
+            (listener, address),
             self.stop.subscribe(),
         );
+        self.shard_tasks[i] = task;
         lock(&self.shard_services)[i] = service;
         Ok(())
     }
@@ -272,6 +270,25 @@ fn spawn_rpc(router: Router, listener: TcpListener, stop: watch::Receiver<bool>)
     })
 }
 
+/// A shard serving RPCs on `listener` (bound to `address`) until `stop`, and in `directory`
+/// at that address (replacing a shard that was there): how `start` and a restart make one.
+fn serve_shard(
+    classes: &ClassSet,
+    config: ShardConfig,
+    directory: &Directory,
+    (listener, address): (TcpListener, SocketAddr),
+    stop: watch::Receiver<bool>,
+) -> (ShardService, JoinHandle<()>) {
+    let service = ShardService::start(classes.clone(), config, directory.clone());
+    directory.add_shard(address, service.clone());
+    let task = spawn_rpc(
+        Server::builder().add_service(service.clone().into_server()),
+        listener,
+        stop,
+    );
+    (service, task)
+}
+
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
 }
@@ -303,13 +320,14 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let (mut metrics, mut metrics_tasks) = (Vec::new(), Vec::new());
     for s in 0..config.shards {
         let (listener, addr) = bind(loopback).await?;
-        let service = ShardService::start(
-            classes.clone(),
+        let (service, task) = serve_shard(
+            &classes,
             config.shard_config(s as u64 + 1),
-            directory.clone(),
+            &directory,
+            (listener, addr),
+            stop_rx.clone(),
         );
-        directory.add_shard(addr, service.clone());
-        lock(&shard_services).push(service.clone());
+        lock(&shard_services).push(service);
         let services = shard_services.clone();
         spawn_metrics(
             format!("shard {s}"),
@@ -319,11 +337,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
             &mut metrics_tasks,
         )
         .await?;
-        shard_tasks.push(spawn_rpc(
-            Server::builder().add_service(service.into_server()),
-            listener,
-            stop_rx.clone(),
-        ));
+        shard_tasks.push(task);
         shards.push(addr);
     }
 
