@@ -227,25 +227,22 @@ fn main() {
         let cluster = up::start(&config).await.expect("cluster starts");
         let through_up = hello_through(cluster.gateway).await;
         hello_figures(through_up, through_loopback, &dir, &config.functions_dir).await;
-        if std::env::var_os("HELLO_ONLY").is_some() {
-            cluster.stop().await;
-            let _ = std::fs::remove_dir_all(&dir);
-            return;
+        if std::env::var_os("HELLO_ONLY").is_none() {
+            let spin = cluster
+                .demo_functions
+                .iter()
+                .find(|(name, _)| name == "spin")
+                .map(|(_, hash)| hash.clone())
+                .expect("the demo app has spin");
+            let cores = config.workers * config.cores_per_worker as usize;
+            priority_figures(
+                cluster.gateway,
+                cluster.admin_key.as_deref().expect("a fresh store"),
+                cores,
+                spin,
+            )
+            .await;
         }
-        let spin = cluster
-            .demo_functions
-            .iter()
-            .find(|(name, _)| name == "spin")
-            .map(|(_, hash)| hash.clone())
-            .expect("the demo app has spin");
-        let cores = config.workers * config.cores_per_worker as usize;
-        priority_figures(
-            cluster.gateway,
-            cluster.admin_key.as_deref().expect("a fresh store"),
-            cores,
-            spin,
-        )
-        .await;
         cluster.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     });

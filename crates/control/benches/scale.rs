@@ -355,13 +355,9 @@ async fn data_path() {
     println!("data path, one invocation at a time, 1 emulated worker:");
     for size in [0usize, 64 << 10, 1 << 20] {
         let invocation = proto::Invocation {
-            function: "emulated".into(),
-            class: 3,
             method: "POST".into(),
-            path_and_query: "/?ms=0".into(),
             body: vec![7u8; size].into(),
-            start_mb: 2,
-            ..proto::Invocation::default()
+            ..zero_length(3)
         };
         let time = |through_shard: bool| {
             let (shard, worker, invocation) = (shard.clone(), worker.clone(), invocation.clone());
