@@ -16,8 +16,9 @@
 //!    with nothing invoked.
 //! 3. Priority enforcement, Turnpike vs the Hermod baseline on the same services: Poisson
 //!    arrivals at 2x the cluster's CPU for 3 s, classes uniform; per-class p50/p99 slowdown.
-//!    Twice: 5 emulated workers of 8 cores (the paper's machine shape) with 200 ms
-//!    invocations, and 10 one-core workers with 40 ms ones (400 and 500 requests/s: well
+//!    `PRIORITY_S=60` offers it for a minute. Three times: 5 emulated workers of 8 cores (the
+//!    paper's machine shape) with 200 ms invocations, and 10 two-core and 10 one-core workers
+//!    with 40 ms ones (400, 1,000 and 500 requests/s: well
 //!    within what the platform path carries on this machine, so its own queueing stays out of
 //!    the figures). Goal: Turnpike's top-class p99 slowdown <= 1.5 and >= 5x better than
 //!    Hermod's.
@@ -300,26 +301,36 @@ async fn priority_run(
 ) -> Vec<(f64, f64)> {
     let cluster = emulated_cluster(4, workers, cores, policy, loopback_rpc).await;
     let rate = 2.0 * (workers * cores as usize) as f64 * 1000.0 / run_ms as f64;
+    let run = priority_duration();
     let url = format!("http://{}/v1/invoke/emulated?ms={run_ms}", cluster.gateway);
     let by_class = poisson_by_class(
         &url,
         cluster.admin_key.as_deref().expect("a fresh store"),
         rate,
-        RUN,
+        run,
     )
     .await;
     cluster.stop().await;
     println!(
-        "{policy:?}: {rate:.0} invocations/s of {run_ms} ms on {workers} emulated workers x {cores} cores (2x capacity) for {RUN:?}, classes uniform, {}:",
+        "{policy:?}: {rate:.0} invocations/s of {run_ms} ms on {workers} emulated workers x {cores} cores (2x capacity) for {run:?}, classes uniform, {}:",
         rpc_label(loopback_rpc)
     );
     print_slowdowns(&by_class, run_ms)
 }
 
-/// Both policies on the paper's machine shape (8 cores), then on one-core machines (what
-/// `turnpike up` runs on this 2-core machine).
+/// How long part 3 offers its load: `PRIORITY_S` seconds (default [`RUN`]; the overload
+/// check of docs/results.md runs 60).
+fn priority_duration() -> Duration {
+    std::env::var("PRIORITY_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(RUN, Duration::from_secs)
+}
+
+/// Both policies on the paper's machine shape (8 cores), then on two- and one-core machines
+/// (the `overload` preset's shapes; one core is what `turnpike up` runs on this machine).
 async fn priorities(loopback_rpc: bool) {
-    for (workers, cores, run_ms) in [(5, 8, 200), (10, 1, 40)] {
+    for (workers, cores, run_ms) in [(5, 8, 200), (10, 2, 40), (10, 1, 40)] {
         let turnpike = priority_run(
             MachinePolicy::Turnpike,
             workers,

@@ -33,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
+use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, ClassSet, InvocationId};
 
 use crate::link;
@@ -431,19 +432,40 @@ impl LocalWorker for EmulatedWorker {
     fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
         let class = wire::known_class(class, &self.inner.config.classes)?;
         let state = self.inner.lock();
-        let (functions, room_mb) = match &state.sched {
-            Sched::Priority(machine) => (machine.functions(), machine.room_for(class)),
-            Sched::Sharing(ps, _) => (ps.functions(), self.inner.config.memory_mb),
+        let reply = match &state.sched {
+            Sched::Priority(machine) => machine.poll_reply(turnpike_policy::MachineId(0), class),
+            Sched::Sharing(ps, _) => PollReply {
+                machine: turnpike_policy::MachineId(0),
+                functions: ps.functions(),
+                room_mb: self.inner.config.memory_mb,
+                ahead: ps.functions(),
+                cores: self.inner.config.cores,
+            },
         };
-        Ok(proto::PollReply { functions, room_mb })
+        Ok(proto::PollReply {
+            functions: reply.functions,
+            room_mb: reply.room_mb,
+            ahead: reply.ahead,
+            cores: reply.cores,
+        })
     }
 }
 
 impl NodeLoad for EmulatedWorker {
-    /// Hermod models no memory, so its workers never join an idle list (its shards have
-    /// none); they only register.
     fn capacity_mb(&self) -> Option<u64> {
-        (self.inner.config.policy == MachinePolicy::Turnpike).then_some(self.inner.config.memory_mb)
+        Some(self.inner.config.memory_mb)
+    }
+
+    /// Hermod models no memory and its shards have no idle list: its workers only register.
+    fn joins_idle_lists(&self) -> bool {
+        self.inner.config.policy == MachinePolicy::Turnpike
+    }
+
+    fn idle_cores(&self) -> u32 {
+        match &self.inner.lock().sched {
+            Sched::Priority(machine) => machine.idle_cores(),
+            Sched::Sharing(ps, _) => self.inner.config.cores.saturating_sub(ps.functions()),
+        }
     }
 
     fn cores(&self) -> u32 {

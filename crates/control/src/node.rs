@@ -268,9 +268,12 @@ impl LocalWorker for NodeService {
 
     fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
         let class = wire::known_class(class, &self.worker.config().classes)?;
+        let reply = self.worker.poll_reply(class);
         Ok(proto::PollReply {
-            functions: self.worker.functions(),
-            room_mb: self.worker.room_for(class),
+            functions: reply.functions,
+            room_mb: reply.room_mb,
+            ahead: reply.ahead,
+            cores: reply.cores,
         })
     }
 }
@@ -278,8 +281,15 @@ impl LocalWorker for NodeService {
 /// What a worker's dispatcher needs to know about its machine: a real [`Worker`], or an
 /// emulated one ([`crate::emulated`]).
 pub trait NodeLoad: Send + Sync + 'static {
-    /// Memory for guests, MB; `None`: unlimited (the machine never joins an idle list).
+    /// Memory for guests, MB; `None`: unlimited (idleness is then an idle core alone; see
+    /// `turnpike_policy::dispatcher`).
     fn capacity_mb(&self) -> Option<u64>;
+    /// Whether the machine joins idle lists at all (a Hermod baseline's shards have none).
+    fn joins_idle_lists(&self) -> bool {
+        true
+    }
+    /// Cores no invocation holds or waits for.
+    fn idle_cores(&self) -> u32;
     fn cores(&self) -> u32;
     fn used_mb(&self) -> u64;
     /// Invocations on the machine (running, parked, blocked, not started).
@@ -303,6 +313,10 @@ impl NodeLoad for Worker {
 
     fn functions(&self) -> u32 {
         Worker::functions(self)
+    }
+
+    fn idle_cores(&self) -> u32 {
+        Worker::idle_cores(self)
     }
 
     /// The worker's memory moves as guests grow, without an event: look every tick.
@@ -345,15 +359,17 @@ pub async fn dispatch(
 ) {
     let (config, register_every) = (options.idle_list, options.register_every);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(options.seed);
-    let Some(capacity_mb) = node.capacity_mb() else {
-        // Without a memory capacity there is no free memory to advertise; shards find the
-        // worker by polling.
+    if !node.joins_idle_lists() {
+        // Shards find the worker by polling only.
         return register_forever(node.cores(), address, shards, register_every, directory).await;
-    };
+    }
+    let memory_mb = node.capacity_mb();
+    // Unlimited memory is never short: the dispatcher's fractions of `u64::MAX`.
+    let capacity_mb = memory_mb.unwrap_or(u64::MAX);
     let clients: Vec<ShardPeer> = shards.iter().map(|&a| directory.shard(a)).collect();
     let info = proto::WorkerInfo {
         address: format!("http://{address}"),
-        memory_mb: capacity_mb,
+        memory_mb: memory_mb.unwrap_or(0),
         cores: node.cores(),
     };
     let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
@@ -385,11 +401,11 @@ pub async fn dispatch(
         let entry = IdleEntry {
             free_mb: capacity_mb.saturating_sub(node.used_mb()),
             functions: node.functions(),
+            idle_cores: node.idle_cores(),
         };
         let mut lens = vec![usize::MAX; clients.len()];
         // The shards' idle-list lengths matter only to a join: ask only when one may happen.
-        let may_join = entry.free_mb as f64 >= config.join_free_fraction * capacity_mb as f64;
-        if dispatcher.member_of().is_none() && may_join {
+        if dispatcher.would_join(entry, capacity_mb) {
             for (s, client) in clients.iter().enumerate() {
                 if ids[s].is_some() {
                     if let Ok(len) = client.idle_len().await {
@@ -416,6 +432,7 @@ pub async fn dispatch(
                         worker,
                         free_mb: entry.free_mb,
                         functions: entry.functions,
+                        idle_cores: entry.idle_cores,
                     })
                     .await
                     .is_ok(),

@@ -25,8 +25,10 @@ use tokio::sync::{oneshot, Notify};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::idle_list::IdleEntry;
-use turnpike_policy::placement::PollReply;
-use turnpike_policy::shard::{Pending, Shard, ShardDecision, ShardStep, Via};
+use turnpike_policy::placement::{PlacementRule, PollReply};
+use turnpike_policy::shard::{
+    self as policy, Pending, Shard, ShardDecision, ShardStep, Via, TOP_CLASS_DEFERS_MAX_DEFAULT,
+};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::link::{self, Link};
@@ -59,6 +61,8 @@ pub struct ShardConfig {
     /// queue-length metric then shows every waiting invocation under the bottom class; wait
     /// times are still by the invocation's own class.)
     pub fifo: bool,
+    /// How workers are ranked (the policy core's; Hermod's least-loaded is `Paper`).
+    pub placement: PlacementRule,
     /// Seeds the shard's sampling of workers.
     pub seed: u64,
 }
@@ -69,6 +73,7 @@ impl Default for ShardConfig {
             k: DEFAULT_K,
             use_idle_list: true,
             fifo: false,
+            placement: PlacementRule::ClassAware,
             seed: 1,
         }
     }
@@ -147,6 +152,8 @@ impl Poller {
             machine,
             functions: reply.functions,
             room_mb: reply.room_mb,
+            ahead: reply.ahead,
+            cores: reply.cores,
         })
     }
 }
@@ -164,7 +171,19 @@ impl ShardService {
     pub fn start(classes: ClassSet, config: ShardConfig, directory: Directory) -> Self {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                shard: Shard::new(&classes, 1, config.k, config.use_idle_list),
+                shard: Shard::new(
+                    &classes,
+                    policy::ShardConfig {
+                        machines: 1,
+                        k: config.k,
+                        use_idle_list: config.use_idle_list,
+                        placement: config.placement,
+                        top_class_defers_max: match config.placement {
+                            PlacementRule::Paper => 0,
+                            PlacementRule::ClassAware => TOP_CLASS_DEFERS_MAX_DEFAULT,
+                        },
+                    },
+                ),
                 workers: Vec::new(),
                 by_address: HashMap::new(),
                 waiting: HashMap::new(),
@@ -576,6 +595,7 @@ impl proto::shard_server::Shard for ShardService {
             IdleEntry {
                 free_mb: e.free_mb,
                 functions: e.functions,
+                idle_cores: e.idle_cores,
             },
         );
         drop(state);

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
+use turnpike_policy::placement::PlacementRule;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::Store;
 
@@ -106,6 +107,11 @@ impl UpConfig {
             seed,
             use_idle_list: !hermod,
             fifo: hermod,
+            placement: if hermod {
+                PlacementRule::Paper
+            } else {
+                PlacementRule::ClassAware
+            },
             ..ShardConfig::default()
         }
     }

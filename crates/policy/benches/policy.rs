@@ -37,8 +37,10 @@ use rand_pcg::Pcg64Mcg;
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
-use turnpike_policy::placement::PollReply;
-use turnpike_policy::shard::{Pending, Shard, ShardDecision};
+use turnpike_policy::placement::{PlacementRule, PollReply};
+use turnpike_policy::shard::{
+    Pending, Shard, ShardConfig, ShardDecision, TOP_CLASS_DEFERS_MAX_DEFAULT,
+};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 const MACHINES: u32 = 1_000;
@@ -106,14 +108,29 @@ struct ShardIdle {
     polled: u64,
 }
 
+/// The rule the services run (class-aware), over `MACHINES` machines with k = 3.
+fn shard_config(use_idle_list: bool) -> ShardConfig {
+    ShardConfig {
+        machines: MACHINES,
+        k: 3,
+        use_idle_list,
+        placement: PlacementRule::default(),
+        top_class_defers_max: TOP_CLASS_DEFERS_MAX_DEFAULT,
+    }
+}
+
 impl ShardIdle {
     fn new(classes: &ClassSet) -> Self {
         let mut rng = Pcg64Mcg::seed_from_u64(2);
-        let mut shard = Shard::new(classes, MACHINES, 3, true);
+        let mut shard = Shard::new(classes, shard_config(true));
         let reported: Vec<IdleEntry> = (0..MACHINES)
-            .map(|_| IdleEntry {
-                free_mb: rng.random_range(16_000..64_000),
-                functions: rng.random_range(0..8),
+            .map(|_| {
+                let functions = rng.random_range(0..8);
+                IdleEntry {
+                    free_mb: rng.random_range(16_000..64_000),
+                    functions,
+                    idle_cores: 8 - functions,
+                }
             })
             .collect();
         for (m, &e) in reported.iter().enumerate() {
@@ -144,6 +161,8 @@ impl Op for ShardIdle {
                     machine: m,
                     functions: 0,
                     room_mb: u64::MAX,
+                    ahead: 0,
+                    cores: 8,
                 }
             });
         match decision {
@@ -153,6 +172,7 @@ impl Op for ShardIdle {
                 }
                 let e = &mut self.reported[machine.0 as usize];
                 e.functions = (e.functions + 1) % 8;
+                e.idle_cores = 8 - e.functions;
                 let entry = *e;
                 self.shard.handle_idle_join(machine, entry);
             }
@@ -185,7 +205,7 @@ impl ShardPolling {
         let mut rng = Pcg64Mcg::seed_from_u64(3);
         let loads = (0..MACHINES).map(|_| rng.random_range(0..16)).collect();
         Self {
-            shard: Shard::new(classes, MACHINES, 3, false),
+            shard: Shard::new(classes, shard_config(false)),
             rng,
             loads,
             sweep: 0,
@@ -208,6 +228,8 @@ impl Op for ShardPolling {
                 machine: m,
                 functions: loads[m.0 as usize],
                 room_mb: u64::MAX,
+                ahead: loads[m.0 as usize],
+                cores: 8,
             });
         match decision {
             ShardDecision::Place { machine, .. } => {

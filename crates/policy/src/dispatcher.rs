@@ -12,6 +12,15 @@
 //! triggered updates, an emptied machine could keep a stale high count and be passed over
 //! while others queue (seen in the simulator: 6% of machine samples idle at load 0.9). So an
 //! update is also sent when the function count moved by `update_functions_change`.
+//!
+//! With `need_idle_core` (the class-aware placement rule,
+//! [`crate::placement::PlacementRule::ClassAware`]) a machine is idle only while it also has
+//! an idle core: it joins when both hold and leaves when either fails. This is what makes
+//! idleness mean something without a memory bound (capacity `u64::MAX`): with memory alone
+//! every machine would be idle forever, each shard would place only on the machines that
+//! happened to join its list, and never poll the others (the collapse of issue 21: 60%
+//! utilization at twice the cluster's capacity). Under overload no machine has an idle core,
+//! the lists empty, and shards poll.
 
 use rand::Rng;
 
@@ -30,6 +39,8 @@ pub struct DispatcherConfig {
     pub update_functions_change: u32,
     /// How many shards' idle lists to compare when joining.
     pub shard_choices: usize,
+    /// Idle also needs an idle core (see the module docs).
+    pub need_idle_core: bool,
 }
 
 impl Default for DispatcherConfig {
@@ -40,6 +51,7 @@ impl Default for DispatcherConfig {
             update_change_fraction: 0.10,
             update_functions_change: 2,
             shard_choices: 2,
+            need_idle_core: true,
         }
     }
 }
@@ -72,8 +84,25 @@ impl Dispatcher {
         self.member_of.map(|(s, _)| s)
     }
 
-    /// Called whenever the machine's memory or load changed. `idle_list_len` answers the
-    /// length of a shard's idle list (a real dispatcher asks the shards; the simulator looks).
+    /// Whether the machine, as `now` describes it, is idle enough to join a list; a driver
+    /// asks the shards for their list lengths only when it is and no list holds the machine.
+    pub fn would_join(&self, now: IdleEntry, capacity_mb: u64) -> bool {
+        self.member_of.is_none() && self.joinable(now, capacity_mb)
+    }
+
+    fn joinable(&self, now: IdleEntry, capacity_mb: u64) -> bool {
+        now.free_mb as f64 >= self.config.join_free_fraction * capacity_mb as f64
+            && (!self.config.need_idle_core || now.idle_cores > 0)
+    }
+
+    fn must_leave(&self, now: IdleEntry, capacity_mb: u64) -> bool {
+        (now.free_mb as f64) < self.config.leave_free_fraction * capacity_mb as f64
+            || (self.config.need_idle_core && now.idle_cores == 0)
+    }
+
+    /// Called whenever the machine's memory or load changed; `capacity_mb` is `u64::MAX`
+    /// when memory is unlimited. `idle_list_len` answers the length of a shard's idle list
+    /// (a real dispatcher asks the shards; the simulator looks).
     pub fn handle_memory<R: Rng + ?Sized>(
         &mut self,
         now: IdleEntry,
@@ -83,9 +112,8 @@ impl Dispatcher {
         mut idle_list_len: impl FnMut(ShardId) -> usize,
     ) -> Option<IdleListAction> {
         let cap = capacity_mb as f64;
-        let free = now.free_mb as f64;
         match self.member_of {
-            None if free >= self.config.join_free_fraction * cap && shards > 0 => {
+            None if shards > 0 && self.joinable(now, capacity_mb) => {
                 let mut best: Option<(ShardId, usize)> = None;
                 let mut tried = Vec::with_capacity(self.config.shard_choices);
                 while tried.len() < self.config.shard_choices.min(shards as usize) {
@@ -104,7 +132,7 @@ impl Dispatcher {
                 Some(IdleListAction::Join { shard, entry: now })
             }
             None => None,
-            Some((shard, _)) if free < self.config.leave_free_fraction * cap => {
+            Some((shard, _)) if self.must_leave(now, capacity_mb) => {
                 self.member_of = None;
                 Some(IdleListAction::Leave { shard })
             }
@@ -133,6 +161,7 @@ mod tests {
         IdleEntry {
             free_mb,
             functions: 0,
+            idle_cores: 1,
         }
     }
 
@@ -172,6 +201,7 @@ mod tests {
         let busier = IdleEntry {
             free_mb: 350,
             functions: 2,
+            idle_cores: 1,
         };
         assert_eq!(
             d.handle_memory(busier, 1000, 4, &mut rng, |_| 0),
@@ -186,5 +216,44 @@ mod tests {
             Some(IdleListAction::Leave { shard: ShardId(2) })
         );
         assert_eq!(d.member_of(), None);
+    }
+
+    #[test]
+    fn with_unlimited_memory_an_idle_core_decides() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
+        let entry = |functions, idle_cores| IdleEntry {
+            free_mb: u64::MAX,
+            functions,
+            idle_cores,
+        };
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        // Every core taken: not idle, whatever the memory.
+        assert!(!d.would_join(entry(2, 0), u64::MAX));
+        assert_eq!(
+            d.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0),
+            None
+        );
+        assert!(d.would_join(entry(1, 1), u64::MAX));
+        let Some(IdleListAction::Join { shard, .. }) =
+            d.handle_memory(entry(1, 1), u64::MAX, 4, &mut rng, |_| 0)
+        else {
+            panic!("an idle core with unlimited memory joins");
+        };
+        assert!(!d.would_join(entry(1, 1), u64::MAX), "already a member");
+        assert_eq!(
+            d.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0),
+            Some(IdleListAction::Leave { shard })
+        );
+        // The paper's rule: memory alone, so an unlimited machine never leaves.
+        let mut paper = Dispatcher::new(DispatcherConfig {
+            need_idle_core: false,
+            ..DispatcherConfig::default()
+        });
+        let _ = paper.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0);
+        assert!(paper.member_of().is_some());
+        assert_eq!(
+            paper.handle_memory(entry(3, 0), u64::MAX, 4, &mut rng, |_| 0),
+            None
+        );
     }
 }

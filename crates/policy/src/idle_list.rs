@@ -1,9 +1,13 @@
 //! A shard's idle list: machines that announced significant free memory.
 //!
 //! Inspired by join-idle-queue, but idleness is free memory, not an empty queue (paper 3.2).
-//! Each entry holds the machine, its free memory and its number of functions. Placement takes
-//! the entry with the fewest functions; ties go to the most free memory, then the lowest id.
-//! The list is ordered by that key, so a placement is `O(log n)`.
+//! Each entry holds the machine, its free memory, its number of functions and its idle cores.
+//! Placement takes the entry with the fewest functions; ties go to the most free memory, then
+//! the lowest id. With `need_core` (the class-aware rule,
+//! [`crate::placement::PlacementRule`]) only entries with an idle core qualify: the list then
+//! holds machines where an invocation of any class starts at once, as join-idle-queue's does.
+//! The list is ordered by that key (entries without an idle core last), so a placement scans
+//! only past entries without room.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -15,19 +19,28 @@ use crate::MachineId;
 pub struct IdleEntry {
     pub free_mb: u64,
     pub functions: u32,
+    /// Cores no invocation holds or waits for (`Machine::idle_cores`).
+    pub idle_cores: u32,
 }
 
-type Key = (u32, Reverse<u64>, MachineId);
+/// (needs a core and has none, functions, most free first, id).
+type Key = (bool, u32, Reverse<u64>, MachineId);
 
 #[derive(Debug, Default, Clone)]
 pub struct IdleList {
     ordered: BTreeSet<Key>,
     entries: HashMap<MachineId, IdleEntry>,
+    /// Only entries with an idle core qualify for a placement.
+    need_core: bool,
 }
 
 impl IdleList {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty list; with `need_core` a placement needs an idle core (the class-aware rule).
+    pub fn new(need_core: bool) -> Self {
+        Self {
+            need_core,
+            ..Self::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -45,42 +58,47 @@ impl IdleList {
     /// A machine joins, or updates its entry.
     pub fn handle_upsert(&mut self, machine: MachineId, entry: IdleEntry) {
         if let Some(old) = self.entries.insert(machine, entry) {
-            self.ordered.remove(&key(machine, old));
+            self.ordered.remove(&self.key(machine, old));
         }
-        self.ordered.insert(key(machine, entry));
+        self.ordered.insert(self.key(machine, entry));
         debug_assert_eq!(self.ordered.len(), self.entries.len());
     }
 
     /// A machine leaves (memory became short). Leaving a list one is not on is a no-op.
     pub fn handle_leave(&mut self, machine: MachineId) {
         if let Some(old) = self.entries.remove(&machine) {
-            self.ordered.remove(&key(machine, old));
+            self.ordered.remove(&self.key(machine, old));
         }
     }
 
-    /// Takes the machine with the fewest functions that has at least `need_mb` free, and
-    /// records the placement in its entry (one more function, `need_mb` less free) until the
-    /// machine next reports.
+    /// Takes the machine with the fewest functions that has at least `need_mb` free (and, if
+    /// the list needs one, an idle core), and records the placement in its entry (one more
+    /// function, one idle core and `need_mb` less) until the machine next reports.
     #[must_use]
     pub fn poll_place(&mut self, need_mb: u64) -> Option<MachineId> {
-        let &(_, _, machine) = self
+        let &(_, _, _, machine) = self
             .ordered
             .iter()
-            .find(|(_, Reverse(free), _)| *free >= need_mb)?;
+            .take_while(|(no_core, ..)| !*no_core)
+            .find(|(_, _, Reverse(free), _)| *free >= need_mb)?;
         let old = self.entries[&machine];
         self.handle_upsert(
             machine,
             IdleEntry {
                 free_mb: old.free_mb - need_mb,
                 functions: old.functions + 1,
+                idle_cores: old.idle_cores.saturating_sub(1),
             },
         );
         Some(machine)
     }
 }
 
-fn key(machine: MachineId, e: IdleEntry) -> Key {
-    (e.functions, Reverse(e.free_mb), machine)
+impl IdleList {
+    fn key(&self, machine: MachineId, e: IdleEntry) -> Key {
+        let no_core = self.need_core && e.idle_cores == 0;
+        (no_core, e.functions, Reverse(e.free_mb), machine)
+    }
 }
 
 #[cfg(test)]
@@ -88,17 +106,22 @@ mod tests {
     use super::*;
 
     fn e(free_mb: u64, functions: u32) -> IdleEntry {
-        IdleEntry { free_mb, functions }
+        IdleEntry {
+            free_mb,
+            functions,
+            idle_cores: 8u32.saturating_sub(functions),
+        }
     }
 
     #[test]
     fn fewest_functions_then_most_free() {
-        let mut l = IdleList::new();
+        let mut l = IdleList::new(false);
         l.handle_upsert(MachineId(1), e(1000, 3));
         l.handle_upsert(MachineId(2), e(500, 1));
         l.handle_upsert(MachineId(3), e(900, 1));
         assert_eq!(l.poll_place(100), Some(MachineId(3)));
         assert_eq!(l.get(MachineId(3)), Some(e(800, 2)));
+        assert_eq!(l.get(MachineId(3)).map(|e| e.idle_cores), Some(6));
         assert_eq!(l.poll_place(100), Some(MachineId(2)));
         // Now 3 has (800, 2) and 2 has (400, 2): tie on functions, most free wins.
         assert_eq!(l.poll_place(100), Some(MachineId(3)));
@@ -106,7 +129,7 @@ mod tests {
 
     #[test]
     fn skips_machines_without_room_and_updates_replace() {
-        let mut l = IdleList::new();
+        let mut l = IdleList::new(false);
         l.handle_upsert(MachineId(1), e(50, 0));
         l.handle_upsert(MachineId(2), e(5000, 4));
         assert_eq!(l.poll_place(100), Some(MachineId(2)));
@@ -118,5 +141,28 @@ mod tests {
         l.handle_leave(MachineId(2));
         assert!(l.is_empty());
         assert_eq!(l.poll_place(1), None);
+    }
+
+    #[test]
+    fn with_need_core_only_machines_with_an_idle_core_qualify() {
+        let mut paper = IdleList::new(false);
+        let mut l = IdleList::new(true);
+        let entry = |free_mb, functions, idle_cores| IdleEntry {
+            free_mb,
+            functions,
+            idle_cores,
+        };
+        // Machine 1 has the fewest functions, but they fill its one core.
+        for list in [&mut paper, &mut l] {
+            list.handle_upsert(MachineId(1), entry(5000, 1, 0));
+            list.handle_upsert(MachineId(2), entry(5000, 3, 1));
+            list.handle_upsert(MachineId(3), entry(50, 2, 2));
+        }
+        assert_eq!(paper.poll_place(100), Some(MachineId(1)));
+        assert_eq!(l.poll_place(100), Some(MachineId(2)));
+        assert_eq!(l.get(MachineId(2)), Some(entry(4900, 4, 0)));
+        // Machine 3 has cores but no room; 2's only idle core is now taken.
+        assert_eq!(l.poll_place(100), None);
+        assert_eq!(l.poll_place(10), Some(MachineId(3)));
     }
 }

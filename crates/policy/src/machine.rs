@@ -26,8 +26,10 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::class::ClassId;
+use crate::idle_list::IdleEntry;
 use crate::memory::{MemoryConfig, MemoryLedger, MemoryStats};
-use crate::InvocationId;
+use crate::placement::PollReply;
+use crate::{InvocationId, MachineId};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MachineConfig {
@@ -98,6 +100,9 @@ pub struct Machine {
     /// scans these integers instead of looking every running entry up.
     running_keys: Vec<u64>,
     memory: MemoryLedger,
+    /// Per class, invocations that compete for a core: running, parked or not started, but
+    /// not blocked on I/O. What [`Machine::ahead_of`] and [`Machine::idle_cores`] count.
+    competing_by_class: Vec<u32>,
     next_seq: u64,
     actions: VecDeque<MachineAction>,
 }
@@ -112,6 +117,7 @@ impl Machine {
             running: Vec::with_capacity(config.cores as usize),
             running_keys: Vec::with_capacity(config.cores as usize),
             memory: MemoryLedger::new(config.memory, classes),
+            competing_by_class: vec![0; classes],
             next_seq: 0,
             actions: VecDeque::new(),
         }
@@ -120,6 +126,44 @@ impl Machine {
     /// Invocations on this machine (running, parked, blocked on I/O, or not started).
     pub fn functions(&self) -> u32 {
         self.entries.len() as u32
+    }
+
+    pub fn cores(&self) -> u32 {
+        self.cores as u32
+    }
+
+    /// Invocations of `class` or higher that compete for this machine's cores (running,
+    /// parked or not started; not blocked on I/O): what a new invocation of `class` would
+    /// share the cores with, since everything lower is preempted for it.
+    pub fn ahead_of(&self, class: ClassId) -> u32 {
+        self.competing_by_class[class.index()..].iter().sum()
+    }
+
+    /// Cores that no competing invocation of any class holds or waits for: a new invocation
+    /// of any class would start at once on one of them.
+    pub fn idle_cores(&self) -> u32 {
+        let competing: u32 = self.competing_by_class.iter().sum();
+        (self.cores as u32).saturating_sub(competing)
+    }
+
+    /// What this machine answers when a shard polls it for an invocation of `class`.
+    pub fn poll_reply(&self, machine: MachineId, class: ClassId) -> PollReply {
+        PollReply {
+            machine,
+            functions: self.functions(),
+            room_mb: self.room_for(class),
+            ahead: self.ahead_of(class),
+            cores: self.cores(),
+        }
+    }
+
+    /// This machine's idle-list entry as its dispatcher reports it.
+    pub fn idle_entry(&self) -> IdleEntry {
+        IdleEntry {
+            free_mb: self.free_mb(),
+            functions: self.functions(),
+            idle_cores: self.idle_cores(),
+        }
     }
 
     pub fn running(&self) -> &[InvocationId] {
@@ -174,6 +218,7 @@ impl Machine {
         };
         self.entries.insert(id, entry);
         self.waiting[class.index()].push_back(id);
+        self.competing_by_class[class.index()] += 1;
         self.settle();
         Ok(())
     }
@@ -190,6 +235,7 @@ impl Machine {
         }
         e.blocked = true;
         let e = *e;
+        self.competing_by_class[e.class.index()] -= 1;
         if e.running {
             let at = self.running_position(id);
             self.remove_running(at);
@@ -212,6 +258,7 @@ impl Machine {
         }
         e.blocked = false;
         let (class, seq) = (e.class, e.seq);
+        self.competing_by_class[class.index()] += 1;
         let entries = &self.entries;
         let q = &mut self.waiting[class.index()];
         let at = q.partition_point(|w| entries[w].seq < seq);
@@ -438,6 +485,9 @@ impl Machine {
         let Some(e) = self.entries.remove(&id) else {
             return false;
         };
+        if !e.blocked {
+            self.competing_by_class[e.class.index()] -= 1;
+        }
         if e.running {
             let at = self.running_position(id);
             self.remove_running(at);

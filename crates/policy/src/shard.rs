@@ -3,7 +3,8 @@
 //!
 //! One decision: pick the head with the best score ([`crate::multi_queue`]), then place it on
 //! the idle-list machine with the fewest functions, or, when the idle list has no machine with
-//! room, on the least loaded of `k` polled machines. A shard only places where the machine has
+//! room, on the least loaded of `k` polled machines, "least loaded" as the configured
+//! [`PlacementRule`] ranks them. A shard only places where the machine has
 //! room for the invocation's starting memory (free, or freeable by swapping lower classes);
 //! otherwise the invocation goes back to the front of its queue and the shard reports itself
 //! blocked until the driver retries (after a machine joins the idle list or a retry delay).
@@ -13,7 +14,7 @@ use rand::Rng;
 use crate::class::{ClassId, ClassSet};
 use crate::idle_list::{IdleEntry, IdleList};
 use crate::multi_queue::MultiQueue;
-use crate::placement::{least_loaded, sample_machines, PollReply};
+use crate::placement::{sample_machines, PlacementRule, PollReply};
 use crate::{InvocationId, MachineId};
 
 /// An invocation waiting in a shard.
@@ -64,6 +65,26 @@ pub enum ShardDecision {
     Idle,
 }
 
+/// The default of [`ShardConfig::top_class_defers_max`].
+pub const TOP_CLASS_DEFERS_MAX_DEFAULT: u32 = 8;
+
+/// How a shard places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Machines it samples from when polling: ids `0..machines` (a real shard grows it as
+    /// workers register).
+    pub machines: u32,
+    /// Machines polled per decision when the idle list cannot help.
+    pub k: usize,
+    /// `false` reverts to polling only (the paper's Figure 4 setting).
+    pub use_idle_list: bool,
+    pub placement: PlacementRule,
+    /// Under the class-aware rule, how many decisions in a row may put a top-class head back
+    /// because every polled machine would make it wait behind top-class work (see
+    /// [`Shard::finish_decision`]); 0 binds it at once, as the paper does.
+    pub top_class_defers_max: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Shard {
     queue: MultiQueue<Pending>,
@@ -71,26 +92,44 @@ pub struct Shard {
     machines: u32,
     k: usize,
     use_idle_list: bool,
+    placement: PlacementRule,
     sample: Vec<MachineId>,
     replies: Vec<PollReply>,
     /// The head taken by [`Shard::begin_decision`] while its machines are polled.
     polling: Option<(ClassId, u64, Pending)>,
+    /// Per class, the best machine a poll saw but did not choose (the class-aware rule):
+    /// polled again with the next sample of that class ("power of k with memory").
+    remembered: Vec<Option<MachineId>>,
+    top_class: ClassId,
+    top_class_defers_max: u32,
+    /// The top-class head last put back because it would have waited, and how many times.
+    deferred: Option<(InvocationId, u32)>,
 }
 
 impl Shard {
-    /// A shard placing over `machines` machines, polling `k` of them when its idle list cannot
-    /// help; `use_idle_list = false` reverts to polling only (the paper's Figure 4 setting).
-    pub fn new(classes: &ClassSet, machines: u32, k: usize, use_idle_list: bool) -> Self {
-        assert!(machines > 0 && k > 0, "a shard needs machines and k >= 1");
-        Self {
-            queue: MultiQueue::new(classes),
-            idle: IdleList::new(),
+    pub fn new(classes: &ClassSet, config: ShardConfig) -> Self {
+        let ShardConfig {
             machines,
             k,
             use_idle_list,
+            placement,
+            top_class_defers_max,
+        } = config;
+        assert!(machines > 0 && k > 0, "a shard needs machines and k >= 1");
+        Self {
+            queue: MultiQueue::new(classes),
+            idle: IdleList::new(placement.idle_needs_core()),
+            machines,
+            k,
+            use_idle_list,
+            placement,
             sample: Vec::with_capacity(k),
             replies: Vec::with_capacity(k),
             polling: None,
+            remembered: vec![None; classes.len()],
+            top_class: classes.top(),
+            top_class_defers_max,
+            deferred: None,
         }
     }
 
@@ -176,8 +215,43 @@ impl Shard {
         }
         let mut machines = std::mem::take(&mut self.sample);
         sample_machines(rng, self.machines, self.k, &mut machines);
+        if let Some(m) = self.remembered[class.index()].take() {
+            if m.0 < self.machines && !machines.contains(&m) {
+                machines.push(m);
+            }
+        }
         self.polling = Some((class, enqueued_ns, pending));
         ShardStep::Poll { machines, class }
+    }
+
+    /// Whether to put a top-class head back rather than bind it to `chosen`, where it would
+    /// wait behind work of its own class: another poll a retry later is likely to find a
+    /// machine where it starts at once, while waiting on `chosen` costs a whole residual
+    /// runtime. At most `top_class_defers_max` times in a row for one invocation, so a top
+    /// class beyond the cluster's capacity is still placed; never when every machine was
+    /// polled (another poll could find nothing new).
+    fn defer(
+        &mut self,
+        id: InvocationId,
+        chosen: Option<MachineId>,
+        replies: &[PollReply],
+    ) -> bool {
+        if replies.len() >= self.machines as usize {
+            return false;
+        }
+        let waits = chosen
+            .and_then(|m| replies.iter().find(|r| r.machine == m))
+            .is_some_and(|r| r.waits() > 0);
+        let times = match self.deferred {
+            Some((last, n)) if last == id => n,
+            _ => 0,
+        };
+        if waits && times < self.top_class_defers_max {
+            self.deferred = Some((id, times + 1));
+            true
+        } else {
+            false
+        }
     }
 
     /// The second half: places the held head on the least loaded polled machine with room
@@ -188,7 +262,19 @@ impl Shard {
             .polling
             .take()
             .expect("finish_decision after begin_decision asked to poll");
-        match least_loaded(replies, pending.start_mb) {
+        let mut chosen = self.placement.choose(replies, pending.start_mb);
+        if self.placement == PlacementRule::ClassAware {
+            if class == self.top_class && self.defer(pending.id, chosen, replies) {
+                chosen = None;
+            }
+            let others: Vec<PollReply> = replies
+                .iter()
+                .filter(|r| Some(r.machine) != chosen)
+                .copied()
+                .collect();
+            self.remembered[class.index()] = self.placement.choose(&others, pending.start_mb);
+        }
+        match chosen {
             Some(machine) => ShardDecision::Place {
                 pending,
                 machine,
@@ -208,6 +294,16 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn config(machines: u32, k: usize, use_idle_list: bool) -> ShardConfig {
+        ShardConfig {
+            machines,
+            k,
+            use_idle_list,
+            placement: PlacementRule::ClassAware,
+            top_class_defers_max: 0,
+        }
+    }
+
     fn pending(n: u64, class: u8) -> Pending {
         Pending {
             id: InvocationId(n),
@@ -220,12 +316,13 @@ mod tests {
     fn idle_list_first_then_polling_then_blocked() {
         let classes = ClassSet::default_four();
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
-        let mut shard = Shard::new(&classes, 4, 2, true);
+        let mut shard = Shard::new(&classes, config(4, 2, true));
         shard.handle_idle_join(
             MachineId(2),
             IdleEntry {
                 free_mb: 150,
                 functions: 0,
+                idle_cores: 4,
             },
         );
         shard.handle_invocation(0, pending(1, 0));
@@ -235,6 +332,8 @@ mod tests {
             machine: m,
             functions: m.0,
             room_mb: 1000,
+            ahead: m.0,
+            cores: 1,
         };
         let d = shard.poll_decision(1, &mut rng, room);
         assert!(matches!(
@@ -258,6 +357,8 @@ mod tests {
             machine: m,
             functions: 0,
             room_mb: 10,
+            ahead: 0,
+            cores: 1,
         };
         assert_eq!(
             shard.poll_decision(1, &mut rng, full),
@@ -275,7 +376,7 @@ mod tests {
     fn a_decision_in_two_halves_around_network_polls() {
         let classes = ClassSet::default_four();
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(5);
-        let mut shard = Shard::new(&classes, 1, 2, true);
+        let mut shard = Shard::new(&classes, config(1, 2, true));
         shard.set_machines(3);
         shard.handle_invocation(0, pending(1, 2));
         let ShardStep::Poll { machines, class } = shard.begin_decision(1, &mut rng) else {
@@ -297,6 +398,8 @@ mod tests {
                 machine,
                 functions: 5 - i as u32,
                 room_mb: 1000,
+                ahead: 5 - i as u32,
+                cores: 1,
             })
             .collect();
         let d = shard.finish_decision(&replies);
@@ -316,10 +419,89 @@ mod tests {
     fn a_second_decision_cannot_start_while_one_is_polled() {
         let classes = ClassSet::default_four();
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(5);
-        let mut shard = Shard::new(&classes, 4, 2, false);
+        let mut shard = Shard::new(&classes, config(4, 2, false));
         shard.handle_invocation(0, pending(1, 0));
         shard.handle_invocation(0, pending(2, 0));
         let _ = shard.begin_decision(1, &mut rng);
         let _ = shard.begin_decision(1, &mut rng);
+    }
+
+    #[test]
+    fn a_top_class_head_is_put_back_rather_than_queued_behind_its_class_a_bounded_number_of_times()
+    {
+        let classes = ClassSet::default_four();
+        let top = classes.top();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(9);
+        let mut shard = Shard::new(
+            &classes,
+            ShardConfig {
+                top_class_defers_max: 2,
+                ..config(4, 4, false)
+            },
+        );
+        shard.handle_invocation(0, pending(1, top.0));
+        // Every one-core machine already runs a top-class invocation.
+        let busy = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: 3,
+            room_mb: 1000,
+            ahead: 1,
+            cores: 1,
+        };
+        assert_eq!(
+            shard.poll_decision(1, &mut rng, busy),
+            ShardDecision::Blocked
+        );
+        assert_eq!(
+            shard.poll_decision(2, &mut rng, busy),
+            ShardDecision::Blocked
+        );
+        // The third time it is bound anyway: a top class beyond capacity is still placed.
+        assert!(matches!(
+            shard.poll_decision(3, &mut rng, busy),
+            ShardDecision::Place {
+                via: Via::Polling,
+                ..
+            }
+        ));
+        // A lower class is bound at once, behind its own class if need be.
+        shard.handle_invocation(4, pending(2, 1));
+        assert!(matches!(
+            shard.poll_decision(4, &mut rng, busy),
+            ShardDecision::Place { .. }
+        ));
+    }
+
+    #[test]
+    fn the_best_machine_not_chosen_is_polled_again_for_its_class() {
+        let classes = ClassSet::default_four();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(4);
+        let mut shard = Shard::new(&classes, config(100, 2, false));
+        let reply = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: m.0,
+            room_mb: 1000,
+            ahead: m.0,
+            cores: 1000,
+        };
+        shard.handle_invocation(0, pending(1, 2));
+        let ShardStep::Poll { machines, .. } = shard.begin_decision(1, &mut rng) else {
+            panic!("no idle list: polling");
+        };
+        assert_eq!(machines.len(), 2);
+        let replies: Vec<PollReply> = machines.iter().map(|&m| reply(m, ClassId(2))).collect();
+        let ShardDecision::Place { machine, .. } = shard.finish_decision(&replies) else {
+            panic!("room everywhere");
+        };
+        let other = machines.iter().copied().find(|&m| m != machine);
+        shard.handle_invocation(2, pending(2, 2));
+        let ShardStep::Poll { machines, .. } = shard.begin_decision(3, &mut rng) else {
+            panic!("no idle list: polling");
+        };
+        assert!(
+            machines.contains(&other.expect("two were polled")),
+            "{machines:?}"
+        );
+        assert!(machines.len() <= 3);
     }
 }

@@ -37,8 +37,8 @@ use turnpike_policy::idle_list::{IdleEntry, IdleList};
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::multi_queue::MultiQueue;
-use turnpike_policy::placement::PollReply;
-use turnpike_policy::shard::{Pending, Shard, ShardDecision, Via};
+use turnpike_policy::placement::{PlacementRule, PollReply};
+use turnpike_policy::shard::{Pending, Shard, ShardConfig, ShardDecision, Via};
 use turnpike_policy::{InvocationId, MachineId};
 
 /// Fixed: the whole file runs in a few seconds in `cargo test --release`.
@@ -1281,6 +1281,7 @@ fn model_idle_place(idle: &mut HashMap<u32, IdleEntry>, m: u32, need: u64) {
     let e = idle.get_mut(&m).expect("chosen entry");
     e.free_mb -= need;
     e.functions += 1;
+    e.idle_cores = e.idle_cores.saturating_sub(1);
 }
 
 fn check_idle(
@@ -1312,7 +1313,16 @@ fn run_shard_case(case: &ShardCase) -> Result<(), TestCaseError> {
 
 fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
     let classes = classes_from_halves(&case.halves);
-    let mut shard = Shard::new(&classes, case.machines, case.k, case.use_idle_list);
+    // The model is the paper's rule; the class-aware one has its own tests (placement.rs,
+    // idle_list.rs, shard.rs, and the simulator's tests/overload.rs).
+    let config = ShardConfig {
+        machines: case.machines,
+        k: case.k,
+        use_idle_list: case.use_idle_list,
+        placement: PlacementRule::Paper,
+        top_class_defers_max: 0,
+    };
+    let mut shard = Shard::new(&classes, config);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(case.seed);
     let mut queues: Vec<VecDeque<(u64, Pending)>> = vec![VecDeque::new(); case.halves.len()];
     let mut idle: HashMap<u32, IdleEntry> = HashMap::new();
@@ -1356,7 +1366,11 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
                 functions,
             } => {
                 let m = u32::from(machine) % case.machines;
-                let e = IdleEntry { free_mb, functions };
+                let e = IdleEntry {
+                    free_mb,
+                    functions,
+                    idle_cores: 4u32.saturating_sub(functions),
+                };
                 shard.handle_idle_join(MachineId(m), e);
                 idle.insert(m, e);
                 let _ = writeln!(trace, "#{n}: machine {m} joins/updates {e:?}");
@@ -1377,6 +1391,8 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
                         machine: m,
                         functions,
                         room_mb,
+                        ahead: functions,
+                        cores: 1,
                     }
                 });
                 let _ = writeln!(
@@ -1537,7 +1553,7 @@ fn run_idle_case(ops: &[IdleOp]) -> Result<(), TestCaseError> {
 }
 
 fn run_idle(ops: &[IdleOp], trace: &mut String) -> Result<(), String> {
-    let mut list = IdleList::new();
+    let mut list = IdleList::new(false);
     let mut model: HashMap<u32, IdleEntry> = HashMap::new();
     for (n, op) in ops.iter().enumerate() {
         match *op {
@@ -1546,7 +1562,11 @@ fn run_idle(ops: &[IdleOp], trace: &mut String) -> Result<(), String> {
                 free_mb,
                 functions,
             } => {
-                let e = IdleEntry { free_mb, functions };
+                let e = IdleEntry {
+                    free_mb,
+                    functions,
+                    idle_cores: 4u32.saturating_sub(functions),
+                };
                 list.handle_upsert(MachineId(machine), e);
                 model.insert(machine, e);
                 let _ = writeln!(trace, "#{n}: upsert {machine} {e:?}");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use turnpike_policy::placement::PlacementRule;
 use turnpike_policy::{ClassSet, PriceClass};
 
 /// Bad input: the message names the field or file and what is wrong with it.
@@ -17,7 +18,7 @@ pub enum ConfigError {
     Toml(String),
     #[error("config field `{field}`: {msg}")]
     Field { field: String, msg: String },
-    #[error("unknown preset `{0}` (known: fig4, fig5, trace)")]
+    #[error("unknown preset `{0}` (known: fig4, fig5, overload, trace)")]
     UnknownPreset(String),
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
@@ -60,6 +61,9 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
     pub cluster: ClusterConfig,
     pub workload: WorkloadConfig,
+    /// Repeat the experiment over cluster shapes (see [`crate::sweep`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,6 +98,15 @@ pub struct ClusterConfig {
     pub k: u32,
     #[serde(default)]
     pub idle_list: bool,
+    /// How shards rank machines: `class-aware` (default) or `paper`, the paper's rule as
+    /// written (see `turnpike_policy::placement::PlacementRule` and docs/design-notes.md).
+    #[serde(default, with = "placement_rule")]
+    pub placement: PlacementRule,
+    /// Class-aware rule: how many times in a row a shard may put a top-class invocation back
+    /// rather than bind it where it would wait behind its own class (see
+    /// `turnpike_policy::shard::ShardConfig`).
+    #[serde(default = "top_class_defers_default")]
+    pub top_class_defers_max: u32,
     /// Shards whose idle lists a dispatcher compares when joining.
     #[serde(default = "two")]
     pub shard_choices: u32,
@@ -233,6 +246,25 @@ pub struct TraceConfig {
     pub trigger_classes: BTreeMap<String, String>,
 }
 
+/// `PlacementRule` as its config spelling (`class-aware`, `paper`).
+mod placement_rule {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use turnpike_policy::placement::PlacementRule;
+
+    pub fn serialize<S: Serializer>(rule: &PlacementRule, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(rule.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PlacementRule, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn top_class_defers_default() -> u32 {
+    turnpike_policy::shard::TOP_CLASS_DEFERS_MAX_DEFAULT
+}
+
 fn one() -> u64 {
     1
 }
@@ -303,6 +335,7 @@ pub fn preset_toml(name: &str) -> Result<&'static str, ConfigError> {
         "fig4" => Ok(include_str!("../presets/fig4.toml")),
         "fig5" => Ok(include_str!("../presets/fig5.toml")),
         "trace" => Ok(include_str!("../presets/trace.toml")),
+        "overload" => Ok(include_str!("../presets/overload.toml")),
         other => Err(ConfigError::UnknownPreset(other.to_string())),
     }
 }
@@ -331,6 +364,9 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
         config.validate()?;
+        if let Some(sweep) = &config.sweep {
+            sweep.variants(&config)?;
+        }
         Ok(config)
     }
 
@@ -558,7 +594,7 @@ mod tests {
 
     #[test]
     fn presets_parse() {
-        for name in ["fig4", "fig5", "trace"] {
+        for name in ["fig4", "fig5", "overload", "trace"] {
             Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert!(matches!(

@@ -26,10 +26,9 @@ use rand_pcg::Pcg64Mcg;
 use turnpike_policy::baseline::edf::{self, EdfMachine};
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
-use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::placement::{least_loaded, sample_machines, PollReply};
-use turnpike_policy::shard::{Pending, Shard, ShardDecision, Via};
+use turnpike_policy::shard::{Pending, Shard, ShardConfig, ShardDecision, Via};
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId, ShardId};
 
 use crate::config::{Config, SchedulerKind};
@@ -225,6 +224,14 @@ impl<'a> Sim<'a> {
             update_change_fraction: c.idle_update_change,
             update_functions_change: c.idle_update_functions,
             shard_choices: c.shard_choices as usize,
+            need_idle_core: c.placement.idle_needs_core(),
+        };
+        let shard_config = ShardConfig {
+            machines: c.machines,
+            k: c.k as usize,
+            use_idle_list: c.idle_list,
+            placement: c.placement,
+            top_class_defers_max: c.top_class_defers_max,
         };
         let turnpike = kind == SchedulerKind::Turnpike;
         let end_ns = workload.end_ns();
@@ -257,7 +264,7 @@ impl<'a> Sim<'a> {
             shards: if turnpike {
                 (0..c.shards)
                     .map(|_| ShardState {
-                        shard: Shard::new(classes, c.machines, c.k as usize, c.idle_list),
+                        shard: Shard::new(classes, shard_config),
                         busy_until_ns: 0,
                         wake_pending: false,
                     })
@@ -316,6 +323,10 @@ impl<'a> Sim<'a> {
         sim.push(sim.warmup_ns, Event::Window);
         if sim.outcome.memory.is_some() {
             sim.push(0, Event::MemoryTick);
+        }
+        // Dispatchers report as soon as their machines start, as a real worker's does.
+        for m in 0..sim.dispatchers.len() as u32 {
+            sim.update_idle_list(m);
         }
         sim
     }
@@ -456,10 +467,8 @@ impl<'a> Sim<'a> {
             let decision =
                 self.shards[s as usize]
                     .shard
-                    .poll_decision(self.now, &mut self.rng, |m, class| PollReply {
-                        machine: m,
-                        functions: machines[m.0 as usize].functions(),
-                        room_mb: machines[m.0 as usize].room_for(class),
+                    .poll_decision(self.now, &mut self.rng, |m, class| {
+                        machines[m.0 as usize].poll_reply(m, class)
                     });
             match decision {
                 ShardDecision::Idle => return,
@@ -554,11 +563,7 @@ impl<'a> Sim<'a> {
         if self.dispatchers.is_empty() {
             return;
         }
-        let machine = &self.machines[m as usize];
-        let entry = IdleEntry {
-            free_mb: machine.free_mb(),
-            functions: machine.functions(),
-        };
+        let entry = self.machines[m as usize].idle_entry();
         let capacity = self.config.cluster.memory_mb.unwrap_or(u64::MAX);
         let shards = &self.shards;
         let action = self.dispatchers[m as usize].handle_memory(
@@ -656,6 +661,8 @@ impl<'a> Sim<'a> {
             machine: m,
             functions: ps[m.0 as usize].functions(),
             room_mb: u64::MAX,
+            ahead: ps[m.0 as usize].functions(),
+            cores: c.cores,
         }));
         let m = least_loaded(&self.replies, 0)
             .expect("unlimited memory always has room")

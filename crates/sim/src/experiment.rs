@@ -166,12 +166,7 @@ impl Experiment {
         if self.runs.iter().any(|r| r.memory.is_some()) {
             files.extend(self.memory_outputs());
         }
-        for (name, body) in &files {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, body)?;
-            std::fs::rename(&tmp, dir.join(name))?;
-        }
-        Ok(files.into_iter().map(|(n, _)| n).collect())
+        write_files(dir, files)
     }
 
     fn latency_csv(&self, summary: &Value) -> String {
@@ -191,21 +186,7 @@ impl Experiment {
             "p99_slowdown",
             "mean_slowdown",
         ];
-        let mut out = cols.join(",");
-        out.push('\n');
-        for row in summary["rows"].as_array().into_iter().flatten() {
-            let cells: Vec<String> = cols
-                .iter()
-                .map(|c| match &row[*c] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    v => v.to_string(),
-                })
-                .collect();
-            out.push_str(&cells.join(","));
-            out.push('\n');
-        }
-        out
+        rows_csv(summary, &cols)
     }
 
     fn utilization_csv(&self) -> String {
@@ -532,4 +513,37 @@ fn progress_bar(len: u64, show: bool) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     bar
+}
+
+/// The `cols` of every row of a summary as CSV, with a header line.
+pub(crate) fn rows_csv(summary: &Value, cols: &[&str]) -> String {
+    let mut out = cols.join(",");
+    out.push('\n');
+    for row in summary["rows"].as_array().into_iter().flatten() {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|c| match &row[*c] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                v => v.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes each `(name, body)` into `dir`, each to a temporary name and renamed, so none is
+/// ever left half-written; returns the names.
+pub(crate) fn write_files(
+    dir: &Path,
+    files: Vec<(String, String)>,
+) -> std::io::Result<Vec<String>> {
+    for (name, body) in &files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok(files.into_iter().map(|(n, _)| n).collect())
 }

@@ -5,6 +5,7 @@
 //! - [`workload`]: synthetic workloads (paper 4.1) and [`trace`] replay (Azure Functions 2019).
 //! - [`engine`]: the event loop for one scheduler at one load.
 //! - [`experiment`]: sweeps, summaries, CSV and the [`plot`]s, written into an output directory.
+//! - [`sweep`]: one experiment repeated over cluster shapes (the `overload` preset).
 //! - [`stats`]: percentiles and other summaries.
 
 pub mod config;
@@ -12,5 +13,6 @@ pub mod engine;
 pub mod experiment;
 pub mod plot;
 pub mod stats;
+pub mod sweep;
 pub mod trace;
 pub mod workload;

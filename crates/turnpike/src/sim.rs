@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use turnpike_sim::config::{preset_toml, Config, ConfigError};
 use turnpike_sim::experiment::Experiment;
+use turnpike_sim::sweep::Sweep;
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -22,9 +23,9 @@ pub enum SimCommand {
         #[command(flatten)]
         args: RunArgs,
     },
-    /// Print a built-in experiment's TOML (fig4, fig5, trace) to start a config from.
+    /// Print a built-in experiment's TOML (fig4, fig5, overload, trace) to start a config from.
     Preset {
-        /// fig4, fig5 or trace.
+        /// fig4, fig5, overload or trace.
         name: String,
     },
 }
@@ -106,6 +107,9 @@ fn run(mut config: Config, args: RunArgs, name: &str) -> anyhow::Result<()> {
         |t| t as usize,
     );
     let show_progress = !args.no_progress;
+    if config.sweep.is_some() {
+        return run_sweep(&config, threads, show_progress, &out);
+    }
     let experiment = Experiment::run(config, threads, show_progress)?;
     let files = experiment
         .write(&out)
@@ -118,6 +122,53 @@ fn run(mut config: Config, args: RunArgs, name: &str) -> anyhow::Result<()> {
         secs,
         threads,
         experiment.invocations() as f64 / secs / threads.min(experiment.runs.len()) as f64
+    );
+    println!(
+        "wrote {} files to {}: {}",
+        files.len(),
+        out.display(),
+        files.join(", ")
+    );
+    Ok(())
+}
+
+/// A config with a `[sweep]`: every variant, then one line per (variant, scheduler, load).
+fn run_sweep(
+    config: &Config,
+    threads: usize,
+    show_progress: bool,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let sweep = Sweep::run(config, threads, show_progress)?;
+    let files = sweep
+        .write(out)
+        .with_context(|| format!("write results into {}", out.display()))?;
+    println!(
+        "{:<32} {:<9} {:>5} {:>12} {:>10} {:>9}",
+        "variant", "scheduler", "load", "p99 top", "unfinished", "util"
+    );
+    for (variant, e) in &sweep.variants {
+        let top = e.classes.top().index();
+        for run in &e.runs {
+            let o = &run.classes[top];
+            let p99 = turnpike_sim::stats::quantile_sorted(&o.slowdowns, 0.99)
+                .map_or("-".to_string(), |v| format!("{v:.2}"));
+            let util = turnpike_sim::stats::mean(&run.utilization).unwrap_or(0.0);
+            println!(
+                "{:<32} {:<9} {:>5} {:>12} {:>10} {:>8.1}%",
+                variant.label(),
+                run.scheduler.name(),
+                run.load,
+                p99,
+                o.unfinished,
+                util * 100.0
+            );
+        }
+    }
+    eprintln!(
+        "simulated {} invocations in {:.1} s",
+        sweep.invocations(),
+        sweep.wall.as_secs_f64()
     );
     println!(
         "wrote {} files to {}: {}",

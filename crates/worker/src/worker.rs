@@ -347,6 +347,18 @@ impl Worker {
         self.shared.lock().machine.room_for(class)
     }
 
+    /// What the machine answers a shard polling it for an invocation of `class`
+    /// (`Machine::poll_reply`), in one look.
+    pub fn poll_reply(&self, class: ClassId) -> turnpike_policy::placement::PollReply {
+        let machine = turnpike_policy::MachineId(0);
+        self.shared.lock().machine.poll_reply(machine, class)
+    }
+
+    /// Cores no invocation holds or waits for (`Machine::idle_cores`).
+    pub fn idle_cores(&self) -> u32 {
+        self.shared.lock().machine.idle_cores()
+    }
+
     /// Swap space in use, MB, by the machine's ledger.
     pub fn swap_used_mb(&self) -> u64 {
         self.shared.lock().machine.swap_used_mb()
