@@ -436,7 +436,7 @@ mod tests {
             &classes,
             ShardConfig {
                 top_class_defers_max: 2,
-                ..config(4, 4, false)
+                ..config(8, 4, false)
             },
         );
         shard.handle_invocation(0, pending(1, top.0));
