@@ -16,7 +16,7 @@
 //!    with nothing invoked.
 //! 3. Priority enforcement, Turnpike vs the Hermod baseline on the same services: Poisson
 //!    arrivals at 2x the cluster's CPU for 3 s, classes uniform; per-class p50/p99 slowdown.
-//!    `PRIORITY_S=60` offers it for a minute. Three times: 5 emulated workers of 8 cores (the
+//!    `PRIORITY_S=60` offers it for a minute, `CORES=2` runs only that shape. Three times: 5 emulated workers of 8 cores (the
 //!    paper's machine shape) with 200 ms invocations, and 10 two-core and 10 one-core workers
 //!    with 40 ms ones (400, 1,000 and 500 requests/s: well
 //!    within what the platform path carries on this machine, so its own queueing stays out of
@@ -330,7 +330,9 @@ fn priority_duration() -> Duration {
 /// Both policies on the paper's machine shape (8 cores), then on two- and one-core machines
 /// (the `overload` preset's shapes; one core is what `turnpike up` runs on this machine).
 async fn priorities(loopback_rpc: bool) {
-    for (workers, cores, run_ms) in [(5, 8, 200), (10, 2, 40), (10, 1, 40)] {
+    let only: Option<u32> = std::env::var("CORES").ok().and_then(|c| c.parse().ok());
+    let shapes = [(5, 8, 200), (10, 2, 40), (10, 1, 40)];
+    for (workers, cores, run_ms) in shapes.into_iter().filter(|s| only.is_none_or(|c| c == s.1)) {
         let turnpike = priority_run(
             MachinePolicy::Turnpike,
             workers,
