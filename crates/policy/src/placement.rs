@@ -49,6 +49,11 @@ impl PollReply {
     pub fn waits(&self) -> u32 {
         self.ahead.saturating_add(1).saturating_sub(self.cores)
     }
+
+    /// The class-aware rule's ranking key, smallest best: `(waits, ahead, functions)`.
+    pub fn class_aware_key(&self) -> (u32, u32, u32) {
+        (self.waits(), self.ahead, self.functions)
+    }
 }
 
 /// How a shard ranks machines, on its idle list and among polled machines (see the module
@@ -86,7 +91,7 @@ impl PlacementRule {
             Self::ClassAware => replies
                 .iter()
                 .filter(|r| r.room_mb >= need_mb)
-                .min_by_key(|r| (r.waits(), r.ahead, r.functions))
+                .min_by_key(|r| r.class_aware_key())
                 .map(|r| r.machine),
         }
     }

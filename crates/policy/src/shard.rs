@@ -267,12 +267,12 @@ impl Shard {
             if class == self.top_class && self.defer(pending.id, chosen, replies) {
                 chosen = None;
             }
-            let others: Vec<PollReply> = replies
+            // The best of the others, ranked as `choose` ranks them (no allocation per decision).
+            self.remembered[class.index()] = replies
                 .iter()
-                .filter(|r| Some(r.machine) != chosen)
-                .copied()
-                .collect();
-            self.remembered[class.index()] = self.placement.choose(&others, pending.start_mb);
+                .filter(|r| Some(r.machine) != chosen && r.room_mb >= pending.start_mb)
+                .min_by_key(|r| r.class_aware_key())
+                .map(|r| r.machine);
         }
         match chosen {
             Some(machine) => ShardDecision::Place {
