@@ -123,12 +123,7 @@ fn run(mut config: Config, args: RunArgs, name: &str) -> anyhow::Result<()> {
         threads,
         experiment.invocations() as f64 / secs / threads.min(experiment.runs.len()) as f64
     );
-    println!(
-        "wrote {} files to {}: {}",
-        files.len(),
-        out.display(),
-        files.join(", ")
-    );
+    print_written(&files, &out);
     Ok(())
 }
 
@@ -170,13 +165,17 @@ fn run_sweep(
         sweep.invocations(),
         sweep.wall.as_secs_f64()
     );
+    print_written(&files, out);
+    Ok(())
+}
+
+fn print_written(files: &[String], out: &std::path::Path) {
     println!(
         "wrote {} files to {}: {}",
         files.len(),
         out.display(),
         files.join(", ")
     );
-    Ok(())
 }
 
 /// A compact view of the results: p99 latency per class for each run.
