@@ -92,9 +92,7 @@ impl IdleList {
         );
         Some(machine)
     }
-}
 
-impl IdleList {
     fn key(&self, machine: MachineId, e: IdleEntry) -> Key {
         let no_core = self.need_core && e.idle_cores == 0;
         (no_core, e.functions, Reverse(e.free_mb), machine)
