@@ -61,6 +61,10 @@ pub enum ShardDecision {
     },
     /// The chosen head fits nowhere it looked; it is back at the front of its queue.
     Blocked,
+    /// A top-class head would have waited behind its own class wherever the shard looked; it
+    /// is back at the front of its queue. Decide again at once: the next decision polls
+    /// other machines (see [`ShardConfig::top_class_defers_max`]).
+    Deferred,
     /// Nothing is waiting.
     Idle,
 }
@@ -80,8 +84,10 @@ pub struct ShardConfig {
     pub use_idle_list: bool,
     pub placement: PlacementRule,
     /// Under the class-aware rule, how many decisions in a row may put a top-class head back
-    /// because every polled machine would make it wait behind top-class work (see
-    /// [`Shard::finish_decision`]); 0 binds it at once, as the paper does.
+    /// because every polled machine would make it wait behind top-class work: the first
+    /// time as [`ShardDecision::Deferred`] (poll others at once), then as
+    /// [`ShardDecision::Blocked`] (retry after a delay); 0 binds it at once, as the paper
+    /// does.
     pub top_class_defers_max: u32,
 }
 
@@ -225,9 +231,9 @@ impl Shard {
     }
 
     /// Whether to put a top-class head back rather than bind it to `chosen`, where it would
-    /// wait behind work of its own class: another poll a retry later is likely to find a
-    /// machine where it starts at once, while waiting on `chosen` costs a whole residual
-    /// runtime. At most `top_class_defers_max` times in a row for one invocation, so a top
+    /// wait behind work of its own class: another poll (at once the first time, then a retry
+    /// delay later) is likely to find a machine where it starts at once, while waiting on
+    /// `chosen` costs a whole residual runtime. At most `top_class_defers_max` times in a row for one invocation, so a top
     /// class beyond the cluster's capacity is still placed; never when every machine was
     /// polled (another poll could find nothing new).
     fn defer(
@@ -263,9 +269,10 @@ impl Shard {
             .take()
             .expect("finish_decision after begin_decision asked to poll");
         let mut chosen = self.placement.choose(replies, pending.start_mb);
+        let mut deferred = false;
         if self.placement == PlacementRule::ClassAware {
             if class == self.top_class && self.defer(pending.id, chosen, replies) {
-                chosen = None;
+                (chosen, deferred) = (None, true);
             }
             // The best of the others, ranked as `choose` ranks them (no allocation per decision).
             self.remembered[class.index()] = replies
@@ -283,7 +290,13 @@ impl Shard {
             },
             None => {
                 self.queue.handle_push_front(class, enqueued_ns, pending);
-                ShardDecision::Blocked
+                // The first time, poll other machines at once; after that, give the cores
+                // polled a retry delay to free up.
+                if deferred && self.deferred.is_some_and(|(_, n)| n == 1) {
+                    ShardDecision::Deferred
+                } else {
+                    ShardDecision::Blocked
+                }
             }
         }
     }
@@ -448,12 +461,14 @@ mod tests {
             ahead: 1,
             cores: 1,
         };
+        // First another poll at once, then a retry delay for the cores it saw to free up.
         assert_eq!(
             shard.poll_decision(1, &mut rng, busy),
-            ShardDecision::Blocked
+            ShardDecision::Deferred
         );
+        assert_eq!(shard.queued(), 1);
         assert_eq!(
-            shard.poll_decision(2, &mut rng, busy),
+            shard.poll_decision(1, &mut rng, busy),
             ShardDecision::Blocked
         );
         // The third time it is bound anyway: a top class beyond capacity is still placed.

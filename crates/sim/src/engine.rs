@@ -477,6 +477,10 @@ impl<'a> Sim<'a> {
                     self.wake_shard_at(s, retry);
                     return;
                 }
+                // The poll that found no machine took its round trip; decide again after it.
+                ShardDecision::Deferred => {
+                    self.shards[s as usize].busy_until_ns = self.now + decision_ns + poll_ns;
+                }
                 ShardDecision::Place {
                     pending,
                     machine,

@@ -8,7 +8,7 @@
 //! runtime), nothing of it unfinished, compute utilization at least 0.95, and every class's
 //! p99 slowdown at least the next higher class's. Every run is deterministic for its seed, so
 //! the tolerance is between the bound and the measured figure, not for noise; the margins
-//! measured on seed 1 are 1.20 against 2.0 (one core) and 1.02 against 1.5 (two cores).
+//! measured on seed 1 are 1.27 against 2.0 (one core) and 1.00 against 1.5 (two cores).
 //! The paper's rule runs in the same sweep and misses these bounds, so the checks can fail.
 
 use turnpike_policy::placement::PlacementRule;
@@ -150,6 +150,17 @@ fn the_bound_holds_for_other_seeds_sizes_shards_k_and_runtimes() {
                 cores,
             ));
         }
+    }
+    // Exponential runtimes on two cores. On one core the bound of 2.0 is at what any
+    // placement can do: even one central FIFO over all ten cores (M/M/10 at 0.5) leaves about
+    // 0.6% of the top class above a slowdown of 2, so seeds land on both sides (1.83 and
+    // 2.27 for seeds 1 and 2; docs/results.md).
+    for seed in [1, 2] {
+        let (config, e) = variation(2, |c| {
+            c.seed = seed;
+            c.workload.service = Some(ServiceConfig::Exponential { mean_ms: 40.0 });
+        });
+        found.extend(report("2c, exponential runtimes", config.seed, &e, 2));
     }
     assert!(found.is_empty(), "misses:\n{}", found.join("\n"));
 }
