@@ -151,10 +151,9 @@ fn the_bound_holds_for_other_seeds_sizes_shards_k_and_runtimes() {
             ));
         }
     }
-    // Exponential runtimes on two cores. On one core the bound of 2.0 is at what any
-    // placement can do: even one central FIFO over all ten cores (M/M/10 at 0.5) leaves about
-    // 0.6% of the top class above a slowdown of 2, so seeds land on both sides (1.83 and
-    // 2.27 for seeds 1 and 2; docs/results.md).
+    // Exponential runtimes on two cores. On one core the goal is not met yet: 1.83 and 2.27
+    // for seeds 1 and 2, where a central FIFO over all ten cores would give about 1.5
+    // (docs/results.md, "Overload").
     for seed in [1, 2] {
         let (config, e) = variation(2, |c| {
             c.seed = seed;
