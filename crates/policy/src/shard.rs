@@ -70,7 +70,17 @@ pub enum ShardDecision {
 }
 
 /// The default of [`ShardConfig::top_class_defers_max`].
-pub const TOP_CLASS_DEFERS_MAX_DEFAULT: u32 = 8;
+pub const TOP_CLASS_DEFERS_MAX_DEFAULT: u32 = 32;
+
+/// A top-class head is put back only while at least this share of recent top-class polls
+/// found a machine where it would start at once: then a miss is bad luck, and another poll
+/// soon is likely to do better. Below it the top class itself fills the machines, and
+/// waiting at the shard would only add to waiting on a machine.
+const TOP_FREE_SHARE_DEFER_MIN: f64 = 0.5;
+
+/// Weight of the newest poll in that share (an exponential moving average over about the
+/// last 16 top-class polls).
+const TOP_FREE_SHARE_WEIGHT: f64 = 1.0 / 16.0;
 
 /// How a shard places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +120,8 @@ pub struct Shard {
     top_class_defers_max: u32,
     /// The top-class head last put back because it would have waited, and how many times.
     deferred: Option<(InvocationId, u32)>,
+    /// Share of recent top-class polls that found a machine where it starts at once.
+    top_free_share: f64,
 }
 
 impl Shard {
@@ -136,6 +148,7 @@ impl Shard {
             top_class: classes.top(),
             top_class_defers_max,
             deferred: None,
+            top_free_share: 1.0,
         }
     }
 
@@ -233,9 +246,10 @@ impl Shard {
     /// Whether to put a top-class head back rather than bind it to `chosen`, where it would
     /// wait behind work of its own class: another poll (at once the first time, then a retry
     /// delay later) is likely to find a machine where it starts at once, while waiting on
-    /// `chosen` costs a whole residual runtime. At most `top_class_defers_max` times in a row for one invocation, so a top
-    /// class beyond the cluster's capacity is still placed; never when every machine was
-    /// polled (another poll could find nothing new).
+    /// `chosen` costs a whole residual runtime. Only while recent top-class polls mostly
+    /// found a free core ([`TOP_FREE_SHARE_DEFER_MIN`]), at most `top_class_defers_max` times
+    /// in a row for one invocation, so a top class beyond the cluster's capacity is still
+    /// placed; never when every machine was polled (another poll could find nothing new).
     fn defer(
         &mut self,
         id: InvocationId,
@@ -252,7 +266,13 @@ impl Shard {
             Some((last, n)) if last == id => n,
             _ => 0,
         };
-        if waits && times < self.top_class_defers_max {
+        // Each head's first poll only: a deferred head's next polls are not a fresh sample.
+        if times == 0 {
+            let found = if waits { 0.0 } else { 1.0 };
+            self.top_free_share += (found - self.top_free_share) * TOP_FREE_SHARE_WEIGHT;
+        }
+        let likely_luck = self.top_free_share >= TOP_FREE_SHARE_DEFER_MIN;
+        if waits && likely_luck && times < self.top_class_defers_max {
             self.deferred = Some((id, times + 1));
             true
         } else {
@@ -518,5 +538,43 @@ mod tests {
             "{machines:?}"
         );
         assert!(machines.len() <= 3);
+    }
+
+    #[test]
+    fn when_the_top_class_itself_fills_the_machines_its_heads_are_bound_at_once() {
+        let classes = ClassSet::default_four();
+        let top = classes.top();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(10);
+        let mut shard = Shard::new(
+            &classes,
+            ShardConfig {
+                top_class_defers_max: 32,
+                ..config(8, 3, false)
+            },
+        );
+        let busy = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: 1,
+            room_mb: 1000,
+            ahead: 1,
+            cores: 1,
+        };
+        let mut deferrals = Vec::new();
+        for n in 0..40 {
+            shard.handle_invocation(n, pending(n, top.0));
+            let mut times = 0;
+            while !matches!(
+                shard.poll_decision(n, &mut rng, busy),
+                ShardDecision::Place { .. }
+            ) {
+                times += 1;
+            }
+            deferrals.push(times);
+        }
+        // Every poll misses. The first head is put back as often as allowed; the share of
+        // heads whose first poll found a free core falls under one half within a dozen heads,
+        // and from then on nothing is put back.
+        assert_eq!(deferrals[0], 32, "{deferrals:?}");
+        assert!(deferrals[20..].iter().all(|&t| t == 0), "{deferrals:?}");
     }
 }

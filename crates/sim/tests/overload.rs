@@ -8,7 +8,7 @@
 //! runtime), nothing of it unfinished, compute utilization at least 0.95, and every class's
 //! p99 slowdown at least the next higher class's. Every run is deterministic for its seed, so
 //! the tolerance is between the bound and the measured figure, not for noise; the margins
-//! measured on seed 1 are 1.27 against 2.0 (one core) and 1.00 against 1.5 (two cores).
+//! measured on seed 1 are 1.23 against 2.0 (one core) and 1.00 against 1.5 (two cores).
 //! The paper's rule runs in the same sweep and misses these bounds, so the checks can fail.
 
 use turnpike_policy::placement::PlacementRule;
@@ -151,10 +151,10 @@ fn the_bound_holds_for_other_seeds_sizes_shards_k_and_runtimes() {
             ));
         }
     }
-    // Exponential runtimes on two cores. On one core the goal is not met yet: 1.83 and 2.27
-    // for seeds 1 and 2, where a central FIFO over all ten cores would give about 1.5
-    // (docs/results.md, "Overload").
-    for seed in [1, 2] {
+    // Exponential runtimes, whose many short invocations make any wait count: three seeds on
+    // two cores. On one core the goal is not met reliably: 1.82-1.91 over 120 s for seeds
+    // 1-3, 2.23 for seed 3 over the 60 s here (docs/results.md, "Overload").
+    for seed in [1, 2, 3] {
         let (config, e) = variation(2, |c| {
             c.seed = seed;
             c.workload.service = Some(ServiceConfig::Exponential { mean_ms: 40.0 });
