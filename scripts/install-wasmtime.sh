@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the `wasmtime` CLI (the same version as the worker's wasmtime) into .tools/wasmtime,
 # for the control-plane benchmark that compares Turnpike with `wasmtime serve`
-# (`cargo bench -p turnpike-control --bench cluster`). Builds from crates.io: about 20 minutes
+# (`cargo bench -p turnpike-cluster --bench cluster`). Builds from crates.io: about 20 minutes
 # on 2 cores. Idempotent: does nothing when that version is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs `wrk`, the HTTP load generator of the control-plane benchmarks' whole-path figure
-# (`cargo bench -p turnpike-control --bench scale`), from Debian's packages (seconds).
+# (`cargo bench -p turnpike-cluster --bench scale`), from Debian's packages (seconds).
 # Idempotent: does nothing when wrk is already there.
 set -euo pipefail
 if command -v wrk >/dev/null; then

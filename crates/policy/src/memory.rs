@@ -20,6 +20,13 @@
 //!   class, latest arrival first, among the invocations holding memory. The driver requeues a killed
 //!   invocation (bounded) or fails it with a clear error.
 
+/// Memory an invocation is assumed to hold when it starts, MB, unless its platform knows
+/// better: what placement checks for room, and what a machine charges an invocation until it
+/// reports its real use. Small, because invocations declare no size and most start small
+/// (a wasm component's instance is a few pages); the simulator's workloads set their own
+/// (`workload.start_mb`, the paper's 100 MB).
+pub const START_MB_DEFAULT: u64 = 2;
+
 use std::collections::BTreeMap;
 
 use crate::class::ClassId;

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::Value;
 
-use turnpike_control::gateway::CLASS_HEADER;
+use turnpike_gateway::gateway::CLASS_HEADER;
 use turnpike_store::{Day, UsageKey};
 
 use crate::client::{ApiArgs, Client, Error};

@@ -71,7 +71,7 @@ enum PolicyArg {
     Hermod,
 }
 
-impl From<PolicyArg> for turnpike_control::emulated::MachinePolicy {
+impl From<PolicyArg> for turnpike_node::emulated::MachinePolicy {
     fn from(policy: PolicyArg) -> Self {
         match policy {
             PolicyArg::Turnpike => Self::Turnpike,

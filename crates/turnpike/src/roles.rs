@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
-use turnpike_control::billing::SystemClock;
-use turnpike_control::chain::ChainToken;
-use turnpike_control::gateway::{Gateway, GatewayConfig};
-use turnpike_control::local::Directory;
-use turnpike_control::metrics;
-use turnpike_control::routing::{Route, Target, OPERATOR};
-use turnpike_control::shard::{ShardConfig, ShardService};
+use turnpike_cluster::roles;
+use turnpike_gateway::routing::{Route, Target, OPERATOR};
+use turnpike_gateway::{Gateway, GatewayConfig};
 use turnpike_policy::ClassSet;
+use turnpike_scheduler::ShardConfig;
+use turnpike_wire::chain::ChainToken;
+use turnpike_wire::directory::Directory;
+use turnpike_wire::metrics;
 
 #[derive(Args, Debug)]
 pub struct ShardArgs {
@@ -27,7 +27,7 @@ pub struct ShardArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics: SocketAddr,
     /// Workers polled per decision when the idle list cannot place.
-    #[arg(long, default_value_t = turnpike_control::shard::DEFAULT_K)]
+    #[arg(long, default_value_t = turnpike_scheduler::shard::DEFAULT_K)]
     k: usize,
     /// Seed of the shard's random sampling.
     #[arg(long, default_value_t = 1)]
@@ -73,7 +73,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
     chain_token: Option<String>,
     /// Deepest call chain served (a function calling a function ...); deeper gets 508.
-    #[arg(long, default_value_t = turnpike_control::chain::DEFAULT_MAX_CHAIN_DEPTH)]
+    #[arg(long, default_value_t = turnpike_wire::chain::DEFAULT_MAX_CHAIN_DEPTH)]
     max_chain_depth: u32,
 }
 
@@ -85,49 +85,40 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
     Ok((listener, bound))
 }
 
-/// Binds a role's own address and its `/metrics` address, and serves `render` on the latter
-/// for as long as the process lives: the role's listener, its address, the metrics address.
-async fn listen_with_metrics(
-    addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    render: metrics::Render,
-) -> Result<(TcpListener, SocketAddr, SocketAddr), String> {
+/// Serves `render` as Prometheus `/metrics` on `addr` for as long as the process lives;
+/// returns the address bound.
+async fn serve_metrics(addr: SocketAddr, render: metrics::Render) -> Result<SocketAddr, String> {
     let (listener, bound) = listen(addr).await?;
-    let (metrics_listener, metrics_bound) = listen(metrics_addr).await?;
-    tokio::spawn(metrics::serve(
-        metrics_listener,
-        render,
-        std::future::pending(),
-    ));
-    Ok((listener, bound, metrics_bound))
+    tokio::spawn(metrics::serve(listener, render, std::future::pending()));
+    Ok(bound)
 }
 
 pub fn shard(args: ShardArgs) -> ExitCode {
     crate::block_on(async move {
-        let service = ShardService::start(
-            ClassSet::default_four(),
-            ShardConfig {
-                k: args.k.max(1),
-                seed: args.seed,
-                ..ShardConfig::default()
-            },
-            Directory::rpc_only(),
+        let config = ShardConfig {
+            k: args.k.max(1),
+            seed: args.seed,
+            ..ShardConfig::default()
+        };
+        let (listener, rpc_addr) = match listen(args.listen).await {
+            Ok(bound) => bound,
+            Err(e) => return crate::fail(e),
+        };
+        let (service, server) = roles::serve_shard(
+            &ClassSet::default_four(),
+            config,
+            &Directory::rpc_only(),
+            (listener, rpc_addr),
+            crate::up::wait_for_signal(),
         );
         let rendered = service.clone();
         let render = Arc::new(move || rendered.metrics());
-        let (rpc, rpc_addr, metrics_addr) =
-            match listen_with_metrics(args.listen, args.metrics, render).await {
-                Ok(bound) => bound,
-                Err(e) => return crate::fail(e),
-            };
+        let metrics_addr = match serve_metrics(args.metrics, render).await {
+            Ok(bound) => bound,
+            Err(e) => return crate::fail(e),
+        };
         println!("shard listening on {rpc_addr}");
         println!("metrics: http://{metrics_addr}/metrics");
-        let server = tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                turnpike_control::wire::incoming(rpc),
-                crate::up::wait_for_signal(),
-            );
         match server.await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => crate::fail(e),
@@ -190,36 +181,32 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             Ok(store) => store,
             Err(e) => return crate::fail(e),
         };
-        let admin_key = match turnpike_control::api::bootstrap_admin(&store).await {
+        let admin_key = match turnpike_gateway::api::bootstrap_admin(&store).await {
             Ok(key) => key,
             Err(e) => return crate::fail(e),
         };
         let gateway = Gateway::new(GatewayConfig {
-            classes,
             routes,
-            store,
             domain: args.domain,
-            compile_cache: args.data_dir.join("cache"),
             max_component_bytes: args.max_component_bytes,
-            clock: Arc::new(SystemClock),
-            shards: args.shards,
-            directory: Directory::rpc_only(),
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
-            start_mb: 2,
             chain_token,
             max_chain_depth: args.max_chain_depth,
-            memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
+            ..roles::gateway_config(classes, store, args.shards, &args.data_dir)
         })
         .await;
         let gateway = match gateway {
             Ok(gateway) => gateway,
             Err(e) => return crate::fail(e),
         };
+        let (http, http_addr) = match listen(args.listen).await {
+            Ok(bound) => bound,
+            Err(e) => return crate::fail(e),
+        };
         let rendered = gateway.clone();
-        let render = Arc::new(move || rendered.metrics());
-        let (http, http_addr, metrics_addr) =
-            match listen_with_metrics(args.listen, args.metrics, render).await {
+        let metrics_addr =
+            match serve_metrics(args.metrics, Arc::new(move || rendered.metrics())).await {
                 Ok(bound) => bound,
                 Err(e) => return crate::fail(e),
             };

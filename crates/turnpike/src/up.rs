@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use turnpike_control::emulated::EmulatedConfig;
-use turnpike_control::up::{self, UpConfig};
+use turnpike_cluster::up::{self, UpConfig};
+use turnpike_node::emulated::EmulatedConfig;
 use turnpike_policy::ClassSet;
 
 #[derive(Args, Debug)]

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use turnpike_control::chain::ChainToken;
-use turnpike_control::emulated::{EmulatedConfig, EmulatedFleet};
-use turnpike_control::local::Directory;
-use turnpike_control::node::{self, NodeConfig};
+use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet};
+use turnpike_node::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
+use turnpike_wire::chain::ChainToken;
+use turnpike_wire::directory::Directory;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {

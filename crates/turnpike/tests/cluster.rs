@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use turnpike_control::up::{self, UpConfig};
+use turnpike_cluster::up::{self, UpConfig};
 
 use common::{status_of, Child, BIN};
 
@@ -150,7 +150,7 @@ fn start_role(args: &[String], prefix: &str) -> (Child, String) {
 async fn every_role_in_its_own_process() {
     let gateway_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
-    let functions = turnpike_control::up::default_functions_dir();
+    let functions = turnpike_cluster::up::default_functions_dir();
     let mut children = Vec::new();
     let mut shards = Vec::new();
     // One shard from flags, one from a config file (whose `seed` the command line overrides).
@@ -336,7 +336,7 @@ fn a_short_chain_token_is_refused_at_start() {
 async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
     let gateway_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
-    let functions = turnpike_control::up::default_functions_dir();
+    let functions = turnpike_cluster::up::default_functions_dir();
     let spin = functions.join("spin.wasm");
     let spin_hash = turnpike_worker::cache::sha256_hex(&std::fs::read(&spin).expect("spin.wasm"));
     let mut shards = Vec::new();

@@ -105,7 +105,7 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
 fn app_dir(manifest: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
-    let hello = turnpike_control::up::default_functions_dir().join("hello.wasm");
+    let hello = turnpike_cluster::up::default_functions_dir().join("hello.wasm");
     std::fs::copy(&hello, dir.path().join("dist/hello.wasm")).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; build it with scripts/build-examples.sh",

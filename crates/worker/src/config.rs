@@ -96,7 +96,7 @@ impl Default for WorkerConfig {
             classes: ClassSet::default_four(),
             memory_cap_mb: 1024,
             timeout_ms: 60_000,
-            start_mb: 2,
+            start_mb: turnpike_policy::memory::START_MB_DEFAULT,
             memory_mb: None,
             swap_mb: 8192,
             swap_dir: std::env::temp_dir(),

@@ -3,7 +3,7 @@
 //! outgoing request, and gives the caller's slot away while it waits.
 //!
 //! The platform here is a recording fake (the real one, the control plane's gateway link, is
-//! tested end to end in `crates/control/tests/up.rs`).
+//! tested end to end in `crates/cluster/tests/up.rs`).
 
 mod common;
 

@@ -1,0 +1,112 @@
+//! One builder per role, used both by `turnpike up` ([`crate::up`]) and by the binary's
+//! one-role commands (`turnpike shard`, `turnpike gateway`; `turnpike worker` uses
+//! `turnpike_node::node::start_node`), so a role is assembled the same way whether it runs
+//! alone or beside the others.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use turnpike_gateway::billing::SystemClock;
+use turnpike_gateway::{CheckError, ComponentCheck, GatewayConfig};
+use turnpike_policy::ClassSet;
+use turnpike_scheduler::{ShardConfig, ShardService};
+use turnpike_store::Store;
+use turnpike_wire::directory::Directory;
+use turnpike_wire::{chain, rpc};
+use turnpike_worker::{Runtime, RuntimeConfig};
+
+/// Starts a shard, reachable in `directory` at `address` (replacing one that was there) and
+/// serving its RPCs on `listener` until `shutdown` completes.
+pub fn serve_shard(
+    classes: &ClassSet,
+    config: ShardConfig,
+    directory: &Directory,
+    (listener, address): (TcpListener, SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (ShardService, JoinHandle<()>) {
+    let service = ShardService::start(classes.clone(), config, directory.clone());
+    directory.add_shard(address, Arc::new(service.clone()));
+    let router = Server::builder().add_service(service.clone().into_server());
+    let task = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
+            .await;
+    });
+    (service, task)
+}
+
+/// A gateway's configuration with the defaults every gateway starts from: the embedded
+/// component check ([`WasmComponents`], caching into `data_dir/cache`), the system clock,
+/// 8 MiB bodies, 64 MiB uploads, the default chain depth and memory price, no operator routes,
+/// no chain token, and every shard called over RPC. Callers change what their flags say.
+pub fn gateway_config(
+    classes: ClassSet,
+    store: Store,
+    shards: Vec<SocketAddr>,
+    data_dir: &Path,
+) -> GatewayConfig {
+    GatewayConfig {
+        classes,
+        routes: Vec::new(),
+        store,
+        domain: "localhost".into(),
+        components: Arc::new(WasmComponents::new(data_dir.join("cache"))),
+        max_component_bytes: 64 << 20,
+        clock: Arc::new(SystemClock),
+        shards,
+        directory: Directory::rpc_only(),
+        max_request_bytes: 8 << 20,
+        max_response_bytes: 8 << 20,
+        start_mb: turnpike_policy::memory::START_MB_DEFAULT,
+        chain_token: None,
+        max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
+        memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
+    }
+}
+
+/// The gateway's upload check on the worker's wasm runtime: an upload is deployable when the
+/// runtime loads it as a component, and the compiled code lands in the compile cache that
+/// the workers of this machine share (so a component compiled at deploy is not compiled
+/// again on first use). The runtime is made on the first upload: an engine has an epoch
+/// ticker thread, which a gateway that never sees an upload need not run.
+#[derive(Debug)]
+pub struct WasmComponents {
+    compile_cache: PathBuf,
+    runtime: Mutex<Option<Arc<Runtime>>>,
+}
+
+impl WasmComponents {
+    pub fn new(compile_cache: PathBuf) -> Self {
+        Self {
+            compile_cache,
+            runtime: Mutex::new(None),
+        }
+    }
+
+    fn runtime(&self) -> Result<Arc<Runtime>, CheckError> {
+        let mut runtime = turnpike_wire::lock(&self.runtime);
+        if let Some(runtime) = &*runtime {
+            return Ok(runtime.clone());
+        }
+        let made = Runtime::new(RuntimeConfig::new(self.compile_cache.clone()))
+            .map(Arc::new)
+            .map_err(|e| CheckError::Unavailable(format!("component compiler: {e}")))?;
+        *runtime = Some(made.clone());
+        Ok(made)
+    }
+}
+
+impl ComponentCheck for WasmComponents {
+    fn check(&self, bytes: &[u8]) -> Result<String, CheckError> {
+        let function = self
+            .runtime()?
+            .load(bytes)
+            .map_err(|e| CheckError::NotDeployable(e.to_string()))?;
+        Ok(function.hash().to_string())
+    }
+}

@@ -1,0 +1,541 @@
+//! Metering, the usage ledger and budgets, at the gateway.
+//!
+//! - **Cost.** Every invocation that ran comes back from its worker with its CPU time (time
+//!   on a core; parked and blocked time excluded) and the memory it actually used, integrated
+//!   over the run. It costs `cpu_seconds x price(class it ran at) + gb_seconds x memory
+//!   price` ([`turnpike_policy::class::cost`]). Invocations that never ran (no worker, shard
+//!   down) cost nothing; one the guest failed (a trap, a timeout) is billed for what it used.
+//! - **The ledger.** Each billed invocation is one row keyed by its invocation id, written
+//!   idempotently ([`Store::record`]). A writer task commits the rows that arrived in the
+//!   last [`LEDGER_FLUSH`] as one transaction: the response does not wait for it (a commit
+//!   per invocation, or a response waiting for one, measured at 40% of the gateway's hello
+//!   throughput; `docs/benchmarks.md`). When the gateway stops it drains its connections and
+//!   then [`Billing::flush`]es, so a restart loses no row and every success a client saw is
+//!   in the ledger; a crash of the process (SIGKILL, power) loses at most the rows of the last
+//!   [`LEDGER_FLUSH`] - unbilled, never billed twice. `GET /v1/usage` flushes first, so a
+//!   tenant reads its own invocations at once. A commit that keeps failing (the database is
+//!   down) is counted in `turnpike_gateway_ledger_failures_total`: a store outage must not
+//!   take the functions down with it.
+//! - **Budgets.** A tenant's monthly budget (UTC calendar months) is checked before each
+//!   invocation it pays for. At fraction `t` of the month, it is over budget when
+//!   `spent > monthly x t + headroom x monthly`: spend may run ahead of the pro-rata budget
+//!   by the headroom (small overruns are tolerated, as the paper says) and never past
+//!   `monthly x (1 + headroom)` in a month. Over budget, `throttle` refuses new invocations
+//!   (429, `Retry-After`: when the pro-rata allowance catches up, at least 1 s) and `lower`
+//!   runs them at the cheapest class. Spend is read from the store (its daily spend table,
+//!   kept with the ledger) at most every [`BOOK_REFRESH`] per tenant, by one request while
+//!   the others go on with what was read before, and kept up to date in between with this
+//!   gateway's own commits; with several gateways, another's spend shows within that period.
+//! - **The clock** is a [`Clock`], so tests move through a month at will.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use turnpike_policy::{ClassId, ClassSet};
+use turnpike_store::calendar::{month_fraction, month_instant};
+use turnpike_store::{Budget, Day, OverBudget, Store, UsageEntry};
+
+/// How long a tenant's budget and spend are taken from memory before being read again.
+pub const BOOK_REFRESH: Duration = Duration::from_secs(5);
+/// Ledger rows per transaction, at most.
+const MAX_BATCH: usize = 512;
+/// How long the ledger writer gathers rows before committing them.
+pub const LEDGER_FLUSH: Duration = Duration::from_millis(10);
+/// Tries of a failing ledger commit.
+const COMMIT_TRIES: u32 = 3;
+
+/// Wall-clock time as the budget rule sees it: Unix seconds.
+pub trait Clock: Send + Sync + Debug {
+    fn now(&self) -> i64;
+}
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        turnpike_store::unix_now()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn at(secs: i64) -> Arc<Self> {
+        Arc::new(Self(AtomicI64::new(secs)))
+    }
+
+    pub fn set(&self, secs: i64) {
+        self.0.store(secs, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a tenant with `budget` may have spent this month by `now`: the pro-rata budget plus
+/// the headroom.
+pub fn allowance(budget: &Budget, now: i64) -> f64 {
+    budget.monthly * month_fraction(now) + budget.headroom * budget.monthly
+}
+
+/// Whether a tenant with `budget` that has spent `spent` this month may run more at `now`:
+/// `None` if so, else the seconds until it may (its pro-rata allowance catches up).
+pub fn over_budget(budget: &Budget, spent: f64, now: i64) -> Option<u64> {
+    if spent <= allowance(budget, now) {
+        return None;
+    }
+    // The moment the allowance reaches the spend: `monthly x t + headroom = spent`.
+    let headroom = budget.headroom * budget.monthly;
+    let t = if budget.monthly > 0.0 {
+        (spent - headroom) / budget.monthly
+    } else {
+        f64::INFINITY
+    };
+    let when = if t >= 1.0 {
+        Day::of_unix(now).next_month_start().start_unix()
+    } else {
+        month_instant(now, t)
+    };
+    Some((when - now).max(1) as u64)
+}
+
+/// What the gateway does with a new invocation of a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Run it at this class (the asked one, or the cheapest when over a `lower` budget).
+    Run(ClassId),
+    /// 429: over a `throttle` budget; may retry after this many seconds.
+    Throttle(u64),
+}
+
+/// A tenant's budget and this month's spend, as last read.
+#[derive(Debug, Clone)]
+struct Book {
+    budget: Option<Budget>,
+    month: Day,
+    spent: f64,
+    read_at: Instant,
+}
+
+/// What the ledger writer is sent.
+#[derive(Debug)]
+enum Write {
+    Row(UsageEntry),
+    /// Commit what has arrived now, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The gateway's meter: costs, the ledger writer, budget checks.
+#[derive(Debug)]
+pub struct Billing {
+    store: Store,
+    classes: ClassSet,
+    memory_price: f64,
+    clock: Arc<dyn Clock>,
+    books: Mutex<HashMap<String, Book>>,
+    writer: mpsc::UnboundedSender<Write>,
+    failures: Arc<AtomicU64>,
+    recorded: Arc<AtomicU64>,
+}
+
+impl Billing {
+    /// Starts the ledger writer (a task on the current runtime; it ends with the last
+    /// [`Billing`]).
+    pub fn new(store: Store, classes: ClassSet, memory_price: f64, clock: Arc<dyn Clock>) -> Self {
+        let (writer, entries) = mpsc::unbounded_channel();
+        let failures = Arc::new(AtomicU64::new(0));
+        let recorded = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_ledger(
+            store.clone(),
+            entries,
+            failures.clone(),
+            recorded.clone(),
+        ));
+        Self {
+            store,
+            classes,
+            memory_price,
+            clock,
+            books: Mutex::new(HashMap::new()),
+            writer,
+            failures,
+            recorded,
+        }
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// Ledger commits that failed for good.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Ledger rows this gateway committed.
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
+    /// What an invocation costs, micro-cents.
+    pub fn cost(&self, class: ClassId, cpu_ns: u64, memory_mb_seconds: f64) -> f64 {
+        turnpike_policy::class::cost(
+            &self.classes,
+            class,
+            cpu_ns as f64 / 1e9,
+            memory_mb_seconds / 1024.0,
+            self.memory_price,
+        )
+    }
+
+    /// Decides a new invocation of `tenant`'s asked to run at `class`.
+    pub async fn admit(&self, tenant: &str, class: ClassId) -> Result<Admission, String> {
+        let book = self.book(tenant).await?;
+        let Some(budget) = book.budget else {
+            return Ok(Admission::Run(class));
+        };
+        Ok(match over_budget(&budget, book.spent, self.clock.now()) {
+            None => Admission::Run(class),
+            Some(wait) => match budget.over {
+                OverBudget::Throttle => Admission::Throttle(wait),
+                OverBudget::Lower => Admission::Run(ClassId(0)),
+            },
+        })
+    }
+
+    /// `tenant`'s budget and spend this month, for `GET /v1/budget`.
+    pub async fn status(&self, tenant: &str) -> Result<(Option<Budget>, Day, f64), String> {
+        let book = self.book(tenant).await?;
+        Ok((book.budget, book.month, book.spent))
+    }
+
+    /// Forgets `tenant`'s book, so the next check reads the store (after `PUT /v1/budget`).
+    pub fn forget(&self, tenant: &str) {
+        turnpike_wire::lock(&self.books).remove(tenant);
+    }
+
+    /// `tenant`'s book: as kept, or read again when older than [`BOOK_REFRESH`]. One caller
+    /// reads it; the others keep using the one they have meanwhile (at thousands of
+    /// invocations a second, every request in flight would otherwise read the store at
+    /// once). If that read fails, the old book stays in use; without one, the error is the
+    /// caller's.
+    async fn book(&self, tenant: &str) -> Result<Book, String> {
+        let month = Day::of_unix(self.clock.now()).month_start();
+        let kept = {
+            let mut books = turnpike_wire::lock(&self.books);
+            match books.get_mut(tenant) {
+                Some(book) if book.month == month => {
+                    if book.read_at.elapsed() < BOOK_REFRESH {
+                        return Ok(book.clone());
+                    }
+                    book.read_at = Instant::now();
+                    Some(book.clone())
+                }
+                _ => None,
+            }
+        };
+        match self.read_book(tenant, month).await {
+            Ok(book) => {
+                turnpike_wire::lock(&self.books).insert(tenant.to_string(), book.clone());
+                Ok(book)
+            }
+            Err(e) => match kept {
+                Some(book) => {
+                    eprintln!("billing: reading the budget of `{tenant}` again: {e}");
+                    Ok(book)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn read_book(&self, tenant: &str, month: Day) -> Result<Book, String> {
+        // The store's sum must include what this gateway recorded (at most every
+        // `BOOK_REFRESH` per tenant, and after a budget change).
+        self.flush().await;
+        let budget = self.store.budget(tenant).await.map_err(|e| e.to_string())?;
+        let spent = self
+            .store
+            .spent_since(tenant, month)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Book {
+            budget,
+            month,
+            spent,
+            read_at: Instant::now(),
+        })
+    }
+
+    /// Hands `entry` to the ledger writer (committed within [`LEDGER_FLUSH`]) and counts its
+    /// cost in the tenant's spend at once.
+    pub fn record(&self, entry: UsageEntry) {
+        let (tenant, cost) = (entry.tenant.clone(), entry.cost);
+        if self.writer.send(Write::Row(entry)).is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(book) = turnpike_wire::lock(&self.books).get_mut(&tenant) {
+            book.spent += cost;
+        }
+    }
+
+    /// Returns once every row recorded before the call is committed (or failed for good).
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.writer.send(Write::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// The ledger writer: gathers rows for [`LEDGER_FLUSH`] (or until a flush is asked for, or
+/// [`MAX_BATCH`] rows), commits them in one transaction, and answers the flushes.
+async fn write_ledger(
+    store: Store,
+    mut writes: mpsc::UnboundedReceiver<Write>,
+    failures: Arc<AtomicU64>,
+    recorded: Arc<AtomicU64>,
+) {
+    let mut rows: Vec<UsageEntry> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut open = true;
+    while open {
+        // Wait for the first write; then gather until the deadline.
+        match writes.recv().await {
+            Some(Write::Row(row)) => rows.push(row),
+            Some(Write::Flush(done)) => flushes.push(done),
+            None => open = false,
+        }
+        let deadline = tokio::time::Instant::now() + LEDGER_FLUSH;
+        while open && flushes.is_empty() && rows.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, writes.recv()).await {
+                Ok(Some(Write::Row(row))) => rows.push(row),
+                Ok(Some(Write::Flush(done))) => flushes.push(done),
+                Ok(None) => open = false,
+                Err(_) => break,
+            }
+        }
+        if !rows.is_empty() {
+            commit(&store, &rows, &failures, &recorded).await;
+            rows.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn commit(store: &Store, rows: &[UsageEntry], failures: &AtomicU64, recorded: &AtomicU64) {
+    for attempt in 0..COMMIT_TRIES {
+        match store.record(rows).await {
+            Ok(_) => {
+                recorded.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                eprintln!(
+                    "ledger: commit of {} rows failed (try {}): {e}",
+                    rows.len(),
+                    attempt + 1
+                );
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    failures.fetch_add(rows.len() as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn nov(day: i64) -> i64 {
+        Day::parse("2026-11-01").unwrap().start_unix() + (day - 1) * DAY
+    }
+
+    #[test]
+    fn the_budget_rule_allows_pro_rata_spend_plus_headroom() {
+        let budget = Budget {
+            monthly: 3000.0,
+            over: OverBudget::Throttle,
+            headroom: 0.1,
+        };
+        // November has 30 days: 100 a day, plus 300 of headroom.
+        assert_eq!(over_budget(&budget, 300.0, nov(1)), None);
+        assert_eq!(over_budget(&budget, 301.0, nov(1)), Some(864)); // 1/100 of a day
+        assert_eq!(over_budget(&budget, 1800.0, nov(16)), None);
+        // 1801 is reached 1/100 of a day after the 16th begins... from the 16th's start.
+        assert_eq!(over_budget(&budget, 1801.0, nov(16)), Some(864));
+        // On the 30th, 29 days' worth plus the headroom.
+        assert_eq!(over_budget(&budget, 3200.0, nov(30)), None);
+        assert_eq!(over_budget(&budget, 3201.0, nov(30)), Some(864));
+        // Past the whole month and the headroom: wait for December.
+        let december = Day::parse("2026-12-01").unwrap().start_unix();
+        assert_eq!(
+            over_budget(&budget, 3300.5, nov(30)),
+            Some((december - nov(30)) as u64)
+        );
+        // A zero budget allows nothing (but the headroom, which is zero too).
+        let zero = Budget {
+            monthly: 0.0,
+            ..budget
+        };
+        assert_eq!(over_budget(&zero, 0.0, nov(5)), None);
+        assert!(over_budget(&zero, 0.001, nov(5)).is_some());
+    }
+
+    #[tokio::test]
+    async fn admission_follows_the_tenants_policy_and_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        store.create_tenant("acme", false).await.unwrap();
+        let clock = ManualClock::at(nov(1));
+        let classes = ClassSet::default_four();
+        let billing = Billing::new(store.clone(), classes.clone(), 1.0, clock.clone());
+        let top = classes.top();
+        assert_eq!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Run(top)
+        );
+        store
+            .set_budget(
+                "acme",
+                Some(&Budget {
+                    monthly: 30.0,
+                    over: OverBudget::Throttle,
+                    headroom: 0.0,
+                }),
+            )
+            .await
+            .unwrap();
+        billing.forget("acme");
+        // Spend 10 on November 1st: a third of the month's budget, far ahead of pro rata.
+        let spend = |id: i64| UsageEntry {
+            invocation: id,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at: clock.now(),
+            status: 200,
+            cpu_ns: 5_000_000_000,
+            gb_seconds: 0.0,
+            cost: billing.cost(top, 5_000_000_000, 0.0),
+        };
+        billing.record(spend(1));
+        billing.flush().await;
+        assert_eq!(billing.recorded(), 1);
+        let Admission::Throttle(wait) = billing.admit("acme", top).await.unwrap() else {
+            panic!("not throttled")
+        };
+        // The allowance reaches 10 on the 11th (1 a day).
+        assert_eq!(wait, 10 * DAY as u64);
+        clock.set(nov(11));
+        assert_eq!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Run(top)
+        );
+        // `lower`: over budget, the cheapest class.
+        store
+            .set_budget(
+                "acme",
+                Some(&Budget {
+                    monthly: 30.0,
+                    over: OverBudget::Lower,
+                    headroom: 0.0,
+                }),
+            )
+            .await
+            .unwrap();
+        billing.forget("acme");
+        billing.record(spend(2));
+        billing.flush().await;
+        assert_eq!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Run(ClassId(0))
+        );
+        // A new month starts from nothing.
+        clock.set(Day::parse("2026-12-01").unwrap().start_unix());
+        assert_eq!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Run(top)
+        );
+        // The same invocation recorded again is not spent again.
+        clock.set(nov(11));
+        billing.forget("acme");
+        billing.record(spend(2));
+        billing.flush().await;
+        assert_eq!(store.ledger_len().await.unwrap(), 2);
+        let (_, _, spent) = billing.status("acme").await.unwrap();
+        assert_eq!(spent, 20.0);
+    }
+
+    /// A book past its refresh is read again by one caller; when that read fails, the book
+    /// it had stays in use, and a tenant without one gets the store's error.
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_book_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        store.create_tenant("acme", false).await.unwrap();
+        let budget = Budget {
+            monthly: 30.0,
+            over: OverBudget::Throttle,
+            headroom: 0.0,
+        };
+        store.set_budget("acme", Some(&budget)).await.unwrap();
+        let classes = ClassSet::default_four();
+        let billing = Billing::new(store.clone(), classes.clone(), 1.0, ManualClock::at(nov(1)));
+        let top = classes.top();
+        billing.record(UsageEntry {
+            invocation: 1,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at: nov(1),
+            status: 200,
+            cpu_ns: 5_000_000_000,
+            gb_seconds: 0.0,
+            cost: 10.0,
+        });
+        billing.flush().await;
+        assert!(matches!(
+            billing.admit("acme", top).await.unwrap(),
+            Admission::Throttle(_)
+        ));
+        store.close().await;
+        // Past its refresh.
+        turnpike_wire::lock(&billing.books)
+            .get_mut("acme")
+            .unwrap()
+            .read_at = Instant::now()
+            .checked_sub(BOOK_REFRESH + Duration::from_secs(1))
+            .unwrap();
+        assert!(
+            matches!(
+                billing.admit("acme", top).await.unwrap(),
+                Admission::Throttle(_)
+            ),
+            "the book read before, still over budget"
+        );
+        // The failed read claimed the refresh: the next one is due a whole period later.
+        let read_at = turnpike_wire::lock(&billing.books)["acme"].read_at;
+        assert!(read_at.elapsed() < BOOK_REFRESH);
+        billing.forget("acme");
+        let error = billing.admit("acme", top).await.unwrap_err();
+        assert!(error.to_lowercase().contains("closed"), "{error}");
+    }
+}

@@ -1,0 +1,72 @@
+//! The gateway's HTTP edge: serving, and sending each request to the developer API
+//! ([`crate::api`], under `/v1`) or to the function its route names ([`Gateway::run`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+use crate::gateway::{answer, Body, Gateway};
+use crate::routing::Lookup;
+
+impl Gateway {
+    /// Serves HTTP on `listener` until `shutdown` completes; then answers the requests
+    /// already accepted and commits their ledger rows.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let follower = tokio::spawn(self.clone().follow_store());
+        let serving = self.clone();
+        let handler = move |request| {
+            let gateway = serving.clone();
+            async move { gateway.handle(request).await }
+        };
+        turnpike_wire::http_server::serve(listener, handler, shutdown).await;
+        follower.abort();
+        // Every answered request's row, in the store before the gateway is gone.
+        self.billing.flush().await;
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let response = self.answer(request).await;
+        let at = usize::from(response.status().as_u16() / 100).clamp(2, 5) - 2;
+        self.responses[at].fetch_add(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn answer(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        if path == "/v1" || path.starts_with("/v1/") {
+            return crate::api::handle(self, parts, body).await;
+        }
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let table = self.routing();
+        let target = match table.lookup(&self.config.domain, host, &parts.method, path) {
+            Lookup::Found(target) => target.clone(),
+            Lookup::NoApp(app) => {
+                return answer(StatusCode::NOT_FOUND, format!("no app named `{app}`"))
+            }
+            Lookup::NoRoute => {
+                return answer(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {} {path}", parts.method),
+                )
+            }
+        };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| path.to_string(), |p| p.as_str().to_string());
+        self.run(target, parts, body, path_and_query).await
+    }
+}

@@ -1,0 +1,715 @@
+//! The gateway: HTTP/1.1 and HTTP/2 in, each request mapped to a function, a price class and
+//! a paying tenant and sent to a shard, the function's response out.
+//!
+//! - Routing ([`crate::routing`]): apps' routes by host name (`APP.<domain>`), the
+//!   operator's routes for every other host; a path prefix matches whole segments and the
+//!   longest wins. The developer API under `/v1/` ([`crate::api`]) deploys apps and invokes
+//!   functions directly (`x-turnpike-class` names the class).
+//! - Billing ([`crate::billing`]): before an invocation, the paying tenant's budget (429 or
+//!   the cheapest class when over it); after, its cost in the usage ledger (committed in
+//!   batches; all of them before the gateway stops).
+//! - Choosing a shard: every shard holds the same kind of per-class queues and places over
+//!   all workers, so any shard may take any invocation. The gateway takes the one with fewer
+//!   invocations in flight from two chosen at random (power of two choices), which spreads
+//!   load as evenly as asking all of them at the cost of two counter reads, and skips a shard
+//!   that failed at the transport level for [`SHARD_DOWN_FOR`]; the request that met the
+//!   failure is tried once on another shard.
+//! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
+//!   depth in headers vouched for by the cluster's chain token: the callee runs at
+//!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
+//!   function's response says the class it ran at in [`CLASS_HEADER`].
+//! - Answers: unknown route or app 404; unknown class 400 naming the known ones; a request
+//!   body over the limit 413; a response body over the limit 413 too (it says which); a
+//!   function that failed 502 with the reason; no shard or worker available 503 with the
+//!   reason; over a throttling budget 429 with `Retry-After`.
+//! - Stopping: the listener closes, open connections finish their requests (at most
+//!   [`DRAIN_FOR`]), and the ledger is flushed, so every accepted request is answered and
+//!   billed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use turnpike_policy::{ClassId, ClassSet};
+use turnpike_store::{Store, Tenant, UsageEntry};
+use turnpike_wire::chain;
+use turnpike_wire::link::Link;
+use turnpike_wire::metrics::{self, ClassHistograms};
+use turnpike_wire::proto;
+use turnpike_wire::rpc;
+
+use crate::billing::{Admission, Billing, Clock};
+use crate::components::ComponentCheck;
+use crate::routing::{RoutingTable, Target};
+
+pub use crate::routing::Route;
+
+/// A shard that failed at the transport level is skipped for this long.
+pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
+/// The header naming the class of a direct invocation.
+pub const CLASS_HEADER: &str = "x-turnpike-class";
+/// How often the gateway asks the store whether any app changed (another gateway deployed).
+pub const ROUTING_POLL: Duration = Duration::from_secs(1);
+/// How long open connections get to finish their requests when the gateway stops.
+pub use turnpike_wire::http_server::DRAIN_FOR;
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub classes: ClassSet,
+    /// The operator's routes (see [`crate::routing`]): every host that names no app.
+    pub routes: Vec<Route>,
+    /// Tenants, keys, apps, budgets and the ledger.
+    pub store: Store,
+    /// Apps answer at `APP.<domain>`.
+    pub domain: String,
+    /// Checks (and precompiles) uploaded components: given by whoever assembles the gateway,
+    /// so that the gateway links no wasm runtime (see [`crate::components`]).
+    pub components: Arc<dyn ComponentCheck>,
+    /// Largest component upload, bytes.
+    pub max_component_bytes: usize,
+    /// The budget rule's clock.
+    pub clock: Arc<dyn Clock>,
+    pub shards: Vec<SocketAddr>,
+    /// Shards of this process, called without RPC (see [`crate::local`]); empty in a
+    /// gateway process of its own.
+    pub directory: turnpike_wire::directory::Directory,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    /// Memory an invocation is assumed to start with, MB (for placement).
+    pub start_mb: u64,
+    /// The cluster's chain token (see [`crate::chain`]); `None`: calls from functions are
+    /// refused.
+    pub chain_token: Option<chain::ChainToken>,
+    /// Deepest call chain served; deeper requests get 508.
+    pub max_chain_depth: u32,
+    /// Micro-cents per GB-second of memory used, published at `GET /v1/classes`.
+    pub memory_price: f64,
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) config: GatewayConfig,
+    shards: Vec<ShardHandle>,
+    /// Invocation ids: from a random start, so that ids from gateways (and restarts) do
+    /// not meet in the ledger.
+    next_id: AtomicU64,
+    pub(crate) billing: Billing,
+    routing: RwLock<Arc<RoutingTable>>,
+    /// Tenants by key hash, once looked up (keys are never revoked today).
+    keys: Mutex<HashMap<String, Tenant>>,
+    /// Request to response, by class (routed and direct invocations).
+    latency: ClassHistograms,
+    /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
+    pub(crate) responses: [AtomicU64; 4],
+    /// Each class's name as a [`CLASS_HEADER`] value, made once (class names are ASCII-checked
+    /// here, not per response).
+    class_values: Vec<Option<http::HeaderValue>>,
+}
+
+#[derive(Debug)]
+struct ShardHandle {
+    link: Link,
+    in_flight: AtomicU64,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl ShardHandle {
+    fn is_down(&self) -> bool {
+        let until = *turnpike_wire::lock(&self.down_until);
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark_down(&self) {
+        *turnpike_wire::lock(&self.down_until) = Some(Instant::now() + SHARD_DOWN_FOR);
+    }
+}
+
+pub(crate) type Body = Full<Bytes>;
+
+pub(crate) fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
+    let mut text = text.into();
+    text.push('\n');
+    let mut response = http::Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Gateway {
+    /// A gateway with its routing table read from the store. Starts the ledger writer on the
+    /// current runtime.
+    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let billing = Billing::new(
+            config.store.clone(),
+            config.classes.clone(),
+            config.memory_price,
+            config.clock.clone(),
+        );
+        let shards = config
+            .shards
+            .iter()
+            .map(|a| ShardHandle {
+                link: config.directory.shard_link(*a),
+                in_flight: AtomicU64::new(0),
+                down_until: Mutex::new(None),
+            })
+            .collect();
+        let latency = ClassHistograms::new(&config.classes);
+        let class_values = config
+            .classes
+            .iter()
+            .map(|(_, c)| http::HeaderValue::from_str(&c.name).ok())
+            .collect();
+        let gateway = Arc::new(Self {
+            config,
+            shards,
+            next_id: AtomicU64::new(rand::random()),
+            billing,
+            routing: RwLock::new(Arc::new(RoutingTable::default())),
+            keys: Mutex::new(HashMap::new()),
+            latency,
+            responses: Default::default(),
+            class_values,
+        });
+        gateway.reload_routing().await?;
+        Ok(gateway)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.config.store
+    }
+
+    /// The routing table now.
+    pub(crate) fn routing(&self) -> Arc<RoutingTable> {
+        self.routing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rebuilds the routing table from the store (after a deploy, or when another gateway
+    /// changed it).
+    pub(crate) async fn reload_routing(&self) -> Result<(), String> {
+        let store = &self.config.store;
+        let version = store.routing_version().await.map_err(|e| e.to_string())?;
+        let apps = store.all_apps().await.map_err(|e| e.to_string())?;
+        let table = RoutingTable::new(
+            version,
+            &apps,
+            &self.config.classes,
+            self.config.routes.clone(),
+        );
+        *self
+            .routing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+        Ok(())
+    }
+
+    /// Reloads the routing table whenever the store's routing version moves.
+    pub(crate) async fn follow_store(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(ROUTING_POLL).await;
+            let Ok(version) = self.config.store.routing_version().await else {
+                continue;
+            };
+            if version != self.routing().version {
+                if let Err(e) = self.reload_routing().await {
+                    eprintln!("gateway: reloading routes: {e}");
+                }
+            }
+        }
+    }
+
+    /// The tenant a request's `Authorization: Bearer KEY` names.
+    pub(crate) async fn tenant_of(&self, key: &str) -> Result<Option<Tenant>, String> {
+        let hash = turnpike_store::key_hash(key);
+        if let Some(tenant) = turnpike_wire::lock(&self.keys).get(&hash) {
+            return Ok(Some(tenant.clone()));
+        }
+        let tenant = self
+            .config
+            .store
+            .tenant_by_key(key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &tenant {
+            turnpike_wire::lock(&self.keys).insert(hash, t.clone());
+        }
+        Ok(tenant)
+    }
+
+    /// The gateway's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let responses: Vec<(String, f64)> = ["2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(&self.responses)
+            .map(|(code, n)| (format!("code=\"{code}\""), n.load(Ordering::Relaxed) as f64))
+            .collect();
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_responses_total",
+            "counter",
+            "Responses by status class.",
+            &responses,
+        );
+        let in_flight: Vec<(String, f64)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    format!("shard=\"{i}\""),
+                    s.in_flight.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect();
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_in_flight",
+            "gauge",
+            "Invocations in flight, by shard.",
+            &in_flight,
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_ledger_rows_total",
+            "counter",
+            "Invocations written to the usage ledger.",
+            &metrics::single(self.billing.recorded() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_ledger_failures_total",
+            "counter",
+            "Invocations the ledger could not record (the store failed).",
+            &metrics::single(self.billing.failures() as f64),
+        );
+        self.latency.render(
+            &mut out,
+            "turnpike_gateway_request_seconds",
+            "Request to response through the platform, by class.",
+        );
+        out
+    }
+
+    /// Runs `target` for a request: the caller's class if it is a call from a function, the
+    /// paying tenant's budget, the body within its limit; then the invocation, its ledger
+    /// row, and the function's response.
+    pub(crate) async fn run(
+        &self,
+        target: Target,
+        parts: http::request::Parts,
+        body: Incoming,
+        path_and_query: String,
+    ) -> http::Response<Body> {
+        let started = Instant::now();
+        let (class, depth) = match self.chain_context(&parts.headers) {
+            Ok(None) => (target.class, 0),
+            Ok(Some((caller, depth))) => (target.class.max(caller), depth),
+            Err(refusal) => return refusal,
+        };
+        let class = match self.billing.admit(&target.tenant, class).await {
+            Ok(Admission::Run(class)) => class,
+            Ok(Admission::Throttle(wait)) => {
+                let mut response = answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "over the monthly budget of `{}`: retry in {wait} s, or raise the budget (turnpike budget)",
+                        target.tenant
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
+                return response;
+            }
+            Err(e) => {
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the store is unavailable: {e}"),
+                )
+            }
+        };
+        let limit = self.config.max_request_bytes;
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the limit of {limit} bytes"),
+                )
+            }
+            Err(e) => return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        };
+        let invocation = proto::Invocation {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            function: target.hash.clone(),
+            class: u32::from(class.0),
+            method: parts.method.as_str().to_string(),
+            path_and_query,
+            headers: rpc::headers_to_wire(&parts.headers)
+                .into_iter()
+                .filter(|h| {
+                    !chain::PLATFORM_HEADERS.contains(&h.name.as_str())
+                        && h.name != http::header::AUTHORIZATION.as_str()
+                })
+                .collect(),
+            body,
+            depth,
+            start_mb: self.config.start_mb,
+        };
+        let id = invocation.id;
+        let mut response = match self.invoke(invocation).await {
+            Ok(outcome) => {
+                let usage = billable(&outcome);
+                let response = self.respond(outcome);
+                if let Some((cpu_ns, mb_seconds)) = usage {
+                    self.billing.record(UsageEntry {
+                        invocation: id as i64,
+                        tenant: target.tenant,
+                        app: target.app,
+                        function: target.function,
+                        class: self.config.classes.get(class).name.clone(),
+                        at: self.billing.clock().now(),
+                        status: response.status().as_u16(),
+                        cpu_ns: cpu_ns as i64,
+                        gb_seconds: mb_seconds / 1024.0,
+                        cost: self.billing.cost(class, cpu_ns, mb_seconds),
+                    });
+                }
+                response
+            }
+            Err(refusal) => refusal,
+        };
+        self.latency.observe(class.index(), started.elapsed());
+        if let Some(value) = &self.class_values[class.index()] {
+            response.headers_mut().insert(CLASS_HEADER, value.clone());
+        }
+        response
+    }
+
+    /// The caller's class and the chain depth of a call from a function; `None` for an
+    /// outside request; an answer to send instead when the call may not go on.
+    #[allow(clippy::result_large_err)]
+    fn chain_context(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<(ClassId, u32)>, http::Response<Body>> {
+        if !chain::PLATFORM_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
+        {
+            return Ok(None);
+        }
+        let token = headers.get(chain::TOKEN_HEADER).map(|v| v.as_bytes());
+        let vouched = match (&self.config.chain_token, token) {
+            (Some(expected), Some(given)) => expected.matches(given),
+            _ => false,
+        };
+        if !vouched {
+            return Err(answer(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "`{}`, `{}` and `{}` are set by the platform on calls between functions; a request from outside must not send them",
+                    chain::CALLER_CLASS_HEADER,
+                    chain::DEPTH_HEADER,
+                    chain::TOKEN_HEADER
+                ),
+            ));
+        }
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        let caller_name = text(chain::CALLER_CLASS_HEADER);
+        let Some(caller) = self.config.classes.by_name(&caller_name) else {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown caller class `{caller_name}`; classes: {}",
+                    self.class_names()
+                ),
+            ));
+        };
+        let depth_text = text(chain::DEPTH_HEADER);
+        let Ok(depth) = depth_text.parse::<u32>() else {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                format!("bad `{}`: {depth_text:?}", chain::DEPTH_HEADER),
+            ));
+        };
+        let max = self.config.max_chain_depth;
+        if depth > max {
+            return Err(answer(
+                StatusCode::LOOP_DETECTED,
+                format!(
+                    "call chain depth {depth} is over the limit of {max}: a function called another {depth} deep (is one calling itself without end?)"
+                ),
+            ));
+        }
+        Ok(Some((caller, depth)))
+    }
+
+    pub(crate) fn class_names(&self) -> String {
+        self.config
+            .classes
+            .iter()
+            .map(|(_, c)| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Two random live shards, the one with fewer in flight first; then the rest as fallback.
+    fn pick_shard(&self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.shards.len())
+            .filter(|&i| !self.shards[i].is_down())
+            .collect();
+        match live.len() {
+            0 => None,
+            1 => Some(live[0]),
+            n => {
+                let mut rng = rand::rng();
+                let a = live[rng.random_range(0..n)];
+                let mut b = live[rng.random_range(0..n - 1)];
+                if b == a {
+                    b = live[n - 1];
+                }
+                let load = |i: usize| self.shards[i].in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    /// Sends an invocation to a shard (another one if that one is down); its outcome, or the
+    /// answer to give when no shard could take it.
+    #[allow(clippy::result_large_err)]
+    async fn invoke(
+        &self,
+        invocation: proto::Invocation,
+    ) -> Result<proto::Outcome, http::Response<Body>> {
+        let mut tried = Vec::new();
+        for _ in 0..2 {
+            let Some(s) = self.pick_shard().filter(|s| !tried.contains(s)) else {
+                break;
+            };
+            tried.push(s);
+            let shard = &self.shards[s];
+            shard.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = shard.link.call(invocation.clone()).await;
+            shard.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(status) => {
+                    shard.mark_down();
+                    if tried.len() == 2 {
+                        return Err(answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("shard unavailable: {}", status.message()),
+                        ));
+                    }
+                }
+            }
+        }
+        Err(answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no shard is available",
+        ))
+    }
+
+    fn respond(&self, outcome: proto::Outcome) -> http::Response<Body> {
+        match outcome.ending {
+            Some(proto::outcome::Ending::Response(r)) => {
+                if r.body.len() > self.config.max_response_bytes {
+                    return answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the function's response body of {} bytes is over the limit of {} bytes",
+                            r.body.len(),
+                            self.config.max_response_bytes
+                        ),
+                    );
+                }
+                let mut response = http::Response::new(Full::new(r.body));
+                *response.status_mut() =
+                    StatusCode::from_u16(r.status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+                for h in r.headers {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        http::HeaderValue::from_bytes(&h.value),
+                    ) {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+                response
+            }
+            Some(proto::outcome::Ending::Failure(f)) => {
+                let status = match proto::FailureKind::try_from(f.kind) {
+                    Ok(proto::FailureKind::BadRequest) => StatusCode::BAD_REQUEST,
+                    Ok(proto::FailureKind::Unavailable | proto::FailureKind::Killed) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                answer(status, f.message)
+            }
+            None => answer(StatusCode::BAD_GATEWAY, "empty outcome from the shard"),
+        }
+    }
+}
+
+/// CPU nanoseconds and memory MB-seconds of an invocation that ran and is billed: it answered,
+/// or the guest failed (a trap, a timeout). Not billed: one that never ran, or was killed
+/// to free memory (the platform's choice) and then found no other worker.
+fn billable(outcome: &proto::Outcome) -> Option<(u64, f64)> {
+    let usage = outcome.usage.as_ref()?;
+    let ran = match &outcome.ending {
+        Some(proto::outcome::Ending::Response(_)) => true,
+        Some(proto::outcome::Ending::Failure(f)) => f.kind == proto::FailureKind::Guest as i32,
+        None => false,
+    };
+    ran.then_some((usage.cpu_ns, usage.memory_mb_seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnpike_wire::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
+
+    async fn gateway(token: Option<ChainToken>) -> (Arc<Gateway>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        let gateway = Gateway::new(GatewayConfig {
+            classes: ClassSet::default_four(),
+            routes: Vec::new(),
+            store,
+            domain: "localhost".into(),
+            components: Arc::new(crate::components::AcceptAll),
+            max_component_bytes: 1024,
+            clock: Arc::new(crate::billing::SystemClock),
+            shards: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            directory: turnpike_wire::directory::Directory::rpc_only(),
+            max_request_bytes: 1024,
+            max_response_bytes: 1024,
+            start_mb: turnpike_policy::memory::START_MB_DEFAULT,
+            chain_token: token,
+            max_chain_depth: 8,
+            memory_price: 1.0,
+        })
+        .await
+        .unwrap();
+        (gateway, dir)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    async fn refusal(g: &Gateway, pairs: &[(&str, &str)]) -> (StatusCode, String) {
+        let response = g.chain_context(&headers(pairs)).unwrap_err();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_from_functions_are_checked() {
+        let token = ChainToken::new("0123456789abcdef".into()).unwrap();
+        let (g, _dir) = gateway(Some(token)).await;
+        let good = "0123456789abcdef";
+        assert_eq!(g.chain_context(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            g.chain_context(&headers(&[
+                (CALLER_CLASS_HEADER, "interactive"),
+                (DEPTH_HEADER, "3"),
+                (TOKEN_HEADER, good),
+            ]))
+            .unwrap(),
+            Some((ClassId(2), 3))
+        );
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "gold"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("gold") && body.contains("batch"), "{body}");
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "-1"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "9"),
+                (TOKEN_HEADER, good),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::LOOP_DETECTED);
+        assert!(body.contains("depth 9 is over the limit of 8"), "{body}");
+        let (status, _) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "critical"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, "0123456789abcdeX"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Any one of the headers without the token is refused; the token without the others
+        // is a malformed call.
+        let (status, _) = refusal(&g, &[(DEPTH_HEADER, "0")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = refusal(&g, &[(TOKEN_HEADER, good)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn without_a_token_every_call_from_a_function_is_refused() {
+        let (g, _dir) = gateway(None).await;
+        let (status, body) = refusal(
+            &g,
+            &[
+                (CALLER_CLASS_HEADER, "batch"),
+                (DEPTH_HEADER, "1"),
+                (TOKEN_HEADER, ""),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("set by the platform"), "{body}");
+    }
+}

@@ -1,0 +1,593 @@
+//! A worker node: the worker runtime behind the `Worker` RPC service, plus its dispatcher,
+//! which keeps the machine registered with every shard and on at most one shard's idle list
+//! (the policy core's [`Dispatcher`] decides when to join, update and leave).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+// Tokio's clock, which the waits below use too.
+use tokio::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use tonic::{Request, Response, Status, Streaming};
+use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
+use turnpike_policy::idle_list::IdleEntry;
+use turnpike_policy::{ClassSet, ShardId};
+use turnpike_worker::{
+    Function, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
+};
+
+use turnpike_store::Store;
+use turnpike_wire::chain::ChainToken;
+use turnpike_wire::directory::{Directory, LocalWorker, ShardPeer};
+use turnpike_wire::link;
+use turnpike_wire::metrics::{self, ClassHistograms};
+use turnpike_wire::proto;
+use turnpike_wire::proto::worker_server::WorkerServer;
+use turnpike_wire::rpc;
+
+use crate::calls::GatewayLink;
+use crate::convert;
+
+/// How often the dispatcher looks at a real worker's memory and load.
+const DISPATCH_TICK: Duration = Duration::from_millis(5);
+/// How often a worker registers with every shard again by default (how soon a restarted
+/// shard knows it). The cost is workers x shards RPCs per period: a thousand emulated workers
+/// use a longer period ([`crate::emulated::EmulatedFleet`]).
+pub const REGISTER_EVERY: Duration = Duration::from_millis(500);
+/// How often a worker no shard has answered yet tries to register again.
+pub const UNREGISTERED_RETRY: Duration = Duration::from_millis(100);
+
+/// The `Worker` service over a [`Worker`].
+///
+/// A function is loaded at start (`turnpike worker --load`), by a `Load` RPC, or on its
+/// first invocation from the store (content-addressed, so a redeployed function is a new
+/// hash and invocations still running on the old one finish on it).
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    worker: Arc<Worker>,
+    functions: Arc<Mutex<HashMap<String, Arc<Function>>>>,
+    /// Where functions not loaded yet come from.
+    store: Option<Store>,
+    /// Held while fetching and compiling a function from the store, so that concurrent
+    /// first invocations compile it once.
+    fetching: Arc<tokio::sync::Mutex<()>>,
+    /// Wall time of invocations by class, submit to end on this worker.
+    latency: Arc<ClassHistograms>,
+    failures: Arc<AtomicU64>,
+}
+
+impl NodeService {
+    /// The service over `worker`, loading functions it lacks from `store` if given.
+    pub fn new(worker: Arc<Worker>, store: Option<Store>) -> Self {
+        let latency = Arc::new(ClassHistograms::new(&worker.config().classes));
+        Self {
+            worker,
+            functions: Arc::new(Mutex::new(HashMap::new())),
+            store,
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
+            latency,
+            failures: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// This worker's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let w = &self.worker;
+        let classes = &w.config().classes;
+        let stats = w.memory_stats();
+        let by_class = |values: &[u64]| {
+            metrics::by_class(classes, |id| {
+                values.get(id.index()).copied().unwrap_or(0) as f64
+            })
+        };
+        let mut out = String::new();
+        metrics::family(
+            &mut out,
+            "turnpike_worker_functions",
+            "gauge",
+            "Invocations on the worker (running, parked, blocked, not started).",
+            &metrics::single(f64::from(w.functions())),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_memory_used_mb",
+            "gauge",
+            "Guests' resident linear memory, MB.",
+            &metrics::single(w.used_mb() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_swap_used_mb",
+            "gauge",
+            "Swap space in use, MB.",
+            &metrics::single(w.swap_used_mb() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_preemptions_total",
+            "counter",
+            "Preemptions by the machine scheduler.",
+            &metrics::single(w.preemptions() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_swap_outs_total",
+            "counter",
+            "Swap-outs by class.",
+            &by_class(&stats.swap_outs),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_kills_total",
+            "counter",
+            "Invocations killed to free memory, by class.",
+            &by_class(&stats.kills),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_failures_total",
+            "counter",
+            "Invocations that ended without a response.",
+            &metrics::single(self.failures.load(Ordering::Relaxed) as f64),
+        );
+        self.latency.render(
+            &mut out,
+            "turnpike_worker_invocation_seconds",
+            "Invocation wall time on the worker, by class.",
+        );
+        out
+    }
+
+    pub fn into_server(self) -> WorkerServer<Self> {
+        WorkerServer::new(self)
+            .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES)
+    }
+
+    fn function(&self, hash: &str) -> Option<Arc<Function>> {
+        turnpike_wire::lock(&self.functions).get(hash).cloned()
+    }
+
+    /// The function `hash`, loaded from the store if it is not loaded yet: `Ok(None)` if
+    /// there is no store or the store does not have it.
+    async fn function_or_fetch(&self, hash: &str) -> Result<Option<Arc<Function>>, String> {
+        if let Some(function) = self.function(hash) {
+            return Ok(Some(function));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let _fetching = self.fetching.lock().await;
+        if let Some(function) = self.function(hash) {
+            return Ok(Some(function));
+        }
+        let Some(bytes) = store.component(hash).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let loaded = self.load(bytes).await?;
+        if loaded != hash {
+            return Err(format!("the store's component {hash} hashes to {loaded}"));
+        }
+        Ok(self.function(hash))
+    }
+
+    /// Loads a component (compiling it off the async threads); returns its hash.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<String, String> {
+        let runtime = self.worker.runtime().clone();
+        let function = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| format!("compile task: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let hash = function.hash().to_string();
+        turnpike_wire::lock(&self.functions).insert(hash.clone(), function);
+        Ok(hash)
+    }
+}
+
+impl NodeService {
+    /// Runs one invocation placed here.
+    async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
+        let function = match self.function_or_fetch(&inv.function).await {
+            Ok(Some(function)) => function,
+            Ok(None) => {
+                return rpc::failure(
+                    proto::FailureKind::UnknownFunction,
+                    format!("function {} is not loaded on this worker", inv.function),
+                )
+            }
+            Err(e) => {
+                return rpc::failure(
+                    proto::FailureKind::Unavailable,
+                    format!("loading function {} from the store: {e}", inv.function),
+                )
+            }
+        };
+        let class = match rpc::known_class(inv.class, &self.worker.config().classes) {
+            Ok(class) => class,
+            Err(status) => return rpc::failure(proto::FailureKind::BadRequest, status.message()),
+        };
+        let request = match convert::to_worker_request(&inv) {
+            Ok(r) => r,
+            Err(message) => return rpc::failure(proto::FailureKind::BadRequest, message),
+        };
+        let outcome = self
+            .worker
+            .invoke(
+                &function,
+                request,
+                InvokeOptions::class(class).depth(inv.depth),
+            )
+            .await;
+        self.latency.observe(class.index(), outcome.usage.wall);
+        if outcome.result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        convert::from_worker_outcome(outcome)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::worker_server::Worker for NodeService {
+    type RunStream = link::OutcomeStream;
+
+    async fn run(
+        &self,
+        request: Request<Streaming<proto::InvocationFrame>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        link::serve(request, self.handler())
+    }
+
+    async fn load(
+        &self,
+        request: Request<proto::Component>,
+    ) -> Result<Response<proto::Loaded>, Status> {
+        let bytes = request.into_inner().bytes;
+        match NodeService::load(self, bytes).await {
+            Ok(hash) => Ok(Response::new(proto::Loaded { hash })),
+            Err(reason) => Err(Status::invalid_argument(reason)),
+        }
+    }
+
+    async fn poll(
+        &self,
+        request: Request<proto::PollRequest>,
+    ) -> Result<Response<proto::PollReply>, Status> {
+        LocalWorker::poll(self, request.into_inner().class).map(Response::new)
+    }
+}
+
+impl LocalWorker for NodeService {
+    fn handler(&self) -> link::Handler {
+        link::handler(self.clone(), Self::run_one)
+    }
+
+    fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
+        let class = rpc::known_class(class, &self.worker.config().classes)?;
+        let reply = self.worker.poll_reply(class);
+        Ok(proto::PollReply {
+            functions: reply.functions,
+            room_mb: reply.room_mb,
+            ahead: reply.ahead,
+            cores: reply.cores,
+        })
+    }
+}
+
+/// What a worker's dispatcher needs to know about its machine: a real [`Worker`], or an
+/// emulated one ([`crate::emulated`]).
+pub trait NodeLoad: Send + Sync + 'static {
+    /// Memory for guests, MB; `None`: unlimited (idleness is then an idle core alone; see
+    /// `turnpike_policy::dispatcher`).
+    fn capacity_mb(&self) -> Option<u64>;
+    /// Whether the machine joins idle lists at all (a Hermod baseline's shards have none).
+    fn joins_idle_lists(&self) -> bool {
+        true
+    }
+    /// Cores no invocation holds or waits for.
+    fn idle_cores(&self) -> u32;
+    fn cores(&self) -> u32;
+    fn used_mb(&self) -> u64;
+    /// Invocations on the machine (running, parked, blocked, not started).
+    fn functions(&self) -> u32;
+    /// Returns when memory or the function count may have changed, or after `at_most`.
+    fn changed(&self, at_most: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl NodeLoad for Worker {
+    fn capacity_mb(&self) -> Option<u64> {
+        self.config().memory_mb
+    }
+
+    fn cores(&self) -> u32 {
+        self.config().cores
+    }
+
+    fn used_mb(&self) -> u64 {
+        Worker::used_mb(self)
+    }
+
+    fn functions(&self) -> u32 {
+        Worker::functions(self)
+    }
+
+    fn idle_cores(&self) -> u32 {
+        Worker::idle_cores(self)
+    }
+
+    /// The worker's memory moves as guests grow, without an event: look every tick.
+    fn changed(&self, at_most: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(at_most.min(DISPATCH_TICK)))
+    }
+}
+
+/// How a worker's dispatcher runs.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchConfig {
+    /// The idle-list rules (the policy core's).
+    pub idle_list: DispatcherConfig,
+    /// How often it registers with every shard again. It registers at once when it starts,
+    /// the second time after a random fraction of this (so workers started together do not
+    /// register in step), and every [`UNREGISTERED_RETRY`] while no shard has answered.
+    pub register_every: Duration,
+    /// Seeds its random choices.
+    pub seed: u64,
+}
+
+impl DispatchConfig {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            idle_list: DispatcherConfig::default(),
+            register_every: REGISTER_EVERY,
+            seed,
+        }
+    }
+}
+
+/// Keeps a worker registered with every shard and on at most one idle list. Runs until the
+/// task is dropped. Shards in `directory` are called in process.
+pub async fn dispatch(
+    node: Arc<dyn NodeLoad>,
+    address: SocketAddr,
+    shards: Vec<SocketAddr>,
+    options: DispatchConfig,
+    directory: Directory,
+) {
+    let (config, register_every) = (options.idle_list, options.register_every);
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(options.seed);
+    if !node.joins_idle_lists() {
+        // Shards find the worker by polling only.
+        return register_forever(node.cores(), address, shards, register_every, directory).await;
+    }
+    let memory_mb = node.capacity_mb();
+    // Unlimited memory is never short: the dispatcher's fractions of `u64::MAX`.
+    let capacity_mb = memory_mb.unwrap_or(u64::MAX);
+    let clients: Vec<ShardPeer> = shards.iter().map(|&a| directory.shard(a)).collect();
+    let info = proto::WorkerInfo {
+        address: format!("http://{address}"),
+        memory_mb: memory_mb.unwrap_or(0),
+        cores: node.cores(),
+    };
+    let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
+    let mut dispatcher = Dispatcher::new(config);
+    // The first registration is immediate, the second after a random fraction of the
+    // period, then one per period; while no shard answers, one per UNREGISTERED_RETRY.
+    let mut last_register: Option<Instant> = None;
+    let mut period = register_every.mul_f64(rng.random_range(0.0..1.0));
+    loop {
+        let due = registration_due(&ids, period);
+        if last_register.is_none_or(|t| t.elapsed() >= due) {
+            if last_register.is_some() {
+                period = register_every;
+            }
+            last_register = Some(Instant::now());
+            for (s, client) in clients.iter().enumerate() {
+                match client.register(info.clone()).await {
+                    Ok(reply) => {
+                        ids[s] = Some(reply.worker);
+                        if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
+                            // The shard restarted and lost its idle list: join again.
+                            dispatcher = Dispatcher::new(config);
+                        }
+                    }
+                    Err(_) => ids[s] = None,
+                }
+            }
+        }
+        let entry = IdleEntry {
+            free_mb: capacity_mb.saturating_sub(node.used_mb()),
+            functions: node.functions(),
+            idle_cores: node.idle_cores(),
+        };
+        let mut lens = vec![usize::MAX; clients.len()];
+        // The shards' idle-list lengths matter only to a join: ask only when one may happen.
+        if dispatcher.would_join(entry, capacity_mb) {
+            for (s, client) in clients.iter().enumerate() {
+                if ids[s].is_some() {
+                    if let Ok(len) = client.idle_len().await {
+                        lens[s] = usize::try_from(len).unwrap_or(usize::MAX);
+                    }
+                }
+            }
+        }
+        let action =
+            dispatcher.handle_memory(entry, capacity_mb, clients.len() as u32, &mut rng, |s| {
+                lens[s.0 as usize]
+            });
+        if let Some(action) = action {
+            let (shard, message) = match action {
+                IdleListAction::Join { shard, entry } | IdleListAction::Update { shard, entry } => {
+                    (shard, Some(entry))
+                }
+                IdleListAction::Leave { shard } => (shard, None),
+            };
+            let s = shard.0 as usize;
+            let sent = match (ids[s], message) {
+                (Some(worker), Some(entry)) => clients[s]
+                    .idle_join(proto::IdleEntry {
+                        worker,
+                        free_mb: entry.free_mb,
+                        functions: entry.functions,
+                        idle_cores: entry.idle_cores,
+                    })
+                    .await
+                    .is_ok(),
+                (Some(worker), None) => clients[s]
+                    .idle_leave(proto::WorkerRef { worker })
+                    .await
+                    .is_ok(),
+                (None, _) => false,
+            };
+            if !sent {
+                // The shard is unreachable: forget the membership and choose again later.
+                dispatcher = Dispatcher::new(config);
+            }
+        }
+        // Until the next registration is due, or something changed on the machine.
+        let due = registration_due(&ids, period);
+        let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
+        node.changed(due.saturating_sub(since)).await;
+    }
+}
+
+/// How long after the last registration the next is due: `period`, or sooner while no shard
+/// has answered (`ids`: the worker's id at each shard, if registered).
+fn registration_due(ids: &[Option<u32>], period: Duration) -> Duration {
+    if ids.iter().all(Option::is_none) {
+        UNREGISTERED_RETRY.min(period)
+    } else {
+        period
+    }
+}
+
+async fn register_forever(
+    cores: u32,
+    address: SocketAddr,
+    shards: Vec<SocketAddr>,
+    register_every: Duration,
+    directory: Directory,
+) {
+    let info = proto::WorkerInfo {
+        address: format!("http://{address}"),
+        memory_mb: 0,
+        cores,
+    };
+    let clients: Vec<_> = shards.iter().map(|&a| directory.shard(a)).collect();
+    loop {
+        for client in &clients {
+            let _ = client.register(info.clone()).await;
+        }
+        tokio::time::sleep(register_every).await;
+    }
+}
+
+/// A worker node: what `turnpike worker` runs, and each worker of `turnpike up`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub shards: Vec<SocketAddr>,
+    /// Compiled components go to `cache/` inside, swap files to `swap/` (created if missing;
+    /// several nodes may share one data directory).
+    pub data_dir: PathBuf,
+    pub cores: u32,
+    pub memory_mb: u64,
+    pub classes: ClassSet,
+    /// Where guests' calls to other functions go: the gateway and the cluster's chain token
+    /// (see [`crate::chain`]). `None`: such calls are denied.
+    pub gateway: Option<(SocketAddr, ChainToken)>,
+    /// Seed of the dispatcher's random choices.
+    pub seed: u64,
+    /// Where functions not loaded at start come from (deployed through the API).
+    pub store: Option<Store>,
+    /// Roles of this process: the node adds itself, and calls the shards found there without
+    /// RPC (see [`crate::local`]). Empty in a process of its own.
+    pub directory: Directory,
+}
+
+/// A started node. Its tasks run until `shutdown` (the server) or until aborted (both).
+#[derive(Debug)]
+pub struct RunningNode {
+    pub address: SocketAddr,
+    pub service: NodeService,
+    /// Content hashes of the components loaded at start, in order.
+    pub loaded: Vec<String>,
+    pub server: tokio::task::JoinHandle<()>,
+    pub dispatcher: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a worker node: runtime, worker, `components` loaded (`(label for errors, bytes)`),
+/// then the RPC server and the dispatcher, which registers it with the shards - so no shard
+/// places an invocation here before its functions are loaded.
+pub async fn start_node(
+    config: NodeConfig,
+    components: &[(String, Vec<u8>)],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningNode, String> {
+    let cache_dir = config.data_dir.join("cache");
+    let swap_dir = config.data_dir.join("swap");
+    for dir in [&cache_dir, &swap_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+    }
+    let runtime = Runtime::new(RuntimeConfig::new(cache_dir)).map_err(|e| e.to_string())?;
+    let platform = config.gateway.map(|(gateway, token)| {
+        GatewayLink::new(gateway, token, config.classes.clone()) as Arc<dyn Platform>
+    });
+    let worker = Arc::new(
+        Worker::new(
+            Arc::new(runtime),
+            WorkerConfig {
+                cores: config.cores,
+                classes: config.classes,
+                memory_mb: Some(config.memory_mb),
+                swap_dir,
+                platform,
+                ..WorkerConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let service = NodeService::new(worker.clone(), config.store);
+    let mut loaded = Vec::new();
+    for (label, bytes) in components {
+        let hash = service
+            .load(bytes.clone())
+            .await
+            .map_err(|e| format!("{label}: {e}"))?;
+        loaded.push(hash);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = tonic::transport::Server::builder().add_service(service.clone().into_server());
+    let server = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
+            .await;
+    });
+    // In the directory before the dispatcher registers it, so in-process shards find it.
+    config
+        .directory
+        .add_worker(address, Arc::new(service.clone()));
+    let dispatcher = tokio::spawn(dispatch(
+        worker as Arc<dyn NodeLoad>,
+        address,
+        config.shards,
+        DispatchConfig::new(config.seed),
+        config.directory,
+    ));
+    Ok(RunningNode {
+        address,
+        service,
+        loaded,
+        server,
+        dispatcher,
+    })
+}

@@ -1,0 +1,662 @@
+//! A scheduler shard as a service: the policy core's [`Shard`] (per-class multi-queue, idle
+//! list, power-of-k) fed by invocations on gateways' links and idle-list RPCs from workers, with
+//! one placement loop that asks real workers for their load and sends each placed invocation
+//! to its worker.
+//!
+//! Data path: the invocation's payload travels through the shard (gateway -> shard -> worker
+//! and back), one message each way per hop on long-lived streams ([`turnpike_wire::link`]), rather
+//! than the shard answering with a placement and the gateway calling the worker. It keeps
+//! the gateway simple and lets the shard retry on another worker without the gateway's help;
+//! the extra hop's cost is measured in the control-plane benchmark. Workers of the shard's
+//! own process (`turnpike up`) are polled and called directly instead ([`turnpike_wire::directory`]).
+//!
+//! Faults: a worker whose link fails at the transport level is marked lost (left out of
+//! polling and removed from the idle list until it registers again) and the invocation is
+//! placed again, up to [`MAX_ATTEMPTS`] placements; an invocation killed to free memory is
+//! placed again the same way. Every accepted invocation is answered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tokio::sync::{oneshot, Notify};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use turnpike_policy::idle_list::IdleEntry;
+use turnpike_policy::placement::{PlacementRule, PollReply};
+use turnpike_policy::shard::{
+    self as policy, Pending, Shard, ShardDecision, ShardStep, Via, TOP_CLASS_DEFERS_MAX_DEFAULT,
+};
+use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
+use turnpike_wire::directory::{Directory, LocalFuture, LocalShard, LocalWorker};
+use turnpike_wire::link::{self, Link};
+use turnpike_wire::metrics::{self, ClassHistograms};
+use turnpike_wire::proto;
+use turnpike_wire::proto::shard_server::ShardServer;
+use turnpike_wire::proto::worker_client::WorkerClient;
+use turnpike_wire::rpc;
+
+/// Placements an invocation gets before the shard gives up on it (a lost worker, a kill).
+pub const MAX_ATTEMPTS: u32 = 3;
+/// A poll that takes longer than this counts as no answer.
+const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// Workers polled per power-of-k decision unless configured: `shared/DESIGN.md`'s default,
+/// and the simulator presets' (`crates/sim/presets`).
+pub const DEFAULT_K: usize = 3;
+/// A blocked shard (no room anywhere it looked) retries after this, or at the next idle-list
+/// join, whichever comes first.
+const RETRY_DELAY: Duration = Duration::from_millis(2);
+
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// Workers polled per decision when the idle list cannot place (power-of-k). Default
+    /// [`DEFAULT_K`].
+    pub k: usize,
+    pub use_idle_list: bool,
+    /// One first-come-first-served queue for all classes, as the Hermod baseline has (with
+    /// `use_idle_list` off); otherwise per-class queues with the core's head choice. (The
+    /// queue-length metric then shows every waiting invocation under the bottom class; wait
+    /// times are still by the invocation's own class.)
+    pub fifo: bool,
+    /// How workers are ranked (the policy core's; Hermod's least-loaded is `Paper`).
+    pub placement: PlacementRule,
+    /// Seeds the shard's sampling of workers.
+    pub seed: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            k: DEFAULT_K,
+            use_idle_list: true,
+            fifo: false,
+            placement: PlacementRule::ClassAware,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub placed_idle_list: u64,
+    pub placed_polling: u64,
+    pub replaced: u64,
+    pub workers_lost: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Time from joining the queue to placement, by class.
+    waits: ClassHistograms,
+    wake: Notify,
+    classes: ClassSet,
+    /// See [`ShardConfig::fifo`].
+    fifo: bool,
+    started: Instant,
+    next_id: AtomicU64,
+    /// Workers in this process, reached without RPC.
+    directory: Directory,
+}
+
+#[derive(Debug)]
+struct State {
+    shard: Shard,
+    workers: Vec<WorkerSlot>,
+    by_address: HashMap<String, u32>,
+    waiting: HashMap<InvocationId, Waiting>,
+    counters: ShardCounters,
+}
+
+#[derive(Debug)]
+struct WorkerSlot {
+    /// For polls.
+    poller: Poller,
+    /// For placed invocations.
+    link: Arc<Link>,
+    alive: bool,
+}
+
+/// How the shard asks a worker for its load.
+#[derive(Clone, Debug)]
+enum Poller {
+    Rpc(WorkerClient<Channel>),
+    InProcess(Arc<dyn LocalWorker>),
+}
+
+impl Poller {
+    /// The worker's answer, or `None` when it gave none within [`POLL_TIMEOUT`].
+    async fn poll(self, machine: MachineId, class: ClassId) -> Option<PollReply> {
+        let class = u32::from(class.0);
+        let reply = match self {
+            Self::Rpc(mut client) => {
+                let request = proto::PollRequest { class };
+                tokio::time::timeout(POLL_TIMEOUT, client.poll(request))
+                    .await
+                    .ok()?
+                    .ok()?
+                    .into_inner()
+            }
+            Self::InProcess(worker) => worker.poll(class).ok()?,
+        };
+        Some(PollReply {
+            machine,
+            functions: reply.functions,
+            room_mb: reply.room_mb,
+            ahead: reply.ahead,
+            cores: reply.cores,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Waiting {
+    invocation: proto::Invocation,
+    reply: oneshot::Sender<proto::Outcome>,
+    attempts: u32,
+}
+
+impl ShardService {
+    /// A shard and its placement loop (a task on the current tokio runtime). Workers that
+    /// register from this process (found in `directory`) are called without RPC.
+    pub fn start(classes: ClassSet, config: ShardConfig, directory: Directory) -> Self {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                shard: Shard::new(
+                    &classes,
+                    policy::ShardConfig {
+                        machines: 1,
+                        k: config.k,
+                        use_idle_list: config.use_idle_list,
+                        placement: config.placement,
+                        top_class_defers_max: match config.placement {
+                            PlacementRule::Paper => 0,
+                            PlacementRule::ClassAware => TOP_CLASS_DEFERS_MAX_DEFAULT,
+                        },
+                    },
+                ),
+                workers: Vec::new(),
+                by_address: HashMap::new(),
+                waiting: HashMap::new(),
+                counters: ShardCounters::default(),
+            }),
+            wake: Notify::new(),
+            waits: ClassHistograms::new(&classes),
+            classes,
+            fifo: config.fifo,
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            directory,
+        });
+        tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
+        Self { inner }
+    }
+
+    pub fn into_server(self) -> ShardServer<Self> {
+        ShardServer::new(self)
+            .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES)
+    }
+
+    pub fn counters(&self) -> ShardCounters {
+        self.inner.lock().counters
+    }
+
+    /// Workers registered and not lost.
+    pub fn live_workers(&self) -> usize {
+        self.inner.lock().workers.iter().filter(|w| w.alive).count()
+    }
+
+    pub fn idle_list_len(&self) -> usize {
+        self.inner.lock().shard.idle_list().len()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.inner.lock().shard.queued()
+    }
+
+    /// This shard's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let inner = &self.inner;
+        let (queues, idle, live, c) = {
+            let state = inner.lock();
+            let queues = metrics::by_class(&inner.classes, |id| state.shard.queued_of(id) as f64);
+            let live = state.workers.iter().filter(|w| w.alive).count();
+            (queues, state.shard.idle_list().len(), live, state.counters)
+        };
+        let mut out = String::new();
+        metrics::family(
+            &mut out,
+            "turnpike_shard_queue_length",
+            "gauge",
+            "Invocations waiting for placement, by class.",
+            &queues,
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_placements_total",
+            "counter",
+            "Placements by how the worker was found.",
+            &[
+                ("via=\"idle_list\"".to_string(), c.placed_idle_list as f64),
+                ("via=\"power_of_k\"".to_string(), c.placed_polling as f64),
+            ],
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_idle_list_size",
+            "gauge",
+            "Workers on this shard's idle list.",
+            &metrics::single(idle as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_workers_live",
+            "gauge",
+            "Registered workers not lost.",
+            &metrics::single(live as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_replaced_total",
+            "counter",
+            "Invocations placed again after a lost worker or a kill.",
+            &metrics::single(c.replaced as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_workers_lost_total",
+            "counter",
+            "Workers found lost.",
+            &metrics::single(c.workers_lost as f64),
+        );
+        inner.waits.render(
+            &mut out,
+            "turnpike_shard_queue_wait_seconds",
+            "Time from joining the queue to placement, by class.",
+        );
+        out
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update under this lock completes before release; the policy core asserts its
+        // own invariants.
+        turnpike_wire::lock(&self.state)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Queues a waiting invocation (again) and wakes the placement loop.
+    fn enqueue(&self, id: InvocationId, waiting: Waiting) {
+        let class = if self.fifo {
+            ClassId(0)
+        } else {
+            ClassId(waiting.invocation.class as u8)
+        };
+        let pending = Pending {
+            id,
+            class,
+            start_mb: waiting.invocation.start_mb,
+        };
+        let now = self.now_ns();
+        let mut state = self.lock();
+        state.waiting.insert(id, waiting);
+        state.shard.handle_invocation(now, pending);
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+/// The placement loop: one decision at a time, polling real workers when the idle list cannot
+/// place. Ends when the shard is dropped.
+async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        let step = {
+            let mut state = inner.lock();
+            if state.workers.iter().any(|w| w.alive) {
+                Some(state.shard.begin_decision(inner.now_ns(), &mut rng))
+            } else {
+                None
+            }
+        };
+        let decision = match step {
+            None | Some(ShardStep::Decided(ShardDecision::Idle)) => {
+                wait(&inner, Duration::from_millis(50)).await;
+                continue;
+            }
+            Some(ShardStep::Decided(decision)) => decision,
+            Some(ShardStep::Poll { machines, class }) => {
+                let replies = poll_workers(&inner, &machines, class).await;
+                inner.lock().shard.finish_decision(&replies)
+            }
+        };
+        match decision {
+            ShardDecision::Place {
+                pending,
+                machine,
+                via,
+                enqueued_ns,
+            } => {
+                let waited = inner.now_ns().saturating_sub(enqueued_ns);
+                // The invocation's own class (a FIFO shard queues every class as one).
+                let class = if inner.fifo {
+                    inner
+                        .lock()
+                        .waiting
+                        .get(&pending.id)
+                        .map_or(0, |w| w.invocation.class as usize)
+                } else {
+                    pending.class.index()
+                };
+                inner.waits.observe(class, Duration::from_nanos(waited));
+                send(&inner, pending.id, machine, via);
+            }
+            ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,
+            // Decide again at once: the next decision polls other workers.
+            ShardDecision::Deferred => {}
+        }
+    }
+}
+
+async fn wait(inner: &Inner, at_most: Duration) {
+    let _ = tokio::time::timeout(at_most, inner.wake.notified()).await;
+}
+
+/// Asks `machines` for their load, concurrently; those that do not answer in time are left
+/// out.
+async fn poll_workers(
+    inner: &Arc<Inner>,
+    machines: &[MachineId],
+    class: ClassId,
+) -> Vec<PollReply> {
+    let pollers: Vec<(MachineId, Poller)> = {
+        let state = inner.lock();
+        machines
+            .iter()
+            .filter_map(|&m| {
+                let slot = state.workers.get(m.0 as usize)?;
+                slot.alive.then(|| (m, slot.poller.clone()))
+            })
+            .collect()
+    };
+    let mut replies = Vec::with_capacity(machines.len());
+    if pollers
+        .iter()
+        .all(|(_, p)| matches!(p, Poller::InProcess(_)))
+    {
+        // Nothing to wait for: no tasks.
+        for (machine, poller) in pollers {
+            replies.extend(poller.poll(machine, class).await);
+        }
+    } else {
+        let mut polls = tokio::task::JoinSet::new();
+        for (machine, poller) in pollers {
+            polls.spawn(poller.poll(machine, class));
+        }
+        while let Some(joined) = polls.join_next().await {
+            if let Ok(Some(reply)) = joined {
+                replies.push(reply);
+            }
+        }
+    }
+    // Keep the sample's order (ties go to the earlier machine in the core's rule).
+    replies.sort_by_key(|r| machines.iter().position(|&m| m == r.machine));
+    replies
+}
+
+/// Sends a placed invocation to its worker; the answer goes to the caller, or the invocation
+/// is placed again.
+fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
+    let (mut waiting, link) = {
+        let mut state = inner.lock();
+        let Some(waiting) = state.waiting.remove(&id) else {
+            return;
+        };
+        match via {
+            Via::IdleList => state.counters.placed_idle_list += 1,
+            Via::Polling => state.counters.placed_polling += 1,
+        }
+        let link = state.workers[machine.0 as usize].link.clone();
+        (waiting, link)
+    };
+    waiting.attempts += 1;
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let result = link.call(waiting.invocation.clone()).await;
+        let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
+            if waiting.attempts >= MAX_ATTEMPTS {
+                let mut outcome = rpc::failure(
+                    proto::FailureKind::Unavailable,
+                    format!("gave up after {} placements: {why}", waiting.attempts),
+                );
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+            } else {
+                inner.lock().counters.replaced += 1;
+                inner.enqueue(id, waiting);
+            }
+        };
+        match result {
+            Ok(mut outcome) => {
+                let killed = matches!(
+                    &outcome.ending,
+                    Some(proto::outcome::Ending::Failure(f))
+                        if f.kind == proto::FailureKind::Killed as i32
+                );
+                if killed {
+                    retry(
+                        &inner,
+                        waiting,
+                        format!("killed on worker {} to free memory", machine.0),
+                    );
+                    return;
+                }
+                outcome.worker = machine.0;
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+            }
+            Err(status) => {
+                {
+                    let mut state = inner.lock();
+                    if let Some(slot) = state.workers.get_mut(machine.0 as usize) {
+                        if slot.alive {
+                            slot.alive = false;
+                            state.counters.workers_lost += 1;
+                        }
+                    }
+                    state.shard.handle_idle_leave(machine);
+                }
+                retry(
+                    &inner,
+                    waiting,
+                    format!("worker {} lost: {}", machine.0, status.message()),
+                );
+            }
+        }
+    });
+}
+
+impl ShardService {
+    /// Queues one invocation and waits for its outcome (placement, the worker's answer, any
+    /// retries).
+    pub(crate) async fn invoke_one(self, invocation: proto::Invocation) -> proto::Outcome {
+        if invocation.class as usize >= self.inner.classes.len() {
+            return rpc::failure(
+                proto::FailureKind::BadRequest,
+                format!(
+                    "unknown class {}: this shard has {} classes",
+                    invocation.class,
+                    self.inner.classes.len()
+                ),
+            );
+        }
+        let (reply, answer) = oneshot::channel();
+        let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.inner.enqueue(
+            id,
+            Waiting {
+                invocation,
+                reply,
+                attempts: 0,
+            },
+        );
+        answer.await.unwrap_or_else(|_| {
+            rpc::failure(
+                proto::FailureKind::Unavailable,
+                "the shard is shutting down",
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl proto::shard_server::Shard for ShardService {
+    type InvokeStream = link::OutcomeStream;
+
+    async fn invoke(
+        &self,
+        request: Request<Streaming<proto::InvocationFrame>>,
+    ) -> Result<Response<Self::InvokeStream>, Status> {
+        link::serve(request, link::handler(self.clone(), Self::invoke_one))
+    }
+
+    async fn register(
+        &self,
+        request: Request<proto::WorkerInfo>,
+    ) -> Result<Response<proto::Registered>, Status> {
+        let info = request.into_inner();
+        let endpoint = Endpoint::from_shared(info.address.clone())
+            .map_err(|e| Status::invalid_argument(format!("worker address: {e}")))?;
+        let mut state = self.inner.lock();
+        let (worker, fresh) = match state.by_address.get(&info.address) {
+            Some(&id) => {
+                let slot = &mut state.workers[id as usize];
+                let revived = !slot.alive;
+                slot.alive = true;
+                (id, revived)
+            }
+            None => {
+                let id = state.workers.len() as u32;
+                let (poller, link) = match self.inner.directory.worker(&info.address) {
+                    Some(worker) => (
+                        Poller::InProcess(worker.clone()),
+                        Link::in_process(worker.handler()),
+                    ),
+                    None => {
+                        let client = WorkerClient::new(rpc::channel(endpoint))
+                            .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES);
+                        (Poller::Rpc(client.clone()), Link::to_worker(client))
+                    }
+                };
+                state.workers.push(WorkerSlot {
+                    poller,
+                    link: Arc::new(link),
+                    alive: true,
+                });
+                state.by_address.insert(info.address, id);
+                let n = state.workers.len() as u32;
+                state.shard.set_machines(n);
+                (id, true)
+            }
+        };
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(Response::new(proto::Registered { worker, fresh }))
+    }
+
+    async fn idle_join(
+        &self,
+        request: Request<proto::IdleEntry>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let e = request.into_inner();
+        let mut state = self.inner.lock();
+        if (e.worker as usize) >= state.workers.len() {
+            return Err(Status::not_found(format!(
+                "worker {} is not registered",
+                e.worker
+            )));
+        }
+        state.shard.handle_idle_join(
+            MachineId(e.worker),
+            IdleEntry {
+                free_mb: e.free_mb,
+                functions: e.functions,
+                idle_cores: e.idle_cores,
+            },
+        );
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_leave(
+        &self,
+        request: Request<proto::WorkerRef>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let worker = request.into_inner().worker;
+        self.inner.lock().shard.handle_idle_leave(MachineId(worker));
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_len(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::IdleLenReply>, Status> {
+        let len = self.inner.lock().shard.idle_list().len() as u64;
+        Ok(Response::new(proto::IdleLenReply { len }))
+    }
+}
+
+/// The same RPCs for a gateway or a worker of this process (`turnpike_wire::directory`).
+impl LocalShard for ShardService {
+    fn invoke(&self, invocation: proto::Invocation) -> LocalFuture<proto::Outcome> {
+        Box::pin(self.clone().invoke_one(invocation))
+    }
+
+    fn register(&self, info: proto::WorkerInfo) -> LocalFuture<Result<proto::Registered, Status>> {
+        let shard = self.clone();
+        Box::pin(async move {
+            proto::shard_server::Shard::register(&shard, Request::new(info))
+                .await
+                .map(Response::into_inner)
+        })
+    }
+
+    fn idle_join(&self, entry: proto::IdleEntry) -> LocalFuture<Result<(), Status>> {
+        let shard = self.clone();
+        Box::pin(async move {
+            proto::shard_server::Shard::idle_join(&shard, Request::new(entry))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn idle_leave(&self, worker: proto::WorkerRef) -> LocalFuture<Result<(), Status>> {
+        let shard = self.clone();
+        Box::pin(async move {
+            proto::shard_server::Shard::idle_leave(&shard, Request::new(worker))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn idle_len(&self) -> LocalFuture<Result<u64, Status>> {
+        let len = self.inner.lock().shard.idle_list().len() as u64;
+        Box::pin(std::future::ready(Ok(len)))
+    }
+}

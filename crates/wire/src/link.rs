@@ -1,0 +1,324 @@
+//! Links: invocations multiplexed on one long-lived gRPC stream per pair of roles (gateway ->
+//! shard, `Shard.Invoke`; shard -> worker, `Worker.Run`), each tagged and answered by tag in
+//! the order they finish.
+//!
+//! Why streams and not a unary RPC per invocation: a unary call opens an HTTP/2 stream (a
+//! HEADERS frame each way, a server task, trailers), and here that cost ~200 us at one at a
+//! time and topped out near 14,600 calls/s on 2 cores, which bounded the whole path to a
+//! fraction of `wasmtime serve` (docs/benchmarks.md). On a link an invocation is one
+//! length-prefixed message each way, and messages that are ready together leave in one DATA
+//! frame and one write.
+//!
+//! The client side, [`Link`], opens its stream on first use and again after it broke. When
+//! a stream breaks (the peer died or restarted, or its connection stopped answering
+//! keep-alive pings) every call in flight on it fails with the transport's status, exactly
+//! as each unary call would have; callers decide about retrying. A link whose stream has had
+//! nothing in flight for [`IDLE_CLOSE`] closes it, so that a shard's links to a thousand
+//! idle workers do not keep a thousand connections pinging.
+//!
+//! The server side, [`serve`], answers each invocation of an incoming stream from its own
+//! task, so a slow invocation never holds up the ones behind it.
+//!
+//! A link to a role in the same process ([`Link::in_process`], see [`crate::directory`]) hands
+//! each invocation to the role's handler on a task of its own, as `serve` would, without
+//! encoding it or crossing a socket; a caller that gives up does not cancel it, as with a
+//! stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::proto;
+use crate::proto::shard_client::ShardClient;
+use crate::proto::worker_client::WorkerClient;
+
+/// A stream with nothing in flight for this long is closed (opened again on the next call).
+pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
+
+/// The outcomes a server sends back on a link.
+pub type OutcomeStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::OutcomeFrame, Status>> + Send>>;
+
+type Open = Box<
+    dyn Fn(
+            UnboundedReceiverStream<proto::InvocationFrame>,
+        )
+            -> Pin<Box<dyn Future<Output = Result<Streaming<proto::OutcomeFrame>, Status>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A role's answer to one invocation, as [`serve`] and [`Link::in_process`] call it.
+pub type Handler = Arc<
+    dyn Fn(proto::Invocation) -> Pin<Box<dyn Future<Output = proto::Outcome> + Send>> + Send + Sync,
+>;
+
+/// The handler answering each invocation with `answer(service, invocation)` (on a clone of
+/// `service`): how a role hands its answer to [`serve`] and [`Link::in_process`].
+pub fn handler<S, F, Fut>(service: S, answer: F) -> Handler
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, proto::Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = proto::Outcome> + Send + 'static,
+{
+    Arc::new(move |invocation| Box::pin(answer(service.clone(), invocation)))
+}
+
+/// Calls to a shard or a worker: multiplexed on one stream, or handed to a role in this
+/// process; cheap to share (`Arc`).
+pub struct Link {
+    route: Route,
+}
+
+enum Route {
+    Stream(Streamed),
+    InProcess(Handler),
+}
+
+struct Streamed {
+    open: Open,
+    current: Arc<Mutex<Option<Arc<Session>>>>,
+    next_tag: AtomicU64,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+/// One opened stream and the calls waiting on it.
+struct Session {
+    outbound: mpsc::UnboundedSender<proto::InvocationFrame>,
+    calls: Mutex<Calls>,
+}
+
+struct Calls {
+    /// Broken or closed: no call may be added (it would never be answered).
+    ended: bool,
+    waiting: HashMap<u64, oneshot::Sender<Result<proto::Outcome, Status>>>,
+    /// When `waiting` last became empty.
+    idle_since: Instant,
+}
+
+impl Link {
+    /// A link to the shard behind `client` (`Shard.Invoke`).
+    pub fn to_shard(client: ShardClient<Channel>) -> Self {
+        Self::new(Box::new(move |outbound| {
+            let mut client = client.clone();
+            Box::pin(async move { Ok(client.invoke(outbound).await?.into_inner()) })
+        }))
+    }
+
+    /// A link to the worker behind `client` (`Worker.Run`).
+    pub fn to_worker(client: WorkerClient<Channel>) -> Self {
+        Self::new(Box::new(move |outbound| {
+            let mut client = client.clone();
+            Box::pin(async move { Ok(client.run(outbound).await?.into_inner()) })
+        }))
+    }
+
+    /// A link to a role in this process: `handle` answers each invocation on a task of its
+    /// own.
+    pub fn in_process(handle: Handler) -> Self {
+        Self {
+            route: Route::InProcess(handle),
+        }
+    }
+
+    fn new(open: Open) -> Self {
+        Self {
+            route: Route::Stream(Streamed {
+                open,
+                current: Arc::new(Mutex::new(None)),
+                next_tag: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Sends `invocation` and waits for its outcome; an error is the transport's (the stream
+    /// broke before the answer came).
+    pub async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
+        match &self.route {
+            Route::Stream(streamed) => streamed.call(invocation).await,
+            Route::InProcess(handle) => tokio::spawn(handle(invocation))
+                .await
+                .map_err(|e| Status::unavailable(format!("the invocation's task ended: {e}"))),
+        }
+    }
+
+    /// Whether a stream is open (or opening) now: false before the first call, after the
+    /// stream broke, and after it was closed for idleness. A link in process is always open.
+    pub fn is_open(&self) -> bool {
+        match &self.route {
+            Route::Stream(streamed) => crate::lock(&streamed.current).is_some(),
+            Route::InProcess(_) => true,
+        }
+    }
+}
+
+impl Streamed {
+    async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        let session = loop {
+            let session = self.session();
+            let mut calls = crate::lock(&session.calls);
+            if calls.ended {
+                drop(calls);
+                forget(&self.current, &session);
+                continue;
+            }
+            calls.waiting.insert(tag, answer);
+            drop(calls);
+            break session;
+        };
+        let frame = proto::InvocationFrame {
+            tag,
+            invocation: Some(invocation),
+        };
+        // A failed send means the stream's driver is gone; it ends the call (below) when it
+        // marks the session ended.
+        let _ = session.outbound.send(frame);
+        drop(session);
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the link was dropped")))
+    }
+
+    /// The open session, or a new one (its stream opened by a driver task).
+    fn session(&self) -> Arc<Session> {
+        let mut current = crate::lock(&self.current);
+        if let Some(session) = current.as_ref() {
+            return session.clone();
+        }
+        let (outbound, requests) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            outbound,
+            calls: Mutex::new(Calls {
+                ended: false,
+                waiting: HashMap::new(),
+                idle_since: Instant::now(),
+            }),
+        });
+        *current = Some(session.clone());
+        let opening = (self.open)(UnboundedReceiverStream::new(requests));
+        tokio::spawn(drive(opening, session.clone(), self.current.clone()));
+        session
+    }
+}
+
+fn forget(current: &Mutex<Option<Arc<Session>>>, session: &Arc<Session>) {
+    let mut current = crate::lock(current);
+    if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, session)) {
+        *current = None;
+    }
+}
+
+/// Opens the stream, hands each outcome to its caller, and ends the session when the stream
+/// breaks or has been idle for [`IDLE_CLOSE`].
+async fn drive(
+    opening: impl Future<Output = Result<Streaming<proto::OutcomeFrame>, Status>>,
+    session: Arc<Session>,
+    current: Arc<Mutex<Option<Arc<Session>>>>,
+) {
+    let why = match opening.await {
+        Err(status) => status,
+        Ok(mut inbound) => {
+            let mut tick = tokio::time::interval(IDLE_CLOSE / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(frame)) => deliver(&session, frame),
+                        Ok(None) => break Status::unavailable("the peer ended the stream"),
+                        Err(status) => break status,
+                    },
+                    _ = tick.tick() => {
+                        let mut calls = crate::lock(&session.calls);
+                        if calls.waiting.is_empty() && calls.idle_since.elapsed() >= IDLE_CLOSE {
+                            calls.ended = true;
+                            drop(calls);
+                            forget(&current, &session);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let waiting = {
+        let mut calls = crate::lock(&session.calls);
+        calls.ended = true;
+        std::mem::take(&mut calls.waiting)
+    };
+    forget(&current, &session);
+    for (_, caller) in waiting {
+        let _ = caller.send(Err(why.clone()));
+    }
+}
+
+fn deliver(session: &Session, frame: proto::OutcomeFrame) {
+    let caller = {
+        let mut calls = crate::lock(&session.calls);
+        let caller = calls.waiting.remove(&frame.tag);
+        if calls.waiting.is_empty() {
+            calls.idle_since = Instant::now();
+        }
+        caller
+    };
+    // An unknown tag (its caller gave up) is dropped.
+    if let Some(caller) = caller {
+        let outcome = frame.outcome.unwrap_or_else(|| {
+            crate::rpc::failure(proto::FailureKind::Unavailable, "an empty outcome frame")
+        });
+        let _ = caller.send(Ok(outcome));
+    }
+}
+
+/// Serves an incoming link (the whole answer of a `Shard.Invoke` or `Worker.Run` handler):
+/// `handle` answers each invocation, from a task of its own, and the answers go back tagged
+/// as they finish. The response stream ends once the incoming one has ended and every answer
+/// is sent.
+pub fn serve(
+    request: tonic::Request<Streaming<proto::InvocationFrame>>,
+    handle: Handler,
+) -> Result<tonic::Response<OutcomeStream>, Status> {
+    let mut inbound = request.into_inner();
+    let (answers, outbound) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(frame)) = inbound.message().await {
+            let tag = frame.tag;
+            let answers = answers.clone();
+            let Some(invocation) = frame.invocation else {
+                let outcome = crate::rpc::failure(
+                    proto::FailureKind::BadRequest,
+                    "a frame without an invocation",
+                );
+                let _ = answers.send(Ok(proto::OutcomeFrame {
+                    tag,
+                    outcome: Some(outcome),
+                }));
+                continue;
+            };
+            let answer = handle(invocation);
+            tokio::spawn(async move {
+                let outcome = answer.await;
+                let _ = answers.send(Ok(proto::OutcomeFrame {
+                    tag,
+                    outcome: Some(outcome),
+                }));
+            });
+        }
+    });
+    let outbound: OutcomeStream = Box::pin(UnboundedReceiverStream::new(outbound));
+    Ok(tonic::Response::new(outbound))
+}
