@@ -20,6 +20,36 @@ use turnpike_wire::directory::Directory;
 use turnpike_wire::{chain, rpc};
 use turnpike_worker::{Runtime, RuntimeConfig};
 
+/// The named bounds of the invocation path, one per queue or in-flight set, each with its
+/// unit last. At a bound, new work is refused at once (503 with `Retry-After` and the bound's
+/// name at the gateway) and nothing grows further. Each is a flag (and a `--config` key) of
+/// the role commands and `turnpike up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Invocations between admission and response at a gateway.
+    pub gateway_in_flight_invocations_max: u64,
+    /// Usage rows waiting for their commit at a gateway.
+    pub ledger_queue_rows_max: u64,
+    /// Invocations waiting for placement at a shard.
+    pub shard_queue_invocations_max: usize,
+    /// Invocations accepted at once by a worker.
+    pub worker_in_flight_invocations_max: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            gateway_in_flight_invocations_max:
+                turnpike_gateway::gateway::GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
+            ledger_queue_rows_max: turnpike_gateway::gateway::LEDGER_QUEUE_ROWS_MAX_DEFAULT,
+            shard_queue_invocations_max:
+                turnpike_scheduler::shard::SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT,
+            worker_in_flight_invocations_max:
+                turnpike_node::node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
+        }
+    }
+}
+
 /// Starts a shard, reachable in `directory` at `address` (replacing one that was there) and
 /// serving its RPCs on `listener` until `shutdown` completes.
 pub fn serve_shard(
@@ -33,16 +63,20 @@ pub fn serve_shard(
     directory.add_shard(address, Arc::new(service.clone()));
     let router = Server::builder().add_service(service.clone().into_server());
     let task = tokio::spawn(async move {
-        let _ = router
+        if let Err(e) = router
             .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
-            .await;
+            .await
+        {
+            tracing::error!(shard = config.id, "the shard's RPC server stopped: {e}");
+        }
     });
     (service, task)
 }
 
 /// A gateway's configuration with the defaults every gateway starts from: the embedded
 /// component check ([`WasmComponents`], caching into `data_dir/cache`), the system clock,
-/// 8 MiB bodies, 64 MiB uploads, the default chain depth and memory price, no operator routes,
+/// 8 MiB bodies, 64 MiB uploads, the default chain depth, memory price and [`Bounds`], no
+/// operator routes,
 /// no chain token, and every shard called over RPC. Callers change what their flags say.
 pub fn gateway_config(
     classes: ClassSet,
@@ -66,6 +100,8 @@ pub fn gateway_config(
         chain_token: None,
         max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
         memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
+        in_flight_invocations_max: Bounds::default().gateway_in_flight_invocations_max,
+        ledger_queue_rows_max: Bounds::default().ledger_queue_rows_max,
     }
 }
 

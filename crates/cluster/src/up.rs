@@ -68,6 +68,16 @@ pub struct UpConfig {
     /// Roles of this process call each other over loopback gRPC instead of directly (to
     /// measure or test the RPC path on one machine).
     pub loopback_rpc: bool,
+    /// The named bounds of every role.
+    pub bounds: roles::Bounds,
+    /// The price classes (default: the published four). Emulated workers must have the same
+    /// (`EmulatedConfig::classes`).
+    pub classes: ClassSet,
+    /// Workers each shard polls per decision (power of k).
+    pub shard_k: usize,
+    /// Whether shards keep idle lists (`false`: they place by polling only, as the paper's
+    /// figure 4 runs).
+    pub idle_list: bool,
 }
 
 impl UpConfig {
@@ -93,18 +103,25 @@ impl UpConfig {
             clock: Arc::new(SystemClock),
             emulated: None,
             loopback_rpc: false,
+            bounds: roles::Bounds::default(),
+            classes: ClassSet::default_four(),
+            shard_k: turnpike_scheduler::shard::DEFAULT_K,
+            idle_list: true,
         }
     }
 
     /// Shard `i`'s configuration.
-    fn shard_config(&self, seed: u64) -> ShardConfig {
+    fn shard_config(&self, i: usize) -> ShardConfig {
         let hermod = self
             .emulated
             .as_ref()
             .is_some_and(|e| e.policy == MachinePolicy::Hermod);
         ShardConfig {
-            seed,
-            use_idle_list: !hermod,
+            seed: i as u64 + 1,
+            id: i as u32,
+            queue_invocations_max: self.bounds.shard_queue_invocations_max,
+            k: self.shard_k.max(1),
+            use_idle_list: self.idle_list && !hermod,
             fifo: hermod,
             placement: if hermod {
                 PlacementRule::Paper
@@ -136,11 +153,13 @@ pub enum UpError {
         source: std::io::Error,
     },
     #[error("worker: {0}")]
-    Worker(String),
+    Worker(#[from] turnpike_node::node::NodeError),
+    #[error("emulated workers: {0}")]
+    Emulated(#[source] std::io::Error),
     #[error("store: {0}")]
-    Store(String),
-    #[error("gateway: {0}")]
-    Gateway(String),
+    Store(#[from] turnpike_store::StoreError),
+    #[error("gateway: reading the routes: {0}")]
+    Gateway(#[source] turnpike_store::StoreError),
 }
 
 /// A running cluster. Dropping it (or [`Cluster::stop`]) stops every role.
@@ -195,6 +214,7 @@ impl Cluster {
         let (listener, address) = bind(self.shards[i]).await?;
         let config = ShardConfig {
             seed: i as u64 + 101,
+            id: i as u32,
             ..self.shard_config
         };
         let (service, task) = roles::serve_shard(
@@ -272,18 +292,14 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Starts the cluster and returns once every role is listening and the demo app is loaded.
 pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
-    let classes = ClassSet::default_four();
+    let classes = config.classes.clone();
     let (stop, stop_rx) = watch::channel(false);
     let store_url = config
         .store_url
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
-    let store = Store::open(&store_url)
-        .await
-        .map_err(|e| UpError::Store(e.to_string()))?;
-    let admin_key = turnpike_gateway::api::bootstrap_admin(&store)
-        .await
-        .map_err(|e| UpError::Store(e.to_string()))?;
+    let store = Store::open(&store_url).await?;
+    let admin_key = turnpike_gateway::api::bootstrap_admin(&store).await?;
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let directory = if config.loopback_rpc {
         Directory::rpc_only()
@@ -299,7 +315,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         let (listener, addr) = bind(loopback).await?;
         let (service, task) = roles::serve_shard(
             &classes,
-            config.shard_config(s as u64 + 1),
+            config.shard_config(s),
             &directory,
             (listener, addr),
             stopped(stop_rx.clone()),
@@ -327,7 +343,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let (fleet, hashes) = if let Some(emulated) = &config.emulated {
         let fleet = EmulatedFleet::start(config.workers, emulated, &shards, 1, &directory)
             .await
-            .map_err(|e| UpError::Worker(format!("emulated workers: {e}")))?;
+            .map_err(UpError::Emulated)?;
         workers.extend(fleet.workers.iter().map(|(a, _)| *a));
         // Emulated workers run any function; the routes still name one each.
         let hashes = DEMO_FUNCTIONS
@@ -354,12 +370,12 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                     seed: w as u64 + 1,
                     store: Some(store.clone()),
                     directory: directory.clone(),
+                    in_flight_invocations_max: config.bounds.worker_in_flight_invocations_max,
                 },
                 &components,
                 stopped(stop_rx.clone()),
             )
-            .await
-            .map_err(UpError::Worker)?;
+            .await?;
             let rendered = node.service.clone();
             spawn_metrics(
                 format!("worker {w}"),
@@ -397,6 +413,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         chain_token: Some(chain_token),
+        in_flight_invocations_max: config.bounds.gateway_in_flight_invocations_max,
+        ledger_queue_rows_max: config.bounds.ledger_queue_rows_max,
         ..roles::gateway_config(
             classes.clone(),
             store.clone(),

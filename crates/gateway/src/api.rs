@@ -22,6 +22,7 @@ use turnpike_store::{
 use crate::billing::{allowance, over_budget};
 use crate::components::CheckError;
 use crate::gateway::{Body, Gateway, CLASS_HEADER};
+use crate::refusal::{refuse, Refusal};
 use crate::routing::Target;
 
 /// Creates the `admin` tenant if the store has no admin yet (a fresh store): its key, to be
@@ -58,22 +59,15 @@ fn json_text(status: StatusCode, text: Bytes) -> Response {
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_response(status, &json!({ "error": message.into() }))
-}
-
 fn not_found(what: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("{what} not found"))
+    refuse(Refusal::NotFound, format!("{what} not found"))
 }
 
 fn store_error(e: StoreError) -> Response {
     match e {
-        StoreError::Conflict(m) => error(StatusCode::CONFLICT, m),
-        StoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
-        e => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the store failed: {e}"),
-        ),
+        StoreError::Conflict(m) => refuse(Refusal::Conflict, m),
+        StoreError::Invalid(m) => refuse(Refusal::Invalid, m),
+        e => refuse(Refusal::Unavailable, format!("the store failed: {e}")),
     }
 }
 
@@ -115,8 +109,8 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
         (&Method::GET, ["usage"]) => api.usage(parts.uri.query().unwrap_or("")).await,
         (&Method::GET, ["budget"]) => api.budget().await,
         (&Method::PUT, ["budget"]) => api.set_budget(body).await,
-        _ => error(
-            StatusCode::NOT_FOUND,
+        _ => refuse(
+            Refusal::NotFound,
             format!(
                 "no API endpoint {method} {path}; the API is described at GET /v1/openapi.json"
             ),
@@ -142,8 +136,8 @@ fn catalogue(gateway: &Gateway) -> Response {
 
 async fn authenticate(gateway: &Gateway, headers: &http::HeaderMap) -> Result<Tenant, Response> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
+        return Err(refuse(
+            Refusal::Unauthenticated,
             "this call needs an API key: send `Authorization: Bearer <key>`",
         ));
     };
@@ -155,12 +149,12 @@ async fn authenticate(gateway: &Gateway, headers: &http::HeaderMap) -> Result<Te
         .unwrap_or_default();
     match gateway.tenant_of(key).await {
         Ok(Some(tenant)) => Ok(tenant),
-        Ok(None) => Err(error(
-            StatusCode::UNAUTHORIZED,
+        Ok(None) => Err(refuse(
+            Refusal::Unauthenticated,
             "unknown API key (keys look like `tp_` and 64 hex digits)",
         )),
-        Err(e) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        Err(e) => Err(refuse(
+            Refusal::Unavailable,
             format!("the store failed: {e}"),
         )),
     }
@@ -170,14 +164,11 @@ async fn authenticate(gateway: &Gateway, headers: &http::HeaderMap) -> Result<Te
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            Refusal::TooLarge,
             format!("body over the limit of {limit} bytes"),
         )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("reading the body: {e}"),
-        )),
+        Err(e) => Err(refuse(Refusal::Invalid, format!("reading the body: {e}"))),
     }
 }
 
@@ -188,7 +179,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Response> {
     let bytes = read_body(body, gateway.config.max_request_bytes).await?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+        .map_err(|e| refuse(Refusal::Invalid, format!("bad JSON body: {e}")))
 }
 
 /// One authenticated caller's requests.
@@ -202,8 +193,8 @@ impl Api<'_> {
         if self.tenant.admin {
             Ok(())
         } else {
-            Err(error(
-                StatusCode::FORBIDDEN,
+            Err(refuse(
+                Refusal::Forbidden,
                 "only the admin tenant may do this",
             ))
         }
@@ -264,17 +255,12 @@ impl Api<'_> {
         let hash = match checked {
             Ok(Ok(hash)) => hash,
             Ok(Err(e @ CheckError::NotDeployable(_))) => {
-                return error(StatusCode::BAD_REQUEST, e.to_string())
+                return refuse(Refusal::Invalid, e.to_string())
             }
             Ok(Err(e @ CheckError::Unavailable(_))) => {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                return refuse(Refusal::Internal, e.to_string())
             }
-            Err(e) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("checking the component: {e}"),
-                )
-            }
+            Err(e) => return refuse(Refusal::Internal, format!("checking the component: {e}")),
         };
         match self
             .gateway
@@ -336,8 +322,8 @@ impl Api<'_> {
         };
         for route in &spec.routes {
             if self.gateway.config.classes.by_name(&route.class).is_none() {
-                return error(
-                    StatusCode::BAD_REQUEST,
+                return refuse(
+                    Refusal::Invalid,
                     format!(
                         "route {}: unknown class `{}`; classes: {}",
                         route.path,
@@ -357,7 +343,7 @@ impl Api<'_> {
             Err(e) => return store_error(e),
         };
         if let Err(e) = self.gateway.reload_routing().await {
-            eprintln!("gateway: reloading routes after a deploy: {e}");
+            tracing::warn!("reloading the routes after a deploy: {e}");
         }
         json_response(StatusCode::OK, &self.app_json(&app))
     }
@@ -371,7 +357,7 @@ impl Api<'_> {
         {
             Ok(true) => {
                 if let Err(e) = self.gateway.reload_routing().await {
-                    eprintln!("gateway: reloading routes after a delete: {e}");
+                    tracing::warn!("reloading the routes after a delete: {e}");
                 }
                 let mut response = http::Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
@@ -424,8 +410,7 @@ impl Api<'_> {
     fn asked_class(&self, headers: &http::HeaderMap) -> Result<turnpike_policy::ClassId, Response> {
         let classes = &self.gateway.config.classes;
         let Some(name) = headers.get(CLASS_HEADER) else {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
+            return Err(refuse(Refusal::Invalid,
                 format!(
                     "a direct invocation names its class in the `{CLASS_HEADER}` header; classes: {}",
                     self.gateway.class_names()
@@ -434,8 +419,8 @@ impl Api<'_> {
         };
         let name = String::from_utf8_lossy(name.as_bytes());
         classes.by_name(&name).ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
+            refuse(
+                Refusal::Invalid,
                 format!(
                     "unknown class `{name}`; classes: {}",
                     self.gateway.class_names()
@@ -535,8 +520,8 @@ impl Api<'_> {
                             Some(k) if !keys.contains(&k) => keys.push(k),
                             Some(_) => {}
                             None => {
-                                return error(
-                                    StatusCode::BAD_REQUEST,
+                                return refuse(
+                                    Refusal::Invalid,
                                     format!("bad `by` key `{key}`: use app, function, class, day"),
                                 )
                             }
@@ -546,8 +531,8 @@ impl Api<'_> {
                 }
                 "from" | "to" => {
                     let Some(day) = Day::parse(value) else {
-                        return error(
-                            StatusCode::BAD_REQUEST,
+                        return refuse(
+                            Refusal::Invalid,
                             format!("bad `{name}` date `{value}`: use YYYY-MM-DD"),
                         );
                     };
@@ -558,8 +543,8 @@ impl Api<'_> {
                     }
                 }
                 _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
+                    return refuse(
+                        Refusal::Invalid,
                         format!("unknown parameter `{name}`: use by, from, to"),
                     )
                 }
@@ -601,12 +586,7 @@ impl Api<'_> {
     async fn budget(&self) -> Response {
         let (budget, month, spent) = match self.gateway.billing.status(&self.tenant.name).await {
             Ok(status) => status,
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the store failed: {e}"),
-                )
-            }
+            Err(e) => return refuse(Refusal::Unavailable, format!("the store failed: {e}")),
         };
         let now = self.gateway.billing.clock().now();
         let mut body = json!({ "month": month.month_label(), "spent": spent });

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::calendar::{month_fraction, month_instant};
-use turnpike_store::{Budget, Day, OverBudget, Store, UsageEntry};
+use turnpike_store::{Budget, Day, OverBudget, Store, StoreError, UsageEntry};
 
 /// How long a tenant's budget and spend are taken from memory before being read again.
 pub const BOOK_REFRESH: Duration = Duration::from_secs(5);
@@ -146,6 +146,11 @@ pub struct Billing {
     writer: mpsc::UnboundedSender<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
+    /// Rows sent to the writer and not yet committed (or failed): the ledger queue's
+    /// length, which the gateway bounds by refusing new invocations
+    /// (`ledger_queue_rows_max`, [`Billing::ledger_full`]). The channel is unbounded so that
+    /// a row of an invocation that ran is never dropped.
+    queued: Arc<AtomicU64>,
 }
 
 impl Billing {
@@ -155,11 +160,13 @@ impl Billing {
         let (writer, entries) = mpsc::unbounded_channel();
         let failures = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_ledger(
             store.clone(),
             entries,
             failures.clone(),
             recorded.clone(),
+            queued.clone(),
         ));
         Self {
             store,
@@ -170,7 +177,14 @@ impl Billing {
             writer,
             failures,
             recorded,
+            queued,
         }
+    }
+
+    /// The ledger queue's length if it is at `max` rows or over: new invocations wait.
+    pub fn ledger_full(&self, max: u64) -> Option<u64> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        (queued >= max).then_some(queued)
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -199,7 +213,7 @@ impl Billing {
     }
 
     /// Decides a new invocation of `tenant`'s asked to run at `class`.
-    pub async fn admit(&self, tenant: &str, class: ClassId) -> Result<Admission, String> {
+    pub async fn admit(&self, tenant: &str, class: ClassId) -> Result<Admission, StoreError> {
         let book = self.book(tenant).await?;
         let Some(budget) = book.budget else {
             return Ok(Admission::Run(class));
@@ -214,7 +228,7 @@ impl Billing {
     }
 
     /// `tenant`'s budget and spend this month, for `GET /v1/budget`.
-    pub async fn status(&self, tenant: &str) -> Result<(Option<Budget>, Day, f64), String> {
+    pub async fn status(&self, tenant: &str) -> Result<(Option<Budget>, Day, f64), StoreError> {
         let book = self.book(tenant).await?;
         Ok((book.budget, book.month, book.spent))
     }
@@ -229,7 +243,7 @@ impl Billing {
     /// invocations a second, every request in flight would otherwise read the store at
     /// once). If that read fails, the old book stays in use; without one, the error is the
     /// caller's.
-    async fn book(&self, tenant: &str) -> Result<Book, String> {
+    async fn book(&self, tenant: &str) -> Result<Book, StoreError> {
         let month = Day::of_unix(self.clock.now()).month_start();
         let kept = {
             let mut books = turnpike_wire::lock(&self.books);
@@ -251,7 +265,10 @@ impl Billing {
             }
             Err(e) => match kept {
                 Some(book) => {
-                    eprintln!("billing: reading the budget of `{tenant}` again: {e}");
+                    tracing::warn!(
+                        tenant,
+                        "reading the budget again failed, using the last one read: {e}"
+                    );
                     Ok(book)
                 }
                 None => Err(e),
@@ -259,16 +276,12 @@ impl Billing {
         }
     }
 
-    async fn read_book(&self, tenant: &str, month: Day) -> Result<Book, String> {
+    async fn read_book(&self, tenant: &str, month: Day) -> Result<Book, StoreError> {
         // The store's sum must include what this gateway recorded (at most every
         // `BOOK_REFRESH` per tenant, and after a budget change).
         self.flush().await;
-        let budget = self.store.budget(tenant).await.map_err(|e| e.to_string())?;
-        let spent = self
-            .store
-            .spent_since(tenant, month)
-            .await
-            .map_err(|e| e.to_string())?;
+        let budget = self.store.budget(tenant).await?;
+        let spent = self.store.spent_since(tenant, month).await?;
         Ok(Book {
             budget,
             month,
@@ -281,8 +294,11 @@ impl Billing {
     /// cost in the tenant's spend at once.
     pub fn record(&self, entry: UsageEntry) {
         let (tenant, cost) = (entry.tenant.clone(), entry.cost);
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.writer.send(Write::Row(entry)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("the ledger writer is gone: an invocation is not billed");
             return;
         }
         if let Some(book) = turnpike_wire::lock(&self.books).get_mut(&tenant) {
@@ -306,6 +322,7 @@ async fn write_ledger(
     mut writes: mpsc::UnboundedReceiver<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
 ) {
     let mut rows: Vec<UsageEntry> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -328,6 +345,7 @@ async fn write_ledger(
         }
         if !rows.is_empty() {
             commit(&store, &rows, &failures, &recorded).await;
+            queued.fetch_sub(rows.len() as u64, Ordering::Relaxed);
             rows.clear();
         }
         for done in flushes.drain(..) {
@@ -337,6 +355,7 @@ async fn write_ledger(
 }
 
 async fn commit(store: &Store, rows: &[UsageEntry], failures: &AtomicU64, recorded: &AtomicU64) {
+    let mut last_error = None;
     for attempt in 0..COMMIT_TRIES {
         match store.record(rows).await {
             Ok(_) => {
@@ -344,16 +363,20 @@ async fn commit(store: &Store, rows: &[UsageEntry], failures: &AtomicU64, record
                 return;
             }
             Err(e) => {
-                eprintln!(
-                    "ledger: commit of {} rows failed (try {}): {e}",
-                    rows.len(),
-                    attempt + 1
-                );
+                tracing::debug!(rows = rows.len(), attempt, "ledger commit failed: {e}");
+                last_error = Some(e);
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
         }
     }
     failures.fetch_add(rows.len() as u64, Ordering::Relaxed);
+    let ids: Vec<i64> = rows.iter().map(|r| r.invocation).collect();
+    tracing::error!(
+        rows = rows.len(),
+        invocations = ?ids,
+        "ledger commit failed {COMMIT_TRIES} times; these invocations are not billed: {}",
+        last_error.map_or_else(String::new, |e| e.to_string())
+    );
 }
 
 #[cfg(test)]
@@ -536,6 +559,51 @@ mod tests {
         assert!(read_at.elapsed() < BOOK_REFRESH);
         billing.forget("acme");
         let error = billing.admit("acme", top).await.unwrap_err();
-        assert!(error.to_lowercase().contains("closed"), "{error}");
+        assert!(
+            error.to_string().to_lowercase().contains("closed"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ledger_bound_refuses_while_the_store_is_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        let classes = ClassSet::default_four();
+        let billing = Billing::new(store.clone(), classes, 1.0, ManualClock::at(nov(1)));
+        let row = |invocation| UsageEntry {
+            invocation,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at: nov(1),
+            status: 200,
+            cpu_ns: 1_000,
+            gb_seconds: 0.0,
+            cost: 1.0,
+        };
+        billing.record(row(1));
+        billing.flush().await;
+        assert_eq!(
+            billing.ledger_full(1),
+            None,
+            "committed: the queue is empty"
+        );
+        // The store stops answering: the rows wait (the writer tries again) and the bound
+        // holds new invocations back until they are done with.
+        store.close().await;
+        billing.record(row(2));
+        billing.record(row(3));
+        assert_eq!(billing.ledger_full(2), Some(2));
+        assert_eq!(billing.ledger_full(3), None, "under a larger bound");
+        billing.flush().await;
+        assert_eq!(
+            billing.ledger_full(1),
+            None,
+            "failed for good, counted, gone"
+        );
+        assert_eq!(billing.failures(), 2);
+        assert_eq!(billing.recorded(), 1);
     }
 }

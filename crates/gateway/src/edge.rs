@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::StatusCode;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::gateway::{answer, Body, Gateway};
+use crate::gateway::{Body, Gateway};
+use crate::refusal::{refuse, Refusal};
 use crate::routing::Lookup;
 
 impl Gateway {
@@ -33,13 +33,13 @@ impl Gateway {
 
     /// Answers one HTTP request.
     pub async fn handle(&self, request: http::Request<Incoming>) -> http::Response<Body> {
-        let response = self.answer(request).await;
+        let response = self.route(request).await;
         let at = usize::from(response.status().as_u16() / 100).clamp(2, 5) - 2;
         self.responses[at].fetch_add(1, Ordering::Relaxed);
         response
     }
 
-    async fn answer(&self, request: http::Request<Incoming>) -> http::Response<Body> {
+    async fn route(&self, request: http::Request<Incoming>) -> http::Response<Body> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
         if path == "/v1" || path.starts_with("/v1/") {
@@ -54,11 +54,11 @@ impl Gateway {
         let target = match table.lookup(&self.config.domain, host, &parts.method, path) {
             Lookup::Found(target) => target.clone(),
             Lookup::NoApp(app) => {
-                return answer(StatusCode::NOT_FOUND, format!("no app named `{app}`"))
+                return refuse(Refusal::NotFound, format!("no app named `{app}`"))
             }
             Lookup::NoRoute => {
-                return answer(
-                    StatusCode::NOT_FOUND,
+                return refuse(
+                    Refusal::NotFound,
                     format!("no route for {} {path}", parts.method),
                 )
             }

@@ -21,7 +21,11 @@
 //! - Answers: unknown route or app 404; unknown class 400 naming the known ones; a request
 //!   body over the limit 413; a response body over the limit 413 too (it says which); a
 //!   function that failed 502 with the reason; no shard or worker available 503 with the
-//!   reason; over a throttling budget 429 with `Retry-After`.
+//!   reason; over a throttling budget 429 with `Retry-After`; at a named bound
+//!   (`gateway_in_flight_invocations_max`, `ledger_queue_rows_max`, a shard's or a worker's)
+//!   503 with `Retry-After` and the bound's name. Every such answer has the same JSON body,
+//!   `{"error": "..."}`, decided in one place ([`crate::refusal`]); a function's own
+//!   responses pass untouched.
 //! - Stopping: the listener closes, open connections finish their requests (at most
 //!   [`DRAIN_FOR`]), and the ledger is flushed, so every accepted request is answered and
 //!   billed.
@@ -32,13 +36,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use rand::Rng;
+use tracing::Instrument;
+use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet};
-use turnpike_store::{Store, Tenant, UsageEntry};
+use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
 use turnpike_wire::chain;
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
@@ -47,6 +51,7 @@ use turnpike_wire::rpc;
 
 use crate::billing::{Admission, Billing, Clock};
 use crate::components::ComponentCheck;
+use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::{RoutingTable, Target};
 
 pub use crate::routing::Route;
@@ -91,7 +96,25 @@ pub struct GatewayConfig {
     pub max_chain_depth: u32,
     /// Micro-cents per GB-second of memory used, published at `GET /v1/classes`.
     pub memory_price: f64,
+    /// `gateway_in_flight_invocations_max`: invocations between admission and response at
+    /// once; one more gets 503 with `Retry-After` (default
+    /// [`GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT`]). This also bounds what the links to
+    /// the shards carry.
+    pub in_flight_invocations_max: u64,
+    /// `ledger_queue_rows_max`: usage rows waiting for their commit; while this many wait
+    /// (the store is slow or down), new invocations get 503 with `Retry-After` rather than
+    /// run unbilled or grow the queue (default [`LEDGER_QUEUE_ROWS_MAX_DEFAULT`]). Rows of
+    /// invocations already running are still queued, so the queue holds at most this plus
+    /// `in_flight_invocations_max`.
+    pub ledger_queue_rows_max: u64,
 }
+
+/// Default of [`GatewayConfig::in_flight_invocations_max`].
+pub const GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT: u64 = 10_000;
+/// Default of [`GatewayConfig::ledger_queue_rows_max`].
+pub const LEDGER_QUEUE_ROWS_MAX_DEFAULT: u64 = 100_000;
+/// What a refusal at a bound tells the client to wait, seconds.
+pub const BOUND_RETRY_AFTER_S: u64 = 1;
 
 #[derive(Debug)]
 pub struct Gateway {
@@ -108,6 +131,9 @@ pub struct Gateway {
     latency: ClassHistograms,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
     pub(crate) responses: [AtomicU64; 4],
+    /// Invocations between admission and response (see
+    /// [`GatewayConfig::in_flight_invocations_max`]).
+    in_flight: AtomicU64,
     /// Each class's name as a [`CLASS_HEADER`] value, made once (class names are ASCII-checked
     /// here, not per response).
     class_values: Vec<Option<http::HeaderValue>>,
@@ -131,24 +157,12 @@ impl ShardHandle {
     }
 }
 
-pub(crate) type Body = Full<Bytes>;
-
-pub(crate) fn answer(status: StatusCode, text: impl Into<String>) -> http::Response<Body> {
-    let mut text = text.into();
-    text.push('\n');
-    let mut response = http::Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
+pub use crate::refusal::Body;
 
 impl Gateway {
     /// A gateway with its routing table read from the store. Starts the ledger writer on the
     /// current runtime.
-    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, String> {
+    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, StoreError> {
         let billing = Billing::new(
             config.store.clone(),
             config.classes.clone(),
@@ -179,6 +193,7 @@ impl Gateway {
             keys: Mutex::new(HashMap::new()),
             latency,
             responses: Default::default(),
+            in_flight: AtomicU64::new(0),
             class_values,
         });
         gateway.reload_routing().await?;
@@ -199,10 +214,10 @@ impl Gateway {
 
     /// Rebuilds the routing table from the store (after a deploy, or when another gateway
     /// changed it).
-    pub(crate) async fn reload_routing(&self) -> Result<(), String> {
+    pub(crate) async fn reload_routing(&self) -> Result<(), StoreError> {
         let store = &self.config.store;
-        let version = store.routing_version().await.map_err(|e| e.to_string())?;
-        let apps = store.all_apps().await.map_err(|e| e.to_string())?;
+        let version = store.routing_version().await?;
+        let apps = store.all_apps().await?;
         let table = RoutingTable::new(
             version,
             &apps,
@@ -225,24 +240,19 @@ impl Gateway {
             };
             if version != self.routing().version {
                 if let Err(e) = self.reload_routing().await {
-                    eprintln!("gateway: reloading routes: {e}");
+                    tracing::warn!("reloading the routes from the store: {e}");
                 }
             }
         }
     }
 
     /// The tenant a request's `Authorization: Bearer KEY` names.
-    pub(crate) async fn tenant_of(&self, key: &str) -> Result<Option<Tenant>, String> {
+    pub(crate) async fn tenant_of(&self, key: &str) -> Result<Option<Tenant>, StoreError> {
         let hash = turnpike_store::key_hash(key);
         if let Some(tenant) = turnpike_wire::lock(&self.keys).get(&hash) {
             return Ok(Some(tenant.clone()));
         }
-        let tenant = self
-            .config
-            .store
-            .tenant_by_key(key)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tenant = self.config.store.tenant_by_key(key).await?;
         if let Some(t) = &tenant {
             turnpike_wire::lock(&self.keys).insert(hash, t.clone());
         }
@@ -307,8 +317,68 @@ impl Gateway {
     /// Runs `target` for a request: the caller's class if it is a call from a function, the
     /// paying tenant's budget, the body within its limit; then the invocation, its ledger
     /// row, and the function's response.
+    ///
+    /// Everything it logs, here and in the shard and the worker, is inside the invocation's
+    /// span, which carries its id (the same in every role's span: a log collector or a
+    /// tracing exporter follows one invocation across roles by it), tenant, app, function and
+    /// class.
     pub(crate) async fn run(
         &self,
+        target: Target,
+        parts: http::request::Parts,
+        body: Incoming,
+        path_and_query: String,
+    ) -> http::Response<Body> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = id,
+            tenant = %target.tenant,
+            app = %target.app,
+            function = %target.function,
+            class = tracing::field::Empty,
+        );
+        self.run_invocation(id, target, parts, body, path_and_query)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_invocation(
+        &self,
+        id: u64,
+        target: Target,
+        parts: http::request::Parts,
+        body: Incoming,
+        path_and_query: String,
+    ) -> http::Response<Body> {
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let response = if in_flight >= self.config.in_flight_invocations_max {
+            refuse_for(
+                Refusal::Unavailable,
+                format!(
+                    "the gateway has {in_flight} invocations in flight, its gateway_in_flight_invocations_max: retry soon"
+                ),
+                Some(BOUND_RETRY_AFTER_S),
+            )
+        } else if let Some(queued) = self.billing.ledger_full(self.config.ledger_queue_rows_max) {
+            refuse_for(
+                Refusal::Unavailable,
+                format!(
+                    "the usage ledger has {queued} rows waiting for the store, its ledger_queue_rows_max: retry soon"
+                ),
+                Some(BOUND_RETRY_AFTER_S),
+            )
+        } else {
+            self.run_admitted(id, target, parts, body, path_and_query)
+                .await
+        };
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn run_admitted(
+        &self,
+        id: u64,
         target: Target,
         parts: http::request::Parts,
         body: Incoming,
@@ -323,38 +393,36 @@ impl Gateway {
         let class = match self.billing.admit(&target.tenant, class).await {
             Ok(Admission::Run(class)) => class,
             Ok(Admission::Throttle(wait)) => {
-                let mut response = answer(
-                    StatusCode::TOO_MANY_REQUESTS,
+                return refuse_for(
+                    Refusal::OverBudget,
                     format!(
                         "over the monthly budget of `{}`: retry in {wait} s, or raise the budget (turnpike budget)",
                         target.tenant
                     ),
+                    Some(wait),
                 );
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
-                return response;
             }
             Err(e) => {
-                return answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                return refuse(
+                    Refusal::Unavailable,
                     format!("the store is unavailable: {e}"),
                 )
             }
         };
+        tracing::Span::current().record("class", self.config.classes.get(class).name.as_str());
         let limit = self.config.max_request_bytes;
         let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return answer(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                return refuse(
+                    Refusal::TooLarge,
                     format!("request body over the limit of {limit} bytes"),
                 )
             }
-            Err(e) => return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+            Err(e) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
         };
         let invocation = proto::Invocation {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             function: target.hash.clone(),
             class: u32::from(class.0),
             method: parts.method.as_str().to_string(),
@@ -370,7 +438,6 @@ impl Gateway {
             depth,
             start_mb: self.config.start_mb,
         };
-        let id = invocation.id;
         let mut response = match self.invoke(invocation).await {
             Ok(outcome) => {
                 let usage = billable(&outcome);
@@ -419,8 +486,7 @@ impl Gateway {
             _ => false,
         };
         if !vouched {
-            return Err(answer(
-                StatusCode::FORBIDDEN,
+            return Err(refuse(Refusal::Forbidden,
                 format!(
                     "`{}`, `{}` and `{}` are set by the platform on calls between functions; a request from outside must not send them",
                     chain::CALLER_CLASS_HEADER,
@@ -437,8 +503,8 @@ impl Gateway {
         };
         let caller_name = text(chain::CALLER_CLASS_HEADER);
         let Some(caller) = self.config.classes.by_name(&caller_name) else {
-            return Err(answer(
-                StatusCode::BAD_REQUEST,
+            return Err(refuse(
+                Refusal::Invalid,
                 format!(
                     "unknown caller class `{caller_name}`; classes: {}",
                     self.class_names()
@@ -447,15 +513,14 @@ impl Gateway {
         };
         let depth_text = text(chain::DEPTH_HEADER);
         let Ok(depth) = depth_text.parse::<u32>() else {
-            return Err(answer(
-                StatusCode::BAD_REQUEST,
+            return Err(refuse(
+                Refusal::Invalid,
                 format!("bad `{}`: {depth_text:?}", chain::DEPTH_HEADER),
             ));
         };
         let max = self.config.max_chain_depth;
         if depth > max {
-            return Err(answer(
-                StatusCode::LOOP_DETECTED,
+            return Err(refuse(Refusal::ChainTooDeep,
                 format!(
                     "call chain depth {depth} is over the limit of {max}: a function called another {depth} deep (is one calling itself without end?)"
                 ),
@@ -473,25 +538,14 @@ impl Gateway {
             .join(", ")
     }
 
-    /// Two random live shards, the one with fewer in flight first; then the rest as fallback.
-    fn pick_shard(&self) -> Option<usize> {
-        let live: Vec<usize> = (0..self.shards.len())
-            .filter(|&i| !self.shards[i].is_down())
+    /// The shard for the next invocation: the policy core's rule
+    /// (`turnpike_policy::shard_choice`) among the shards not marked down and not in `tried`.
+    fn pick_shard(&self, tried: &[usize]) -> Option<usize> {
+        let candidates: Vec<(usize, u64)> = (0..self.shards.len())
+            .filter(|i| !tried.contains(i) && !self.shards[*i].is_down())
+            .map(|i| (i, self.shards[i].in_flight.load(Ordering::Relaxed)))
             .collect();
-        match live.len() {
-            0 => None,
-            1 => Some(live[0]),
-            n => {
-                let mut rng = rand::rng();
-                let a = live[rng.random_range(0..n)];
-                let mut b = live[rng.random_range(0..n - 1)];
-                if b == a {
-                    b = live[n - 1];
-                }
-                let load = |i: usize| self.shards[i].in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a })
-            }
-        }
+        choose_shard(&candidates, &mut rand::rng())
     }
 
     /// Sends an invocation to a shard (another one if that one is down); its outcome, or the
@@ -503,7 +557,7 @@ impl Gateway {
     ) -> Result<proto::Outcome, http::Response<Body>> {
         let mut tried = Vec::new();
         for _ in 0..2 {
-            let Some(s) = self.pick_shard().filter(|s| !tried.contains(s)) else {
+            let Some(s) = self.pick_shard(&tried) else {
                 break;
             };
             tried.push(s);
@@ -514,28 +568,29 @@ impl Gateway {
             match result {
                 Ok(outcome) => return Ok(outcome),
                 Err(status) => {
+                    tracing::warn!(
+                        shard = s,
+                        "shard failed: {}; skipped for {SHARD_DOWN_FOR:?}",
+                        status.message()
+                    );
                     shard.mark_down();
                     if tried.len() == 2 {
-                        return Err(answer(
-                            StatusCode::SERVICE_UNAVAILABLE,
+                        return Err(refuse(
+                            Refusal::Unavailable,
                             format!("shard unavailable: {}", status.message()),
                         ));
                     }
                 }
             }
         }
-        Err(answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no shard is available",
-        ))
+        Err(refuse(Refusal::Unavailable, "no shard is available"))
     }
 
     fn respond(&self, outcome: proto::Outcome) -> http::Response<Body> {
         match outcome.ending {
             Some(proto::outcome::Ending::Response(r)) => {
                 if r.body.len() > self.config.max_response_bytes {
-                    return answer(
-                        StatusCode::PAYLOAD_TOO_LARGE,
+                    return refuse(Refusal::TooLarge,
                         format!(
                             "the function's response body of {} bytes is over the limit of {} bytes",
                             r.body.len(),
@@ -557,16 +612,19 @@ impl Gateway {
                 response
             }
             Some(proto::outcome::Ending::Failure(f)) => {
-                let status = match proto::FailureKind::try_from(f.kind) {
-                    Ok(proto::FailureKind::BadRequest) => StatusCode::BAD_REQUEST,
+                let (case, retry_after) = match proto::FailureKind::try_from(f.kind) {
+                    Ok(proto::FailureKind::BadRequest) => (Refusal::Invalid, None),
                     Ok(proto::FailureKind::Unavailable | proto::FailureKind::Killed) => {
-                        StatusCode::SERVICE_UNAVAILABLE
+                        (Refusal::Unavailable, None)
                     }
-                    _ => StatusCode::BAD_GATEWAY,
+                    Ok(proto::FailureKind::Overloaded) => {
+                        (Refusal::Unavailable, Some(BOUND_RETRY_AFTER_S))
+                    }
+                    _ => (Refusal::FunctionFailed, None),
                 };
-                answer(status, f.message)
+                refuse_for(case, f.message, retry_after)
             }
-            None => answer(StatusCode::BAD_GATEWAY, "empty outcome from the shard"),
+            None => refuse(Refusal::FunctionFailed, "empty outcome from the shard"),
         }
     }
 }
@@ -608,6 +666,8 @@ mod tests {
             chain_token: token,
             max_chain_depth: 8,
             memory_price: 1.0,
+            in_flight_invocations_max: GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
+            ledger_queue_rows_max: LEDGER_QUEUE_ROWS_MAX_DEFAULT,
         })
         .await
         .unwrap();

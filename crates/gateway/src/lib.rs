@@ -11,6 +11,7 @@ pub mod billing;
 pub mod components;
 mod edge;
 pub mod gateway;
+pub mod refusal;
 pub mod routing;
 
 pub use components::{CheckError, ComponentCheck};

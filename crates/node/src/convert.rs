@@ -6,17 +6,28 @@ use turnpike_wire::proto;
 use turnpike_wire::rpc::headers_to_wire;
 use turnpike_worker::{InvokeError, Outcome, Request};
 
+/// Why an invocation's request cannot be handed to the worker (the caller's error).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("bad method {0:?}")]
+    Method(String),
+    #[error("bad header name {0:?}")]
+    HeaderName(String),
+    #[error("bad value of header {0:?}")]
+    HeaderValue(String),
+}
+
 /// The worker's request for an invocation; a malformed method or header is the caller's
 /// error.
-pub fn to_worker_request(inv: &proto::Invocation) -> Result<Request, String> {
+pub fn to_worker_request(inv: &proto::Invocation) -> Result<Request, BadRequest> {
     let method = http::Method::from_bytes(inv.method.as_bytes())
-        .map_err(|_| format!("bad method {:?}", inv.method))?;
+        .map_err(|_| BadRequest::Method(inv.method.clone()))?;
     let mut request = Request::new(method, inv.path_and_query.clone());
     for h in &inv.headers {
         let name = http::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("bad header name {:?}", h.name))?;
+            .map_err(|_| BadRequest::HeaderName(h.name.clone()))?;
         let value = http::HeaderValue::from_bytes(&h.value)
-            .map_err(|_| format!("bad value of header {:?}", h.name))?;
+            .map_err(|_| BadRequest::HeaderValue(h.name.clone()))?;
         request.headers.append(name, value);
     }
     request.body = inv.body.clone();

@@ -322,12 +322,17 @@ fn duration_ns(d: Duration) -> u64 {
 /// Longest emulated runtime, ms (a day).
 const MAX_MS: u64 = 86_400_000;
 
+/// Why an emulated invocation's `?ms=N&mb=M` is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct BadEmulation(String);
+
 /// `?ms=N&mb=M` of an emulated invocation's path; `mb` at most `max_mb`.
 fn emulation_of(
     path_and_query: &str,
     start_mb: u64,
     max_mb: u64,
-) -> Result<(Duration, u64), String> {
+) -> Result<(Duration, u64), BadEmulation> {
     let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
     let (mut ms, mut mb) = (0u64, start_mb);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -337,17 +342,21 @@ fn emulation_of(
             "mb" => &mut mb,
             _ => continue,
         };
-        *target = value
-            .parse()
-            .map_err(|_| format!("`{key}` must be a non-negative integer, got {value:?}"))?;
+        *target = value.parse().map_err(|_| {
+            BadEmulation(format!(
+                "`{key}` must be a non-negative integer, got {value:?}"
+            ))
+        })?;
     }
     if ms > MAX_MS {
-        return Err(format!("`ms` must be at most {MAX_MS} (a day), got {ms}"));
+        return Err(BadEmulation(format!(
+            "`ms` must be at most {MAX_MS} (a day), got {ms}"
+        )));
     }
     if mb > max_mb {
-        return Err(format!(
+        return Err(BadEmulation(format!(
             "`mb` must be at most {max_mb} (the worker's memory and swap), got {mb}"
-        ));
+        )));
     }
     Ok((Duration::from_millis(ms), mb))
 }
@@ -363,7 +372,7 @@ impl EmulatedWorker {
         let max_mb = config.memory_mb.saturating_add(config.swap_mb);
         let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb, max_mb) {
             Ok(e) => e,
-            Err(message) => return rpc::failure(proto::FailureKind::BadRequest, message),
+            Err(e) => return rpc::failure(proto::FailureKind::BadRequest, e.0),
         };
         let started = Instant::now();
         let ending = self.run(class, inv.start_mb, runtime, mb).await;
@@ -567,16 +576,22 @@ mod tests {
             emulation_of("/x?other=1&ms=3", 2, 100).unwrap(),
             (Duration::from_millis(3), 2)
         );
-        assert!(emulation_of("/x?ms=-1", 2, 100).unwrap_err().contains("ms"));
+        assert!(emulation_of("/x?ms=-1", 2, 100)
+            .unwrap_err()
+            .0
+            .contains("ms"));
         assert!(emulation_of("/x?mb=lots", 2, 100)
             .unwrap_err()
+            .0
             .contains("mb"));
         // Values that would overflow the schedulers' arithmetic are refused.
         assert!(emulation_of("/x?ms=10000000000000", 2, 100)
             .unwrap_err()
+            .0
             .contains("a day"));
         assert!(emulation_of("/x?mb=101", 2, 100)
             .unwrap_err()
+            .0
             .contains("at most 100"));
         assert!(emulation_of("/x?mb=18446744073709551615", 2, 100).is_err());
     }

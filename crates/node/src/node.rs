@@ -13,17 +13,14 @@ use std::time::Duration;
 
 // Tokio's clock, which the waits below use too.
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use rand::{Rng, SeedableRng};
 use tonic::{Request, Response, Status, Streaming};
-use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
+use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::{ClassSet, ShardId};
-use turnpike_worker::{
-    Function, InvokeOptions, Platform, Runtime, RuntimeConfig, Worker, WorkerConfig,
-};
-
-use turnpike_store::Store;
+use turnpike_store::{Store, StoreError};
 use turnpike_wire::chain::ChainToken;
 use turnpike_wire::directory::{Directory, LocalWorker, ShardPeer};
 use turnpike_wire::link;
@@ -31,6 +28,10 @@ use turnpike_wire::metrics::{self, ClassHistograms};
 use turnpike_wire::proto;
 use turnpike_wire::proto::worker_server::WorkerServer;
 use turnpike_wire::rpc;
+use turnpike_worker::{
+    Function, InvokeError, InvokeOptions, LoadError, Platform, Runtime, RuntimeConfig, StartError,
+    Worker, WorkerConfig,
+};
 
 use crate::calls::GatewayLink;
 use crate::convert;
@@ -61,7 +62,49 @@ pub struct NodeService {
     /// Wall time of invocations by class, submit to end on this worker.
     latency: Arc<ClassHistograms>,
     failures: Arc<AtomicU64>,
+    /// How this worker is named in logs (its address once it listens).
+    label: Arc<str>,
+    /// Invocations accepted and not answered, and their bound
+    /// (`worker_in_flight_invocations_max`).
+    in_flight: Arc<AtomicU64>,
+    in_flight_max: u64,
 }
+
+/// Why a worker node could not start or load a function.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("not a loadable component: {0}")]
+    Load(#[from] LoadError),
+    #[error("compiling the component: {0}")]
+    CompileTask(#[from] tokio::task::JoinError),
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the store's component {hash} hashes to {loaded}")]
+    WrongHash { hash: String, loaded: String },
+    #[error("{label}: {source}")]
+    Component {
+        label: String,
+        #[source]
+        source: Box<NodeError>,
+    },
+}
+
+/// Default of [`NodeConfig::in_flight_invocations_max`].
+pub const WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT: u64 = 10_000;
 
 impl NodeService {
     /// The service over `worker`, loading functions it lacks from `store` if given.
@@ -74,7 +117,23 @@ impl NodeService {
             fetching: Arc::new(tokio::sync::Mutex::new(())),
             latency,
             failures: Arc::new(AtomicU64::new(0)),
+            label: Arc::from("worker"),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            in_flight_max: WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
         }
+    }
+
+    /// Names this worker `label` in its logs.
+    pub fn labelled(mut self, label: impl Into<Arc<str>>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Accepts at most `max` invocations at once (`worker_in_flight_invocations_max`); one
+    /// more is answered `FailureKind::Overloaded` at once.
+    pub fn in_flight_max(mut self, max: u64) -> Self {
+        self.in_flight_max = max;
+        self
     }
 
     /// This worker's metrics in Prometheus text format.
@@ -157,7 +216,7 @@ impl NodeService {
 
     /// The function `hash`, loaded from the store if it is not loaded yet: `Ok(None)` if
     /// there is no store or the store does not have it.
-    async fn function_or_fetch(&self, hash: &str) -> Result<Option<Arc<Function>>, String> {
+    async fn function_or_fetch(&self, hash: &str) -> Result<Option<Arc<Function>>, NodeError> {
         if let Some(function) = self.function(hash) {
             return Ok(Some(function));
         }
@@ -168,23 +227,23 @@ impl NodeService {
         if let Some(function) = self.function(hash) {
             return Ok(Some(function));
         }
-        let Some(bytes) = store.component(hash).await.map_err(|e| e.to_string())? else {
+        let Some(bytes) = store.component(hash).await? else {
             return Ok(None);
         };
         let loaded = self.load(bytes).await?;
         if loaded != hash {
-            return Err(format!("the store's component {hash} hashes to {loaded}"));
+            return Err(NodeError::WrongHash {
+                hash: hash.to_string(),
+                loaded,
+            });
         }
         Ok(self.function(hash))
     }
 
     /// Loads a component (compiling it off the async threads); returns its hash.
-    pub async fn load(&self, bytes: Vec<u8>) -> Result<String, String> {
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<String, NodeError> {
         let runtime = self.worker.runtime().clone();
-        let function = tokio::task::spawn_blocking(move || runtime.load(&bytes))
-            .await
-            .map_err(|e| format!("compile task: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let function = tokio::task::spawn_blocking(move || runtime.load(&bytes)).await??;
         let hash = function.hash().to_string();
         turnpike_wire::lock(&self.functions).insert(hash.clone(), function);
         Ok(hash)
@@ -192,8 +251,32 @@ impl NodeService {
 }
 
 impl NodeService {
-    /// Runs one invocation placed here.
+    /// Runs one invocation placed here, in its span (the invocation's id, class and this
+    /// worker), within `worker_in_flight_invocations_max`.
     async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = inv.id,
+            class = inv.class,
+            worker = %self.label,
+        );
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = if in_flight >= self.in_flight_max {
+            let _entered = span.enter();
+            let message = format!(
+                "worker {} has {in_flight} invocations in flight, its worker_in_flight_invocations_max",
+                self.label
+            );
+            tracing::warn!("refused: {message}");
+            rpc::failure(proto::FailureKind::Overloaded, message)
+        } else {
+            self.clone().run_admitted(inv).instrument(span).await
+        };
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {
         let function = match self.function_or_fetch(&inv.function).await {
             Ok(Some(function)) => function,
             Ok(None) => {
@@ -203,10 +286,9 @@ impl NodeService {
                 )
             }
             Err(e) => {
-                return rpc::failure(
-                    proto::FailureKind::Unavailable,
-                    format!("loading function {} from the store: {e}", inv.function),
-                )
+                let message = format!("loading function {} from the store: {e}", inv.function);
+                tracing::warn!("{message}");
+                return rpc::failure(proto::FailureKind::Unavailable, message);
             }
         };
         let class = match rpc::known_class(inv.class, &self.worker.config().classes) {
@@ -215,19 +297,28 @@ impl NodeService {
         };
         let request = match convert::to_worker_request(&inv) {
             Ok(r) => r,
-            Err(message) => return rpc::failure(proto::FailureKind::BadRequest, message),
+            Err(e) => return rpc::failure(proto::FailureKind::BadRequest, e.to_string()),
         };
         let outcome = self
             .worker
             .invoke(
                 &function,
                 request,
-                InvokeOptions::class(class).depth(inv.depth),
+                InvokeOptions::class(class)
+                    .depth(inv.depth)
+                    .start_mb(inv.start_mb),
             )
             .await;
         self.latency.observe(class.index(), outcome.usage.wall);
-        if outcome.result.is_err() {
+        if let Err(e) = &outcome.result {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            // The guest's failure is the function's owner's to see (in the response); the
+            // platform's own are worth an operator's look.
+            match e {
+                InvokeError::Killed => tracing::info!("killed to free memory"),
+                InvokeError::Shutdown => tracing::warn!("the worker is shutting down"),
+                e => tracing::debug!("the invocation failed: {e}"),
+            }
         }
         convert::from_worker_outcome(outcome)
     }
@@ -251,7 +342,7 @@ impl proto::worker_server::Worker for NodeService {
         let bytes = request.into_inner().bytes;
         match NodeService::load(self, bytes).await {
             Ok(hash) => Ok(Response::new(proto::Loaded { hash })),
-            Err(reason) => Err(Status::invalid_argument(reason)),
+            Err(reason) => Err(Status::invalid_argument(reason.to_string())),
         }
     }
 
@@ -393,7 +484,7 @@ pub async fn dispatch(
                         ids[s] = Some(reply.worker);
                         if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
                             // The shard restarted and lost its idle list: join again.
-                            dispatcher = Dispatcher::new(config);
+                            dispatcher.handle_shard_lost();
                         }
                     }
                     Err(_) => ids[s] = None,
@@ -405,48 +496,53 @@ pub async fn dispatch(
             functions: node.functions(),
             idle_cores: node.idle_cores(),
         };
-        let mut lens = vec![usize::MAX; clients.len()];
-        // The shards' idle-list lengths matter only to a join: ask only when one may happen.
-        if dispatcher.would_join(entry, capacity_mb) {
-            for (s, client) in clients.iter().enumerate() {
-                if ids[s].is_some() {
-                    if let Ok(len) = client.idle_len().await {
-                        lens[s] = usize::try_from(len).unwrap_or(usize::MAX);
+        dispatcher.handle_load(entry, capacity_mb, clients.len() as u32, &mut rng);
+        while let Some(output) = dispatcher.poll_output() {
+            match output {
+                // Only the sampled shards are asked; one not registered with, or not
+                // answering, counts as longest.
+                DispatcherOutput::AskLengths(sampled) => {
+                    let mut lengths = Vec::with_capacity(sampled.len());
+                    for shard in sampled {
+                        let s = shard.0 as usize;
+                        let len = match ids[s] {
+                            Some(_) => clients[s].idle_len().await.ok(),
+                            None => None,
+                        };
+                        lengths.push(
+                            len.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+                        );
+                    }
+                    dispatcher.handle_lengths(&lengths);
+                }
+                DispatcherOutput::Send(action) => {
+                    let (shard, message) = match action {
+                        IdleListAction::Join { shard, entry }
+                        | IdleListAction::Update { shard, entry } => (shard, Some(entry)),
+                        IdleListAction::Leave { shard } => (shard, None),
+                    };
+                    let s = shard.0 as usize;
+                    let sent = match (ids[s], message) {
+                        (Some(worker), Some(entry)) => clients[s]
+                            .idle_join(proto::IdleEntry {
+                                worker,
+                                free_mb: entry.free_mb,
+                                functions: entry.functions,
+                                idle_cores: entry.idle_cores,
+                            })
+                            .await
+                            .is_ok(),
+                        (Some(worker), None) => clients[s]
+                            .idle_leave(proto::WorkerRef { worker })
+                            .await
+                            .is_ok(),
+                        (None, _) => false,
+                    };
+                    if !sent {
+                        // The shard is unreachable: choose again later.
+                        dispatcher.handle_shard_lost();
                     }
                 }
-            }
-        }
-        let action =
-            dispatcher.handle_memory(entry, capacity_mb, clients.len() as u32, &mut rng, |s| {
-                lens[s.0 as usize]
-            });
-        if let Some(action) = action {
-            let (shard, message) = match action {
-                IdleListAction::Join { shard, entry } | IdleListAction::Update { shard, entry } => {
-                    (shard, Some(entry))
-                }
-                IdleListAction::Leave { shard } => (shard, None),
-            };
-            let s = shard.0 as usize;
-            let sent = match (ids[s], message) {
-                (Some(worker), Some(entry)) => clients[s]
-                    .idle_join(proto::IdleEntry {
-                        worker,
-                        free_mb: entry.free_mb,
-                        functions: entry.functions,
-                        idle_cores: entry.idle_cores,
-                    })
-                    .await
-                    .is_ok(),
-                (Some(worker), None) => clients[s]
-                    .idle_leave(proto::WorkerRef { worker })
-                    .await
-                    .is_ok(),
-                (None, _) => false,
-            };
-            if !sent {
-                // The shard is unreachable: forget the membership and choose again later.
-                dispatcher = Dispatcher::new(config);
             }
         }
         // Until the next registration is due, or something changed on the machine.
@@ -499,14 +595,17 @@ pub struct NodeConfig {
     pub memory_mb: u64,
     pub classes: ClassSet,
     /// Where guests' calls to other functions go: the gateway and the cluster's chain token
-    /// (see [`crate::chain`]). `None`: such calls are denied.
+    /// (see `turnpike_wire::chain`). `None`: such calls are denied.
     pub gateway: Option<(SocketAddr, ChainToken)>,
     /// Seed of the dispatcher's random choices.
     pub seed: u64,
     /// Where functions not loaded at start come from (deployed through the API).
     pub store: Option<Store>,
+    /// `worker_in_flight_invocations_max`: invocations accepted at once; one more is refused
+    /// (default [`WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT`]).
+    pub in_flight_invocations_max: u64,
     /// Roles of this process: the node adds itself, and calls the shards found there without
-    /// RPC (see [`crate::local`]). Empty in a process of its own.
+    /// RPC (see `turnpike_wire::directory`). Empty in a process of its own.
     pub directory: Directory,
 }
 
@@ -528,49 +627,60 @@ pub async fn start_node(
     config: NodeConfig,
     components: &[(String, Vec<u8>)],
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<RunningNode, String> {
+) -> Result<RunningNode, NodeError> {
     let cache_dir = config.data_dir.join("cache");
     let swap_dir = config.data_dir.join("swap");
     for dir in [&cache_dir, &swap_dir] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    let runtime = Runtime::new(RuntimeConfig::new(cache_dir)).map_err(|e| e.to_string())?;
+    let runtime = Runtime::new(RuntimeConfig::new(cache_dir))?;
     let platform = config.gateway.map(|(gateway, token)| {
         GatewayLink::new(gateway, token, config.classes.clone()) as Arc<dyn Platform>
     });
-    let worker = Arc::new(
-        Worker::new(
-            Arc::new(runtime),
-            WorkerConfig {
-                cores: config.cores,
-                classes: config.classes,
-                memory_mb: Some(config.memory_mb),
-                swap_dir,
-                platform,
-                ..WorkerConfig::default()
-            },
-        )
-        .map_err(|e| e.to_string())?,
-    );
-    let service = NodeService::new(worker.clone(), config.store);
+    let worker = Arc::new(Worker::new(
+        Arc::new(runtime),
+        WorkerConfig {
+            cores: config.cores,
+            classes: config.classes,
+            memory_mb: Some(config.memory_mb),
+            swap_dir,
+            platform,
+            ..WorkerConfig::default()
+        },
+    )?);
+    let listen_error = |source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
+    let service = NodeService::new(worker.clone(), config.store)
+        .labelled(address.to_string())
+        .in_flight_max(config.in_flight_invocations_max);
     let mut loaded = Vec::new();
     for (label, bytes) in components {
         let hash = service
             .load(bytes.clone())
             .await
-            .map_err(|e| format!("{label}: {e}"))?;
+            .map_err(|e| NodeError::Component {
+                label: label.clone(),
+                source: Box::new(e),
+            })?;
         loaded.push(hash);
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let router = tonic::transport::Server::builder().add_service(service.clone().into_server());
     let server = tokio::spawn(async move {
-        let _ = router
+        if let Err(e) = router
             .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
-            .await;
+            .await
+        {
+            tracing::error!(worker = %address, "the worker's RPC server stopped: {e}");
+        }
     });
     // In the directory before the dispatcher registers it, so in-process shards find it.
     config

@@ -65,10 +65,29 @@ pub enum IdleListAction {
     Leave { shard: ShardId },
 }
 
+/// What the dispatcher asks its driver to do ([`Dispatcher::poll_output`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum DispatcherOutput {
+    /// Find out the idle-list lengths of these shards and give them to
+    /// [`Dispatcher::handle_lengths`]: the machine is choosing a list to join.
+    AskLengths(Vec<ShardId>),
+    /// Send this to its shard.
+    Send(IdleListAction),
+}
+
+/// A machine's idle-list membership, as a state machine without I/O: the driver (the
+/// simulator, or a worker node talking to shards over RPC) feeds it inputs (`handle_*`) and
+/// carries out its outputs ([`Dispatcher::poll_output`]) in order. The simulator answers an
+/// [`DispatcherOutput::AskLengths`] by looking; a node by asking the sampled shards.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     config: DispatcherConfig,
     member_of: Option<(ShardId, IdleEntry)>,
+    /// A join waiting for the sampled shards' lengths: the entry it would join with, and the
+    /// shards sampled.
+    joining: Option<(IdleEntry, Vec<ShardId>)>,
+    output: Option<DispatcherOutput>,
 }
 
 impl Dispatcher {
@@ -76,18 +95,14 @@ impl Dispatcher {
         Self {
             config,
             member_of: None,
+            joining: None,
+            output: None,
         }
     }
 
     /// The shard whose idle list holds this machine, if any.
     pub fn member_of(&self) -> Option<ShardId> {
         self.member_of.map(|(s, _)| s)
-    }
-
-    /// Whether the machine, as `now` describes it, is idle enough to join a list; a driver
-    /// asks the shards for their list lengths only when it is and no list holds the machine.
-    pub fn would_join(&self, now: IdleEntry, capacity_mb: u64) -> bool {
-        self.member_of.is_none() && self.joinable(now, capacity_mb)
     }
 
     fn joinable(&self, now: IdleEntry, capacity_mb: u64) -> bool {
@@ -100,41 +115,35 @@ impl Dispatcher {
             || (self.config.need_idle_core && now.idle_cores == 0)
     }
 
-    /// Called whenever the machine's memory or load changed; `capacity_mb` is `u64::MAX`
-    /// when memory is unlimited. `idle_list_len` answers the length of a shard's idle list
-    /// (a real dispatcher asks the shards; the simulator looks).
-    pub fn handle_memory<R: Rng + ?Sized>(
+    /// Input: the machine's memory or load is now `now`; `capacity_mb` is `u64::MAX` when
+    /// memory is unlimited, `shards` how many shards there are. A join in progress (waiting
+    /// for lengths) is dropped: the machine's state it was for is gone.
+    pub fn handle_load<R: Rng + ?Sized>(
         &mut self,
         now: IdleEntry,
         capacity_mb: u64,
         shards: u32,
         rng: &mut R,
-        mut idle_list_len: impl FnMut(ShardId) -> usize,
-    ) -> Option<IdleListAction> {
+    ) {
+        self.joining = None;
+        self.output = None;
         let cap = capacity_mb as f64;
         match self.member_of {
             None if shards > 0 && self.joinable(now, capacity_mb) => {
-                let mut best: Option<(ShardId, usize)> = None;
-                let mut tried = Vec::with_capacity(self.config.shard_choices);
-                while tried.len() < self.config.shard_choices.min(shards as usize) {
+                let mut sampled = Vec::with_capacity(self.config.shard_choices);
+                while sampled.len() < self.config.shard_choices.min(shards as usize) {
                     let s = ShardId(rng.random_range(0..shards));
-                    if tried.contains(&s) {
-                        continue;
-                    }
-                    tried.push(s);
-                    let len = idle_list_len(s);
-                    if best.is_none_or(|(_, l)| len < l) {
-                        best = Some((s, len));
+                    if !sampled.contains(&s) {
+                        sampled.push(s);
                     }
                 }
-                let (shard, _) = best.expect("at least one shard was looked at");
-                self.member_of = Some((shard, now));
-                Some(IdleListAction::Join { shard, entry: now })
+                self.output = Some(DispatcherOutput::AskLengths(sampled.clone()));
+                self.joining = Some((now, sampled));
             }
-            None => None,
+            None => {}
             Some((shard, _)) if self.must_leave(now, capacity_mb) => {
                 self.member_of = None;
-                Some(IdleListAction::Leave { shard })
+                self.output = Some(DispatcherOutput::Send(IdleListAction::Leave { shard }));
             }
             Some((shard, last)) => {
                 let moved = (now.free_mb as f64 - last.free_mb as f64).abs();
@@ -143,10 +152,70 @@ impl Dispatcher {
                     || functions_moved >= self.config.update_functions_change
                 {
                     self.member_of = Some((shard, now));
-                    Some(IdleListAction::Update { shard, entry: now })
-                } else {
-                    None
+                    self.output = Some(DispatcherOutput::Send(IdleListAction::Update {
+                        shard,
+                        entry: now,
+                    }));
                 }
+            }
+        }
+    }
+
+    /// Input: the idle-list lengths of the shards an [`DispatcherOutput::AskLengths`] named,
+    /// in its order (`usize::MAX` for a shard that did not answer). The machine joins the
+    /// shortest (the first of equals).
+    pub fn handle_lengths(&mut self, lengths: &[usize]) {
+        let Some((entry, sampled)) = self.joining.take() else {
+            return;
+        };
+        let mut best: Option<(ShardId, usize)> = None;
+        for (&s, &len) in sampled.iter().zip(lengths) {
+            if best.is_none_or(|(_, l)| len < l) {
+                best = Some((s, len));
+            }
+        }
+        let Some((shard, _)) = best.or_else(|| sampled.first().map(|&s| (s, usize::MAX))) else {
+            return;
+        };
+        self.member_of = Some((shard, entry));
+        self.output = Some(DispatcherOutput::Send(IdleListAction::Join {
+            shard,
+            entry,
+        }));
+    }
+
+    /// Input: a shard did not take a message, or restarted and lost its idle list: forget
+    /// the membership, so the next load input chooses again.
+    pub fn handle_shard_lost(&mut self) {
+        self.member_of = None;
+        self.joining = None;
+        self.output = None;
+    }
+
+    /// Output: the next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<DispatcherOutput> {
+        self.output.take()
+    }
+
+    /// [`Dispatcher::handle_load`] and the outputs that follow, for tests that know the
+    /// idle-list lengths at once (`idle_list_len`): the message to send, if any.
+    #[cfg(test)]
+    fn decide<R: Rng + ?Sized>(
+        &mut self,
+        now: IdleEntry,
+        capacity_mb: u64,
+        shards: u32,
+        rng: &mut R,
+        mut idle_list_len: impl FnMut(ShardId) -> usize,
+    ) -> Option<IdleListAction> {
+        self.handle_load(now, capacity_mb, shards, rng);
+        loop {
+            match self.poll_output()? {
+                DispatcherOutput::AskLengths(sampled) => {
+                    let lengths: Vec<usize> = sampled.iter().map(|&s| idle_list_len(s)).collect();
+                    self.handle_lengths(&lengths);
+                }
+                DispatcherOutput::Send(action) => return Some(action),
             }
         }
     }
@@ -176,11 +245,11 @@ mod tests {
         let lens = [5, 3, 0, 9];
         // 20% free: not significant.
         assert_eq!(
-            d.handle_memory(e(200), 1000, 4, &mut rng, |s| lens[s.0 as usize]),
+            d.decide(e(200), 1000, 4, &mut rng, |s| lens[s.0 as usize]),
             None
         );
         // 50% free: join; with all 4 shards sampled the shortest (shard 2) wins.
-        let a = d.handle_memory(e(500), 1000, 4, &mut rng, |s| lens[s.0 as usize]);
+        let a = d.decide(e(500), 1000, 4, &mut rng, |s| lens[s.0 as usize]);
         assert_eq!(
             a,
             Some(IdleListAction::Join {
@@ -189,9 +258,9 @@ mod tests {
             })
         );
         // A 5% move is not significant; a 15% move is.
-        assert_eq!(d.handle_memory(e(450), 1000, 4, &mut rng, |_| 0), None);
+        assert_eq!(d.decide(e(450), 1000, 4, &mut rng, |_| 0), None);
         assert_eq!(
-            d.handle_memory(e(350), 1000, 4, &mut rng, |_| 0),
+            d.decide(e(350), 1000, 4, &mut rng, |_| 0),
             Some(IdleListAction::Update {
                 shard: ShardId(2),
                 entry: e(350)
@@ -204,7 +273,7 @@ mod tests {
             idle_cores: 1,
         };
         assert_eq!(
-            d.handle_memory(busier, 1000, 4, &mut rng, |_| 0),
+            d.decide(busier, 1000, 4, &mut rng, |_| 0),
             Some(IdleListAction::Update {
                 shard: ShardId(2),
                 entry: busier
@@ -212,7 +281,7 @@ mod tests {
         );
         // Below 10%: leave.
         assert_eq!(
-            d.handle_memory(e(50), 1000, 4, &mut rng, |_| 0),
+            d.decide(e(50), 1000, 4, &mut rng, |_| 0),
             Some(IdleListAction::Leave { shard: ShardId(2) })
         );
         assert_eq!(d.member_of(), None);
@@ -228,20 +297,16 @@ mod tests {
         };
         let mut d = Dispatcher::new(DispatcherConfig::default());
         // Every core taken: not idle, whatever the memory.
-        assert!(!d.would_join(entry(2, 0), u64::MAX));
-        assert_eq!(
-            d.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0),
-            None
-        );
-        assert!(d.would_join(entry(1, 1), u64::MAX));
+        assert_eq!(d.decide(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0), None);
         let Some(IdleListAction::Join { shard, .. }) =
-            d.handle_memory(entry(1, 1), u64::MAX, 4, &mut rng, |_| 0)
+            d.decide(entry(1, 1), u64::MAX, 4, &mut rng, |_| 0)
         else {
             panic!("an idle core with unlimited memory joins");
         };
-        assert!(!d.would_join(entry(1, 1), u64::MAX), "already a member");
+        d.handle_load(entry(1, 1), u64::MAX, 4, &mut rng);
+        assert_eq!(d.poll_output(), None, "already a member, nothing changed");
         assert_eq!(
-            d.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0),
+            d.decide(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0),
             Some(IdleListAction::Leave { shard })
         );
         // The paper's rule: memory alone, so an unlimited machine never leaves.
@@ -249,11 +314,50 @@ mod tests {
             need_idle_core: false,
             ..DispatcherConfig::default()
         });
-        let _ = paper.handle_memory(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0);
+        let _ = paper.decide(entry(2, 0), u64::MAX, 4, &mut rng, |_| 0);
         assert!(paper.member_of().is_some());
         assert_eq!(
-            paper.handle_memory(entry(3, 0), u64::MAX, 4, &mut rng, |_| 0),
+            paper.decide(entry(3, 0), u64::MAX, 4, &mut rng, |_| 0),
             None
         );
+    }
+
+    #[test]
+    fn a_join_waits_for_the_sampled_lengths_and_new_load_cancels_it() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        d.handle_load(e(500), 1000, 8, &mut rng);
+        let Some(DispatcherOutput::AskLengths(sampled)) = d.poll_output() else {
+            panic!("a join asks for lengths first");
+        };
+        assert_eq!(sampled.len(), 2);
+        assert_ne!(sampled[0], sampled[1]);
+        assert_eq!(d.poll_output(), None, "one output at a time");
+        // The machine filled up before the answer: the join is off.
+        d.handle_load(e(50), 1000, 8, &mut rng);
+        d.handle_lengths(&[0, 0]);
+        assert_eq!(d.poll_output(), None);
+        assert_eq!(d.member_of(), None);
+        // Asked again; a shard that did not answer counts as longest.
+        d.handle_load(e(500), 1000, 8, &mut rng);
+        let Some(DispatcherOutput::AskLengths(sampled)) = d.poll_output() else {
+            panic!("asks again");
+        };
+        d.handle_lengths(&[usize::MAX, 4]);
+        assert_eq!(
+            d.poll_output(),
+            Some(DispatcherOutput::Send(IdleListAction::Join {
+                shard: sampled[1],
+                entry: e(500)
+            }))
+        );
+        // A shard lost: membership forgotten, the next load input joins again.
+        d.handle_shard_lost();
+        assert_eq!(d.member_of(), None);
+        d.handle_load(e(500), 1000, 8, &mut rng);
+        assert!(matches!(
+            d.poll_output(),
+            Some(DispatcherOutput::AskLengths(_))
+        ));
     }
 }

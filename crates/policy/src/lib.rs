@@ -11,7 +11,9 @@
 //! - [`multi_queue`]: a scheduler shard's per-class FIFOs and the head-choice score.
 //! - [`idle_list`]: a shard's list of machines with significant free memory.
 //! - [`placement`]: power-of-k machine polling (used when the idle list is empty).
-//! - [`shard`]: one scheduler shard: multi-queue, idle list and placement together.
+//! - [`shard`]: one scheduler shard: multi-queue, idle list and placement together, and the
+//!   requeue rule for invocations that came back unanswered.
+//! - [`shard_choice`]: the gateway's choice of a shard for each invocation.
 //! - [`dispatcher`]: a machine's decisions about idle-list membership.
 //! - [`machine`]: the preemptive priority machine scheduler, with its [`memory`] manager.
 //! - [`baseline`]: Hermod (processor sharing) and EDF, the paper's comparison points.
@@ -27,6 +29,7 @@ pub mod memory;
 pub mod multi_queue;
 pub mod placement;
 pub mod shard;
+pub mod shard_choice;
 
 pub use class::{ClassError, ClassId, ClassSet, PriceClass};
 

@@ -27,6 +27,15 @@
 /// (`workload.start_mb`, the paper's 100 MB).
 pub const START_MB_DEFAULT: u64 = 2;
 
+/// Why a [`MemoryConfig`] is refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MemoryConfigError {
+    #[error("memory capacity_mb must be positive")]
+    NoCapacity,
+    #[error("watermarks must satisfy 0 < low_watermark <= high_watermark <= 1, got low {low} and high {high}")]
+    Watermarks { low: f64, high: f64 },
+}
+
 use std::collections::BTreeMap;
 
 use crate::class::ClassId;
@@ -54,15 +63,13 @@ impl MemoryConfig {
     }
 
     /// Checks `0 < low <= high <= 1` and a non-zero capacity; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MemoryConfigError> {
         if self.capacity_mb == 0 {
-            return Err("memory capacity_mb must be positive".into());
+            return Err(MemoryConfigError::NoCapacity);
         }
-        let (lo, hi) = (self.low_watermark, self.high_watermark);
-        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return Err(format!(
-                "watermarks must satisfy 0 < low_watermark <= high_watermark <= 1, got low {lo} and high {hi}"
-            ));
+        let (low, high) = (self.low_watermark, self.high_watermark);
+        if !(low > 0.0 && low <= high && high <= 1.0) {
+            return Err(MemoryConfigError::Watermarks { low, high });
         }
         Ok(())
     }

@@ -17,6 +17,35 @@ use crate::multi_queue::MultiQueue;
 use crate::placement::{sample_machines, PlacementRule, PollReply};
 use crate::{InvocationId, MachineId};
 
+/// How many times an invocation that came back unanswered is placed again before it fails,
+/// unless configured: the simulator's `cluster.kill_requeue_max` and the shard service's
+/// `requeue_max`. Invocations are stateless, so running one again from the start is safe.
+pub const REQUEUE_MAX_DEFAULT: u32 = 3;
+
+/// What becomes of a placed invocation that came back without an answer: killed on its
+/// machine to free memory, or its machine was lost. The one requeue rule of both drivers
+/// (the simulator and the shard service), whatever the cause: placed again while it has been
+/// requeued fewer than `requeue_max` times (so at most `requeue_max + 1` placements in all),
+/// then it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterReturn {
+    /// Queue it again, at its class, as a new arrival.
+    Requeue,
+    /// Fail it: it was placed `requeue_max + 1` times.
+    GiveUp,
+}
+
+impl AfterReturn {
+    /// The rule for an invocation already requeued `requeues` times.
+    pub fn of(requeues: u32, requeue_max: u32) -> Self {
+        if requeues < requeue_max {
+            Self::Requeue
+        } else {
+            Self::GiveUp
+        }
+    }
+}
+
 /// An invocation waiting in a shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {

@@ -12,8 +12,18 @@
 //!
 //! Faults: a worker whose link fails at the transport level is marked lost (left out of
 //! polling and removed from the idle list until it registers again) and the invocation is
-//! placed again, up to [`MAX_ATTEMPTS`] placements; an invocation killed to free memory is
-//! placed again the same way. Every accepted invocation is answered.
+//! placed again; an invocation killed to free memory is placed again the same way, both by
+//! the policy core's one rule (`AfterReturn`: up to [`ShardConfig::requeue_max`] times, then
+//! it fails). Every accepted invocation is answered.
+//!
+//! Bounds: at most [`ShardConfig::queue_invocations_max`] invocations wait for placement
+//! (`shard_queue_invocations_max`); more are refused at once with `FailureKind::Overloaded`.
+//! The link to each worker carries only placed invocations, so it is bounded by what the
+//! workers accept (`worker_in_flight_invocations_max`).
+//!
+//! Logs: each invocation's events are in a span with its id (the gateway's), class and this
+//! shard's id; a lost worker and a give-up are logged at `warn`, a placement again at
+//! `info`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +37,8 @@ use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::{PlacementRule, PollReply};
 use turnpike_policy::shard::{
-    self as policy, Pending, Shard, ShardDecision, ShardStep, Via, TOP_CLASS_DEFERS_MAX_DEFAULT,
+    self as policy, AfterReturn, Pending, Shard, ShardDecision, ShardStep, Via,
+    REQUEUE_MAX_DEFAULT, TOP_CLASS_DEFERS_MAX_DEFAULT,
 };
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 use turnpike_wire::directory::{Directory, LocalFuture, LocalShard, LocalWorker};
@@ -38,8 +49,8 @@ use turnpike_wire::proto::shard_server::ShardServer;
 use turnpike_wire::proto::worker_client::WorkerClient;
 use turnpike_wire::rpc;
 
-/// Placements an invocation gets before the shard gives up on it (a lost worker, a kill).
-pub const MAX_ATTEMPTS: u32 = 3;
+/// Default of [`ShardConfig::queue_invocations_max`].
+pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
 /// A poll that takes longer than this counts as no answer.
 const POLL_TIMEOUT: Duration = Duration::from_millis(250);
 /// Workers polled per power-of-k decision unless configured: `shared/DESIGN.md`'s default,
@@ -64,6 +75,16 @@ pub struct ShardConfig {
     pub placement: PlacementRule,
     /// Seeds the shard's sampling of workers.
     pub seed: u64,
+    /// The shard's number in its cluster, for its logs.
+    pub id: u32,
+    /// Times an invocation that came back unanswered (killed, or its worker lost) is placed
+    /// again before it fails (the policy core's rule, `turnpike_policy::shard::AfterReturn`).
+    pub requeue_max: u32,
+    /// `shard_queue_invocations_max`: invocations waiting for placement at most. One more is
+    /// refused at once (`FailureKind::Overloaded`, which the gateway answers with 503 and
+    /// `Retry-After`); invocations placed again after a kill or a lost worker are let in over
+    /// the limit (they were accepted already).
+    pub queue_invocations_max: usize,
 }
 
 impl Default for ShardConfig {
@@ -74,6 +95,9 @@ impl Default for ShardConfig {
             fifo: false,
             placement: PlacementRule::ClassAware,
             seed: 1,
+            id: 0,
+            requeue_max: REQUEUE_MAX_DEFAULT,
+            queue_invocations_max: SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT,
         }
     }
 }
@@ -103,6 +127,10 @@ struct Inner {
     fifo: bool,
     started: Instant,
     next_id: AtomicU64,
+    /// See [`ShardConfig`].
+    id: u32,
+    requeue_max: u32,
+    queue_invocations_max: usize,
     /// Workers in this process, reached without RPC.
     directory: Directory,
 }
@@ -161,7 +189,10 @@ impl Poller {
 struct Waiting {
     invocation: proto::Invocation,
     reply: oneshot::Sender<proto::Outcome>,
+    /// Placements so far.
     attempts: u32,
+    /// The invocation's span (its id, class and this shard), for what happens to it later.
+    span: tracing::Span,
 }
 
 impl ShardService {
@@ -194,6 +225,9 @@ impl ShardService {
             fifo: config.fifo,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
+            id: config.id,
+            requeue_max: config.requeue_max,
+            queue_invocations_max: config.queue_invocations_max,
             directory,
         });
         tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
@@ -438,16 +472,22 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
     tokio::spawn(async move {
         let result = link.call(waiting.invocation.clone()).await;
         let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
-            if waiting.attempts >= MAX_ATTEMPTS {
-                let mut outcome = rpc::failure(
-                    proto::FailureKind::Unavailable,
-                    format!("gave up after {} placements: {why}", waiting.attempts),
-                );
-                outcome.attempts = waiting.attempts;
-                let _ = waiting.reply.send(outcome);
-            } else {
-                inner.lock().counters.replaced += 1;
-                inner.enqueue(id, waiting);
+            let _entered = waiting.span.clone().entered();
+            match AfterReturn::of(waiting.attempts - 1, inner.requeue_max) {
+                AfterReturn::GiveUp => {
+                    tracing::warn!(attempts = waiting.attempts, "gave up: {why}");
+                    let mut outcome = rpc::failure(
+                        proto::FailureKind::Unavailable,
+                        format!("gave up after {} placements: {why}", waiting.attempts),
+                    );
+                    outcome.attempts = waiting.attempts;
+                    let _ = waiting.reply.send(outcome);
+                }
+                AfterReturn::Requeue => {
+                    tracing::info!(attempts = waiting.attempts, "placed again: {why}");
+                    inner.lock().counters.replaced += 1;
+                    inner.enqueue(id, waiting);
+                }
             }
         };
         match result {
@@ -476,6 +516,12 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                         if slot.alive {
                             slot.alive = false;
                             state.counters.workers_lost += 1;
+                            tracing::warn!(
+                                shard = inner.id,
+                                worker = machine.0,
+                                "worker lost: {}",
+                                status.message()
+                            );
                         }
                     }
                     state.shard.handle_idle_leave(machine);
@@ -504,6 +550,22 @@ impl ShardService {
                 ),
             );
         }
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = invocation.id,
+            class = invocation.class,
+            shard = self.inner.id,
+        );
+        let queued = self.inner.lock().waiting.len();
+        if queued >= self.inner.queue_invocations_max {
+            let _entered = span.enter();
+            let message = format!(
+                "shard {} has {queued} invocations waiting, its shard_queue_invocations_max",
+                self.inner.id
+            );
+            tracing::warn!("refused: {message}");
+            return rpc::failure(proto::FailureKind::Overloaded, message);
+        }
         let (reply, answer) = oneshot::channel();
         let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         self.inner.enqueue(
@@ -512,6 +574,7 @@ impl ShardService {
                 invocation,
                 reply,
                 attempts: 0,
+                span,
             },
         );
         answer.await.unwrap_or_else(|_| {
@@ -658,5 +721,168 @@ impl LocalShard for ShardService {
     fn idle_len(&self) -> LocalFuture<Result<u64, Status>> {
         let len = self.inner.lock().shard.idle_list().len() as u64;
         Box::pin(std::future::ready(Ok(len)))
+    }
+}
+
+/// The shard's service logic without sockets: workers are fakes in the directory, called in
+/// process, and invocations enter through [`LocalShard`] as a gateway of the same process
+/// sends them.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    /// A worker that answers every invocation with `ending` and counts its runs.
+    #[derive(Debug)]
+    struct FakeWorker {
+        ending: proto::outcome::Ending,
+        runs: Arc<AtomicU32>,
+    }
+
+    impl LocalWorker for FakeWorker {
+        fn handler(&self) -> link::Handler {
+            let (ending, runs) = (self.ending.clone(), self.runs.clone());
+            Arc::new(move |_invocation| {
+                runs.fetch_add(1, Ordering::Relaxed);
+                let ending = ending.clone();
+                Box::pin(async move {
+                    proto::Outcome {
+                        ending: Some(ending),
+                        usage: None,
+                        worker: 0,
+                        attempts: 1,
+                    }
+                })
+            })
+        }
+
+        fn poll(&self, _class: u32) -> Result<proto::PollReply, Status> {
+            Ok(proto::PollReply {
+                functions: 0,
+                room_mb: 1024,
+                ahead: 0,
+                cores: 1,
+            })
+        }
+    }
+
+    fn invocation(id: u64, class: u32) -> proto::Invocation {
+        proto::Invocation {
+            id,
+            function: "f".into(),
+            class,
+            start_mb: 2,
+            ..proto::Invocation::default()
+        }
+    }
+
+    /// A shard with one fake worker answering `ending`: the shard and the worker's run count.
+    async fn shard_with_worker(
+        config: ShardConfig,
+        ending: proto::outcome::Ending,
+    ) -> (ShardService, Arc<AtomicU32>) {
+        let directory = Directory::new();
+        let shard = ShardService::start(ClassSet::default_four(), config, directory.clone());
+        let runs = Arc::new(AtomicU32::new(0));
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let worker = FakeWorker {
+            ending,
+            runs: runs.clone(),
+        };
+        directory.add_worker(address, Arc::new(worker));
+        let registered = LocalShard::register(
+            &shard,
+            proto::WorkerInfo {
+                address: format!("http://{address}"),
+                memory_mb: 1024,
+                cores: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((registered.worker, registered.fresh), (0, true));
+        (shard, runs)
+    }
+
+    fn failure_kind(outcome: &proto::Outcome) -> Option<proto::FailureKind> {
+        match &outcome.ending {
+            Some(proto::outcome::Ending::Failure(f)) => proto::FailureKind::try_from(f.kind).ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invocation_is_placed_on_a_polled_worker_and_answered() {
+        let response = proto::outcome::Ending::Response(proto::Response {
+            status: 200,
+            headers: Vec::new(),
+            body: bytes_of("hi"),
+        });
+        let (shard, runs) = shard_with_worker(ShardConfig::default(), response.clone()).await;
+        let outcome = LocalShard::invoke(&shard, invocation(7, 3)).await;
+        assert_eq!(outcome.ending, Some(response));
+        assert_eq!((outcome.worker, outcome.attempts), (0, 1));
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+        let counters = shard.counters();
+        assert_eq!(counters.placed_idle_list + counters.placed_polling, 1);
+        assert_eq!(shard.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_killed_invocation_is_placed_again_up_to_the_requeue_limit_then_fails() {
+        let killed = proto::outcome::Ending::Failure(proto::Failure {
+            kind: proto::FailureKind::Killed as i32,
+            message: "killed".into(),
+        });
+        let config = ShardConfig {
+            requeue_max: 2,
+            ..ShardConfig::default()
+        };
+        let (shard, runs) = shard_with_worker(config, killed).await;
+        let outcome = LocalShard::invoke(&shard, invocation(1, 0)).await;
+        assert_eq!(
+            failure_kind(&outcome),
+            Some(proto::FailureKind::Unavailable)
+        );
+        assert_eq!(outcome.attempts, 3, "one placement and two again");
+        assert_eq!(runs.load(Ordering::Relaxed), 3);
+        assert_eq!(shard.counters().replaced, 2);
+    }
+
+    #[tokio::test]
+    async fn past_its_queue_bound_a_shard_refuses_at_once_and_keeps_what_it_queued() {
+        let config = ShardConfig {
+            queue_invocations_max: 2,
+            ..ShardConfig::default()
+        };
+        // No worker: whatever is accepted waits.
+        let shard = ShardService::start(ClassSet::default_four(), config, Directory::new());
+        let waiting: Vec<_> = (0..2)
+            .map(|id| tokio::spawn(LocalShard::invoke(&shard, invocation(id, 0))))
+            .collect();
+        while shard.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = LocalShard::invoke(&shard, invocation(9, 3)).await;
+        assert_eq!(failure_kind(&refused), Some(proto::FailureKind::Overloaded));
+        assert!(format!("{refused:?}").contains("shard_queue_invocations_max"));
+        assert_eq!(shard.queued(), 2);
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_class_is_the_callers_error() {
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig::default(),
+            Directory::new(),
+        );
+        let outcome = LocalShard::invoke(&shard, invocation(1, 4)).await;
+        assert_eq!(failure_kind(&outcome), Some(proto::FailureKind::BadRequest));
+    }
+
+    fn bytes_of(text: &str) -> bytes::Bytes {
+        bytes::Bytes::from(text.to_string())
     }
 }

@@ -18,7 +18,7 @@ pub enum ConfigError {
     Toml(String),
     #[error("config field `{field}`: {msg}")]
     Field { field: String, msg: String },
-    #[error("unknown preset `{0}` (known: fig4, fig5, overload, trace)")]
+    #[error("unknown preset `{0}` (known: fig4, fig5, overload, trace, twin)")]
     UnknownPreset(String),
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
@@ -302,7 +302,7 @@ fn retry_default() -> u64 {
     1000
 }
 fn requeue_default() -> u32 {
-    3
+    turnpike_policy::shard::REQUEUE_MAX_DEFAULT
 }
 fn sample_default() -> u64 {
     100
@@ -336,6 +336,7 @@ pub fn preset_toml(name: &str) -> Result<&'static str, ConfigError> {
         "fig5" => Ok(include_str!("../presets/fig5.toml")),
         "trace" => Ok(include_str!("../presets/trace.toml")),
         "overload" => Ok(include_str!("../presets/overload.toml")),
+        "twin" => Ok(include_str!("../presets/twin.toml")),
         other => Err(ConfigError::UnknownPreset(other.to_string())),
     }
 }
@@ -448,7 +449,8 @@ impl Config {
             ));
         }
         if let Some(mem) = self.memory() {
-            mem.validate().map_err(|m| field("cluster.memory_mb", m))?;
+            mem.validate()
+                .map_err(|m| field("cluster.memory_mb", m.to_string()))?;
             if let Some(s) = self
                 .schedulers
                 .iter()
@@ -594,7 +596,7 @@ mod tests {
 
     #[test]
     fn presets_parse() {
-        for name in ["fig4", "fig5", "overload", "trace"] {
+        for name in ["fig4", "fig5", "overload", "trace", "twin"] {
             Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert!(matches!(

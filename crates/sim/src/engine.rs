@@ -6,7 +6,8 @@
 //! config, the load and the seed.
 //!
 //! Model (paper 4.1, with `DESIGN.md`'s choices):
-//! - Turnpike: the gateway hands invocations to shards round-robin; a shard decides
+//! - Turnpike: the gateway hands each invocation to a shard by the policy core's rule
+//!   (`shard_choice`: the less busy of two sampled, by invocations in flight); a shard decides
 //!   (`decision_delay_us` each), places via its idle list or by polling k machines
 //!   (`poll_delay_us` more), and a blocked shard retries after `retry_delay_us` or when a
 //!   machine joins its idle list. Machines run the preemptive priority scheduler; with limited
@@ -25,11 +26,12 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use turnpike_policy::baseline::edf::{self, EdfMachine};
 use turnpike_policy::baseline::hermod::PsMachine;
-use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, IdleListAction};
+use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::placement::{least_loaded, sample_machines, PollReply};
-use turnpike_policy::shard::{Pending, Shard, ShardConfig, ShardDecision, Via};
-use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId, ShardId};
+use turnpike_policy::shard::{AfterReturn, Pending, Shard, ShardConfig, ShardDecision, Via};
+use turnpike_policy::shard_choice::choose_shard;
+use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::config::{Config, SchedulerKind};
 use crate::trace::Trace;
@@ -62,6 +64,8 @@ struct Inv {
     version: u32,
     machine: u32,
     requeues: u32,
+    /// The shard it was last handed to (Turnpike).
+    shard: u32,
 }
 
 impl Inv {
@@ -179,7 +183,12 @@ pub struct Sim<'a> {
     machines: Vec<Machine>,
     dispatchers: Vec<Dispatcher>,
     shards: Vec<ShardState>,
-    next_shard: u32,
+    /// Invocations handed to each shard and not finished (the gateway's shard choice).
+    shard_in_flight: Vec<u64>,
+    /// The gateway's own random stream, so its choices leave the shards' draws as they were.
+    gateway_rng: Pcg64Mcg,
+    /// Reused for the shard choice's candidates.
+    shard_candidates: Vec<(usize, u64)>,
     // Hermod.
     ps: Vec<PsMachine>,
     ps_version: Vec<u32>,
@@ -272,7 +281,9 @@ impl<'a> Sim<'a> {
             } else {
                 Vec::new()
             },
-            next_shard: 0,
+            shard_in_flight: vec![0; c.shards as usize],
+            gateway_rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x6a7e_3a11),
+            shard_candidates: Vec::with_capacity(c.shards as usize),
             ps: if kind == SchedulerKind::Hermod {
                 (0..c.machines).map(|_| PsMachine::new(c.cores)).collect()
             } else {
@@ -385,6 +396,7 @@ impl<'a> Sim<'a> {
             version: 0,
             machine: 0,
             requeues: 0,
+            shard: 0,
         });
         self.outcome.invocations += 1;
         self.in_flight += 1;
@@ -416,7 +428,16 @@ impl<'a> Sim<'a> {
         inv.arrival_ns >= self.warmup_ns
     }
 
+    /// The invocation is done with its shard (answered, or failed for good, or back for a
+    /// requeue).
+    fn leave_shard(&mut self, inv: u32) {
+        if self.kind == SchedulerKind::Turnpike {
+            self.shard_in_flight[self.invs[inv as usize].shard as usize] -= 1;
+        }
+    }
+
     fn record_completion(&mut self, inv: u32) {
+        self.leave_shard(inv);
         self.in_flight -= 1;
         let i = self.invs[inv as usize];
         if self.measured(&i) {
@@ -430,10 +451,15 @@ impl<'a> Sim<'a> {
 
     // ---- Turnpike ----
 
-    /// The gateway hands an invocation to the next shard (round-robin).
+    /// The gateway hands an invocation to a shard (the policy core's choice).
     fn submit(&mut self, inv: u32) {
-        let s = self.next_shard;
-        self.next_shard = (self.next_shard + 1) % self.shards.len() as u32;
+        self.shard_candidates.clear();
+        self.shard_candidates
+            .extend(self.shard_in_flight.iter().copied().enumerate());
+        let s = choose_shard(&self.shard_candidates, &mut self.gateway_rng)
+            .expect("a cluster has shards") as u32;
+        self.shard_in_flight[s as usize] += 1;
+        self.invs[inv as usize].shard = s;
         let i = &self.invs[inv as usize];
         let pending = Pending {
             id: InvocationId(u64::from(inv)),
@@ -549,9 +575,10 @@ impl<'a> Sim<'a> {
     }
 
     fn requeue_killed(&mut self, inv: u32) {
+        self.leave_shard(inv);
         let max = self.config.cluster.kill_requeue_max;
         let i = &mut self.invs[inv as usize];
-        if i.requeues < max {
+        if AfterReturn::of(i.requeues, max) == AfterReturn::Requeue {
             i.requeues += 1;
             self.submit(inv);
         } else {
@@ -569,14 +596,22 @@ impl<'a> Sim<'a> {
         }
         let entry = self.machines[m as usize].idle_entry();
         let capacity = self.config.cluster.memory_mb.unwrap_or(u64::MAX);
-        let shards = &self.shards;
-        let action = self.dispatchers[m as usize].handle_memory(
-            entry,
-            capacity,
-            shards.len() as u32,
-            &mut self.rng,
-            |s: ShardId| shards[s.0 as usize].shard.idle_list().len(),
-        );
+        let dispatcher = &mut self.dispatchers[m as usize];
+        dispatcher.handle_load(entry, capacity, self.shards.len() as u32, &mut self.rng);
+        let mut action = None;
+        while let Some(output) = dispatcher.poll_output() {
+            match output {
+                // The simulator sees every shard's idle list at once.
+                DispatcherOutput::AskLengths(sampled) => {
+                    let lengths: Vec<usize> = sampled
+                        .iter()
+                        .map(|s| self.shards[s.0 as usize].shard.idle_list().len())
+                        .collect();
+                    dispatcher.handle_lengths(&lengths);
+                }
+                DispatcherOutput::Send(message) => action = Some(message),
+            }
+        }
         match action {
             Some(
                 IdleListAction::Join { shard, entry } | IdleListAction::Update { shard, entry },

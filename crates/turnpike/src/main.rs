@@ -10,6 +10,7 @@ mod config_file;
 mod manifest;
 mod roles;
 mod sim;
+mod twin;
 mod up;
 mod worker;
 
@@ -26,6 +27,36 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to stderr: `text` for people, `json` (one object a line, with
+    /// the span fields - invocation, tenant, app, function, class, shard, worker) for log
+    /// collectors. Which logs: `RUST_LOG` (e.g. `RUST_LOG=turnpike_gateway=debug`; default
+    /// `info`).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sends `tracing`'s events to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +72,9 @@ enum Command {
     /// Run the discrete-event cluster simulator (the paper's evaluation and beyond).
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Run one experiment twice, in the simulator and on a real cluster with emulated
+    /// workers, and compare them class by class (`turnpike sim preset twin` is a start).
+    Twin(twin::TwinArgs),
     /// Deploy an app from its manifest (turnpike.toml): upload its components, set its
     /// functions, routes and budget.
     Deploy(api_commands::DeployArgs),
@@ -125,12 +159,14 @@ fn main() -> ExitCode {
     }
     let matches = command.get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logs(cli.log_format);
     match cli.command {
         Command::Up(args) => up::main(args),
         Command::Worker(args) => worker::main(args),
         Command::Shard(args) => roles::shard(args),
         Command::Gateway(args) => roles::gateway(args),
         Command::Sim(cmd) => sim::main(cmd),
+        Command::Twin(args) => twin::main(args),
         Command::Deploy(args) => api_commands::exit(api_commands::deploy(args)),
         Command::Functions(args) => api_commands::exit(api_commands::functions(args)),
         Command::Routes(args) => api_commands::exit(api_commands::routes(args)),

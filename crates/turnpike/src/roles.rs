@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
-use turnpike_cluster::roles;
+use turnpike_cluster::roles::{self, Bounds};
 use turnpike_gateway::routing::{Route, Target, OPERATOR};
 use turnpike_gateway::{Gateway, GatewayConfig};
 use turnpike_policy::ClassSet;
@@ -32,6 +32,13 @@ pub struct ShardArgs {
     /// Seed of the shard's random sampling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The shard's number in its cluster, for its logs.
+    #[arg(long, default_value_t = 0)]
+    id: u32,
+    /// Invocations waiting for placement; more are refused (the gateway answers 503 with
+    /// `Retry-After`).
+    #[arg(long, default_value_t = Bounds::default().shard_queue_invocations_max)]
+    shard_queue_invocations_max: usize,
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +82,13 @@ pub struct GatewayArgs {
     /// Deepest call chain served (a function calling a function ...); deeper gets 508.
     #[arg(long, default_value_t = turnpike_wire::chain::DEFAULT_MAX_CHAIN_DEPTH)]
     max_chain_depth: u32,
+    /// Invocations between admission and response; more get 503 with `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().gateway_in_flight_invocations_max)]
+    gateway_in_flight_invocations_max: u64,
+    /// Usage rows waiting for the store; while this many wait, new invocations get 503 with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().ledger_queue_rows_max)]
+    ledger_queue_rows_max: u64,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
@@ -98,6 +112,8 @@ pub fn shard(args: ShardArgs) -> ExitCode {
         let config = ShardConfig {
             k: args.k.max(1),
             seed: args.seed,
+            id: args.id,
+            queue_invocations_max: args.shard_queue_invocations_max,
             ..ShardConfig::default()
         };
         let (listener, rpc_addr) = match listen(args.listen).await {
@@ -193,6 +209,8 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_response_bytes: args.max_body_bytes,
             chain_token,
             max_chain_depth: args.max_chain_depth,
+            in_flight_invocations_max: args.gateway_in_flight_invocations_max,
+            ledger_queue_rows_max: args.ledger_queue_rows_max,
             ..roles::gateway_config(classes, store, args.shards, &args.data_dir)
         })
         .await;

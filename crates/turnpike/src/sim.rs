@@ -23,9 +23,10 @@ pub enum SimCommand {
         #[command(flatten)]
         args: RunArgs,
     },
-    /// Print a built-in experiment's TOML (fig4, fig5, overload, trace) to start a config from.
+    /// Print a built-in experiment's TOML (fig4, fig5, overload, trace, twin) to start a
+    /// config from.
     Preset {
-        /// fig4, fig5, overload or trace.
+        /// fig4, fig5, overload, trace or twin.
         name: String,
     },
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use turnpike_cluster::roles::Bounds;
 use turnpike_cluster::up::{self, UpConfig};
 use turnpike_node::emulated::EmulatedConfig;
 use turnpike_policy::ClassSet;
@@ -54,6 +55,20 @@ pub struct UpArgs {
     /// would, instead of directly (every role still listens for RPCs from other processes).
     #[arg(long)]
     loopback_rpc: bool,
+    /// Invocations between admission and response at the gateway; more get 503 with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().gateway_in_flight_invocations_max)]
+    gateway_in_flight_invocations_max: u64,
+    /// Usage rows waiting for the store at the gateway; while this many wait, new
+    /// invocations get 503 with `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().ledger_queue_rows_max)]
+    ledger_queue_rows_max: u64,
+    /// Invocations waiting for placement at each shard; more get 503 with `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().shard_queue_invocations_max)]
+    shard_queue_invocations_max: usize,
+    /// Invocations each worker accepts at once; more get 503 with `Retry-After`.
+    #[arg(long, default_value_t = Bounds::default().worker_in_flight_invocations_max)]
+    worker_in_flight_invocations_max: u64,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -76,6 +91,12 @@ async fn run(args: UpArgs) -> ExitCode {
     }
     config.max_request_bytes = args.max_body_bytes;
     config.loopback_rpc = args.loopback_rpc;
+    config.bounds = Bounds {
+        gateway_in_flight_invocations_max: args.gateway_in_flight_invocations_max,
+        ledger_queue_rows_max: args.ledger_queue_rows_max,
+        shard_queue_invocations_max: args.shard_queue_invocations_max,
+        worker_in_flight_invocations_max: args.worker_in_flight_invocations_max,
+    };
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {
         config.functions_dir = dir;

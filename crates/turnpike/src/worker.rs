@@ -56,6 +56,10 @@ pub struct WorkerArgs {
     /// (processor sharing).
     #[arg(long, value_enum, default_value = "turnpike", requires = "emulate")]
     policy: crate::PolicyArg,
+    /// Invocations accepted at once; more are refused (the gateway answers 503 with
+    /// `Retry-After`).
+    #[arg(long, default_value_t = turnpike_node::node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT)]
+    worker_in_flight_invocations_max: u64,
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
@@ -93,6 +97,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             // Distinct per process, so workers started together choose shards differently.
             seed: u64::from(std::process::id()),
             directory: Directory::rpc_only(),
+            in_flight_invocations_max: args.worker_in_flight_invocations_max,
         };
         let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,

@@ -52,15 +52,12 @@ impl ChainToken {
     }
 
     /// A token given by an operator; refused when shorter than [`MIN_TOKEN_LEN`].
-    pub fn new(token: String) -> Result<Self, String> {
+    pub fn new(token: String) -> Result<Self, ChainTokenError> {
         if token.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "the chain token must be at least {MIN_TOKEN_LEN} characters (got {})",
-                token.len()
-            ));
+            return Err(ChainTokenError::TooShort { len: token.len() });
         }
         if http::HeaderValue::from_str(&token).is_err() {
-            return Err("the chain token must be visible ASCII".into());
+            return Err(ChainTokenError::NotVisibleAscii);
         }
         Ok(Self(token))
     }
@@ -83,6 +80,15 @@ impl ChainToken {
                 .fold(0u8, |acc, (x, y)| acc | (x ^ y))
                 == 0
     }
+}
+
+/// Why an operator's chain token is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainTokenError {
+    #[error("the chain token must be at least {MIN_TOKEN_LEN} characters (got {len})")]
+    TooShort { len: usize },
+    #[error("the chain token must be visible ASCII")]
+    NotVisibleAscii,
 }
 
 impl std::fmt::Debug for ChainToken {

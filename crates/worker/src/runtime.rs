@@ -40,7 +40,7 @@ pub enum StartError {
     #[error("a worker with a memory capacity needs a runtime with swappable memory (`swappable_memory`): the pooling allocator's memories cannot be swapped out")]
     NotSwappable,
     #[error("worker memory: {0}")]
-    Memory(String),
+    Memory(#[from] turnpike_policy::memory::MemoryConfigError),
     #[error("swap directory {path}: {source}")]
     SwapDir {
         path: std::path::PathBuf,

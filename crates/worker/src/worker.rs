@@ -69,6 +69,10 @@ pub struct InvokeOptions {
     /// Its depth in a call chain: 0 for an outside request, the caller's depth + 1 for a call
     /// from another function (see [`crate::calls`]).
     pub depth: u32,
+    /// Memory it is charged when it arrives, MB, until it reports its real use: what the
+    /// shard placed it by (the gateway's `start_mb`). `None`: the worker's own
+    /// [`WorkerConfig::start_mb`](crate::WorkerConfig).
+    pub start_mb: Option<u64>,
 }
 
 impl InvokeOptions {
@@ -78,7 +82,13 @@ impl InvokeOptions {
             memory_cap_mb: None,
             timeout: None,
             depth: 0,
+            start_mb: None,
         }
+    }
+
+    pub fn start_mb(mut self, mb: u64) -> Self {
+        self.start_mb = Some(mb);
+        self
     }
 
     pub fn depth(mut self, depth: u32) -> Self {
@@ -395,6 +405,7 @@ impl Worker {
         let id = InvocationId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let submitted = Instant::now();
         let class = options.class;
+        let start_mb = options.start_mb.unwrap_or(self.config.start_mb);
         let refuse = |error| InvocationHandle::ready(id, class, error);
         if class.index() >= self.config.classes.len() {
             return refuse(InvokeError::UnknownClass {
@@ -434,7 +445,7 @@ impl Worker {
                     phase: Phase::Waiting,
                     task: None,
                     woken: false,
-                    mem_mb: self.config.start_mb,
+                    mem_mb: start_mb,
                     memory: memory.clone(),
                     parks: 0,
                     blocks: 0,
@@ -442,7 +453,7 @@ impl Worker {
             );
             sched
                 .machine
-                .handle_arrival(id, class, self.config.start_mb)
+                .handle_arrival(id, class, start_mb)
                 .expect("invocation ids are fresh");
             sched.settle(&self.shared.engine);
         }
