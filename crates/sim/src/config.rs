@@ -127,6 +127,12 @@ pub struct ClusterConfig {
     /// Round trip of polling k machines, added to placements that poll (default 0).
     #[serde(default)]
     pub poll_delay_us: u64,
+    /// Time an invocation spends outside the scheduler and its core - the trip from the
+    /// client to its machine and its response's trip back, the machine's timer resolution -
+    /// added to every invocation's latency (default 0, as in the paper). The twin check's
+    /// real runs measure it (docs/results.md, "The twin check").
+    #[serde(default)]
+    pub transit_delay_us: u64,
     /// How long a blocked shard waits before it tries again (no machine had room).
     #[serde(default = "retry_default")]
     pub retry_delay_us: u64,

@@ -13,11 +13,13 @@
 //!   machine joins its idle list. Machines run the preemptive priority scheduler; with limited
 //!   memory they measure memory every `memory_sample_ms` and at every preemption, and swap and
 //!   kill by the core's rules. Killed invocations go back to a shard from scratch (functions
-//!   are stateless) at most `kill_requeue_max` times, then fail.
+//!   are stateless) at most `kill_requeue_max` times, then fail (the core's `AfterReturn`).
 //! - Hermod: power-of-k least-loaded placement straight from the gateway (early binding, no
 //!   queue in front of machines), processor sharing on each machine.
 //! - EDF: one machine with all the cluster's cores.
-//! - Functions are compute bound, communication and swap time are not simulated (paper 4.1).
+//! - Functions are compute bound, communication and swap time are not simulated (paper 4.1),
+//!   except as fixed delays: `transit_delay_us` is added to every invocation's latency (the
+//!   trip to its machine and back that real services have; the twin check measures it).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -441,7 +443,8 @@ impl<'a> Sim<'a> {
         self.in_flight -= 1;
         let i = self.invs[inv as usize];
         if self.measured(&i) {
-            let latency = self.now - i.arrival_ns;
+            let latency =
+                self.now - i.arrival_ns + self.config.cluster.transit_delay_us * NS_PER_US;
             let c = &mut self.outcome.classes[i.class.index()];
             c.completed += 1;
             c.latencies_ns.push(latency);

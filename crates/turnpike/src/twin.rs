@@ -8,7 +8,8 @@
 //! generator, seed and load), open loop in real time: each is sent at its arrival time as
 //! `POST /v1/invoke/emulated-twin?ms=RUNTIME` at its class, and its slowdown is the time from
 //! its arrival to its response over its runtime (rounded to whole milliseconds, at least 1,
-//! in both). Invocations that arrive during the warm-up are run but not measured, as in the
+//! in both; the time beyond its runtime is reported as `real_transit`, which the simulator
+//! models with `cluster.transit_delay_us`). Invocations that arrive during the warm-up are run but not measured, as in the
 //! simulator. When more than [`IN_FLIGHT_MAX`] invocations are in flight (deep overload),
 //! arrivals of the lower classes are held back (counted in `held_back`) so the process stays
 //! within its file descriptors; the top class is always sent.
@@ -127,12 +128,21 @@ async fn twin(config: Config, out: &Path) -> anyhow::Result<()> {
     let experiment =
         tokio::task::spawn_blocking(move || Experiment::run(sim_config, threads, false)).await??;
     let mut rows = Vec::new();
+    let mut transits = Vec::new();
     for (i, &load) in config.loads.iter().enumerate() {
         eprintln!(
             "load {load}: {} s of real arrivals on {} emulated {}-core workers ...",
             config.workload.duration_s, config.cluster.machines, config.cluster.cores
         );
         let real = real_run(&config, &classes, load, &out.join(format!("real-{i}"))).await?;
+        let mut t = real.transits_ms.clone();
+        t.sort_by(f64::total_cmp);
+        transits.push(json!({
+            "load": load,
+            "p10_ms": quantile_sorted(&t, 0.1),
+            "p50_ms": quantile_sorted(&t, 0.5),
+            "p99_ms": quantile_sorted(&t, 0.99),
+        }));
         let sim = &experiment.runs[i];
         for (id, class) in classes.iter() {
             let mut sim_slowdowns = sim.classes[id.index()].slowdowns.clone();
@@ -153,7 +163,11 @@ async fn twin(config: Config, out: &Path) -> anyhow::Result<()> {
         }
     }
     let verdict = goal(&rows, &config.loads);
-    write(out, &config, &rows, &verdict)?;
+    write(out, &config, &rows, &verdict, &transits)?;
+    eprintln!(
+        "real transit (latency - runtime), ms: {}",
+        serde_json::to_string(&transits)?
+    );
     print_table(&rows);
     println!("{}", verdict["summary"].as_str().unwrap_or_default());
     println!("wrote {}", out.display());
@@ -164,6 +178,8 @@ async fn twin(config: Config, out: &Path) -> anyhow::Result<()> {
 struct RealRun {
     /// Slowdowns of the measured invocations that answered, by class.
     slowdowns: Vec<Vec<f64>>,
+    /// Their latency minus their runtime, ms, all classes.
+    transits_ms: Vec<f64>,
     held_back: Vec<u64>,
 }
 
@@ -212,6 +228,7 @@ async fn replay(
         .build(connector);
     let n = classes.len();
     let slowdowns: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![Vec::new(); n]));
+    let transits: Arc<Mutex<Vec<f64>>> = Arc::default();
     let failures = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicU64::new(0));
     let mut held_back = vec![0u64; n];
@@ -233,9 +250,10 @@ async fn replay(
                 .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
                 .header("x-turnpike-class", classes.get(arrival.class).name.as_str())
                 .body(Full::new(Bytes::new()))?;
-        let (client, slowdowns, failures, in_flight) = (
+        let (client, slowdowns, transits, failures, in_flight) = (
             client.clone(),
             slowdowns.clone(),
+            transits.clone(),
             failures.clone(),
             in_flight.clone(),
         );
@@ -260,11 +278,12 @@ async fn replay(
             if !answered {
                 failures.fetch_add(1, Ordering::Relaxed);
             } else if measured {
-                let slowdown = Instant::now()
+                let latency = Instant::now()
                     .saturating_duration_since(at.into_std())
-                    .as_secs_f64()
-                    / (ms as f64 / 1e3);
-                turnpike_wire::lock(&slowdowns)[class.index()].push(slowdown);
+                    .as_secs_f64();
+                let runtime = ms as f64 / 1e3;
+                turnpike_wire::lock(&slowdowns)[class.index()].push(latency / runtime);
+                turnpike_wire::lock(&transits).push((latency - runtime) * 1e3);
             }
         });
     }
@@ -281,8 +300,10 @@ async fn replay(
         eprintln!("  {failed} invocations got no 200 answer");
     }
     let slowdowns = std::mem::take(&mut *turnpike_wire::lock(&slowdowns));
+    let transits_ms = std::mem::take(&mut *turnpike_wire::lock(&transits));
     Ok(RealRun {
         slowdowns,
+        transits_ms,
         held_back,
     })
 }
@@ -337,7 +358,13 @@ fn goal(rows: &[Row], loads: &[f64]) -> Value {
     json!({ "met": misses.is_empty(), "misses": misses, "summary": summary })
 }
 
-fn write(out: &Path, config: &Config, rows: &[Row], verdict: &Value) -> anyhow::Result<()> {
+fn write(
+    out: &Path,
+    config: &Config,
+    rows: &[Row],
+    verdict: &Value,
+    transits: &[Value],
+) -> anyhow::Result<()> {
     let number = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
     let json_rows: Vec<Value> = rows
         .iter()
@@ -360,7 +387,9 @@ fn write(out: &Path, config: &Config, rows: &[Row], verdict: &Value) -> anyhow::
         "cores": config.cluster.cores,
         "shards": config.cluster.shards,
         "k": config.cluster.k,
+        "transit_delay_us": config.cluster.transit_delay_us,
         "rows": json_rows,
+        "real_transit": transits,
         "goal": verdict,
     });
     std::fs::write(

@@ -4,11 +4,9 @@
 //! status 2. (The preset's full run, 10 machines x 8 cores at three loads, takes minutes: its
 //! figures are in docs/results.md, "The twin check".)
 
-mod common;
-
 use std::process::Command;
 
-use common::BIN;
+const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
 
 const SMALL: &str = r#"
 seed = 3
@@ -60,16 +58,19 @@ fn both_runs_are_measured_per_load_and_class() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stdout}\n{stderr}");
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let rows = summary["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 2, "{summary}");
     for (row, class) in rows.iter().zip(["batch", "critical"]) {
         assert_eq!(row["load"], 0.5);
         assert_eq!(row["class"], class);
         for side in ["sim", "real"] {
-            let p50 = row[format!("{side}_p50_slowdown")].as_f64().expect("a number");
-            let p99 = row[format!("{side}_p99_slowdown")].as_f64().expect("a number");
+            let p50 = row[format!("{side}_p50_slowdown")]
+                .as_f64()
+                .expect("a number");
+            let p99 = row[format!("{side}_p99_slowdown")]
+                .as_f64()
+                .expect("a number");
             // A slowdown is latency over runtime: at least about 1, and p99 >= p50.
             assert!(p50 >= 0.9 && p99 >= p50, "{side}: {row}");
         }
@@ -105,5 +106,8 @@ fn a_missing_or_bad_config_is_refused_clearly() {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("machines"), "{stderr}");
-    assert!(!dir.path().join("out").exists(), "nothing written for bad input");
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing written for bad input"
+    );
 }
