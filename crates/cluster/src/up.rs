@@ -341,7 +341,11 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();
     let (fleet, hashes) = if let Some(emulated) = &config.emulated {
-        let fleet = EmulatedFleet::start(config.workers, emulated, &shards, 1, &directory)
+        let emulated = EmulatedConfig {
+            in_flight_invocations_max: config.bounds.worker_in_flight_invocations_max,
+            ..emulated.clone()
+        };
+        let fleet = EmulatedFleet::start(config.workers, &emulated, &shards, 1, &directory)
             .await
             .map_err(UpError::Emulated)?;
         workers.extend(fleet.workers.iter().map(|(a, _)| *a));

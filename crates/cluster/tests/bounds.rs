@@ -140,6 +140,19 @@ async fn a_shard_refuses_invocations_past_its_queue_bound_and_places_the_rest_la
     cluster.stop().await;
 }
 
+/// Floods the one worker of `config`'s cluster (bound to 2 invocations in flight) with 8.
+async fn floods_a_worker(mut config: UpConfig) {
+    config.bounds.worker_in_flight_invocations_max = 2;
+    let cluster = up::start(&config).await.expect("the cluster starts");
+    // 200 ms each: 8 at once are more than the worker accepts.
+    let answers = flood(cluster.gateway, "/work/batch?ms=200", 8).await;
+    let refused = refusals(&answers, "worker_in_flight_invocations_max");
+    assert!(refused >= 1, "none refused: {answers:?}");
+    assert!(refused < 8, "some ran");
+    keeps_serving(&cluster).await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_refuses_invocations_past_its_in_flight_bound() {
     let _serial = serial().await;
@@ -151,13 +164,13 @@ async fn a_worker_refuses_invocations_past_its_in_flight_bound() {
     config.shards = 1;
     config.workers = 1;
     config.cores_per_worker = 2;
-    config.bounds.worker_in_flight_invocations_max = 2;
-    let cluster = up::start(&config).await.expect("the cluster starts");
-    // 200 ms of CPU each on a real wasm worker: 8 at once are more than it accepts.
-    let answers = flood(cluster.gateway, "/work/batch?ms=200", 8).await;
-    let refused = refusals(&answers, "worker_in_flight_invocations_max");
-    assert!(refused >= 1, "none refused: {answers:?}");
-    assert!(refused < 8, "some ran");
-    keeps_serving(&cluster).await;
-    cluster.stop().await;
+    // A real wasm worker (the spin function).
+    floods_a_worker(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulated_worker_keeps_the_same_bound() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    floods_a_worker(emulated_config(&dir, 1)).await;
 }

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct EmulatedConfig {
     pub swap_mb: u64,
     pub classes: ClassSet,
     pub policy: MachinePolicy,
+    /// `worker_in_flight_invocations_max`, as for a real worker: one more invocation is
+    /// answered `FailureKind::Overloaded` at once.
+    pub in_flight_invocations_max: u64,
 }
 
 impl EmulatedConfig {
@@ -69,6 +73,7 @@ impl EmulatedConfig {
             swap_mb: 8192,
             classes,
             policy: MachinePolicy::Turnpike,
+            in_flight_invocations_max: node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
         }
     }
 }
@@ -86,6 +91,8 @@ struct Inner {
     /// Woken when the function count or memory may have changed (the dispatcher waits on it).
     changed: Notify,
     epoch: Instant,
+    /// Invocations accepted and not answered.
+    in_flight: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -145,6 +152,7 @@ impl EmulatedWorker {
                 }),
                 changed: Notify::new(),
                 epoch: Instant::now(),
+                in_flight: AtomicU64::new(0),
             }),
         }
     }
@@ -362,8 +370,23 @@ fn emulation_of(
 }
 
 impl EmulatedWorker {
-    /// Emulates one invocation placed here.
+    /// Emulates one invocation placed here, within `worker_in_flight_invocations_max`.
     async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
+        let in_flight = self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = if in_flight >= self.inner.config.in_flight_invocations_max {
+            let message = format!(
+                "emulated worker has {in_flight} invocations in flight, its worker_in_flight_invocations_max"
+            );
+            tracing::warn!(invocation = inv.id, "refused: {message}");
+            rpc::failure(proto::FailureKind::Overloaded, message)
+        } else {
+            self.clone().run_admitted(inv).await
+        };
+        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {
         let config = &self.inner.config;
         let class = match rpc::known_class(inv.class, &config.classes) {
             Ok(class) => class,

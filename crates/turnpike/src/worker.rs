@@ -119,6 +119,7 @@ async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {
     config.cores = args.cores.max(1);
     config.memory_mb = args.memory_mb;
     config.policy = args.policy.into();
+    config.in_flight_invocations_max = args.worker_in_flight_invocations_max;
     let fleet = match EmulatedFleet::start(
         n.max(1),
         &config,
