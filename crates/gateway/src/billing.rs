@@ -157,6 +157,9 @@ impl Billing {
     /// Starts the ledger writer (a task on the current runtime; it ends with the last
     /// [`Billing`]).
     pub fn new(store: Store, classes: ClassSet, memory_price: f64, clock: Arc<dyn Clock>) -> Self {
+        // Bounded by the gateway, not the channel: new invocations are refused while
+        // `ledger_queue_rows_max` rows wait ([`Billing::ledger_full`]), so it holds at most that
+        // plus the invocations in flight; a row of an invocation that ran is never dropped.
         let (writer, entries) = mpsc::unbounded_channel();
         let failures = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));

@@ -200,6 +200,10 @@ impl Streamed {
         if let Some(session) = current.as_ref() {
             return session.clone();
         }
+        // Unbounded in type, bounded in fact: it holds one frame per call in flight on this
+        // link, and every invocation in flight anywhere was admitted under a gateway's
+        // `gateway_in_flight_invocations_max` (a shard only sends what it accepted). A bounded
+        // channel here would make a caller wait for a slot, a second queue to reason about.
         let (outbound, requests) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             outbound,
@@ -293,6 +297,8 @@ pub fn serve(
     handle: Handler,
 ) -> Result<tonic::Response<OutcomeStream>, Status> {
     let mut inbound = request.into_inner();
+    // One answer per invocation received on this stream, so bounded as the caller's link
+    // is (see `Link::session`).
     let (answers, outbound) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
