@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use tokio::sync::{oneshot, Notify};
 // Tokio's clock, so tests can run the emulation on paused time.
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
@@ -42,6 +42,7 @@ use turnpike_wire::proto;
 use turnpike_wire::proto::worker_server::WorkerServer;
 use turnpike_wire::rpc;
 
+use crate::in_flight::InFlight;
 use crate::node::{self, DispatchConfig, NodeLoad};
 
 /// How an emulated worker schedules its invocations.
@@ -91,8 +92,8 @@ struct Inner {
     /// Woken when the function count or memory may have changed (the dispatcher waits on it).
     changed: Notify,
     epoch: Instant,
-    /// Invocations accepted and not answered.
-    in_flight: AtomicU64,
+    /// Invocations accepted and not answered, within the configured bound.
+    in_flight: InFlight,
 }
 
 #[derive(Debug)]
@@ -131,6 +132,7 @@ enum Ending {
 
 impl EmulatedWorker {
     pub fn new(config: EmulatedConfig) -> Self {
+        let in_flight_max = config.in_flight_invocations_max;
         let sched = match config.policy {
             MachinePolicy::Turnpike => Sched::Priority(Box::new(Machine::new(
                 MachineConfig {
@@ -152,7 +154,7 @@ impl EmulatedWorker {
                 }),
                 changed: Notify::new(),
                 epoch: Instant::now(),
-                in_flight: AtomicU64::new(0),
+                in_flight: InFlight::new(in_flight_max),
             }),
         }
     }
@@ -372,18 +374,18 @@ fn emulation_of(
 impl EmulatedWorker {
     /// Emulates one invocation placed here, within `worker_in_flight_invocations_max`.
     async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
-        let in_flight = self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = if in_flight >= self.inner.config.in_flight_invocations_max {
-            let message = format!(
-                "emulated worker has {in_flight} invocations in flight, its worker_in_flight_invocations_max"
-            );
-            tracing::warn!(invocation = inv.id, "refused: {message}");
-            rpc::failure(proto::FailureKind::Overloaded, message)
-        } else {
-            self.clone().run_admitted(inv).await
-        };
-        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-        outcome
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = inv.id,
+            class = inv.class,
+            worker = "emulated",
+        );
+        let inner = self.inner.clone();
+        inner
+            .in_flight
+            .run("emulated", self.run_admitted(inv))
+            .instrument(span)
+            .await
     }
 
     async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {

@@ -8,6 +8,7 @@
 pub mod calls;
 pub mod convert;
 pub mod emulated;
+pub mod in_flight;
 pub mod node;
 
 pub use node::{NodeConfig, NodeService};

@@ -35,6 +35,7 @@ use turnpike_worker::{
 
 use crate::calls::GatewayLink;
 use crate::convert;
+use crate::in_flight::InFlight;
 
 /// How often the dispatcher looks at a real worker's memory and load.
 const DISPATCH_TICK: Duration = Duration::from_millis(5);
@@ -66,8 +67,7 @@ pub struct NodeService {
     label: Arc<str>,
     /// Invocations accepted and not answered, and their bound
     /// (`worker_in_flight_invocations_max`).
-    in_flight: Arc<AtomicU64>,
-    in_flight_max: u64,
+    in_flight: Arc<InFlight>,
 }
 
 /// Why a worker node could not start or load a function.
@@ -118,8 +118,7 @@ impl NodeService {
             latency,
             failures: Arc::new(AtomicU64::new(0)),
             label: Arc::from("worker"),
-            in_flight: Arc::new(AtomicU64::new(0)),
-            in_flight_max: WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
+            in_flight: Arc::new(InFlight::new(WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT)),
         }
     }
 
@@ -132,7 +131,7 @@ impl NodeService {
     /// Accepts at most `max` invocations at once (`worker_in_flight_invocations_max`); one
     /// more is answered `FailureKind::Overloaded` at once.
     pub fn in_flight_max(mut self, max: u64) -> Self {
-        self.in_flight_max = max;
+        self.in_flight = Arc::new(InFlight::new(max));
         self
     }
 
@@ -260,20 +259,12 @@ impl NodeService {
             class = inv.class,
             worker = %self.label,
         );
-        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = if in_flight >= self.in_flight_max {
-            let _entered = span.enter();
-            let message = format!(
-                "worker {} has {in_flight} invocations in flight, its worker_in_flight_invocations_max",
-                self.label
-            );
-            tracing::warn!("refused: {message}");
-            rpc::failure(proto::FailureKind::Overloaded, message)
-        } else {
-            self.clone().run_admitted(inv).instrument(span).await
-        };
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        outcome
+        let in_flight = self.in_flight.clone();
+        let label = self.label.clone();
+        in_flight
+            .run(&label, self.run_admitted(inv))
+            .instrument(span)
+            .await
     }
 
     async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {
