@@ -661,10 +661,6 @@ mod tests {
             .all(|f| triggers.contains(&f.trigger.as_str())));
         let mean = t.mean_runtime_ms(0, 480);
         assert!(mean > 1.0 && mean < 60_000.0, "mean runtime {mean}");
-        eprintln!(
-            "rate {rate:.4}/s, mean runtime {mean:.2} ms, offered load {:.2} busy instances",
-            rate * mean / 1000.0
-        );
     }
 
     #[test]
