@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -44,10 +43,9 @@ use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
 use turnpike_wire::chain;
+use turnpike_wire::invocation::{FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
-use turnpike_wire::proto;
-use turnpike_wire::rpc;
 
 use crate::billing::{Admission, Billing, Clock};
 use crate::components::ComponentCheck;
@@ -421,28 +419,32 @@ impl Gateway {
             }
             Err(e) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
         };
-        let invocation = proto::Invocation {
+        // The function sees the caller's headers without the platform's own and without the
+        // caller's credentials.
+        let mut headers = parts.headers;
+        for name in chain::PLATFORM_HEADERS {
+            headers.remove(name);
+        }
+        headers.remove(http::header::AUTHORIZATION);
+        let invocation = Invocation {
             id,
             function: target.hash.clone(),
-            class: u32::from(class.0),
-            method: parts.method.as_str().to_string(),
-            path_and_query,
-            headers: rpc::headers_to_wire(&parts.headers)
-                .into_iter()
-                .filter(|h| {
-                    !chain::PLATFORM_HEADERS.contains(&h.name.as_str())
-                        && h.name != http::header::AUTHORIZATION.as_str()
-                })
-                .collect(),
-            body,
+            class,
+            request: Request {
+                method: parts.method,
+                path_and_query,
+                headers,
+                body,
+            },
             depth,
             start_mb: self.config.start_mb,
         };
         let mut response = match self.invoke(invocation).await {
             Ok(outcome) => {
-                let usage = billable(&outcome);
+                let usage = outcome.billable();
                 let response = self.respond(outcome);
-                if let Some((cpu_ns, mb_seconds)) = usage {
+                if let Some((cpu, mb_seconds)) = usage {
+                    let cpu_ns = turnpike_wire::convert::duration_ns(cpu);
                     self.billing.record(UsageEntry {
                         invocation: id as i64,
                         tenant: target.tenant,
@@ -551,10 +553,7 @@ impl Gateway {
     /// Sends an invocation to a shard (another one if that one is down); its outcome, or the
     /// answer to give when no shard could take it.
     #[allow(clippy::result_large_err)]
-    async fn invoke(
-        &self,
-        invocation: proto::Invocation,
-    ) -> Result<proto::Outcome, http::Response<Body>> {
+    async fn invoke(&self, invocation: Invocation) -> Result<Outcome, http::Response<Body>> {
         let mut tried = Vec::new();
         for _ in 0..2 {
             let Some(s) = self.pick_shard(&tried) else {
@@ -567,17 +566,17 @@ impl Gateway {
             shard.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(status) => {
+                Err(error) => {
                     tracing::warn!(
                         shard = s,
                         "shard failed: {}; skipped for {SHARD_DOWN_FOR:?}",
-                        status.message()
+                        error.message()
                     );
                     shard.mark_down();
                     if tried.len() == 2 {
                         return Err(refuse(
                             Refusal::Unavailable,
-                            format!("shard unavailable: {}", status.message()),
+                            format!("shard unavailable: {}", error.message()),
                         ));
                     }
                 }
@@ -586,9 +585,9 @@ impl Gateway {
         Err(refuse(Refusal::Unavailable, "no shard is available"))
     }
 
-    fn respond(&self, outcome: proto::Outcome) -> http::Response<Body> {
+    fn respond(&self, outcome: Outcome) -> http::Response<Body> {
         match outcome.ending {
-            Some(proto::outcome::Ending::Response(r)) => {
+            Ok(r) => {
                 if r.body.len() > self.config.max_response_bytes {
                     return refuse(Refusal::TooLarge,
                         format!(
@@ -599,52 +598,29 @@ impl Gateway {
                     );
                 }
                 let mut response = http::Response::new(Full::new(r.body));
-                *response.status_mut() =
-                    StatusCode::from_u16(r.status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
-                for h in r.headers {
-                    if let (Ok(name), Ok(value)) = (
-                        http::HeaderName::from_bytes(h.name.as_bytes()),
-                        http::HeaderValue::from_bytes(&h.value),
-                    ) {
-                        response.headers_mut().append(name, value);
-                    }
-                }
+                *response.status_mut() = r.status;
+                *response.headers_mut() = r.headers;
                 response
             }
-            Some(proto::outcome::Ending::Failure(f)) => {
-                let (case, retry_after) = match proto::FailureKind::try_from(f.kind) {
-                    Ok(proto::FailureKind::BadRequest) => (Refusal::Invalid, None),
-                    Ok(proto::FailureKind::Unavailable | proto::FailureKind::Killed) => {
-                        (Refusal::Unavailable, None)
+            Err(f) => {
+                let (case, retry_after) = match f.kind {
+                    FailureKind::BadRequest => (Refusal::Invalid, None),
+                    FailureKind::Unavailable | FailureKind::Killed => (Refusal::Unavailable, None),
+                    FailureKind::Overloaded => (Refusal::Unavailable, Some(BOUND_RETRY_AFTER_S)),
+                    FailureKind::Guest | FailureKind::UnknownFunction => {
+                        (Refusal::FunctionFailed, None)
                     }
-                    Ok(proto::FailureKind::Overloaded) => {
-                        (Refusal::Unavailable, Some(BOUND_RETRY_AFTER_S))
-                    }
-                    _ => (Refusal::FunctionFailed, None),
                 };
                 refuse_for(case, f.message, retry_after)
             }
-            None => refuse(Refusal::FunctionFailed, "empty outcome from the shard"),
         }
     }
-}
-
-/// CPU nanoseconds and memory MB-seconds of an invocation that ran and is billed: it answered,
-/// or the guest failed (a trap, a timeout). Not billed: one that never ran, or was killed
-/// to free memory (the platform's choice) and then found no other worker.
-fn billable(outcome: &proto::Outcome) -> Option<(u64, f64)> {
-    let usage = outcome.usage.as_ref()?;
-    let ran = match &outcome.ending {
-        Some(proto::outcome::Ending::Response(_)) => true,
-        Some(proto::outcome::Ending::Failure(f)) => f.kind == proto::FailureKind::Guest as i32,
-        None => false,
-    };
-    ran.then_some((usage.cpu_ns, usage.memory_mb_seconds))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use turnpike_wire::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
 
     async fn gateway(token: Option<ChainToken>) -> (Arc<Gateway>, tempfile::TempDir) {

@@ -1,46 +1,33 @@
-//! Between the RPC messages and the worker runtime's own types (`turnpike_worker`).
+//! Between the roles' invocation types (`turnpike_wire::invocation`) and the worker runtime's
+//! own (`turnpike_worker`): moves, no parsing (the wire's decoding already checked the request).
 
-use std::time::Duration;
+use turnpike_policy::MachineId;
+use turnpike_wire::invocation::{self, Failure, FailureKind, Outcome, Usage};
+use turnpike_worker::{InvokeError, Request};
 
-use turnpike_wire::proto;
-use turnpike_wire::rpc::headers_to_wire;
-use turnpike_worker::{InvokeError, Outcome, Request};
-
-/// Why an invocation's request cannot be handed to the worker (the caller's error).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadRequest {
-    #[error("bad method {0:?}")]
-    Method(String),
-    #[error("bad header name {0:?}")]
-    HeaderName(String),
-    #[error("bad value of header {0:?}")]
-    HeaderValue(String),
+/// The worker's request for an invocation's.
+pub fn to_worker_request(request: invocation::Request) -> Request {
+    let invocation::Request {
+        method,
+        path_and_query,
+        headers,
+        body,
+    } = request;
+    let mut worker_request = Request::new(method, path_and_query);
+    worker_request.headers = headers;
+    worker_request.body = body;
+    worker_request
 }
 
-/// The worker's request for an invocation; a malformed method or header is the caller's
-/// error.
-pub fn to_worker_request(inv: &proto::Invocation) -> Result<Request, BadRequest> {
-    let method = http::Method::from_bytes(inv.method.as_bytes())
-        .map_err(|_| BadRequest::Method(inv.method.clone()))?;
-    let mut request = Request::new(method, inv.path_and_query.clone());
-    for h in &inv.headers {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| BadRequest::HeaderName(h.name.clone()))?;
-        let value = http::HeaderValue::from_bytes(&h.value)
-            .map_err(|_| BadRequest::HeaderValue(h.name.clone()))?;
-        request.headers.append(name, value);
-    }
-    request.body = inv.body.clone();
-    Ok(request)
-}
-
-pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
+/// A worker's outcome as the shard and gateway see it (placed once, here). A status a guest
+/// gave outside HTTP's range is answered as 502.
+pub fn from_worker_outcome(outcome: turnpike_worker::Outcome) -> Outcome {
     let u = &outcome.usage;
-    let usage = proto::Usage {
-        class: u32::from(u.class.0),
-        cpu_ns: duration_ns(u.cpu),
-        wall_ns: duration_ns(u.wall),
-        queued_ns: duration_ns(u.queued),
+    let usage = Usage {
+        class: u.class,
+        cpu: u.cpu,
+        wall: u.wall,
+        queued: u.queued,
         peak_memory_bytes: u.peak_memory_bytes,
         memory_mb_seconds: u.memory_mb_seconds,
         parks: u.parks,
@@ -49,36 +36,28 @@ pub fn from_worker_outcome(outcome: Outcome) -> proto::Outcome {
         swapped_out_bytes: u.swap.swapped_out_bytes,
     };
     let ending = match outcome.result {
-        Ok(response) => proto::outcome::Ending::Response(proto::Response {
-            status: u32::from(response.status),
-            headers: headers_to_wire(&response.headers),
+        Ok(response) => Ok(invocation::Response {
+            status: http::StatusCode::from_u16(response.status)
+                .unwrap_or(http::StatusCode::BAD_GATEWAY),
+            headers: response.headers,
             body: response.body,
         }),
-        Err(error) => proto::outcome::Ending::Failure(proto::Failure {
-            kind: failure_kind(&error) as i32,
-            message: error.to_string(),
-        }),
+        Err(error) => Err(Failure::new(failure_kind(&error), error.to_string())),
     };
-    proto::Outcome {
-        ending: Some(ending),
+    Outcome {
+        ending,
         usage: Some(usage),
-        worker: 0,
+        worker: MachineId(0),
         attempts: 1,
     }
 }
 
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Maps a worker's failure to the wire.
-pub fn failure_kind(error: &InvokeError) -> proto::FailureKind {
+/// Whose fault a worker's failure is.
+pub fn failure_kind(error: &InvokeError) -> FailureKind {
     match error {
-        InvokeError::Killed => proto::FailureKind::Killed,
-        InvokeError::Shutdown => proto::FailureKind::Unavailable,
-        InvokeError::BadRequest(_) | InvokeError::UnknownClass { .. } => {
-            proto::FailureKind::BadRequest
-        }
-        _ => proto::FailureKind::Guest,
+        InvokeError::Killed => FailureKind::Killed,
+        InvokeError::Shutdown => FailureKind::Unavailable,
+        InvokeError::BadRequest(_) | InvokeError::UnknownClass { .. } => FailureKind::BadRequest,
+        _ => FailureKind::Guest,
     }
 }

@@ -35,8 +35,11 @@ use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::placement::PollReply;
-use turnpike_policy::{ClassId, ClassSet, InvocationId};
+use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 use turnpike_wire::directory::{Directory, LocalWorker};
+use turnpike_wire::invocation::{
+    self, known_class, CallError, Failure, FailureKind, Invocation, Outcome, Usage,
+};
 use turnpike_wire::link;
 use turnpike_wire::proto;
 use turnpike_wire::proto::worker_server::WorkerServer;
@@ -373,11 +376,11 @@ fn emulation_of(
 
 impl EmulatedWorker {
     /// Emulates one invocation placed here, within `worker_in_flight_invocations_max`.
-    async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
+    async fn run_one(self, inv: Invocation) -> Outcome {
         let span = tracing::info_span!(
             "invocation",
             invocation = inv.id,
-            class = inv.class,
+            class = inv.class.0,
             worker = "emulated",
         );
         let inner = self.inner.clone();
@@ -388,43 +391,43 @@ impl EmulatedWorker {
             .await
     }
 
-    async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {
+    async fn run_admitted(self, inv: Invocation) -> Outcome {
         let config = &self.inner.config;
-        let class = match rpc::known_class(inv.class, &config.classes) {
+        let class = match known_class(u32::from(inv.class.0), &config.classes) {
             Ok(class) => class,
-            Err(status) => return rpc::failure(proto::FailureKind::BadRequest, status.message()),
+            Err(e) => return Outcome::from(Failure::from(e)),
         };
         let max_mb = config.memory_mb.saturating_add(config.swap_mb);
-        let (runtime, mb) = match emulation_of(&inv.path_and_query, inv.start_mb, max_mb) {
+        let path = &inv.request.path_and_query;
+        let (runtime, mb) = match emulation_of(path, inv.start_mb, max_mb) {
             Ok(e) => e,
-            Err(e) => return rpc::failure(proto::FailureKind::BadRequest, e.0),
+            Err(e) => return Outcome::failure(FailureKind::BadRequest, e.0),
         };
         let started = Instant::now();
         let ending = self.run(class, inv.start_mb, runtime, mb).await;
-        let usage = proto::Usage {
-            class: inv.class,
-            cpu_ns: duration_ns(runtime),
-            wall_ns: duration_ns(started.elapsed()),
+        let usage = Usage {
+            cpu: runtime,
+            wall: started.elapsed(),
             peak_memory_bytes: mb << 20,
-            ..proto::Usage::default()
+            ..Usage::of_class(class)
         };
-        let mut outcome = match ending {
-            Ending::Done => proto::Outcome {
-                ending: Some(proto::outcome::Ending::Response(proto::Response {
-                    status: 200,
-                    headers: Vec::new(),
-                    body: format!("emulated ms={} mb={mb}\n", runtime.as_millis()).into(),
-                })),
-                attempts: 1,
-                ..proto::Outcome::default()
-            },
-            Ending::Killed => rpc::failure(
-                proto::FailureKind::Killed,
+        let ending = match ending {
+            Ending::Done => Ok(invocation::Response {
+                status: http::StatusCode::OK,
+                headers: http::HeaderMap::new(),
+                body: format!("emulated ms={} mb={mb}\n", runtime.as_millis()).into(),
+            }),
+            Ending::Killed => Err(Failure::new(
+                FailureKind::Killed,
                 "killed to free memory (emulated)",
-            ),
+            )),
         };
-        outcome.usage = Some(usage);
-        outcome
+        Outcome {
+            ending,
+            usage: Some(usage),
+            worker: MachineId(0),
+            attempts: 1,
+        }
     }
 }
 
@@ -454,7 +457,10 @@ impl proto::worker_server::Worker for EmulatedWorker {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        LocalWorker::poll(self, request.into_inner().class).map(Response::new)
+        let class = known_class(request.into_inner().class, &self.inner.config.classes)
+            .map_err(CallError::from)?;
+        let reply = LocalWorker::poll(self, class)?;
+        Ok(Response::new(reply.into()))
     }
 }
 
@@ -463,8 +469,8 @@ impl LocalWorker for EmulatedWorker {
         link::handler(self.clone(), Self::run_one)
     }
 
-    fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
-        let class = rpc::known_class(class, &self.inner.config.classes)?;
+    fn poll(&self, class: ClassId) -> Result<PollReply, CallError> {
+        let class = known_class(u32::from(class.0), &self.inner.config.classes)?;
         let state = self.inner.lock();
         let reply = match &state.sched {
             Sched::Priority(machine) => machine.poll_reply(turnpike_policy::MachineId(0), class),
@@ -476,12 +482,7 @@ impl LocalWorker for EmulatedWorker {
                 cores: self.inner.config.cores,
             },
         };
-        Ok(proto::PollReply {
-            functions: reply.functions,
-            room_mb: reply.room_mb,
-            ahead: reply.ahead,
-            cores: reply.cores,
-        })
+        Ok(reply)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use turnpike_wire::{proto, rpc};
+use turnpike_wire::invocation::{FailureKind, Outcome};
 
 /// Invocations a worker has accepted and not answered, and how many it may have.
 #[derive(Debug)]
@@ -33,11 +33,7 @@ impl InFlight {
     /// `run`'s outcome if the worker is under its bound; otherwise `FailureKind::Overloaded`
     /// at once, naming `worker` and the bound, and logged (call it inside the invocation's
     /// span).
-    pub async fn run(
-        &self,
-        worker: &str,
-        run: impl Future<Output = proto::Outcome>,
-    ) -> proto::Outcome {
+    pub async fn run(&self, worker: &str, run: impl Future<Output = Outcome>) -> Outcome {
         let held = self.count.fetch_add(1, Ordering::Relaxed);
         let _held = Held(&self.count);
         if held >= self.max {
@@ -45,7 +41,7 @@ impl InFlight {
                 "worker {worker} has {held} invocations in flight, its worker_in_flight_invocations_max"
             );
             tracing::warn!("refused: {message}");
-            return rpc::failure(proto::FailureKind::Overloaded, message);
+            return Outcome::failure(FailureKind::Overloaded, message);
         }
         run.await
     }
@@ -55,10 +51,10 @@ impl InFlight {
 mod tests {
     use super::*;
 
-    fn answered() -> proto::Outcome {
-        proto::Outcome {
+    fn answered() -> Outcome {
+        Outcome {
             attempts: 1,
-            ..proto::Outcome::default()
+            ..Outcome::failure(FailureKind::Guest, "answered")
         }
     }
 

@@ -19,10 +19,14 @@ use rand::{Rng, SeedableRng};
 use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
-use turnpike_policy::{ClassSet, ShardId};
+use turnpike_policy::placement::PollReply;
+use turnpike_policy::{ClassId, ClassSet, MachineId, ShardId};
 use turnpike_store::{Store, StoreError};
 use turnpike_wire::chain::ChainToken;
 use turnpike_wire::directory::{Directory, LocalWorker, ShardPeer};
+use turnpike_wire::invocation::{
+    known_class, CallError, FailureKind, Invocation, Outcome, Registration,
+};
 use turnpike_wire::link;
 use turnpike_wire::metrics::{self, ClassHistograms};
 use turnpike_wire::proto;
@@ -252,11 +256,11 @@ impl NodeService {
 impl NodeService {
     /// Runs one invocation placed here, in its span (the invocation's id, class and this
     /// worker), within `worker_in_flight_invocations_max`.
-    async fn run_one(self, inv: proto::Invocation) -> proto::Outcome {
+    async fn run_one(self, inv: Invocation) -> Outcome {
         let span = tracing::info_span!(
             "invocation",
             invocation = inv.id,
-            class = inv.class,
+            class = inv.class.0,
             worker = %self.label,
         );
         let in_flight = self.in_flight.clone();
@@ -267,29 +271,26 @@ impl NodeService {
             .await
     }
 
-    async fn run_admitted(self, inv: proto::Invocation) -> proto::Outcome {
+    async fn run_admitted(self, inv: Invocation) -> Outcome {
         let function = match self.function_or_fetch(&inv.function).await {
             Ok(Some(function)) => function,
             Ok(None) => {
-                return rpc::failure(
-                    proto::FailureKind::UnknownFunction,
+                return Outcome::failure(
+                    FailureKind::UnknownFunction,
                     format!("function {} is not loaded on this worker", inv.function),
                 )
             }
             Err(e) => {
                 let message = format!("loading function {} from the store: {e}", inv.function);
                 tracing::warn!("{message}");
-                return rpc::failure(proto::FailureKind::Unavailable, message);
+                return Outcome::failure(FailureKind::Unavailable, message);
             }
         };
-        let class = match rpc::known_class(inv.class, &self.worker.config().classes) {
+        let class = match known_class(u32::from(inv.class.0), &self.worker.config().classes) {
             Ok(class) => class,
-            Err(status) => return rpc::failure(proto::FailureKind::BadRequest, status.message()),
+            Err(e) => return Outcome::from(turnpike_wire::invocation::Failure::from(e)),
         };
-        let request = match convert::to_worker_request(&inv) {
-            Ok(r) => r,
-            Err(e) => return rpc::failure(proto::FailureKind::BadRequest, e.to_string()),
-        };
+        let request = convert::to_worker_request(inv.request);
         let outcome = self
             .worker
             .invoke(
@@ -341,7 +342,10 @@ impl proto::worker_server::Worker for NodeService {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollReply>, Status> {
-        LocalWorker::poll(self, request.into_inner().class).map(Response::new)
+        let class = known_class(request.into_inner().class, &self.worker.config().classes)
+            .map_err(CallError::from)?;
+        let reply = LocalWorker::poll(self, class)?;
+        Ok(Response::new(reply.into()))
     }
 }
 
@@ -350,15 +354,9 @@ impl LocalWorker for NodeService {
         link::handler(self.clone(), Self::run_one)
     }
 
-    fn poll(&self, class: u32) -> Result<proto::PollReply, Status> {
-        let class = rpc::known_class(class, &self.worker.config().classes)?;
-        let reply = self.worker.poll_reply(class);
-        Ok(proto::PollReply {
-            functions: reply.functions,
-            room_mb: reply.room_mb,
-            ahead: reply.ahead,
-            cores: reply.cores,
-        })
+    fn poll(&self, class: ClassId) -> Result<PollReply, CallError> {
+        let class = known_class(u32::from(class.0), &self.worker.config().classes)?;
+        Ok(self.worker.poll_reply(class))
     }
 }
 
@@ -451,12 +449,12 @@ pub async fn dispatch(
     // Unlimited memory is never short: the dispatcher's fractions of `u64::MAX`.
     let capacity_mb = memory_mb.unwrap_or(u64::MAX);
     let clients: Vec<ShardPeer> = shards.iter().map(|&a| directory.shard(a)).collect();
-    let info = proto::WorkerInfo {
+    let info = Registration {
         address: format!("http://{address}"),
         memory_mb: memory_mb.unwrap_or(0),
         cores: node.cores(),
     };
-    let mut ids: Vec<Option<u32>> = vec![None; clients.len()];
+    let mut ids: Vec<Option<MachineId>> = vec![None; clients.len()];
     let mut dispatcher = Dispatcher::new(config);
     // The first registration is immediate, the second after a random fraction of the
     // period, then one per period; while no shard answers, one per UNREGISTERED_RETRY.
@@ -514,19 +512,10 @@ pub async fn dispatch(
                     };
                     let s = shard.0 as usize;
                     let sent = match (ids[s], message) {
-                        (Some(worker), Some(entry)) => clients[s]
-                            .idle_join(proto::IdleEntry {
-                                worker,
-                                free_mb: entry.free_mb,
-                                functions: entry.functions,
-                                idle_cores: entry.idle_cores,
-                            })
-                            .await
-                            .is_ok(),
-                        (Some(worker), None) => clients[s]
-                            .idle_leave(proto::WorkerRef { worker })
-                            .await
-                            .is_ok(),
+                        (Some(worker), Some(entry)) => {
+                            clients[s].idle_join(worker, entry).await.is_ok()
+                        }
+                        (Some(worker), None) => clients[s].idle_leave(worker).await.is_ok(),
                         (None, _) => false,
                     };
                     if !sent {
@@ -545,7 +534,7 @@ pub async fn dispatch(
 
 /// How long after the last registration the next is due: `period`, or sooner while no shard
 /// has answered (`ids`: the worker's id at each shard, if registered).
-fn registration_due(ids: &[Option<u32>], period: Duration) -> Duration {
+fn registration_due(ids: &[Option<MachineId>], period: Duration) -> Duration {
     if ids.iter().all(Option::is_none) {
         UNREGISTERED_RETRY.min(period)
     } else {
@@ -560,7 +549,7 @@ async fn register_forever(
     register_every: Duration,
     directory: Directory,
 ) {
-    let info = proto::WorkerInfo {
+    let info = Registration {
         address: format!("http://{address}"),
         memory_mb: 0,
         cores,

@@ -41,7 +41,11 @@ use turnpike_policy::shard::{
     REQUEUE_MAX_DEFAULT, TOP_CLASS_DEFERS_MAX_DEFAULT,
 };
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
+use turnpike_wire::convert;
 use turnpike_wire::directory::{Directory, LocalFuture, LocalShard, LocalWorker};
+use turnpike_wire::invocation::{
+    CallError, FailureKind, Invocation, Outcome, Registered, Registration,
+};
 use turnpike_wire::link::{self, Link};
 use turnpike_wire::metrics::{self, ClassHistograms};
 use turnpike_wire::proto;
@@ -163,32 +167,30 @@ enum Poller {
 impl Poller {
     /// The worker's answer, or `None` when it gave none within [`POLL_TIMEOUT`].
     async fn poll(self, machine: MachineId, class: ClassId) -> Option<PollReply> {
-        let class = u32::from(class.0);
-        let reply = match self {
+        match self {
             Self::Rpc(mut client) => {
-                let request = proto::PollRequest { class };
-                tokio::time::timeout(POLL_TIMEOUT, client.poll(request))
+                let request = proto::PollRequest {
+                    class: u32::from(class.0),
+                };
+                let reply = tokio::time::timeout(POLL_TIMEOUT, client.poll(request))
                     .await
                     .ok()?
                     .ok()?
-                    .into_inner()
+                    .into_inner();
+                Some(convert::poll_reply_from_wire(machine, reply))
             }
-            Self::InProcess(worker) => worker.poll(class).ok()?,
-        };
-        Some(PollReply {
-            machine,
-            functions: reply.functions,
-            room_mb: reply.room_mb,
-            ahead: reply.ahead,
-            cores: reply.cores,
-        })
+            Self::InProcess(worker) => Some(PollReply {
+                machine,
+                ..worker.poll(class).ok()?
+            }),
+        }
     }
 }
 
 #[derive(Debug)]
 struct Waiting {
-    invocation: proto::Invocation,
-    reply: oneshot::Sender<proto::Outcome>,
+    invocation: Invocation,
+    reply: oneshot::Sender<Outcome>,
     /// Placements so far.
     attempts: u32,
     /// The invocation's span (its id, class and this shard), for what happens to it later.
@@ -337,7 +339,7 @@ impl Inner {
         let class = if self.fifo {
             ClassId(0)
         } else {
-            ClassId(waiting.invocation.class as u8)
+            waiting.invocation.class
         };
         let pending = Pending {
             id,
@@ -392,7 +394,7 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
                         .lock()
                         .waiting
                         .get(&pending.id)
-                        .map_or(0, |w| w.invocation.class as usize)
+                        .map_or(0, |w| w.invocation.class.index())
                 } else {
                     pending.class.index()
                 };
@@ -476,8 +478,8 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             match AfterReturn::of(waiting.attempts - 1, inner.requeue_max) {
                 AfterReturn::GiveUp => {
                     tracing::warn!(attempts = waiting.attempts, "gave up: {why}");
-                    let mut outcome = rpc::failure(
-                        proto::FailureKind::Unavailable,
+                    let mut outcome = Outcome::failure(
+                        FailureKind::Unavailable,
                         format!("gave up after {} placements: {why}", waiting.attempts),
                     );
                     outcome.attempts = waiting.attempts;
@@ -492,12 +494,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
         };
         match result {
             Ok(mut outcome) => {
-                let killed = matches!(
-                    &outcome.ending,
-                    Some(proto::outcome::Ending::Failure(f))
-                        if f.kind == proto::FailureKind::Killed as i32
-                );
-                if killed {
+                if outcome.failure_kind() == Some(FailureKind::Killed) {
                     retry(
                         &inner,
                         waiting,
@@ -505,11 +502,11 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                     );
                     return;
                 }
-                outcome.worker = machine.0;
+                outcome.worker = machine;
                 outcome.attempts = waiting.attempts;
                 let _ = waiting.reply.send(outcome);
             }
-            Err(status) => {
+            Err(error) => {
                 {
                     let mut state = inner.lock();
                     if let Some(slot) = state.workers.get_mut(machine.0 as usize) {
@@ -520,7 +517,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                                 shard = inner.id,
                                 worker = machine.0,
                                 "worker lost: {}",
-                                status.message()
+                                error.message()
                             );
                         }
                     }
@@ -529,7 +526,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                 retry(
                     &inner,
                     waiting,
-                    format!("worker {} lost: {}", machine.0, status.message()),
+                    format!("worker {} lost: {}", machine.0, error.message()),
                 );
             }
         }
@@ -539,13 +536,13 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
 impl ShardService {
     /// Queues one invocation and waits for its outcome (placement, the worker's answer, any
     /// retries).
-    pub(crate) async fn invoke_one(self, invocation: proto::Invocation) -> proto::Outcome {
-        if invocation.class as usize >= self.inner.classes.len() {
-            return rpc::failure(
-                proto::FailureKind::BadRequest,
+    pub(crate) async fn invoke_one(self, invocation: Invocation) -> Outcome {
+        if invocation.class.index() >= self.inner.classes.len() {
+            return Outcome::failure(
+                FailureKind::BadRequest,
                 format!(
                     "unknown class {}: this shard has {} classes",
-                    invocation.class,
+                    invocation.class.0,
                     self.inner.classes.len()
                 ),
             );
@@ -553,7 +550,7 @@ impl ShardService {
         let span = tracing::info_span!(
             "invocation",
             invocation = invocation.id,
-            class = invocation.class,
+            class = invocation.class.0,
             shard = self.inner.id,
         );
         let queued = self.inner.lock().waiting.len();
@@ -564,7 +561,7 @@ impl ShardService {
                 self.inner.id
             );
             tracing::warn!("refused: {message}");
-            return rpc::failure(proto::FailureKind::Overloaded, message);
+            return Outcome::failure(FailureKind::Overloaded, message);
         }
         let (reply, answer) = oneshot::channel();
         let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -578,14 +575,13 @@ impl ShardService {
             },
         );
         answer.await.unwrap_or_else(|_| {
-            rpc::failure(
-                proto::FailureKind::Unavailable,
-                "the shard is shutting down",
-            )
+            Outcome::failure(FailureKind::Unavailable, "the shard is shutting down")
         })
     }
 }
 
+/// The `Shard` RPCs: each message converted (`turnpike_wire::convert`) and handed to the
+/// same methods a role of this process calls ([`LocalShard`]).
 #[tonic::async_trait]
 impl proto::shard_server::Shard for ShardService {
     type InvokeStream = link::OutcomeStream;
@@ -601,11 +597,51 @@ impl proto::shard_server::Shard for ShardService {
         &self,
         request: Request<proto::WorkerInfo>,
     ) -> Result<Response<proto::Registered>, Status> {
-        let info = request.into_inner();
-        let endpoint = Endpoint::from_shared(info.address.clone())
-            .map_err(|e| Status::invalid_argument(format!("worker address: {e}")))?;
+        let registered = LocalShard::register(self, request.into_inner().into())?;
+        Ok(Response::new(registered.into()))
+    }
+
+    async fn idle_join(
+        &self,
+        request: Request<proto::IdleEntry>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let (worker, entry) = convert::idle_entry_from_wire(&request.into_inner());
+        LocalShard::idle_join(self, worker, entry)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_leave(
+        &self,
+        request: Request<proto::WorkerRef>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        LocalShard::idle_leave(self, MachineId(request.into_inner().worker));
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn idle_len(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::IdleLenReply>, Status> {
+        let len = LocalShard::idle_len(self);
+        Ok(Response::new(proto::IdleLenReply { len }))
+    }
+}
+
+/// The shard's answers to gateways and workers, of this process (`turnpike_wire::directory`)
+/// or through the RPCs above.
+impl LocalShard for ShardService {
+    fn invoke(&self, invocation: Invocation) -> LocalFuture<Outcome> {
+        Box::pin(self.clone().invoke_one(invocation))
+    }
+
+    /// Records the worker (again, after either side restarted), with a link to it: in
+    /// process if it is in the directory, else over RPC.
+    fn register(&self, registration: Registration) -> Result<Registered, CallError> {
+        let address = registration.address;
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|e| CallError::Refused(format!("worker address {address:?}: {e}")))?;
         let mut state = self.inner.lock();
-        let (worker, fresh) = match state.by_address.get(&info.address) {
+        let (worker, fresh) = match state.by_address.get(&address) {
             Some(&id) => {
                 let slot = &mut state.workers[id as usize];
                 let revived = !slot.alive;
@@ -614,7 +650,7 @@ impl proto::shard_server::Shard for ShardService {
             }
             None => {
                 let id = state.workers.len() as u32;
-                let (poller, link) = match self.inner.directory.worker(&info.address) {
+                let (poller, link) = match self.inner.directory.worker(&address) {
                     Some(worker) => (
                         Poller::InProcess(worker.clone()),
                         Link::in_process(worker.handler()),
@@ -631,7 +667,7 @@ impl proto::shard_server::Shard for ShardService {
                     link: Arc::new(link),
                     alive: true,
                 });
-                state.by_address.insert(info.address, id);
+                state.by_address.insert(address, id);
                 let n = state.workers.len() as u32;
                 state.shard.set_machines(n);
                 (id, true)
@@ -639,88 +675,32 @@ impl proto::shard_server::Shard for ShardService {
         };
         drop(state);
         self.inner.wake.notify_one();
-        Ok(Response::new(proto::Registered { worker, fresh }))
+        Ok(Registered {
+            worker: MachineId(worker),
+            fresh,
+        })
     }
 
-    async fn idle_join(
-        &self,
-        request: Request<proto::IdleEntry>,
-    ) -> Result<Response<proto::Empty>, Status> {
-        let e = request.into_inner();
+    fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError> {
         let mut state = self.inner.lock();
-        if (e.worker as usize) >= state.workers.len() {
-            return Err(Status::not_found(format!(
+        if (worker.0 as usize) >= state.workers.len() {
+            return Err(CallError::Refused(format!(
                 "worker {} is not registered",
-                e.worker
+                worker.0
             )));
         }
-        state.shard.handle_idle_join(
-            MachineId(e.worker),
-            IdleEntry {
-                free_mb: e.free_mb,
-                functions: e.functions,
-                idle_cores: e.idle_cores,
-            },
-        );
+        state.shard.handle_idle_join(worker, entry);
         drop(state);
         self.inner.wake.notify_one();
-        Ok(Response::new(proto::Empty {}))
+        Ok(())
     }
 
-    async fn idle_leave(
-        &self,
-        request: Request<proto::WorkerRef>,
-    ) -> Result<Response<proto::Empty>, Status> {
-        let worker = request.into_inner().worker;
-        self.inner.lock().shard.handle_idle_leave(MachineId(worker));
-        Ok(Response::new(proto::Empty {}))
+    fn idle_leave(&self, worker: MachineId) {
+        self.inner.lock().shard.handle_idle_leave(worker);
     }
 
-    async fn idle_len(
-        &self,
-        _request: Request<proto::Empty>,
-    ) -> Result<Response<proto::IdleLenReply>, Status> {
-        let len = self.inner.lock().shard.idle_list().len() as u64;
-        Ok(Response::new(proto::IdleLenReply { len }))
-    }
-}
-
-/// The same RPCs for a gateway or a worker of this process (`turnpike_wire::directory`).
-impl LocalShard for ShardService {
-    fn invoke(&self, invocation: proto::Invocation) -> LocalFuture<proto::Outcome> {
-        Box::pin(self.clone().invoke_one(invocation))
-    }
-
-    fn register(&self, info: proto::WorkerInfo) -> LocalFuture<Result<proto::Registered, Status>> {
-        let shard = self.clone();
-        Box::pin(async move {
-            proto::shard_server::Shard::register(&shard, Request::new(info))
-                .await
-                .map(Response::into_inner)
-        })
-    }
-
-    fn idle_join(&self, entry: proto::IdleEntry) -> LocalFuture<Result<(), Status>> {
-        let shard = self.clone();
-        Box::pin(async move {
-            proto::shard_server::Shard::idle_join(&shard, Request::new(entry))
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn idle_leave(&self, worker: proto::WorkerRef) -> LocalFuture<Result<(), Status>> {
-        let shard = self.clone();
-        Box::pin(async move {
-            proto::shard_server::Shard::idle_leave(&shard, Request::new(worker))
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn idle_len(&self) -> LocalFuture<Result<u64, Status>> {
-        let len = self.inner.lock().shard.idle_list().len() as u64;
-        Box::pin(std::future::ready(Ok(len)))
+    fn idle_len(&self) -> u64 {
+        self.inner.lock().shard.idle_list().len() as u64
     }
 }
 
@@ -732,13 +712,16 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     use super::*;
+    use turnpike_wire::invocation::{Failure, Request, Response};
 
     /// A worker that answers every invocation with `ending` and counts its runs.
     #[derive(Debug)]
     struct FakeWorker {
-        ending: proto::outcome::Ending,
+        ending: Ending,
         runs: Arc<AtomicU32>,
     }
+
+    type Ending = Result<Response, Failure>;
 
     impl LocalWorker for FakeWorker {
         fn handler(&self) -> link::Handler {
@@ -747,18 +730,19 @@ mod tests {
                 runs.fetch_add(1, Ordering::Relaxed);
                 let ending = ending.clone();
                 Box::pin(async move {
-                    proto::Outcome {
-                        ending: Some(ending),
+                    Outcome {
+                        ending,
                         usage: None,
-                        worker: 0,
+                        worker: MachineId(0),
                         attempts: 1,
                     }
                 })
             })
         }
 
-        fn poll(&self, _class: u32) -> Result<proto::PollReply, Status> {
-            Ok(proto::PollReply {
+        fn poll(&self, _class: ClassId) -> Result<PollReply, CallError> {
+            Ok(PollReply {
+                machine: MachineId(0),
                 functions: 0,
                 room_mb: 1024,
                 ahead: 0,
@@ -767,20 +751,26 @@ mod tests {
         }
     }
 
-    fn invocation(id: u64, class: u32) -> proto::Invocation {
-        proto::Invocation {
+    fn invocation(id: u64, class: u8) -> Invocation {
+        Invocation {
             id,
             function: "f".into(),
-            class,
+            class: ClassId(class),
+            request: Request {
+                method: http::Method::GET,
+                path_and_query: "/".into(),
+                headers: http::HeaderMap::new(),
+                body: bytes::Bytes::new(),
+            },
+            depth: 0,
             start_mb: 2,
-            ..proto::Invocation::default()
         }
     }
 
     /// A shard with one fake worker answering `ending`: the shard and the worker's run count.
     async fn shard_with_worker(
         config: ShardConfig,
-        ending: proto::outcome::Ending,
+        ending: Ending,
     ) -> (ShardService, Arc<AtomicU32>) {
         let directory = Directory::new();
         let shard = ShardService::start(ClassSet::default_four(), config, directory.clone());
@@ -793,36 +783,28 @@ mod tests {
         directory.add_worker(address, Arc::new(worker));
         let registered = LocalShard::register(
             &shard,
-            proto::WorkerInfo {
+            Registration {
                 address: format!("http://{address}"),
                 memory_mb: 1024,
                 cores: 1,
             },
         )
-        .await
         .unwrap();
-        assert_eq!((registered.worker, registered.fresh), (0, true));
+        assert_eq!((registered.worker, registered.fresh), (MachineId(0), true));
         (shard, runs)
-    }
-
-    fn failure_kind(outcome: &proto::Outcome) -> Option<proto::FailureKind> {
-        match &outcome.ending {
-            Some(proto::outcome::Ending::Failure(f)) => proto::FailureKind::try_from(f.kind).ok(),
-            _ => None,
-        }
     }
 
     #[tokio::test]
     async fn an_invocation_is_placed_on_a_polled_worker_and_answered() {
-        let response = proto::outcome::Ending::Response(proto::Response {
-            status: 200,
-            headers: Vec::new(),
+        let response = Ok(Response {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
             body: bytes_of("hi"),
         });
         let (shard, runs) = shard_with_worker(ShardConfig::default(), response.clone()).await;
         let outcome = LocalShard::invoke(&shard, invocation(7, 3)).await;
-        assert_eq!(outcome.ending, Some(response));
-        assert_eq!((outcome.worker, outcome.attempts), (0, 1));
+        assert_eq!(outcome.ending, response);
+        assert_eq!((outcome.worker, outcome.attempts), (MachineId(0), 1));
         assert_eq!(runs.load(Ordering::Relaxed), 1);
         let counters = shard.counters();
         assert_eq!(counters.placed_idle_list + counters.placed_polling, 1);
@@ -831,20 +813,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_invocation_is_placed_again_up_to_the_requeue_limit_then_fails() {
-        let killed = proto::outcome::Ending::Failure(proto::Failure {
-            kind: proto::FailureKind::Killed as i32,
-            message: "killed".into(),
-        });
+        let killed = Err(Failure::new(FailureKind::Killed, "killed"));
         let config = ShardConfig {
             requeue_max: 2,
             ..ShardConfig::default()
         };
         let (shard, runs) = shard_with_worker(config, killed).await;
         let outcome = LocalShard::invoke(&shard, invocation(1, 0)).await;
-        assert_eq!(
-            failure_kind(&outcome),
-            Some(proto::FailureKind::Unavailable)
-        );
+        assert_eq!(outcome.failure_kind(), Some(FailureKind::Unavailable));
         assert_eq!(outcome.attempts, 3, "one placement and two again");
         assert_eq!(runs.load(Ordering::Relaxed), 3);
         assert_eq!(shard.counters().replaced, 2);
@@ -865,7 +841,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = LocalShard::invoke(&shard, invocation(9, 3)).await;
-        assert_eq!(failure_kind(&refused), Some(proto::FailureKind::Overloaded));
+        assert_eq!(refused.failure_kind(), Some(FailureKind::Overloaded));
         assert!(format!("{refused:?}").contains("shard_queue_invocations_max"));
         assert_eq!(shard.queued(), 2);
         assert!(waiting.iter().all(|w| !w.is_finished()));
@@ -879,7 +855,7 @@ mod tests {
             Directory::new(),
         );
         let outcome = LocalShard::invoke(&shard, invocation(1, 4)).await;
-        assert_eq!(failure_kind(&outcome), Some(proto::FailureKind::BadRequest));
+        assert_eq!(outcome.failure_kind(), Some(FailureKind::BadRequest));
     }
 
     fn bytes_of(text: &str) -> bytes::Bytes {

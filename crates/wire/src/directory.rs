@@ -26,8 +26,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::Channel;
-use tonic::Status;
+use turnpike_policy::idle_list::IdleEntry;
+use turnpike_policy::placement::PollReply;
+use turnpike_policy::{ClassId, MachineId};
 
+use crate::convert;
+use crate::invocation::{CallError, FailureKind, Invocation, Outcome, Registered, Registration};
 use crate::link::{Handler, Link};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -37,23 +41,26 @@ use crate::rpc;
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A shard as a gateway and a worker of the same process call it: its `Shard` RPCs, without
-/// the RPC. Implemented by the scheduler's shard service (`turnpike-scheduler`).
+/// the RPC, in the roles' own types. Implemented by the scheduler's shard service
+/// (`turnpike-scheduler`), whose RPC handlers call these too.
 pub trait LocalShard: Send + Sync + std::fmt::Debug + 'static {
     /// Places and runs one invocation (one message of `Shard.Invoke`).
-    fn invoke(&self, invocation: proto::Invocation) -> LocalFuture<proto::Outcome>;
-    fn register(&self, info: proto::WorkerInfo) -> LocalFuture<Result<proto::Registered, Status>>;
-    fn idle_join(&self, entry: proto::IdleEntry) -> LocalFuture<Result<(), Status>>;
-    fn idle_leave(&self, worker: proto::WorkerRef) -> LocalFuture<Result<(), Status>>;
+    fn invoke(&self, invocation: Invocation) -> LocalFuture<Outcome>;
+    fn register(&self, registration: Registration) -> Result<Registered, CallError>;
+    /// `worker` (its id at this shard) joins the idle list, or updates its entry there.
+    fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError>;
+    fn idle_leave(&self, worker: MachineId);
     /// The length of its idle list.
-    fn idle_len(&self) -> LocalFuture<Result<u64, Status>>;
+    fn idle_len(&self) -> u64;
 }
 
 /// A worker as a shard in the same process uses it.
 pub trait LocalWorker: Send + Sync + std::fmt::Debug + 'static {
     /// Runs the invocations placed here (its `Worker.Run`).
     fn handler(&self) -> Handler;
-    /// Its load as seen by an invocation of `class` (its `Worker.Poll`).
-    fn poll(&self, class: u32) -> Result<proto::PollReply, Status>;
+    /// Its load as seen by an invocation of `class` (its `Worker.Poll`); the reply's
+    /// `machine` is meaningless here (the worker does not know its id at the asking shard).
+    fn poll(&self, class: ClassId) -> Result<PollReply, CallError>;
 }
 
 /// The shards and workers of this process, by address. Cheap to clone (shared).
@@ -129,18 +136,18 @@ impl Directory {
             Box::pin(async move {
                 match shard {
                     Ok(shard) => shard.invoke(invocation).await,
-                    Err(status) => rpc::failure(proto::FailureKind::Unavailable, status.message()),
+                    Err(e) => Outcome::failure(FailureKind::Unavailable, e.message()),
                 }
             })
         }))
     }
 
-    fn shard_at(&self, address: SocketAddr) -> Result<Arc<dyn LocalShard>, Status> {
+    fn shard_at(&self, address: SocketAddr) -> Result<Arc<dyn LocalShard>, CallError> {
         crate::lock(&self.roles)
             .shards
             .get(&address)
             .cloned()
-            .ok_or_else(|| Status::unavailable(format!("shard {address} left this process")))
+            .ok_or_else(|| CallError::Unavailable(format!("shard {address} left this process")))
     }
 
     /// The worker that registered as `address` (`http://HOST:PORT`), if it is in this process.
@@ -159,45 +166,56 @@ pub enum ShardPeer {
 }
 
 impl ShardPeer {
-    pub async fn register(&self, info: proto::WorkerInfo) -> Result<proto::Registered, Status> {
+    pub async fn register(&self, registration: Registration) -> Result<Registered, CallError> {
         match self {
-            Self::Rpc(client) => client
+            Self::Rpc(client) => Ok(client
                 .clone()
-                .register(info)
-                .await
-                .map(tonic::Response::into_inner),
+                .register(proto::WorkerInfo::from(registration))
+                .await?
+                .into_inner()
+                .into()),
             Self::InProcess(directory, address) => {
-                directory.shard_at(*address)?.register(info).await
+                directory.shard_at(*address)?.register(registration)
             }
         }
     }
 
-    pub async fn idle_join(&self, entry: proto::IdleEntry) -> Result<(), Status> {
+    pub async fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError> {
         match self {
-            Self::Rpc(client) => client.clone().idle_join(entry).await.map(|_| ()),
+            Self::Rpc(client) => {
+                let message = convert::idle_entry_to_wire(worker, entry);
+                client.clone().idle_join(message).await?;
+                Ok(())
+            }
             Self::InProcess(directory, address) => {
-                directory.shard_at(*address)?.idle_join(entry).await
+                directory.shard_at(*address)?.idle_join(worker, entry)
             }
         }
     }
 
-    pub async fn idle_leave(&self, worker: proto::WorkerRef) -> Result<(), Status> {
+    pub async fn idle_leave(&self, worker: MachineId) -> Result<(), CallError> {
         match self {
-            Self::Rpc(client) => client.clone().idle_leave(worker).await.map(|_| ()),
+            Self::Rpc(client) => {
+                let message = proto::WorkerRef { worker: worker.0 };
+                client.clone().idle_leave(message).await?;
+                Ok(())
+            }
             Self::InProcess(directory, address) => {
-                directory.shard_at(*address)?.idle_leave(worker).await
+                directory.shard_at(*address)?.idle_leave(worker);
+                Ok(())
             }
         }
     }
 
-    pub async fn idle_len(&self) -> Result<u64, Status> {
+    pub async fn idle_len(&self) -> Result<u64, CallError> {
         match self {
-            Self::Rpc(client) => client
+            Self::Rpc(client) => Ok(client
                 .clone()
                 .idle_len(proto::Empty {})
-                .await
-                .map(|r| r.into_inner().len),
-            Self::InProcess(directory, address) => directory.shard_at(*address)?.idle_len().await,
+                .await?
+                .into_inner()
+                .len),
+            Self::InProcess(directory, address) => Ok(directory.shard_at(*address)?.idle_len()),
         }
     }
 }

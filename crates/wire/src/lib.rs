@@ -1,6 +1,7 @@
-//! What every role of a Turnpike cluster shares to talk to the others: the RPC definitions
-//! (`proto/turnpike.proto`, generated into [`proto`]) and the connection settings every role
-//! uses ([`rpc`]); links that multiplex invocations on one stream per pair of roles
+//! What every role of a Turnpike cluster shares to talk to the others: an invocation and its
+//! outcome as the roles handle them ([`invocation`]); the RPC definitions
+//! (`proto/turnpike.proto`, generated into [`proto`]), the conversions between them and the
+//! roles' types ([`convert`]) and the connection settings every role uses ([`rpc`]); links that multiplex invocations on one stream per pair of roles
 //! ([`link`]); the directory of roles in the same process, called without RPC
 //! ([`directory`]); the call-chain headers and token ([`chain`]); the HTTP serving loop
 //! ([`http_server`]) and the Prometheus metrics registry ([`metrics`]). It depends on no role:
@@ -8,8 +9,10 @@
 //! nodes (`turnpike-node`) all depend on it.
 
 pub mod chain;
+pub mod convert;
 pub mod directory;
 pub mod http_server;
+pub mod invocation;
 pub mod link;
 pub mod metrics;
 pub mod rpc;

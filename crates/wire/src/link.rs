@@ -23,6 +23,10 @@
 //! each invocation to the role's handler on a task of its own, as `serve` would, without
 //! encoding it or crossing a socket; a caller that gives up does not cancel it, as with a
 //! stream.
+//!
+//! Both ends speak the roles' own types ([`crate::invocation`]); a streamed link encodes and
+//! decodes them at the socket ([`crate::convert`]), and an invocation that arrives malformed is
+//! answered with a `BadRequest` failure without reaching the handler.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +40,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
+use crate::invocation::{CallError, Failure, FailureKind, Invocation, Outcome};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
 use crate::proto::worker_client::WorkerClient;
@@ -57,17 +62,16 @@ type Open = Box<
 >;
 
 /// A role's answer to one invocation, as [`serve`] and [`Link::in_process`] call it.
-pub type Handler = Arc<
-    dyn Fn(proto::Invocation) -> Pin<Box<dyn Future<Output = proto::Outcome> + Send>> + Send + Sync,
->;
+pub type Handler =
+    Arc<dyn Fn(Invocation) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
 /// The handler answering each invocation with `answer(service, invocation)` (on a clone of
 /// `service`): how a role hands its answer to [`serve`] and [`Link::in_process`].
 pub fn handler<S, F, Fut>(service: S, answer: F) -> Handler
 where
     S: Clone + Send + Sync + 'static,
-    F: Fn(S, proto::Invocation) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = proto::Outcome> + Send + 'static,
+    F: Fn(S, Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     Arc::new(move |invocation| Box::pin(answer(service.clone(), invocation)))
 }
@@ -104,7 +108,7 @@ struct Session {
 struct Calls {
     /// Broken or closed: no call may be added (it would never be answered).
     ended: bool,
-    waiting: HashMap<u64, oneshot::Sender<Result<proto::Outcome, Status>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Outcome, CallError>>>,
     /// When `waiting` last became empty.
     idle_since: Instant,
 }
@@ -145,13 +149,13 @@ impl Link {
     }
 
     /// Sends `invocation` and waits for its outcome; an error is the transport's (the stream
-    /// broke before the answer came).
-    pub async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
+    /// broke before the answer came: `CallError::Unavailable`).
+    pub async fn call(&self, invocation: Invocation) -> Result<Outcome, CallError> {
         match &self.route {
             Route::Stream(streamed) => streamed.call(invocation).await,
             Route::InProcess(handle) => tokio::spawn(handle(invocation))
                 .await
-                .map_err(|e| Status::unavailable(format!("the invocation's task ended: {e}"))),
+                .map_err(|e| CallError::Unavailable(format!("the invocation's task ended: {e}"))),
         }
     }
 
@@ -166,7 +170,7 @@ impl Link {
 }
 
 impl Streamed {
-    async fn call(&self, invocation: proto::Invocation) -> Result<proto::Outcome, Status> {
+    async fn call(&self, invocation: Invocation) -> Result<Outcome, CallError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let session = loop {
@@ -183,7 +187,7 @@ impl Streamed {
         };
         let frame = proto::InvocationFrame {
             tag,
-            invocation: Some(invocation),
+            invocation: Some(invocation.into()),
         };
         // A failed send means the stream's driver is gone; it ends the call (below) when it
         // marks the session ended.
@@ -191,7 +195,7 @@ impl Streamed {
         drop(session);
         answered
             .await
-            .unwrap_or_else(|_| Err(Status::unavailable("the link was dropped")))
+            .unwrap_or_else(|_| Err(CallError::Unavailable("the link was dropped".into())))
     }
 
     /// The open session, or a new one (its stream opened by a driver task).
@@ -265,6 +269,9 @@ async fn drive(
         std::mem::take(&mut calls.waiting)
     };
     forget(&current, &session);
+    // Whatever the stream's status says, the calls on it are lost with it: the peer may be
+    // down.
+    let why = CallError::Unavailable(why.message().to_string());
     for (_, caller) in waiting {
         let _ = caller.send(Err(why.clone()));
     }
@@ -281,9 +288,7 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
     };
     // An unknown tag (its caller gave up) is dropped.
     if let Some(caller) = caller {
-        let outcome = frame.outcome.unwrap_or_else(|| {
-            crate::rpc::failure(proto::FailureKind::Unavailable, "an empty outcome frame")
-        });
+        let outcome = Outcome::from(frame.outcome.unwrap_or_default());
         let _ = caller.send(Ok(outcome));
     }
 }
@@ -304,23 +309,21 @@ pub fn serve(
         while let Ok(Some(frame)) = inbound.message().await {
             let tag = frame.tag;
             let answers = answers.clone();
-            let Some(invocation) = frame.invocation else {
-                let outcome = crate::rpc::failure(
-                    proto::FailureKind::BadRequest,
-                    "a frame without an invocation",
-                );
-                let _ = answers.send(Ok(proto::OutcomeFrame {
-                    tag,
-                    outcome: Some(outcome),
-                }));
-                continue;
+            let invocation = frame
+                .invocation
+                .ok_or_else(|| {
+                    Failure::new(FailureKind::BadRequest, "a frame without an invocation")
+                })
+                .and_then(Invocation::try_from);
+            let answer = match invocation {
+                Ok(invocation) => handle(invocation),
+                Err(failure) => Box::pin(std::future::ready(Outcome::from(failure))),
             };
-            let answer = handle(invocation);
             tokio::spawn(async move {
                 let outcome = answer.await;
                 let _ = answers.send(Ok(proto::OutcomeFrame {
                     tag,
-                    outcome: Some(outcome),
+                    outcome: Some(outcome.into()),
                 }));
             });
         }

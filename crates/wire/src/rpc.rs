@@ -1,33 +1,14 @@
-//! How every connection between roles is set up (timeouts, keep-alive, message sizes), and
-//! small conversions between the RPC messages and HTTP's and the policy core's types.
+//! How every connection between roles is set up (timeouts, keep-alive, message sizes).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proto;
 use crate::proto::shard_client::ShardClient;
 
 /// Largest RPC message: request and response bodies travel inside them.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
-/// `class` as a class of `classes`, or the RPC's error naming it.
-pub fn known_class(
-    class: u32,
-    classes: &turnpike_policy::ClassSet,
-) -> Result<turnpike_policy::ClassId, tonic::Status> {
-    u8::try_from(class)
-        .ok()
-        .map(turnpike_policy::ClassId)
-        .filter(|c| c.index() < classes.len())
-        .ok_or_else(|| {
-            tonic::Status::invalid_argument(format!(
-                "unknown class {class}: there are {} classes",
-                classes.len()
-            ))
-        })
-}
 
 /// How long connecting to another role may take before it counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,26 +50,4 @@ pub fn shard_client(address: SocketAddr) -> ShardClient<Channel> {
     ShardClient::new(channel(endpoint))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-pub fn failure(kind: proto::FailureKind, message: impl Into<String>) -> proto::Outcome {
-    proto::Outcome {
-        ending: Some(proto::outcome::Ending::Failure(proto::Failure {
-            kind: kind as i32,
-            message: message.into(),
-        })),
-        usage: None,
-        worker: 0,
-        attempts: 0,
-    }
-}
-
-pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
-    headers
-        .iter()
-        .map(|(name, value)| proto::Header {
-            name: name.as_str().to_string(),
-            value: value.as_bytes().to_vec(),
-        })
-        .collect()
 }

@@ -1,0 +1,258 @@
+//! An invocation and its outcome as every role handles them: the gateway builds an
+//! [`Invocation`] from an HTTP request, a shard queues and places it, a worker runs it and
+//! answers with an [`Outcome`], which the gateway turns back into HTTP and bills.
+//!
+//! These are the roles' own types, not the RPC messages: the request's method and headers
+//! are already parsed, the class is a [`ClassId`], a failure is a typed [`Failure`], and an
+//! outcome either has a response or a failure, never neither. The protobuf messages
+//! (`proto::Invocation`, `proto::Outcome`) exist only on a socket; [`crate::convert`] turns
+//! one into the other at the link's two ends, and a role in the same process
+//! ([`crate::directory`]) never sees them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use turnpike_policy::{ClassId, ClassSet, MachineId};
+
+/// One call of a function, as a shard queues it and a worker runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invocation {
+    /// Unique per gateway request; the same id when it is placed again.
+    pub id: u64,
+    /// The function's content hash (lowercase hex SHA-256).
+    pub function: String,
+    pub class: ClassId,
+    /// The HTTP request the function answers.
+    pub request: Request,
+    /// Call-chain depth (0 for an outside request).
+    pub depth: u32,
+    /// Memory it is assumed to start with, MB (`turnpike_policy::memory::START_MB_DEFAULT`
+    /// unless configured).
+    pub start_mb: u64,
+}
+
+/// The HTTP request handed to a function: the platform's own headers are already removed by
+/// the gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub method: http::Method,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A function's HTTP response, passed to the caller untouched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// How an invocation ended, what it used, and where it ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The function's response, or why there is none.
+    pub ending: Result<Response, Failure>,
+    /// What it used; `None` when it never ran.
+    pub usage: Option<Usage>,
+    /// The worker that ran it (its id at the answering shard).
+    pub worker: MachineId,
+    /// Placements it took (more than one after a lost worker or a kill; 0 if never placed).
+    pub attempts: u32,
+}
+
+impl Outcome {
+    /// An outcome without a response, usage or placement: refused, or failed before it ran.
+    pub fn failure(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure::new(kind, message).into()
+    }
+
+    /// The failure's kind, if it failed.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        self.ending.as_ref().err().map(|f| f.kind)
+    }
+
+    /// CPU time and memory MB-seconds to bill: an invocation that answered, or whose guest
+    /// failed (a trap, a timeout), is billed; one that never ran, or was killed to free memory
+    /// (the platform's choice) and then found no other worker, is not.
+    pub fn billable(&self) -> Option<(Duration, f64)> {
+        let usage = self.usage.as_ref()?;
+        let ran = match &self.ending {
+            Ok(_) => true,
+            Err(failure) => failure.kind == FailureKind::Guest,
+        };
+        ran.then_some((usage.cpu, usage.memory_mb_seconds))
+    }
+}
+
+/// An outcome without a response, usage or placement.
+impl From<Failure> for Outcome {
+    fn from(failure: Failure) -> Self {
+        Self {
+            ending: Err(failure),
+            usage: None,
+            worker: MachineId(0),
+            attempts: 0,
+        }
+    }
+}
+
+/// Why an invocation has no response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The cases a caller tells apart: whose fault it is, whether it may be retried, whether it
+/// is billed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The guest failed (trap, cap, timeout, no response): the function owner's problem; it
+    /// ran and is billed.
+    Guest,
+    /// Killed to free memory: a shard places it again elsewhere.
+    Killed,
+    /// The worker does not have the function loaded.
+    UnknownFunction,
+    /// No worker could take it, or its worker was lost and the retries ran out.
+    Unavailable,
+    /// Malformed invocation (unknown class, bad method or header): the caller's error.
+    BadRequest,
+    /// Refused at a named bound (a shard's queue, a worker's in-flight set is full): nothing
+    /// ran; the caller may retry soon. The message names the bound.
+    Overloaded,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Guest => "the function failed",
+            Self::Killed => "killed to free memory",
+            Self::UnknownFunction => "unknown function",
+            Self::Unavailable => "unavailable",
+            Self::BadRequest => "bad request",
+            Self::Overloaded => "overloaded",
+        })
+    }
+}
+
+/// What an invocation used, as its worker measured it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage {
+    pub class: ClassId,
+    pub cpu: Duration,
+    pub wall: Duration,
+    /// Time on the worker before it first ran.
+    pub queued: Duration,
+    pub peak_memory_bytes: u64,
+    pub memory_mb_seconds: f64,
+    /// Times it was parked (preempted) for a higher class.
+    pub parks: u32,
+    /// Times it waited for memory.
+    pub blocks: u32,
+    pub swap_outs: u32,
+    pub swapped_out_bytes: u64,
+}
+
+impl Usage {
+    /// Nothing used yet, by an invocation of `class`.
+    pub fn of_class(class: ClassId) -> Self {
+        Self {
+            class,
+            cpu: Duration::ZERO,
+            wall: Duration::ZERO,
+            queued: Duration::ZERO,
+            peak_memory_bytes: 0,
+            memory_mb_seconds: 0.0,
+            parks: 0,
+            blocks: 0,
+            swap_outs: 0,
+            swapped_out_bytes: 0,
+        }
+    }
+}
+
+/// A worker announcing itself to a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// Where the worker serves its RPCs (`http://HOST:PORT`).
+    pub address: String,
+    /// Memory for guests, MB (0: unlimited).
+    pub memory_mb: u64,
+    pub cores: u32,
+}
+
+/// A shard's answer to a [`Registration`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// The worker's id at this shard.
+    pub worker: MachineId,
+    /// This registration created the entry: the shard had not known the worker (it restarted,
+    /// or this is the first time), so the worker must re-join its idle list if it was on it.
+    pub fresh: bool,
+}
+
+/// Why a call to another role failed (an invocation's own failures are in its [`Outcome`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The role could not be reached, or the connection broke before it answered: it may be
+    /// down. The caller may try another.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The role refused the call as malformed (an unknown class, an unregistered worker, a bad
+    /// address): trying again will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl CallError {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unavailable(m) | Self::Refused(m) => m,
+        }
+    }
+}
+
+/// `class` as a class of `classes`, or the error naming it.
+pub fn known_class(class: u32, classes: &ClassSet) -> Result<ClassId, UnknownClass> {
+    u8::try_from(class)
+        .ok()
+        .map(ClassId)
+        .filter(|c| c.index() < classes.len())
+        .ok_or(UnknownClass {
+            class,
+            classes: classes.len(),
+        })
+}
+
+/// A class index past the configured classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown class {class}: there are {classes} classes")]
+pub struct UnknownClass {
+    pub class: u32,
+    pub classes: usize,
+}
+
+impl From<UnknownClass> for Failure {
+    fn from(e: UnknownClass) -> Self {
+        Failure::new(FailureKind::BadRequest, e.to_string())
+    }
+}
+
+impl From<UnknownClass> for CallError {
+    fn from(e: UnknownClass) -> Self {
+        CallError::Refused(e.to_string())
+    }
+}
