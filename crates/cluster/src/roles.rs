@@ -62,14 +62,7 @@ pub fn serve_shard(
     let service = ShardService::start(classes.clone(), config, directory.clone());
     directory.add_shard(address, Arc::new(service.clone()));
     let router = Server::builder().add_service(service.clone().into_server());
-    let task = tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
-            .await
-        {
-            tracing::error!(shard = config.id, "the shard's RPC server stopped: {e}");
-        }
-    });
+    let task = rpc::spawn_server(router, listener, shutdown, format!("shard {}", config.id));
     (service, task)
 }
 

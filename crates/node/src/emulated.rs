@@ -559,9 +559,12 @@ impl EmulatedFleet {
             let address = listener.local_addr()?;
             let router =
                 tonic::transport::Server::builder().add_service(worker.clone().into_server());
-            tasks.push(tokio::spawn(async move {
-                let _ = router.serve_with_incoming(rpc::incoming(listener)).await;
-            }));
+            tasks.push(rpc::spawn_server(
+                router,
+                listener,
+                std::future::pending(),
+                format!("emulated worker {address}"),
+            ));
             directory.add_worker(address, Arc::new(worker.clone()));
             tasks.push(tokio::spawn(node::dispatch(
                 Arc::new(worker.clone()),

@@ -654,14 +654,7 @@ pub async fn start_node(
         loaded.push(hash);
     }
     let router = tonic::transport::Server::builder().add_service(service.clone().into_server());
-    let server = tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(rpc::incoming(listener), shutdown)
-            .await
-        {
-            tracing::error!(worker = %address, "the worker's RPC server stopped: {e}");
-        }
-    });
+    let server = rpc::spawn_server(router, listener, shutdown, format!("worker {address}"));
     // In the directory before the dispatcher registers it, so in-process shards find it.
     config
         .directory

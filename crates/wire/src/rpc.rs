@@ -42,6 +42,25 @@ pub fn incoming(
     })
 }
 
+/// Serves `router`'s RPCs on `listener` (through [`incoming`]) from a task of its own, until
+/// `shutdown` completes. A server that stops with an error logs it once, naming `role` (as
+/// `shard 2`, `worker 127.0.0.1:7001`): every role's RPC server starts here.
+pub fn spawn_server(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    role: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await
+        {
+            tracing::error!("the RPC server of {role} stopped: {e}");
+        }
+    })
+}
+
 /// A lazily connecting client of the shard at `address` (reconnects by itself after the shard
 /// restarts): what gateways and workers use.
 pub fn shard_client(address: SocketAddr) -> ShardClient<Channel> {
