@@ -14,9 +14,8 @@ use turnpike_policy::ClassSet;
 use turnpike_scheduler::shard::{ShardConfig, ShardService};
 use turnpike_wire::directory::{Directory, ShardPeer};
 
-mod emulated;
-
-use emulated::{body, invocation};
+use crate::common::serial;
+use crate::emulated::{body, invocation};
 
 /// Far beyond anything these calls need: only a hang reaches it.
 const HANG: Duration = Duration::from_secs(20);
@@ -69,6 +68,7 @@ async fn worker_in(directory: &Directory, shard: SocketAddr, registered: &ShardS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_in_one_process_need_no_socket() {
+    let _serial = serial().await;
     let directory = Directory::new();
     let (address, shard) = shard_in(&directory);
     assert!(matches!(directory.shard(address), ShardPeer::InProcess(..)));
@@ -98,6 +98,7 @@ async fn roles_in_one_process_need_no_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_replaced_at_the_same_address_is_the_one_called() {
+    let _serial = serial().await;
     let directory = Directory::new();
     // The first shard has no workers: a call reaching it would wait forever.
     let (address, _first) = shard_in(&directory);
@@ -118,6 +119,7 @@ async fn a_shard_replaced_at_the_same_address_is_the_one_called() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_for_rpc_only_records_nothing() {
+    let _serial = serial().await;
     let directory = Directory::rpc_only();
     let (address, _shard) = shard_in(&directory);
     assert!(matches!(directory.shard(address), ShardPeer::Rpc(_)));

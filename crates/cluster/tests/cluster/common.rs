@@ -1,5 +1,6 @@
-//! What the integration tests of this crate share: one raw HTTP/1.1 exchange, so a test can
-//! send exactly the bytes it means (malformed requests included).
+//! What the tests of this binary share: one raw HTTP/1.1 exchange, so a test can send exactly
+//! the bytes it means (malformed requests included), and the lock that runs them one at a
+//! time.
 
 use std::net::SocketAddr;
 
@@ -26,4 +27,11 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (status, head.to_string(), body.to_string())
+}
+
+/// Held by every test of this binary while it runs: they start clusters and measure orderings
+/// and timings on a 2-core machine, so no two run at once.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }

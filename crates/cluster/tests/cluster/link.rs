@@ -14,9 +14,8 @@ use turnpike_wire::link::{Link, IDLE_CLOSE};
 use turnpike_wire::proto::worker_client::WorkerClient;
 use turnpike_wire::rpc;
 
-mod emulated;
-
-use emulated::{body, invocation};
+use crate::common::serial;
+use crate::emulated::{body, invocation};
 
 /// Far beyond anything these calls need: only a hang reaches it.
 const HANG: Duration = Duration::from_secs(20);
@@ -47,6 +46,7 @@ fn link_to(address: SocketAddr) -> Link {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_link_get_their_own_answers_in_the_order_they_finish() {
+    let _serial = serial().await;
     let address = start_worker().await;
     let link = std::sync::Arc::new(link_to(address));
 
@@ -100,6 +100,7 @@ fn proxy(listener: TcpListener, upstream: SocketAddr) -> tokio::task::JoinSet<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_again() {
+    let _serial = serial().await;
     let upstream = start_worker().await;
     // The link reaches the worker through a proxy whose death stands for the peer's.
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +146,7 @@ async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_ag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_is_closed_and_opened_again_on_the_next_call() {
+    let _serial = serial().await;
     let address = start_worker().await;
     let link = link_to(address);
     assert!(!link.is_open());

@@ -6,21 +6,15 @@
 //! The priorities and the shard restart run twice: with the roles calling each other in
 //! process (as `turnpike up` ships) and over loopback gRPC (`--loopback-rpc`).
 //!
-//! The tests of this binary run one at a time (`serial`): they measure orderings on a 2-core
-//! machine.
+//! Like every test of this binary they run one at a time (`serial`): they measure orderings
+//! on a 2-core machine.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::exchange;
 use turnpike_cluster::up::{self, Cluster, UpConfig};
 
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+use crate::common::{exchange, serial};
 
 async fn cluster(workers: usize, dir: &tempfile::TempDir) -> Cluster {
     cluster_with_rpc(workers, dir, false).await

@@ -7,17 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-mod common;
-
-use common::exchange;
 use turnpike_cluster::up::{self, Cluster, UpConfig};
 use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet};
 use turnpike_policy::ClassSet;
 
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+use crate::common::{exchange, serial};
 
 /// `GET path`: (status, head, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {

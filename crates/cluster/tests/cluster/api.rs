@@ -8,17 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
-
 use serde_json::{json, Value};
 use turnpike_cluster::up::{self, UpConfig};
 use turnpike_gateway::billing::ManualClock;
 use turnpike_store::Day;
 
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+use crate::common::serial;
 
 fn config(dir: &std::path::Path) -> UpConfig {
     let mut config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.to_path_buf());
@@ -79,7 +74,7 @@ async fn call(
     head.push_str("\r\n");
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body);
-    let (status, head, body) = common::exchange(gw, &raw).await;
+    let (status, head, body) = crate::common::exchange(gw, &raw).await;
     Answer {
         status,
         head: head.to_ascii_lowercase(),
