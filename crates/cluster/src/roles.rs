@@ -34,6 +34,8 @@ pub struct Bounds {
     pub shard_queue_invocations_max: usize,
     /// Invocations accepted at once by a worker.
     pub worker_in_flight_invocations_max: u64,
+    /// HTTP connections open at once at a gateway.
+    pub gateway_connections_max: usize,
 }
 
 impl Default for Bounds {
@@ -46,6 +48,7 @@ impl Default for Bounds {
                 turnpike_scheduler::shard::SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT,
             worker_in_flight_invocations_max:
                 turnpike_node::node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
+            gateway_connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -95,6 +98,9 @@ pub fn gateway_config(
         memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
         in_flight_invocations_max: Bounds::default().gateway_in_flight_invocations_max,
         ledger_queue_rows_max: Bounds::default().ledger_queue_rows_max,
+        connections_max: Bounds::default().gateway_connections_max,
+        header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
+        body_read_timeout: turnpike_gateway::gateway::BODY_READ_TIMEOUT_DEFAULT,
     }
 }
 

@@ -78,6 +78,10 @@ pub struct UpConfig {
     /// Whether shards keep idle lists (`false`: they place by polling only, as the paper's
     /// figure 4 runs).
     pub idle_list: bool,
+    /// Time a client has to send an HTTP/1.1 request's head to the gateway.
+    pub header_read_timeout: std::time::Duration,
+    /// Time a client has to send a request's body to the gateway (then 408).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl UpConfig {
@@ -107,6 +111,8 @@ impl UpConfig {
             classes: ClassSet::default_four(),
             shard_k: turnpike_scheduler::shard::DEFAULT_K,
             idle_list: true,
+            header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
+            body_read_timeout: turnpike_gateway::gateway::BODY_READ_TIMEOUT_DEFAULT,
         }
     }
 
@@ -419,6 +425,9 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         chain_token: Some(chain_token),
         in_flight_invocations_max: config.bounds.gateway_in_flight_invocations_max,
         ledger_queue_rows_max: config.bounds.ledger_queue_rows_max,
+        connections_max: config.bounds.gateway_connections_max,
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
         ..roles::gateway_config(
             classes.clone(),
             store.clone(),

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::gateway::{Body, Gateway};
-use crate::refusal::{refuse, Refusal};
+use turnpike_wire::http_server::EdgeLimits;
+
+use crate::gateway::{Body, Gateway, BOUND_RETRY_AFTER_S};
+use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::Lookup;
 
 impl Gateway {
@@ -25,7 +27,20 @@ impl Gateway {
             let gateway = serving.clone();
             async move { gateway.handle(request).await }
         };
-        turnpike_wire::http_server::serve(listener, handler, shutdown).await;
+        let limits = EdgeLimits {
+            connections_max: self.config.connections_max,
+            header_read_timeout: self.config.header_read_timeout,
+        };
+        let over_limit = |open| {
+            refuse_for(
+                Refusal::Unavailable,
+                format!(
+                    "the gateway has {open} connections open, its gateway_connections_max: retry soon"
+                ),
+                Some(BOUND_RETRY_AFTER_S),
+            )
+        };
+        turnpike_wire::http_server::serve(listener, handler, shutdown, limits, over_limit).await;
         follower.abort();
         // Every answered request's row, in the store before the gateway is gone.
         self.billing.flush().await;

@@ -105,7 +105,18 @@ pub struct GatewayConfig {
     /// invocations already running are still queued, so the queue holds at most this plus
     /// `in_flight_invocations_max`.
     pub ledger_queue_rows_max: u64,
+    /// `gateway_connections_max`: HTTP connections open at once; one more is answered 503
+    /// with `Retry-After` and closed (default
+    /// `turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT`).
+    pub connections_max: usize,
+    /// Time a client has to send an HTTP/1.1 request's head (a slowloris is closed after it).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's whole body; a slower one gets 408.
+    pub body_read_timeout: Duration,
 }
+
+/// Default of [`GatewayConfig::body_read_timeout`]: the default 8 MiB body at 300 KB/s.
+pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Default of [`GatewayConfig::in_flight_invocations_max`].
 pub const GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT: u64 = 10_000;
@@ -409,7 +420,15 @@ impl Gateway {
         };
         tracing::Span::current().record("class", self.config.classes.get(class).name.as_str());
         let limit = self.config.max_request_bytes;
-        let body = match Limited::new(body, limit).collect().await {
+        let timeout = self.config.body_read_timeout;
+        let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+        let Ok(collected) = collected else {
+            return refuse(
+                Refusal::TimedOut,
+                format!("the request body did not arrive within {timeout:?}"),
+            );
+        };
+        let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return refuse(
@@ -644,6 +663,9 @@ mod tests {
             memory_price: 1.0,
             in_flight_invocations_max: GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
             ledger_queue_rows_max: LEDGER_QUEUE_ROWS_MAX_DEFAULT,
+            connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
+            header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
+            body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,
         })
         .await
         .unwrap();

@@ -29,6 +29,8 @@ pub enum Refusal {
     Forbidden,
     /// The thing exists already (409).
     Conflict,
+    /// The client did not send its request in time (408).
+    TimedOut,
     /// A body over its limit: the request's, an upload's, or the function's response (413).
     TooLarge,
     /// The tenant is over a throttling budget (429, with `Retry-After`).
@@ -52,6 +54,7 @@ impl Refusal {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::TimedOut => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::OverBudget => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooDeep => StatusCode::LOOP_DETECTED,

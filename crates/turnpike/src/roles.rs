@@ -89,6 +89,9 @@ pub struct GatewayArgs {
     /// `Retry-After`.
     #[arg(long, default_value_t = Bounds::default().ledger_queue_rows_max)]
     ledger_queue_rows_max: u64,
+    /// HTTP connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = Bounds::default().gateway_connections_max)]
+    gateway_connections_max: usize,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
@@ -211,6 +214,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_chain_depth: args.max_chain_depth,
             in_flight_invocations_max: args.gateway_in_flight_invocations_max,
             ledger_queue_rows_max: args.ledger_queue_rows_max,
+            connections_max: args.gateway_connections_max,
             ..roles::gateway_config(classes, store, args.shards, &args.data_dir)
         })
         .await;

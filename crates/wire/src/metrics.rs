@@ -147,7 +147,15 @@ pub async fn serve(
         );
         std::future::ready(response)
     };
-    crate::http_server::serve(listener, handler, shutdown).await;
+    let over_limit = |open| {
+        let mut response = http::Response::new(Full::new(Bytes::from(format!(
+            "{open} connections are open to this metrics endpoint, its limit\n"
+        ))));
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        response
+    };
+    let limits = crate::http_server::EdgeLimits::default();
+    crate::http_server::serve(listener, handler, shutdown, limits, over_limit).await;
 }
 
 #[cfg(test)]

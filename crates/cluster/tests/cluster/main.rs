@@ -7,6 +7,7 @@
 mod api;
 mod bounds;
 mod common;
+mod edge;
 mod emulated;
 mod link;
 mod local;
