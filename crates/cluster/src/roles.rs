@@ -36,6 +36,8 @@ pub struct Bounds {
     pub worker_in_flight_invocations_max: u64,
     /// HTTP connections open at once at a gateway.
     pub gateway_connections_max: usize,
+    /// Usage rows in a gateway's on-disk ledger outbox (the store is down).
+    pub ledger_outbox_rows_max: u64,
 }
 
 impl Default for Bounds {
@@ -49,6 +51,7 @@ impl Default for Bounds {
             worker_in_flight_invocations_max:
                 turnpike_node::node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
             gateway_connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
+            ledger_outbox_rows_max: turnpike_gateway::outbox::LEDGER_OUTBOX_ROWS_MAX_DEFAULT,
         }
     }
 }
@@ -99,6 +102,8 @@ pub fn gateway_config(
         in_flight_invocations_max: Bounds::default().gateway_in_flight_invocations_max,
         ledger_queue_rows_max: Bounds::default().ledger_queue_rows_max,
         connections_max: Bounds::default().gateway_connections_max,
+        ledger_outbox: data_dir.join("ledger-outbox.jsonl"),
+        ledger_outbox_rows_max: Bounds::default().ledger_outbox_rows_max,
         header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
         body_read_timeout: turnpike_gateway::gateway::BODY_READ_TIMEOUT_DEFAULT,
     }

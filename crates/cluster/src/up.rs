@@ -165,7 +165,7 @@ pub enum UpError {
     #[error("store: {0}")]
     Store(#[from] turnpike_store::StoreError),
     #[error("gateway: reading the routes: {0}")]
-    Gateway(#[source] turnpike_store::StoreError),
+    Gateway(#[source] turnpike_gateway::gateway::GatewayError),
 }
 
 /// A running cluster. Dropping it (or [`Cluster::stop`]) stops every role.
@@ -426,6 +426,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         in_flight_invocations_max: config.bounds.gateway_in_flight_invocations_max,
         ledger_queue_rows_max: config.bounds.ledger_queue_rows_max,
         connections_max: config.bounds.gateway_connections_max,
+        ledger_outbox_rows_max: config.bounds.ledger_outbox_rows_max,
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
         ..roles::gateway_config(

@@ -14,8 +14,11 @@
 //!   in the ledger; a crash of the process (SIGKILL, power) loses at most the rows of the last
 //!   [`LEDGER_FLUSH`] - unbilled, never billed twice. `GET /v1/usage` flushes first, so a
 //!   tenant reads its own invocations at once. A commit that keeps failing (the database is
-//!   down) is counted in `turnpike_gateway_ledger_failures_total`: a store outage must not
-//!   take the functions down with it.
+//!   down) moves its rows to the on-disk outbox ([`crate::outbox`]), replayed until the store
+//!   takes them: a store outage neither takes the functions down nor loses a row, and while
+//!   the outbox is at its bound (`ledger_outbox_rows_max`) new invocations are refused. Only a
+//!   row the outbox could not write either (the disk failed too) is lost, counted in
+//!   `turnpike_gateway_ledger_failures_total` and logged with its invocation id.
 //! - **Budgets.** A tenant's monthly budget (UTC calendar months) is checked before each
 //!   invocation it pays for. At fraction `t` of the month, it is over budget when
 //!   `spent > monthly x t + headroom x monthly`: spend may run ahead of the pro-rata budget
@@ -38,6 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::calendar::{month_fraction, month_instant};
 use turnpike_store::{Budget, Day, OverBudget, Store, StoreError, UsageEntry};
+
+use crate::outbox::{Outbox, REPLAY_EVERY};
 
 /// How long a tenant's budget and spend are taken from memory before being read again.
 pub const BOOK_REFRESH: Duration = Duration::from_secs(5);
@@ -151,12 +156,20 @@ pub struct Billing {
     /// (`ledger_queue_rows_max`, [`Billing::ledger_full`]). The channel is unbounded so that
     /// a row of an invocation that ran is never dropped.
     queued: Arc<AtomicU64>,
+    /// Rows in the outbox, waiting for the store to be back.
+    outbox_rows: Arc<AtomicU64>,
 }
 
 impl Billing {
     /// Starts the ledger writer (a task on the current runtime; it ends with the last
-    /// [`Billing`]).
-    pub fn new(store: Store, classes: ClassSet, memory_price: f64, clock: Arc<dyn Clock>) -> Self {
+    /// [`Billing`]), which owns `outbox` and replays what it holds.
+    pub fn new(
+        store: Store,
+        classes: ClassSet,
+        memory_price: f64,
+        clock: Arc<dyn Clock>,
+        outbox: Outbox,
+    ) -> Self {
         // Bounded by the gateway, not the channel: new invocations are refused while
         // `ledger_queue_rows_max` rows wait ([`Billing::ledger_full`]), so it holds at most that
         // plus the invocations in flight; a row of an invocation that ran is never dropped.
@@ -164,11 +177,16 @@ impl Billing {
         let failures = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
+        let outbox_rows = Arc::new(AtomicU64::new(outbox.rows()));
         tokio::spawn(write_ledger(
-            store.clone(),
+            Ledger {
+                store: store.clone(),
+                failures: failures.clone(),
+                recorded: recorded.clone(),
+                outbox,
+                outbox_rows: outbox_rows.clone(),
+            },
             entries,
-            failures.clone(),
-            recorded.clone(),
             queued.clone(),
         ));
         Self {
@@ -181,7 +199,19 @@ impl Billing {
             failures,
             recorded,
             queued,
+            outbox_rows,
         }
+    }
+
+    /// The outbox's rows if it holds `max` or more: new invocations wait.
+    pub fn outbox_full(&self, max: u64) -> Option<u64> {
+        let rows = self.outbox_rows.load(Ordering::Relaxed);
+        (rows >= max).then_some(rows)
+    }
+
+    /// Rows waiting in the outbox for the store.
+    pub fn outbox_rows(&self) -> u64 {
+        self.outbox_rows.load(Ordering::Relaxed)
     }
 
     /// The ledger queue's length if it is at `max` rows or over: new invocations wait.
@@ -194,7 +224,7 @@ impl Billing {
         self.clock.as_ref()
     }
 
-    /// Ledger commits that failed for good.
+    /// Ledger rows lost: their commit failed and the outbox could not keep them.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -318,21 +348,42 @@ impl Billing {
     }
 }
 
-/// The ledger writer: gathers rows for [`LEDGER_FLUSH`] (or until a flush is asked for, or
-/// [`MAX_BATCH`] rows), commits them in one transaction, and answers the flushes.
-async fn write_ledger(
+/// What the ledger writer writes to, and its counters.
+struct Ledger {
     store: Store,
-    mut writes: mpsc::UnboundedReceiver<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
+    outbox: Outbox,
+    outbox_rows: Arc<AtomicU64>,
+}
+
+/// The ledger writer: gathers rows for [`LEDGER_FLUSH`] (or until a flush is asked for, or
+/// [`MAX_BATCH`] rows), commits them in one transaction, and answers the flushes. While the
+/// outbox holds rows it is replayed first, and again every [`REPLAY_EVERY`].
+async fn write_ledger(
+    mut ledger: Ledger,
+    mut writes: mpsc::UnboundedReceiver<Write>,
     queued: Arc<AtomicU64>,
 ) {
     let mut rows: Vec<UsageEntry> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
+    ledger.replay().await;
     while open {
-        // Wait for the first write; then gather until the deadline.
-        match writes.recv().await {
+        // Wait for the first write (or, with rows in the outbox, the next replay); then
+        // gather until the deadline.
+        let first = if ledger.outbox.rows() > 0 {
+            match tokio::time::timeout(REPLAY_EVERY, writes.recv()).await {
+                Ok(write) => write,
+                Err(_) => {
+                    ledger.replay().await;
+                    continue;
+                }
+            }
+        } else {
+            writes.recv().await
+        };
+        match first {
             Some(Write::Row(row)) => rows.push(row),
             Some(Write::Flush(done)) => flushes.push(done),
             None => open = false,
@@ -347,7 +398,7 @@ async fn write_ledger(
             }
         }
         if !rows.is_empty() {
-            commit(&store, &rows, &failures, &recorded).await;
+            ledger.commit(&rows).await;
             queued.fetch_sub(rows.len() as u64, Ordering::Relaxed);
             rows.clear();
         }
@@ -357,29 +408,88 @@ async fn write_ledger(
     }
 }
 
-async fn commit(store: &Store, rows: &[UsageEntry], failures: &AtomicU64, recorded: &AtomicU64) {
-    let mut last_error = None;
-    for attempt in 0..COMMIT_TRIES {
-        match store.record(rows).await {
-            Ok(_) => {
-                recorded.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                return;
+impl Ledger {
+    /// Commits `rows`, trying again a little later; if the store keeps failing they go to
+    /// the outbox. While the outbox holds rows the store is known to be failing, so one try
+    /// is made, not [`COMMIT_TRIES`] (each batch would otherwise hold the writer up).
+    async fn commit(&mut self, rows: &[UsageEntry]) {
+        let tries = if self.outbox.rows() > 0 {
+            1
+        } else {
+            COMMIT_TRIES
+        };
+        let mut last_error = None;
+        for attempt in 0..tries {
+            match self.store.record(rows).await {
+                Ok(_) => {
+                    self.recorded
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(rows = rows.len(), attempt, "ledger commit failed: {e}");
+                    last_error = Some(e);
+                    if attempt + 1 < tries {
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
+                }
+            }
+        }
+        let why = last_error.map_or_else(String::new, |e| e.to_string());
+        match self.outbox.append(rows) {
+            Ok(()) => {
+                self.outbox_rows
+                    .store(self.outbox.rows(), Ordering::Relaxed);
+                tracing::warn!(
+                    rows = rows.len(),
+                    outbox_rows = self.outbox.rows(),
+                    "the ledger commit failed; the rows wait in the outbox: {why}"
+                );
             }
             Err(e) => {
-                tracing::debug!(rows = rows.len(), attempt, "ledger commit failed: {e}");
-                last_error = Some(e);
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                self.failures
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                let ids: Vec<i64> = rows.iter().map(|r| r.invocation).collect();
+                tracing::error!(
+                    rows = rows.len(),
+                    invocations = ?ids,
+                    "the ledger commit failed ({why}) and so did the outbox ({e}): these invocations are not billed"
+                );
             }
         }
     }
-    failures.fetch_add(rows.len() as u64, Ordering::Relaxed);
-    let ids: Vec<i64> = rows.iter().map(|r| r.invocation).collect();
-    tracing::error!(
-        rows = rows.len(),
-        invocations = ?ids,
-        "ledger commit failed {COMMIT_TRIES} times; these invocations are not billed: {}",
-        last_error.map_or_else(String::new, |e| e.to_string())
-    );
+
+    /// Commits what the outbox holds, in batches, and empties it once all are in; stops at
+    /// the first failure (the store is still down), to try again in [`REPLAY_EVERY`].
+    async fn replay(&mut self) {
+        if self.outbox.rows() == 0 {
+            return;
+        }
+        let rows = match self.outbox.read() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("reading the ledger outbox failed: {e}");
+                return;
+            }
+        };
+        for batch in rows.chunks(MAX_BATCH) {
+            if let Err(e) = self.store.record(batch).await {
+                tracing::debug!(rows = rows.len(), "replaying the ledger outbox failed: {e}");
+                return;
+            }
+        }
+        match self.outbox.clear() {
+            Ok(()) => {
+                // Replayed rows were counted neither as recorded nor as failed.
+                self.recorded
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.outbox_rows.store(0, Ordering::Relaxed);
+                tracing::info!(rows = rows.len(), "the ledger outbox is replayed");
+            }
+            // Replayed again later: idempotent by invocation id.
+            Err(e) => tracing::error!("emptying the replayed ledger outbox failed: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -387,6 +497,10 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400;
+
+    fn outbox(dir: &tempfile::TempDir) -> Outbox {
+        Outbox::open(&dir.path().join("ledger-outbox.jsonl")).unwrap()
+    }
 
     fn nov(day: i64) -> i64 {
         Day::parse("2026-11-01").unwrap().start_unix() + (day - 1) * DAY
@@ -430,7 +544,13 @@ mod tests {
         store.create_tenant("acme", false).await.unwrap();
         let clock = ManualClock::at(nov(1));
         let classes = ClassSet::default_four();
-        let billing = Billing::new(store.clone(), classes.clone(), 1.0, clock.clone());
+        let billing = Billing::new(
+            store.clone(),
+            classes.clone(),
+            1.0,
+            clock.clone(),
+            outbox(&dir),
+        );
         let top = classes.top();
         assert_eq!(
             billing.admit("acme", top).await.unwrap(),
@@ -523,7 +643,13 @@ mod tests {
         };
         store.set_budget("acme", Some(&budget)).await.unwrap();
         let classes = ClassSet::default_four();
-        let billing = Billing::new(store.clone(), classes.clone(), 1.0, ManualClock::at(nov(1)));
+        let billing = Billing::new(
+            store.clone(),
+            classes.clone(),
+            1.0,
+            ManualClock::at(nov(1)),
+            outbox(&dir),
+        );
         let top = classes.top();
         billing.record(UsageEntry {
             invocation: 1,
@@ -569,11 +695,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ledger_bound_refuses_while_the_store_is_behind() {
+    async fn while_the_store_is_down_the_ledger_bounds_refuse_and_the_outbox_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
         let classes = ClassSet::default_four();
-        let billing = Billing::new(store.clone(), classes, 1.0, ManualClock::at(nov(1)));
+        let billing = Billing::new(
+            store.clone(),
+            classes.clone(),
+            1.0,
+            ManualClock::at(nov(1)),
+            outbox(&dir),
+        );
         let row = |invocation| UsageEntry {
             invocation,
             tenant: "acme".into(),
@@ -601,12 +733,29 @@ mod tests {
         assert_eq!(billing.ledger_full(2), Some(2));
         assert_eq!(billing.ledger_full(3), None, "under a larger bound");
         billing.flush().await;
-        assert_eq!(
-            billing.ledger_full(1),
-            None,
-            "failed for good, counted, gone"
-        );
-        assert_eq!(billing.failures(), 2);
+        assert_eq!(billing.ledger_full(1), None, "done with: in the outbox");
+        assert_eq!(billing.failures(), 0, "nothing lost");
+        assert_eq!(billing.outbox_rows(), 2);
+        assert_eq!(billing.outbox_full(2), Some(2), "the outbox bound refuses");
+        assert_eq!(billing.outbox_full(3), None);
         assert_eq!(billing.recorded(), 1);
+        drop(billing);
+        // The store is back (a gateway restarted on it): the outbox is replayed into it.
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        let billing = Billing::new(
+            store.clone(),
+            classes,
+            1.0,
+            ManualClock::at(nov(1)),
+            outbox(&dir),
+        );
+        billing.flush().await;
+        assert_eq!(billing.outbox_rows(), 0);
+        assert_eq!(billing.recorded(), 2);
+        let spent = store
+            .spent_since("acme", Day::of_unix(nov(1)).month_start())
+            .await
+            .unwrap();
+        assert_eq!(spent, 3.0, "rows 1, 2 and 3, each once");
     }
 }

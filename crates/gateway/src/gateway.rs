@@ -49,6 +49,7 @@ use turnpike_wire::metrics::{self, ClassHistograms};
 
 use crate::billing::{Admission, Billing, Clock};
 use crate::components::ComponentCheck;
+use crate::outbox::{Outbox, OutboxError};
 use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::{RoutingTable, Target};
 
@@ -105,6 +106,12 @@ pub struct GatewayConfig {
     /// invocations already running are still queued, so the queue holds at most this plus
     /// `in_flight_invocations_max`.
     pub ledger_queue_rows_max: u64,
+    /// The ledger's outbox file (see [`crate::outbox`]): one per gateway.
+    pub ledger_outbox: std::path::PathBuf,
+    /// `ledger_outbox_rows_max`: while the outbox holds this many rows (the store has been
+    /// down a while), new invocations get 503 with `Retry-After` rather than risk a row
+    /// (default [`crate::outbox::LEDGER_OUTBOX_ROWS_MAX_DEFAULT`]).
+    pub ledger_outbox_rows_max: u64,
     /// `gateway_connections_max`: HTTP connections open at once; one more is answered 503
     /// with `Retry-After` and closed (default
     /// `turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT`).
@@ -168,15 +175,26 @@ impl ShardHandle {
 
 pub use crate::refusal::Body;
 
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("reading the routes: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
 impl Gateway {
     /// A gateway with its routing table read from the store. Starts the ledger writer on the
     /// current runtime.
-    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, StoreError> {
+    pub async fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        let outbox = Outbox::open(&config.ledger_outbox)?;
         let billing = Billing::new(
             config.store.clone(),
             config.classes.clone(),
             config.memory_price,
             config.clock.clone(),
+            outbox,
         );
         let shards = config
             .shards
@@ -312,8 +330,15 @@ impl Gateway {
             &mut out,
             "turnpike_gateway_ledger_failures_total",
             "counter",
-            "Invocations the ledger could not record (the store failed).",
+            "Invocations the ledger could not record (the store and the outbox failed).",
             &metrics::single(self.billing.failures() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_ledger_outbox_rows",
+            "gauge",
+            "Usage rows waiting on disk for the store.",
+            &metrics::single(self.billing.outbox_rows() as f64),
         );
         self.latency.render(
             &mut out,
@@ -374,6 +399,14 @@ impl Gateway {
                 Refusal::Unavailable,
                 format!(
                     "the usage ledger has {queued} rows waiting for the store, its ledger_queue_rows_max: retry soon"
+                ),
+                Some(BOUND_RETRY_AFTER_S),
+            )
+        } else if let Some(rows) = self.billing.outbox_full(self.config.ledger_outbox_rows_max) {
+            refuse_for(
+                Refusal::Unavailable,
+                format!(
+                    "the store has been unavailable for a while: {rows} usage rows wait in the outbox, its ledger_outbox_rows_max: retry later"
                 ),
                 Some(BOUND_RETRY_AFTER_S),
             )
@@ -663,6 +696,8 @@ mod tests {
             memory_price: 1.0,
             in_flight_invocations_max: GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
             ledger_queue_rows_max: LEDGER_QUEUE_ROWS_MAX_DEFAULT,
+            ledger_outbox: dir.path().join("ledger-outbox.jsonl"),
+            ledger_outbox_rows_max: crate::outbox::LEDGER_OUTBOX_ROWS_MAX_DEFAULT,
             connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
             header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
             body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,

@@ -11,6 +11,7 @@ pub mod billing;
 pub mod components;
 mod edge;
 pub mod gateway;
+pub mod outbox;
 pub mod refusal;
 pub mod routing;
 

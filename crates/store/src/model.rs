@@ -191,8 +191,8 @@ impl OverBudget {
     }
 }
 
-/// One invocation in the ledger.
-#[derive(Clone, Debug, PartialEq)]
+/// One invocation in the ledger (serialized as the gateway's ledger outbox keeps it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageEntry {
     /// Unique per invocation, the same on its retries.
     pub invocation: i64,

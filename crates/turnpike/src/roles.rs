@@ -92,6 +92,9 @@ pub struct GatewayArgs {
     /// HTTP connections open at once; one more is answered 503 and closed.
     #[arg(long, default_value_t = Bounds::default().gateway_connections_max)]
     gateway_connections_max: usize,
+    /// Usage rows kept on disk while the store is down; at this many, new invocations get 503.
+    #[arg(long, default_value_t = Bounds::default().ledger_outbox_rows_max)]
+    ledger_outbox_rows_max: u64,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
@@ -215,6 +218,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             in_flight_invocations_max: args.gateway_in_flight_invocations_max,
             ledger_queue_rows_max: args.ledger_queue_rows_max,
             connections_max: args.gateway_connections_max,
+            ledger_outbox_rows_max: args.ledger_outbox_rows_max,
             ..roles::gateway_config(classes, store, args.shards, &args.data_dir)
         })
         .await;

@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// HTTP connections open at once at the gateway; one more is answered 503 and closed.
     #[arg(long, default_value_t = Bounds::default().gateway_connections_max)]
     gateway_connections_max: usize,
+    /// Usage rows kept on disk while the store is down; at this many, new invocations get 503.
+    #[arg(long, default_value_t = Bounds::default().ledger_outbox_rows_max)]
+    ledger_outbox_rows_max: u64,
     /// Invocations waiting for placement at each shard; more get 503 with `Retry-After`.
     #[arg(long, default_value_t = Bounds::default().shard_queue_invocations_max)]
     shard_queue_invocations_max: usize,
@@ -100,6 +103,7 @@ async fn run(args: UpArgs) -> ExitCode {
         shard_queue_invocations_max: args.shard_queue_invocations_max,
         worker_in_flight_invocations_max: args.worker_in_flight_invocations_max,
         gateway_connections_max: args.gateway_connections_max,
+        ledger_outbox_rows_max: args.ledger_outbox_rows_max,
     };
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {

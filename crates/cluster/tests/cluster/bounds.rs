@@ -2,7 +2,7 @@
 //! cluster: past each bound a request gets 503 with `Retry-After` and a JSON error naming the
 //! bound, nothing queues beyond it, and the cluster keeps serving afterwards.
 //! (`ledger_queue_rows_max` needs a store that falls behind: its test is the gateway's
-//! `billing::tests::the_ledger_bound_refuses_while_the_store_is_behind`.)
+//! `billing::tests::while_the_store_is_down_the_ledger_bounds_refuse_and_the_outbox_loses_nothing`.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
