@@ -3,6 +3,7 @@
 # installed on these machines; on another, `apt-get install postgresql` provides them).
 #
 #   scripts/postgres.sh start DIR   # initdb in DIR, start on a free loopback port, print its URL
+#                                   # (started again in the same DIR: the same port and URL)
 #   scripts/postgres.sh stop DIR    # stop it (DIR may then be deleted)
 #
 # The server trusts local connections, listens on 127.0.0.1 only and keeps everything in DIR.
@@ -46,7 +47,12 @@ case "$command" in
       as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust --no-sync >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if [[ -f "$dir/port" ]]; then
+      port=$(cat "$dir/port")
+    else
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+      echo "$port" >"$dir/port"
+    fi
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" start >/dev/null \
       || { cat "$dir/server.log" >&2; exit 1; }

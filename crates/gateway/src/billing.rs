@@ -339,7 +339,8 @@ impl Billing {
         }
     }
 
-    /// Returns once every row recorded before the call is committed (or failed for good).
+    /// Returns once every row recorded before the call is committed, or in the outbox while
+    /// the store is down (and the outbox replayed, if the store is back).
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.writer.send(Write::Flush(done)).is_ok() {
@@ -359,7 +360,8 @@ struct Ledger {
 
 /// The ledger writer: gathers rows for [`LEDGER_FLUSH`] (or until a flush is asked for, or
 /// [`MAX_BATCH`] rows), commits them in one transaction, and answers the flushes. While the
-/// outbox holds rows it is replayed first, and again every [`REPLAY_EVERY`].
+/// outbox holds rows it is replayed at start, every [`REPLAY_EVERY`] however busy the
+/// writer is, and before a flush is answered.
 async fn write_ledger(
     mut ledger: Ledger,
     mut writes: mpsc::UnboundedReceiver<Write>,
@@ -368,17 +370,18 @@ async fn write_ledger(
     let mut rows: Vec<UsageEntry> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
-    ledger.replay().await;
+    let mut next_replay = tokio::time::Instant::now();
     while open {
+        if ledger.outbox.rows() > 0 && tokio::time::Instant::now() >= next_replay {
+            ledger.replay().await;
+            next_replay = tokio::time::Instant::now() + REPLAY_EVERY;
+        }
         // Wait for the first write (or, with rows in the outbox, the next replay); then
         // gather until the deadline.
         let first = if ledger.outbox.rows() > 0 {
-            match tokio::time::timeout(REPLAY_EVERY, writes.recv()).await {
+            match tokio::time::timeout_at(next_replay, writes.recv()).await {
                 Ok(write) => write,
-                Err(_) => {
-                    ledger.replay().await;
-                    continue;
-                }
+                Err(_) => continue,
             }
         } else {
             writes.recv().await
@@ -401,6 +404,11 @@ async fn write_ledger(
             ledger.commit(&rows).await;
             queued.fetch_sub(rows.len() as u64, Ordering::Relaxed);
             rows.clear();
+        }
+        if !flushes.is_empty() {
+            // A flush (the gateway stopping, a budget read) also takes what waits in the
+            // outbox to the store, if it is back.
+            ledger.replay().await;
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

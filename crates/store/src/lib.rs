@@ -22,7 +22,10 @@ mod model;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a store call waits for a database connection before it fails.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -122,6 +125,10 @@ impl Store {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // A call fails after this instead of sqlx's 30 s while the database is down:
+            // the gateway's ledger moves its rows to the outbox, and a request waiting on the
+            // store gets its 503 while its client still waits.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -11,4 +11,5 @@ mod edge;
 mod emulated;
 mod link;
 mod local;
+mod outage;
 mod up;
