@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use turnpike_cluster::up::{self, Cluster, UpConfig};
-use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet};
-use turnpike_policy::ClassSet;
+use turnpike_node::emulated::EmulatedFleet;
 
-use crate::common::{exchange, serial};
+use crate::common::{emulated_config, exchange, serial};
 
 /// `GET path`: (status, head, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -54,17 +53,6 @@ fn refusals(answers: &[(u16, String, String)], bound: &str) -> usize {
         }
     }
     refused
-}
-
-fn emulated_config(dir: &tempfile::TempDir, workers: usize) -> UpConfig {
-    let mut config = UpConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir.path().to_path_buf(),
-    );
-    config.workers = workers;
-    config.shards = 1;
-    config.emulated = Some(EmulatedConfig::new(ClassSet::default_four()));
-    config
 }
 
 async fn keeps_serving(cluster: &Cluster) {

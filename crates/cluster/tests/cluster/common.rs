@@ -1,6 +1,6 @@
 //! What the tests of this binary share: one raw HTTP/1.1 exchange, so a test can send exactly
-//! the bytes it means (malformed requests included), and the lock that runs them one at a
-//! time.
+//! the bytes it means (malformed requests included), the lock that runs them one at a time,
+//! and the emulated cluster most of them start.
 
 use std::net::SocketAddr;
 
@@ -34,4 +34,19 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// A `turnpike up` config on an OS-chosen loopback port with one shard and `workers`
+/// emulated workers (no wasm runs: each invocation's runtime comes from its `?ms=N`).
+pub fn emulated_config(dir: &tempfile::TempDir, workers: usize) -> turnpike_cluster::up::UpConfig {
+    let mut config = turnpike_cluster::up::UpConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().to_path_buf(),
+    );
+    config.workers = workers;
+    config.shards = 1;
+    config.emulated = Some(turnpike_node::emulated::EmulatedConfig::new(
+        turnpike_policy::ClassSet::default_four(),
+    ));
+    config
 }

@@ -4,30 +4,16 @@
 //! clients trickling a header, or a body, are cut off after the read timeouts while a
 //! top-class request on a fresh connection succeeds.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use turnpike_cluster::up::{self, UpConfig};
-use turnpike_node::emulated::EmulatedConfig;
-use turnpike_policy::ClassSet;
+use turnpike_cluster::up;
 
-use crate::common::{exchange, serial};
+use crate::common::{emulated_config, exchange, serial};
 
 /// Far longer than any timeout here: a connection still open after it was never cut off.
 const CUT_OFF_WITHIN: Duration = Duration::from_secs(10);
-
-fn config(dir: &tempfile::TempDir) -> UpConfig {
-    let mut config = UpConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir.path().to_path_buf(),
-    );
-    config.workers = 1;
-    config.shards = 1;
-    config.emulated = Some(EmulatedConfig::new(ClassSet::default_four()));
-    config
-}
 
 /// Sends one keep-alive `GET /hello` on `stream` and reads its answer: (status, body).
 async fn hello_on(stream: &mut TcpStream) -> (u16, String) {
@@ -76,7 +62,7 @@ async fn closed_by_server(mut stream: TcpStream) -> String {
 async fn a_connection_flood_is_refused_at_the_bound_while_an_open_connection_is_served() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir);
+    let mut config = emulated_config(&dir, 1);
     config.bounds.gateway_connections_max = 8;
     let cluster = up::start(&config).await.expect("the cluster starts");
     let gateway = cluster.gateway;
@@ -118,7 +104,7 @@ async fn a_connection_flood_is_refused_at_the_bound_while_an_open_connection_is_
 async fn slowloris_clients_are_cut_off_while_a_top_class_request_succeeds() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir);
+    let mut config = emulated_config(&dir, 1);
     config.header_read_timeout = Duration::from_millis(500);
     config.body_read_timeout = Duration::from_millis(500);
     let cluster = up::start(&config).await.expect("the cluster starts");

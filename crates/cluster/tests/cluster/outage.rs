@@ -8,18 +8,15 @@
 //! `TURNPIKE_REQUIRE_POSTGRES=1` says the machine has them (`scripts/test.sh` sets both), and
 //! is skipped with a message otherwise, like the store's own PostgreSQL tests.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use turnpike_cluster::up::{self, UpConfig};
-use turnpike_node::emulated::EmulatedConfig;
-use turnpike_policy::ClassSet;
+use turnpike_cluster::up;
 use turnpike_store::{Day, Store};
 
-use crate::common::{exchange, serial};
+use crate::common::{emulated_config, exchange, serial};
 
 /// How long the database is down.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -69,13 +66,7 @@ async fn a_store_outage_under_load_loses_no_usage_row_and_bills_none_twice() {
     let url = postgres("start", pg.path());
     let _stop = StopOnDrop(pg.path());
     let dir = tempfile::tempdir().unwrap();
-    let mut config = UpConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir.path().to_path_buf(),
-    );
-    config.workers = 1;
-    config.shards = 1;
-    config.emulated = Some(EmulatedConfig::new(ClassSet::default_four()));
+    let mut config = emulated_config(&dir, 1);
     config.store_url = Some(url.clone());
     let cluster = up::start(&config).await.expect("the cluster starts");
     let gateway = cluster.gateway;
