@@ -11,16 +11,18 @@
 //!   client each request's head within `header_read_timeout` of that head's first byte (so a
 //!   connection opened and left silent, or one trickling a header a byte at a time, is
 //!   closed): a slowloris holds a slot for at most that long. A slow *body* is the handler's
-//!   to time out (the gateway's `body_read_timeout`). Not yet bounded: a keep-alive
-//!   connection idle *between* requests (hyper starts no timer there), which holds its slot
-//!   until the client closes it or the server stops;
+//!   to time out (the gateway's `body_read_timeout`). A keep-alive connection answering no
+//!   request for `header_read_timeout` (checked every that long, so closed within twice it)
+//!   is closed too: hyper starts no timer between requests;
 //! - a failed `accept` (out of file descriptors, most often) is retried after a pause that
 //!   doubles up to [`ACCEPT_BACKOFF_MAX`], and logged once per run of failures, instead of a
 //!   busy loop.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -127,20 +129,27 @@ pub async fn serve<H, F, R>(
         let handler = handler.clone();
         let builder = builder.clone();
         let mut stop = stopping.subscribe();
-        let first_byte_within = limits.header_read_timeout;
+        let idle_max = limits.header_read_timeout;
         connections.spawn(async move {
             // hyper's header timer starts with a request's first byte: a connection that
             // never sends one is closed here.
             let mut first = [0u8; 1];
             if !matches!(
-                tokio::time::timeout(first_byte_within, stream.peek(&mut first)).await,
+                tokio::time::timeout(idle_max, stream.peek(&mut first)).await,
                 Ok(Ok(1))
             ) {
                 return;
             }
+            let activity = Arc::new(Activity::new());
+            let counted = activity.clone();
             let service = hyper::service::service_fn(move |request| {
                 let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
+                let held = counted.begin();
+                async move {
+                    let response = response.await;
+                    drop(held);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = builder.serve_connection(io, service);
@@ -157,6 +166,11 @@ pub async fn serve<H, F, R>(
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
+                () = activity.idle_for(idle_max) => {
+                    // Between requests: closes at once (HTTP/1.1) or with GOAWAY (HTTP/2).
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_FOR, connection).await;
+                }
             }
         });
     }
@@ -165,6 +179,52 @@ pub async fn serve<H, F, R>(
     let _ = stopping.send(true);
     let drained = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(DRAIN_FOR, drained).await;
+}
+
+/// The requests a connection is answering, and when it last finished one: a keep-alive
+/// connection with none for `header_read_timeout` is closed.
+struct Activity {
+    answering: AtomicUsize,
+    /// When the connection last had nothing to answer (its start, or the last answer).
+    idle_since: Mutex<Instant>,
+}
+
+/// One request being answered, while it lives.
+struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.0.answering.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *crate::lock(&self.0.idle_since) = Instant::now();
+        }
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            answering: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Answering {
+        self.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(self.clone())
+    }
+
+    /// Returns once the connection has answered nothing for `max` (checked at least every
+    /// `max`: a connection is closed between `max` and twice `max` after its last answer).
+    async fn idle_for(&self, max: Duration) {
+        loop {
+            tokio::time::sleep(max).await;
+            if self.answering.load(Ordering::Relaxed) == 0
+                && crate::lock(&self.idle_since).elapsed() >= max
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// Answers the first request on a connection past the limit with `over_limit(open)`, then
@@ -240,6 +300,23 @@ mod tests {
         let mut partial = TcpStream::connect(address).await.unwrap();
         partial.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         assert!(until_closed(&mut partial).await.is_some(), "still open");
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_answering_nothing_is_closed_after_the_timeout() {
+        let address = server(EdgeLimits {
+            connections_max: 10,
+            header_read_timeout: Duration::from_millis(200),
+        })
+        .await;
+        let mut kept = TcpStream::connect(address).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut kept)
+            .await
+            .expect("closed after its answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]
