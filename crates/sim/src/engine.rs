@@ -21,9 +21,6 @@
 //!   except as fixed delays: `transit_delay_us` is added to every invocation's latency (the
 //!   trip to its machine and back that real services have; the twin check measures it).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use turnpike_policy::baseline::edf::{self, EdfMachine};
@@ -36,6 +33,7 @@ use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::config::{Config, SchedulerKind};
+use crate::queue::{key, key_time, RadixHeap};
 use crate::trace::Trace;
 use crate::workload::{Arrival, Workload};
 
@@ -172,7 +170,7 @@ pub struct Sim<'a> {
     kind: SchedulerKind,
     now: u64,
     seq: u64,
-    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    events: RadixHeap<Event>,
     workload: Workload<'a>,
     /// The next arrival lives outside the heap (one fewer heap operation per invocation); it
     /// takes a sequence number like any event, so ties order exactly as if it were queued.
@@ -252,7 +250,7 @@ impl<'a> Sim<'a> {
             kind,
             now: 0,
             seq: 0,
-            events: BinaryHeap::new(),
+            events: RadixHeap::default(),
             next_arrival: None,
             next_arrival_seq: 0,
             rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x7011_c1e5),
@@ -346,7 +344,7 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, at_ns: u64, event: Event) {
         self.seq += 1;
-        self.events.push(Reverse((at_ns, self.seq, event)));
+        self.events.push(key(at_ns, self.seq), event);
     }
 
     fn memory_limited(&self) -> bool {
@@ -418,11 +416,13 @@ impl<'a> Sim<'a> {
 
     /// The next event in (time, sequence) order, from the heap or the pending arrival.
     fn pop_event(&mut self) -> Option<(u64, Event)> {
-        let arrival = self.next_arrival.map(|a| (a.at_ns, self.next_arrival_seq));
-        let queued = self.events.peek().map(|Reverse((at, seq, _))| (*at, *seq));
+        let arrival = self
+            .next_arrival
+            .map(|a| key(a.at_ns, self.next_arrival_seq));
+        let queued = self.events.peek_key();
         match (arrival, queued) {
-            (Some(a), q) if q.is_none_or(|q| a < q) => Some((a.0, Event::Arrival)),
-            _ => self.events.pop().map(|Reverse((at, _, event))| (at, event)),
+            (Some(a), q) if q.is_none_or(|q| a < q) => Some((key_time(a), Event::Arrival)),
+            _ => self.events.pop().map(|(k, event)| (key_time(k), event)),
         }
     }
 

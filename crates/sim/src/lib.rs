@@ -3,7 +3,7 @@
 //!
 //! - [`config`]: an experiment as a TOML file, and the built-in presets.
 //! - [`workload`]: synthetic workloads (paper 4.1) and [`trace`] replay (Azure Functions 2019).
-//! - [`engine`]: the event loop for one scheduler at one load.
+//! - [`engine`]: the event loop for one scheduler at one load, on the [`queue`] of events.
 //! - [`experiment`]: sweeps, summaries, CSV and the [`plot`]s, written into an output directory.
 //! - [`sweep`]: one experiment repeated over cluster shapes (the `overload` preset).
 //! - [`stats`]: percentiles and other summaries.
@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod experiment;
 pub mod plot;
+pub mod queue;
 pub mod stats;
 pub mod sweep;
 pub mod trace;
