@@ -34,6 +34,7 @@ use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::config::{Config, SchedulerKind};
 use crate::queue::{key, key_time, RadixHeap};
+use crate::sketch::Sketch;
 use crate::trace::Trace;
 use crate::workload::{Arrival, Workload};
 
@@ -117,17 +118,25 @@ pub struct ClassOutcome {
     pub failed: u64,
     /// Kills of invocations of this class (measured or not).
     pub kills: u64,
-    pub latencies_ns: Vec<u64>,
-    pub slowdowns: Vec<f64>,
+    /// Latencies (ns) of the completed measured invocations: a sketch, so a run's memory does
+    /// not grow with its invocations (see [`crate::sketch`] for its error bound).
+    pub latency_ns: Sketch,
+    /// Their slowdowns (latency / runtime).
+    pub slowdown: Sketch,
+    /// Every `(latency ns, slowdown)` in completion order, kept only when the run was asked
+    /// to ([`Sim::keep_samples`]): for checking the sketches against exact percentiles.
+    pub samples: Vec<(u64, f64)>,
 }
 
 impl ClassOutcome {
-    /// Latencies in milliseconds, ascending (a finished run holds them sorted).
-    pub fn latencies_ms(&self) -> Vec<f64> {
-        self.latencies_ns
-            .iter()
-            .map(|&n| n as f64 / NS_PER_MS as f64)
-            .collect()
+    /// The `q` latency quantile in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        self.latency_ns.quantile(q).map(|ns| ns / NS_PER_MS as f64)
+    }
+
+    /// The mean latency in milliseconds.
+    pub fn mean_latency_ms(&self) -> Option<f64> {
+        self.latency_ns.mean().map(|ns| ns / NS_PER_MS as f64)
     }
 }
 
@@ -200,6 +209,7 @@ pub struct Sim<'a> {
     scratch: Vec<InvocationId>,
     requeue: Vec<u32>,
     // Measurement.
+    keep_samples: bool,
     warmup_ns: u64,
     end_ns: u64,
     stop_ns: u64,
@@ -303,6 +313,7 @@ impl<'a> Sim<'a> {
             busy: vec![Busy::default(); machine_count as usize],
             scratch: Vec::new(),
             requeue: Vec::new(),
+            keep_samples: false,
             warmup_ns: (w.warmup_s * NS_PER_S) as u64,
             end_ns,
             stop_ns: end_ns + (w.drain_s * NS_PER_S) as u64,
@@ -340,6 +351,13 @@ impl<'a> Sim<'a> {
             sim.update_idle_list(m);
         }
         sim
+    }
+
+    /// Also keeps every measured latency and slowdown ([`ClassOutcome::samples`]), which the
+    /// sketches make unnecessary: for tests that check them on runs small enough.
+    pub fn keep_samples(mut self) -> Self {
+        self.keep_samples = true;
+        self
     }
 
     fn push(&mut self, at_ns: u64, event: Event) {
@@ -445,10 +463,14 @@ impl<'a> Sim<'a> {
         if self.measured(&i) {
             let latency =
                 self.now - i.arrival_ns + self.config.cluster.transit_delay_us * NS_PER_US;
+            let slowdown = latency as f64 / i.runtime_ns as f64;
             let c = &mut self.outcome.classes[i.class.index()];
             c.completed += 1;
-            c.latencies_ns.push(latency);
-            c.slowdowns.push(latency as f64 / i.runtime_ns as f64);
+            c.latency_ns.record(latency as f64);
+            c.slowdown.record(slowdown);
+            if self.keep_samples {
+                c.samples.push((latency, slowdown));
+            }
         }
     }
 
@@ -833,8 +855,6 @@ impl<'a> Sim<'a> {
         }
         for (c, out) in self.outcome.classes.iter_mut().enumerate() {
             out.unfinished = measured[c] - out.completed - out.failed;
-            out.latencies_ns.sort_unstable();
-            out.slowdowns.sort_unstable_by(f64::total_cmp);
         }
         if let Some(mem) = self.outcome.memory.as_mut() {
             for m in &self.machines {
