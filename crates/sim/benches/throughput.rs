@@ -25,7 +25,9 @@
 //! printed: a run that shared the machine is not a figure. Nothing asserts on wall time.
 //!
 //! Arguments: words select runs by name (`turnpike`, `2000x64`, ...); `--quick` is one round
-//! of a tenth of the simulated time. Without `--bench` (as under `cargo test --benches`) it
+//! of a tenth of the simulated time. `--memory` instead measures peak RSS against the number
+//! of invocations: 10 M and 100 M on the 2,000 x 64 cluster (`--memory --quick`: 1 M and
+//! 10 M), each beside the bare loop over the same arrivals. Without `--bench` (as under `cargo test --benches`) it
 //! only runs a tiny smoke version.
 
 use std::cmp::Reverse;
@@ -231,7 +233,18 @@ fn main() {
             .get(i + 1)
             .and_then(|n| n.parse().ok())
             .expect("--child takes a case number");
-        let s = run(&size.config(CASES[case].shape), CASES[case].runner);
+        let shape = CASES[case].shape;
+        // `--secs S`: the memory runs' lengths (see `memory`).
+        let config = match args.iter().position(|a| a == "--secs") {
+            Some(j) => shape.config(
+                args.get(j + 1)
+                    .and_then(|n| n.parse().ok())
+                    .expect("--secs takes simulated seconds"),
+                false,
+            ),
+            None => size.config(shape),
+        };
+        let s = run(&config, CASES[case].runner);
         println!(
             "RESULT {} {} {} {}",
             s.invocations,
@@ -239,6 +252,10 @@ fn main() {
             s.secs,
             s.peak_rss_kb.unwrap_or(0)
         );
+        return;
+    }
+    if args.iter().any(|a| a == "--memory") {
+        memory(size);
         return;
     }
     // Words that are not flags select runs by name.
@@ -270,23 +287,12 @@ fn main() {
     }
 
     let rounds = size.rounds();
-    let exe = std::env::current_exe().expect("the bench knows its own path");
     let started = Instant::now();
     let cpu_before = CpuTimes::now();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CASES.len()];
     for round in 0..rounds {
         for &i in &cases {
-            let out = Command::new(&exe)
-                .args(size.flag())
-                .arg("--child")
-                .arg(i.to_string())
-                .output()
-                .expect("the bench can run itself");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let s = text
-                .lines()
-                .find_map(parse_result)
-                .unwrap_or_else(|| panic!("run {} failed: {out:?}", CASES[i].name()));
+            let s = child(size, i, None);
             println!(
                 "  round {}: {:<26} {:>6.2} M inv/s  ({} inv, {} events, {:.2} s)",
                 round + 1,
@@ -376,6 +382,74 @@ fn main() {
         "targets (issue 20; reported, not asserted): >= 8 M simulated inv/s for turnpike \
          pareto 100x8, >= 3 M for turnpike 2000x64; total wall {wall:.1} s"
     );
+}
+
+/// Runs `case` in a child process for `secs` simulated seconds of arrivals.
+fn child(size: Size, case: usize, secs: Option<f64>) -> Sample {
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    let mut cmd = Command::new(&exe);
+    cmd.args(size.flag()).arg("--child").arg(case.to_string());
+    if let Some(secs) = secs {
+        cmd.arg("--secs").arg(secs.to_string());
+    }
+    let out = cmd.output().expect("the bench can run itself");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(parse_result)
+        .unwrap_or_else(|| panic!("run {} failed: {out:?}", CASES[case].name()))
+}
+
+/// `-- --memory`: peak RSS against the number of invocations simulated, on the 2,000 x 64
+/// cluster with issue 20's workload: 10 M and 100 M invocations (`--quick`: 1 M and 10 M), the
+/// bare loop over the same arrivals as baseline, one child process per run.
+fn memory(size: Size) {
+    let (bare, sim) = (2, 3);
+    assert_eq!(CASES[sim].shape, Shape::Pareto2000);
+    let millions: [f64; 2] = if size == Size::Full {
+        [10.0, 100.0]
+    } else {
+        [1.0, 10.0]
+    };
+    // Offered load 0.9 of 128,000 cores with a mean runtime of 83.3 ms (Pareto 2.5, 50 ms).
+    let per_sim_second = LOAD * 128_000.0 / 0.083_333_333;
+    let cpu_before = CpuTimes::now();
+    let started = Instant::now();
+    println!(
+        "peak RSS against invocations simulated: {} on 2,000 machines x 64 cores, load {LOAD}",
+        Shape::Pareto2000.name()
+    );
+    println!(
+        "{:<26} {:>12} {:>9} {:>9} {:>12}",
+        "run", "invocations", "M inv/s", "vs bare", "peak RSS MB"
+    );
+    let mut rss = Vec::new();
+    for m in millions {
+        let secs = m * 1e6 / per_sim_second;
+        let b = child(size, bare, Some(secs));
+        let s = child(size, sim, Some(secs));
+        for (case, x, ratio) in [(bare, &b, 1.0), (sim, &s, s.inv_per_s() / b.inv_per_s())] {
+            println!(
+                "{:<26} {:>12} {:>9.2} {:>8.3}x {:>12.0}",
+                CASES[case].name(),
+                x.invocations,
+                x.inv_per_s() / 1e6,
+                ratio,
+                x.peak_rss_kb.unwrap_or(0) as f64 / 1024.0
+            );
+        }
+        rss.push(s.peak_rss_kb.unwrap_or(0) as f64 / 1024.0);
+    }
+    println!(
+        "turnpike peak RSS, {:.0} M invocations / {:.0} M: {:.3} (goal: within 10%, and under \
+         300 MB at 100 M)",
+        millions[1],
+        millions[0],
+        rss[1] / rss[0]
+    );
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(o) = cpu_before.and_then(|b| CpuTimes::now().map(|a| a.others_since(&b, wall))) {
+        println!("other work on this machine during the runs: {o:.2} CPUs on average");
+    }
 }
 
 fn parse_result(line: &str) -> Option<Sample> {

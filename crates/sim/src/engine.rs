@@ -53,6 +53,8 @@ enum Event {
     Window,
 }
 
+/// One invocation in the system, in a slot of [`Sim`]'s table that is reused once it is done
+/// (so the table follows the invocations in flight, not the run's length).
 #[derive(Clone, Copy, Debug)]
 struct Inv {
     arrival_ns: u64,
@@ -62,7 +64,12 @@ struct Inv {
     start_mb: u64,
     peak_mb: u64,
     class: ClassId,
+    /// Bumped at every preemption, kill and release of the slot: a `Complete` event carries the
+    /// version it was scheduled at and is ignored if it no longer matches.
     version: u32,
+    /// How many invocations held this slot before: the high half of the id the policy core
+    /// sees, so ids stay unique although slots are reused.
+    generation: u32,
     machine: u32,
     requeues: u32,
     /// The shard it was last handed to (Turnpike).
@@ -169,6 +176,9 @@ pub struct RunOutcome {
     /// Invocations generated (measured or not) and events processed: for speed figures.
     pub invocations: u64,
     pub events: u64,
+    /// The invocation table's size at the end: the most invocations in flight at once (slots
+    /// are reused), which is what the run's memory follows.
+    pub slots: u64,
     pub mean_runtime_ms: f64,
 }
 
@@ -186,7 +196,12 @@ pub struct Sim<'a> {
     next_arrival: Option<Arrival>,
     next_arrival_seq: u64,
     rng: Pcg64Mcg,
+    /// Indexed by slot (the low 32 bits of an `InvocationId`); `free` lists the slots whose
+    /// invocations are done, reused before the table grows.
     invs: Vec<Inv>,
+    free: Vec<u32>,
+    /// Measured (arrived after warm-up) invocations per class, counted as they arrive.
+    measured_by_class: Vec<u64>,
     in_flight: u64,
     // Turnpike.
     machines: Vec<Machine>,
@@ -265,6 +280,8 @@ impl<'a> Sim<'a> {
             next_arrival_seq: 0,
             rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x7011_c1e5),
             invs: Vec::new(),
+            free: Vec::new(),
+            measured_by_class: vec![0; n],
             in_flight: 0,
             machines: if turnpike {
                 (0..c.machines)
@@ -335,6 +352,7 @@ impl<'a> Sim<'a> {
                 }),
                 invocations: 0,
                 events: 0,
+                slots: 0,
                 mean_runtime_ms: 0.0,
             },
             workload,
@@ -402,8 +420,7 @@ impl<'a> Sim<'a> {
             .next_arrival
             .take()
             .expect("an Arrival event has its arrival");
-        let id = self.invs.len() as u32;
-        self.invs.push(Inv {
+        let fresh = Inv {
             arrival_ns: a.at_ns,
             runtime_ns: a.runtime_ns,
             remaining_ns: a.runtime_ns,
@@ -412,10 +429,29 @@ impl<'a> Sim<'a> {
             peak_mb: a.peak_mb,
             class: a.class,
             version: 0,
+            generation: 0,
             machine: 0,
             requeues: 0,
             shard: 0,
-        });
+        };
+        let id = match self.free.pop() {
+            Some(slot) => {
+                let old = self.invs[slot as usize];
+                self.invs[slot as usize] = Inv {
+                    version: old.version,
+                    generation: old.generation + 1,
+                    ..fresh
+                };
+                slot
+            }
+            None => {
+                self.invs.push(fresh);
+                u32::try_from(self.invs.len() - 1).expect("fewer than 2^32 invocations in flight")
+            }
+        };
+        if a.at_ns >= self.warmup_ns {
+            self.measured_by_class[a.class.index()] += 1;
+        }
         self.outcome.invocations += 1;
         self.in_flight += 1;
         match self.kind {
@@ -442,6 +478,19 @@ impl<'a> Sim<'a> {
             (Some(a), q) if q.is_none_or(|q| a < q) => Some((key_time(a), Event::Arrival)),
             _ => self.events.pop().map(|(k, event)| (key_time(k), event)),
         }
+    }
+
+    /// The id the policy core knows invocation slot `inv` by: unique over the run.
+    fn id(&self, inv: u32) -> InvocationId {
+        let generation = self.invs[inv as usize].generation;
+        InvocationId((u64::from(generation) << 32) | u64::from(inv))
+    }
+
+    /// The invocation in slot `inv` is done (completed or failed for good): its slot may be
+    /// reused, and any event still scheduled for it is made stale.
+    fn release(&mut self, inv: u32) {
+        self.invs[inv as usize].version += 1;
+        self.free.push(inv);
     }
 
     fn measured(&self, inv: &Inv) -> bool {
@@ -485,9 +534,10 @@ impl<'a> Sim<'a> {
             .expect("a cluster has shards") as u32;
         self.shard_in_flight[s as usize] += 1;
         self.invs[inv as usize].shard = s;
+        let id = self.id(inv);
         let i = &self.invs[inv as usize];
         let pending = Pending {
-            id: InvocationId(u64::from(inv)),
+            id,
             class: i.class,
             start_mb: i.start_mb,
         };
@@ -558,11 +608,12 @@ impl<'a> Sim<'a> {
     }
 
     fn deliver(&mut self, inv: u32, m: u32) {
+        let id = self.id(inv);
         let i = &mut self.invs[inv as usize];
         i.machine = m;
         let (class, start_mb) = (i.class, i.start_mb);
         self.machines[m as usize]
-            .handle_arrival(InvocationId(u64::from(inv)), class, start_mb)
+            .handle_arrival(id, class, start_mb)
             .expect("an invocation is delivered to one machine once");
         self.drain_machine(m);
     }
@@ -612,6 +663,7 @@ impl<'a> Sim<'a> {
             if self.measured(&i) {
                 self.outcome.classes[i.class.index()].failed += 1;
             }
+            self.release(inv);
         }
     }
 
@@ -664,7 +716,7 @@ impl<'a> Sim<'a> {
         }
         self.invs[inv as usize].remaining_ns = 0;
         self.record_completion(inv);
-        let id = InvocationId(u64::from(inv));
+        let id = self.id(inv);
         match self.kind {
             SchedulerKind::Turnpike => {
                 self.machines[i.machine as usize].handle_completion(id);
@@ -677,6 +729,7 @@ impl<'a> Sim<'a> {
             }
             SchedulerKind::Hermod => unreachable!("Hermod completions are PsComplete events"),
         }
+        self.release(inv);
     }
 
     /// Machines measure their running invocations' memory; the timeline is sampled.
@@ -688,7 +741,7 @@ impl<'a> Sim<'a> {
             for k in 0..self.scratch.len() {
                 let id = self.scratch[k];
                 if self.machines[m as usize].is_running(id) {
-                    let mb = self.invs[id.0 as usize].memory_mb(self.now, true);
+                    let mb = self.invs[id.0 as u32 as usize].memory_mb(self.now, true);
                     self.machines[m as usize].handle_memory(id, mb);
                 }
             }
@@ -731,9 +784,10 @@ impl<'a> Sim<'a> {
         let m = least_loaded(&self.replies, 0)
             .expect("unlimited memory always has room")
             .0;
+        let id = self.id(inv);
         let i = &mut self.invs[inv as usize];
         i.machine = m;
-        self.ps[m as usize].handle_arrival(self.now, InvocationId(u64::from(inv)), i.runtime_ns);
+        self.ps[m as usize].handle_arrival(self.now, id, i.runtime_ns);
         self.reschedule_ps(m);
     }
 
@@ -759,6 +813,7 @@ impl<'a> Sim<'a> {
         }
         while let Some(id) = self.ps[m as usize].poll_completion(self.now) {
             self.record_completion(id.0 as u32);
+            self.release(id.0 as u32);
         }
         self.reschedule_ps(m);
     }
@@ -766,12 +821,13 @@ impl<'a> Sim<'a> {
     // ---- EDF ----
 
     fn edf_arrival(&mut self, inv: u32) {
+        let id = self.id(inv);
         let i = &self.invs[inv as usize];
         let price = self.classes.price(i.class);
         let deadline =
             edf::deadline_ns(i.arrival_ns, i.runtime_ns, price, self.classes.max_price());
         let edf = self.edf.as_mut().expect("edf run");
-        edf.handle_arrival(InvocationId(u64::from(inv)), deadline);
+        edf.handle_arrival(id, deadline);
         self.drain_edf();
     }
 
@@ -802,7 +858,7 @@ impl<'a> Sim<'a> {
     /// invalidated. Returns its memory at this point.
     fn on_preempted(&mut self, id: InvocationId) -> u64 {
         let now = self.now;
-        let i = &mut self.invs[id.0 as usize];
+        let i = &mut self.invs[id.0 as u32 as usize];
         let mb = i.memory_mb(now, true);
         i.remaining_ns -= now - i.run_since_ns;
         i.version += 1;
@@ -847,14 +903,9 @@ impl<'a> Sim<'a> {
             })
             .collect();
         // Measured invocations not completed and not failed are unfinished.
-        let mut measured = vec![0u64; self.classes.len()];
-        for i in &self.invs {
-            if i.arrival_ns >= self.warmup_ns {
-                measured[i.class.index()] += 1;
-            }
-        }
+        self.outcome.slots = self.invs.len() as u64;
         for (c, out) in self.outcome.classes.iter_mut().enumerate() {
-            out.unfinished = measured[c] - out.completed - out.failed;
+            out.unfinished = self.measured_by_class[c] - out.completed - out.failed;
         }
         if let Some(mem) = self.outcome.memory.as_mut() {
             for m in &self.machines {

@@ -22,6 +22,9 @@
 /// Bits of a key, plus the bucket of keys equal to the last popped.
 const BUCKETS: usize = 129;
 
+/// Entries a drained bucket keeps room for (a larger allocation is freed).
+const KEPT_CAPACITY_MAX: usize = 1024;
+
 /// A min-queue of `(key, value)` for keys that never go below the last key popped.
 #[derive(Debug, Clone)]
 pub struct RadixHeap<T> {
@@ -139,8 +142,13 @@ impl<T> RadixHeap<T> {
                 debug_assert!(to < b);
                 self.put(to, k, v);
             }
-            // Keep the emptied bucket's allocation for its next use.
-            self.buckets[b] = moving;
+            // Keep the emptied bucket's allocation for its next use, unless it is large: over a
+            // long run most buckets at some moment hold most of the queue (whenever time
+            // crosses a power of two), and keeping every one's peak would grow memory with
+            // the run's length.
+            if moving.capacity() <= KEPT_CAPACITY_MAX {
+                self.buckets[b] = moving;
+            }
         }
         Some((key, value))
     }
