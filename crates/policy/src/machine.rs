@@ -203,20 +203,20 @@ impl Machine {
         class: ClassId,
         start_mb: u64,
     ) -> Result<(), AlreadyPlaced> {
-        if self.entries.contains_key(&id) {
+        // One hash lookup for both the check and the insertion.
+        let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(id) else {
             return Err(AlreadyPlaced(id));
-        }
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = Entry {
+        slot.insert(Entry {
             class,
             seq,
             mem_mb: start_mb,
             running: false,
             blocked: false,
             residence: Residence::NotStarted,
-        };
-        self.entries.insert(id, entry);
+        });
         self.waiting[class.index()].push_back(id);
         self.competing_by_class[class.index()] += 1;
         self.settle();
@@ -330,6 +330,15 @@ impl Machine {
 
     /// The first eligible waiting invocation in priority order: `(class, position in FIFO)`.
     fn best_eligible(&self) -> Option<(ClassId, usize)> {
+        if self.memory.config.is_none() {
+            // Unlimited memory: every waiting invocation is eligible, so the best is the head
+            // of the highest non-empty FIFO; no entry needs looking up.
+            return self
+                .waiting
+                .iter()
+                .rposition(|q| !q.is_empty())
+                .map(|c| (ClassId(c as u8), 0));
+        }
         let nothing_running = self.running.is_empty();
         for (c, q) in self.waiting.iter().enumerate().rev() {
             // The whole FIFO: an eligible invocation behind any number of memory-blocked ones
