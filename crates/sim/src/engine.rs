@@ -208,11 +208,11 @@ pub struct Sim<'a> {
     dispatchers: Vec<Dispatcher>,
     shards: Vec<ShardState>,
     /// Invocations handed to each shard and not finished (the gateway's shard choice).
-    shard_in_flight: Vec<u64>,
+    /// Kept as `(shard, count)` pairs, the candidates `choose_shard` takes, so a choice reads
+    /// them in place instead of copying them per invocation.
+    shard_in_flight: Vec<(usize, u64)>,
     /// The gateway's own random stream, so its choices leave the shards' draws as they were.
     gateway_rng: Pcg64Mcg,
-    /// Reused for the shard choice's candidates.
-    shard_candidates: Vec<(usize, u64)>,
     // Hermod.
     ps: Vec<PsMachine>,
     ps_version: Vec<u32>,
@@ -308,9 +308,8 @@ impl<'a> Sim<'a> {
             } else {
                 Vec::new()
             },
-            shard_in_flight: vec![0; c.shards as usize],
+            shard_in_flight: (0..c.shards as usize).map(|s| (s, 0)).collect(),
             gateway_rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x6a7e_3a11),
-            shard_candidates: Vec::with_capacity(c.shards as usize),
             ps: if kind == SchedulerKind::Hermod {
                 (0..c.machines).map(|_| PsMachine::new(c.cores)).collect()
             } else {
@@ -501,7 +500,7 @@ impl<'a> Sim<'a> {
     /// requeue).
     fn leave_shard(&mut self, inv: u32) {
         if self.kind == SchedulerKind::Turnpike {
-            self.shard_in_flight[self.invs[inv as usize].shard as usize] -= 1;
+            self.shard_in_flight[self.invs[inv as usize].shard as usize].1 -= 1;
         }
     }
 
@@ -527,12 +526,9 @@ impl<'a> Sim<'a> {
 
     /// The gateway hands an invocation to a shard (the policy core's choice).
     fn submit(&mut self, inv: u32) {
-        self.shard_candidates.clear();
-        self.shard_candidates
-            .extend(self.shard_in_flight.iter().copied().enumerate());
-        let s = choose_shard(&self.shard_candidates, &mut self.gateway_rng)
+        let s = choose_shard(&self.shard_in_flight, &mut self.gateway_rng)
             .expect("a cluster has shards") as u32;
-        self.shard_in_flight[s as usize] += 1;
+        self.shard_in_flight[s as usize].1 += 1;
         self.invs[inv as usize].shard = s;
         let id = self.id(inv);
         let i = &self.invs[inv as usize];
