@@ -33,7 +33,7 @@ use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::config::{Config, SchedulerKind};
-use crate::queue::{key, key_time, RadixHeap};
+use crate::queue::{key, key_time, EventQueue};
 use crate::sketch::Sketch;
 use crate::trace::Trace;
 use crate::workload::{Arrival, Workload};
@@ -189,7 +189,7 @@ pub struct Sim<'a> {
     kind: SchedulerKind,
     now: u64,
     seq: u64,
-    events: RadixHeap<Event>,
+    events: EventQueue<Event>,
     workload: Workload<'a>,
     /// The next arrival lives outside the heap (one fewer heap operation per invocation); it
     /// takes a sequence number like any event, so ties order exactly as if it were queued.
@@ -275,7 +275,7 @@ impl<'a> Sim<'a> {
             kind,
             now: 0,
             seq: 0,
-            events: RadixHeap::default(),
+            events: EventQueue::for_cores(u64::from(c.machines) * u64::from(c.cores)),
             next_arrival: None,
             next_arrival_seq: 0,
             rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x7011_c1e5),
