@@ -560,6 +560,11 @@ impl<'a> Sim<'a> {
                 self.wake_shard_at(s, busy_until);
                 return;
             }
+            // Nothing waiting: the decision would be `Idle` (it draws nothing from the RNG), so
+            // skip its look at every class queue.
+            if self.shards[s as usize].shard.queued() == 0 {
+                return;
+            }
             let machines = &self.machines;
             let decision =
                 self.shards[s as usize]
