@@ -26,7 +26,7 @@ use rand_pcg::Pcg64Mcg;
 use turnpike_policy::baseline::edf::{self, EdfMachine};
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
-use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
+use turnpike_policy::machine::{Machine, MachineAction, MachineConfig, MachineSlot};
 use turnpike_policy::placement::{least_loaded, sample_machines, PollReply};
 use turnpike_policy::shard::{AfterReturn, Pending, Shard, ShardConfig, ShardDecision, Via};
 use turnpike_policy::shard_choice::choose_shard;
@@ -71,6 +71,8 @@ struct Inv {
     /// sees, so ids stay unique although slots are reused.
     generation: u32,
     machine: u32,
+    /// Where its machine keeps it (`Machine::handle_arrival_at`), valid while it is there.
+    machine_slot: u32,
     requeues: u32,
     /// The shard it was last handed to (Turnpike).
     shard: u32,
@@ -221,7 +223,7 @@ pub struct Sim<'a> {
     // EDF.
     edf: Option<EdfMachine>,
     busy: Vec<Busy>,
-    scratch: Vec<InvocationId>,
+    scratch: Vec<MachineSlot>,
     requeue: Vec<u32>,
     // Measurement.
     keep_samples: bool,
@@ -285,7 +287,8 @@ impl<'a> Sim<'a> {
             in_flight: 0,
             machines: if turnpike {
                 (0..c.machines)
-                    .map(|_| Machine::new(machine_config, n))
+                    // The engine keeps each invocation's machine slot: no id index needed.
+                    .map(|_| Machine::with_driver_slots(machine_config, n))
                     .collect()
             } else {
                 Vec::new()
@@ -430,6 +433,7 @@ impl<'a> Sim<'a> {
             version: 0,
             generation: 0,
             machine: 0,
+            machine_slot: 0,
             requeues: 0,
             shard: 0,
         };
@@ -613,9 +617,10 @@ impl<'a> Sim<'a> {
         let i = &mut self.invs[inv as usize];
         i.machine = m;
         let (class, start_mb) = (i.class, i.start_mb);
-        self.machines[m as usize]
-            .handle_arrival(id, class, start_mb)
+        let slot = self.machines[m as usize]
+            .handle_arrival_at(id, class, start_mb)
             .expect("an invocation is delivered to one machine once");
+        self.invs[inv as usize].machine_slot = slot.0;
         self.drain_machine(m);
     }
 
@@ -628,7 +633,8 @@ impl<'a> Sim<'a> {
                 MachineAction::Preempt(id) => {
                     let mb = self.on_preempted(id);
                     if limited {
-                        self.machines[m as usize].handle_memory(id, mb);
+                        let slot = MachineSlot(self.invs[id.0 as u32 as usize].machine_slot);
+                        self.machines[m as usize].handle_memory_at(slot, mb);
                     }
                 }
                 MachineAction::SwapOut { .. } | MachineAction::SwapIn { .. } => {}
@@ -720,7 +726,7 @@ impl<'a> Sim<'a> {
         let id = self.id(inv);
         match self.kind {
             SchedulerKind::Turnpike => {
-                self.machines[i.machine as usize].handle_completion(id);
+                self.machines[i.machine as usize].handle_completion_at(MachineSlot(i.machine_slot));
                 self.drain_machine(i.machine);
             }
             SchedulerKind::Edf => {
@@ -738,12 +744,13 @@ impl<'a> Sim<'a> {
         for m in 0..self.machines.len() as u32 {
             self.scratch.clear();
             self.scratch
-                .extend_from_slice(self.machines[m as usize].running());
+                .extend_from_slice(self.machines[m as usize].running_slots());
             for k in 0..self.scratch.len() {
-                let id = self.scratch[k];
-                if self.machines[m as usize].is_running(id) {
+                let slot = self.scratch[k];
+                if self.machines[m as usize].is_running_at(slot) {
+                    let id = self.machines[m as usize].id_at(slot);
                     let mb = self.invs[id.0 as u32 as usize].memory_mb(self.now, true);
-                    self.machines[m as usize].handle_memory(id, mb);
+                    self.machines[m as usize].handle_memory_at(slot, mb);
                 }
             }
             self.drain_machine(m);
