@@ -67,10 +67,13 @@ enum Residence {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    id: InvocationId,
     class: ClassId,
     /// Arrival order at this machine: FIFO within a class, latest-first for victims.
     seq: u64,
     mem_mb: u64,
+    /// The slot holds an invocation (a free slot keeps its last one's fields).
+    live: bool,
     running: bool,
     /// Waiting on I/O: neither running nor in a queue.
     blocked: bool,
@@ -83,21 +86,45 @@ struct Entry {
 #[error("invocation {} is already on this machine", .0 .0)]
 pub struct AlreadyPlaced(pub InvocationId);
 
+/// Where a machine keeps one invocation: returned by [`Machine::handle_arrival_at`], valid
+/// until that invocation ends (completed, or killed: its `Kill` action). A driver that keeps
+/// it can name the invocation without the machine looking its id up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MachineSlot(pub u32);
+
 /// Orders victims: the smallest key is the lowest class and, within it, the latest arrival.
 fn victim_key(class: ClassId, seq: u64) -> u64 {
     debug_assert!(seq < 1 << 56, "arrival sequence numbers fit in 56 bits");
     (u64::from(class.0) << 56) | ((1 << 56) - 1 - seq)
 }
 
+/// The machine scheduler (see the module docs).
+///
+/// Invocations live in a dense table of slots (reused once their invocation ends); queues
+/// and the running set hold slots. The id -> slot index is a hash map, kept unless the driver
+/// holds the slots itself ([`Machine::with_driver_slots`]): on a simulated 2,000 x 64 cluster
+/// that map's insert and remove, cold in cache at every event, were 29% of the run
+/// (docs/benchmarks.md, "Issue 20").
+///
+/// Calling order: `handle_arrival` (or `handle_arrival_at`), then `poll_action` until `None`;
+/// the same after every other `handle_*`.
 #[derive(Debug, Clone)]
 pub struct Machine {
     cores: usize,
-    entries: FxHashMap<InvocationId, Entry>,
-    /// Per class, waiting invocations in run order (preempted ones go back to the front).
-    waiting: Vec<VecDeque<InvocationId>>,
+    slots: Vec<Entry>,
+    /// Slots whose invocation ended, reused before the table grows.
+    free: Vec<u32>,
+    /// Invocations on the machine: live slots.
+    live: u32,
+    /// Id -> slot, unless the driver holds slots (`None`).
+    index: Option<FxHashMap<InvocationId, u32>>,
+    /// Per class, waiting invocations' slots in run order (preempted ones go back to the
+    /// front).
+    waiting: Vec<VecDeque<u32>>,
     running: Vec<InvocationId>,
-    /// `victim_key` of each running invocation, same order as `running`: the victim search
-    /// scans these integers instead of looking every running entry up.
+    /// The same running invocations' slots and `victim_key`s, in the same order: the victim
+    /// search scans these integers instead of looking every running entry up.
+    running_slots: Vec<MachineSlot>,
     running_keys: Vec<u64>,
     memory: MemoryLedger,
     /// Per class, invocations that compete for a core: running, parked or not started, but
@@ -112,9 +139,13 @@ impl Machine {
         assert!(config.cores > 0, "a machine needs at least one core");
         Self {
             cores: config.cores as usize,
-            entries: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            index: Some(FxHashMap::default()),
             waiting: vec![VecDeque::new(); classes],
             running: Vec::with_capacity(config.cores as usize),
+            running_slots: Vec::with_capacity(config.cores as usize),
             running_keys: Vec::with_capacity(config.cores as usize),
             memory: MemoryLedger::new(config.memory, classes),
             competing_by_class: vec![0; classes],
@@ -123,9 +154,20 @@ impl Machine {
         }
     }
 
+    /// A machine whose driver names its invocations by the [`MachineSlot`]s
+    /// [`Machine::handle_arrival_at`] returns (the `*_at` methods) and never places an id
+    /// twice: no id index is kept. The methods taking an [`InvocationId`] still work, by a
+    /// scan of the machine's invocations (for tests and rare calls).
+    pub fn with_driver_slots(config: MachineConfig, classes: usize) -> Self {
+        Self {
+            index: None,
+            ..Self::new(config, classes)
+        }
+    }
+
     /// Invocations on this machine (running, parked, blocked on I/O, or not started).
     pub fn functions(&self) -> u32 {
-        self.entries.len() as u32
+        self.live
     }
 
     pub fn cores(&self) -> u32 {
@@ -170,8 +212,39 @@ impl Machine {
         &self.running
     }
 
+    /// The running invocations' slots, in the order of [`Machine::running`].
+    pub fn running_slots(&self) -> &[MachineSlot] {
+        &self.running_slots
+    }
+
+    /// The invocation in a live slot.
+    pub fn id_at(&self, slot: MachineSlot) -> InvocationId {
+        self.slots[slot.0 as usize].id
+    }
+
+    /// The slot of an invocation on this machine.
+    fn slot_of(&self, id: InvocationId) -> Option<u32> {
+        match &self.index {
+            Some(index) => index.get(&id).copied(),
+            None => self
+                .slots
+                .iter()
+                .position(|e| e.live && e.id == id)
+                .map(|s| s as u32),
+        }
+    }
+
+    fn live_slot(&self, slot: MachineSlot) -> Option<&Entry> {
+        self.slots.get(slot.0 as usize).filter(|e| e.live)
+    }
+
     pub fn is_running(&self, id: InvocationId) -> bool {
-        self.entries.get(&id).is_some_and(|e| e.running)
+        self.slot_of(id)
+            .is_some_and(|s| self.is_running_at(MachineSlot(s)))
+    }
+
+    pub fn is_running_at(&self, slot: MachineSlot) -> bool {
+        self.live_slot(slot).is_some_and(|e| e.running)
     }
 
     pub fn used_mb(&self) -> u64 {
@@ -203,33 +276,70 @@ impl Machine {
         class: ClassId,
         start_mb: u64,
     ) -> Result<(), AlreadyPlaced> {
-        if self.entries.contains_key(&id) {
+        if self.index.is_none() && self.slot_of(id).is_some() {
             return Err(AlreadyPlaced(id));
+        }
+        self.handle_arrival_at(id, class, start_mb).map(|_| ())
+    }
+
+    /// [`Machine::handle_arrival`], returning the slot the machine keeps the invocation in.
+    /// Without an id index ([`Machine::with_driver_slots`]) the driver must not place an id
+    /// twice (checked only in debug builds).
+    pub fn handle_arrival_at(
+        &mut self,
+        id: InvocationId,
+        class: ClassId,
+        start_mb: u64,
+    ) -> Result<MachineSlot, AlreadyPlaced> {
+        let slot = match self.free.last() {
+            Some(&s) => s,
+            None => self.slots.len() as u32,
+        };
+        match &mut self.index {
+            // One hash lookup for both the check and the insertion.
+            Some(index) => match index.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => return Err(AlreadyPlaced(id)),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                }
+            },
+            None => debug_assert!(
+                !self.slots.iter().any(|e| e.live && e.id == id),
+                "a driver holding slots placed {id:?} twice"
+            ),
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry {
+            id,
             class,
             seq,
             mem_mb: start_mb,
+            live: true,
             running: false,
             blocked: false,
             residence: Residence::NotStarted,
         };
-        self.entries.insert(id, entry);
-        self.waiting[class.index()].push_back(id);
+        if self.free.pop().is_some() {
+            self.slots[slot as usize] = entry;
+        } else {
+            self.slots.push(entry);
+        }
+        self.live += 1;
+        self.waiting[class.index()].push_back(slot);
         self.competing_by_class[class.index()] += 1;
         self.settle();
-        Ok(())
+        Ok(MachineSlot(slot))
     }
 
     /// A started invocation (running, or parked by a preemption that crossed its last run)
     /// now waits on I/O: it gives up its slot or queue place and keeps its memory. Ignored
     /// for unknown, unstarted and already blocked invocations.
     pub fn handle_blocked(&mut self, id: InvocationId) {
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(slot) = self.slot_of(id) else {
             return;
         };
+        let e = &mut self.slots[slot as usize];
         if e.blocked || e.residence == Residence::NotStarted {
             return;
         }
@@ -237,12 +347,12 @@ impl Machine {
         let e = *e;
         self.competing_by_class[e.class.index()] -= 1;
         if e.running {
-            let at = self.running_position(id);
+            let at = self.running_position(slot);
             self.remove_running(at);
-            self.entries.get_mut(&id).expect("present").running = false;
-            self.memory.park(e.class, e.seq, id);
+            self.slots[slot as usize].running = false;
+            self.memory.park(e.class, e.seq, slot);
         } else {
-            self.remove_waiting(id, e.class);
+            self.remove_waiting(slot, e.class);
         }
         self.settle();
     }
@@ -250,31 +360,40 @@ impl Machine {
     /// A blocked invocation's I/O completed: it rejoins its class's queue in arrival order
     /// (see the module docs) and runs when the rules let it. Ignored unless it is blocked.
     pub fn handle_ready(&mut self, id: InvocationId) {
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(slot) = self.slot_of(id) else {
             return;
         };
+        let e = &mut self.slots[slot as usize];
         if !e.blocked {
             return;
         }
         e.blocked = false;
         let (class, seq) = (e.class, e.seq);
         self.competing_by_class[class.index()] += 1;
-        let entries = &self.entries;
+        let slots = &self.slots;
         let q = &mut self.waiting[class.index()];
-        let at = q.partition_point(|w| entries[w].seq < seq);
-        q.insert(at, id);
+        let at = q.partition_point(|&w| slots[w as usize].seq < seq);
+        q.insert(at, slot);
         self.settle();
     }
 
     /// Whether the invocation is blocked on I/O.
     pub fn is_blocked(&self, id: InvocationId) -> bool {
-        self.entries.get(&id).is_some_and(|e| e.blocked)
+        self.slot_of(id)
+            .is_some_and(|s| self.slots[s as usize].blocked)
     }
 
     /// An invocation ended (completed, failed, timed out or cancelled) in whatever state it
     /// was; its slot and memory are freed. Unknown ids are ignored (it may have been killed).
     pub fn handle_completion(&mut self, id: InvocationId) {
-        if self.remove_entry(id) {
+        if let Some(slot) = self.slot_of(id) {
+            self.handle_completion_at(MachineSlot(slot));
+        }
+    }
+
+    /// [`Machine::handle_completion`] of the invocation in `slot`; a free slot is ignored.
+    pub fn handle_completion_at(&mut self, slot: MachineSlot) {
+        if self.remove_entry(slot.0) {
             self.settle();
         }
     }
@@ -282,7 +401,14 @@ impl Machine {
     /// The driver measured a running or parked resident invocation's memory at `mb`.
     /// Reports for swapped-out, unstarted or unknown invocations are ignored.
     pub fn handle_memory(&mut self, id: InvocationId, mb: u64) {
-        let Some(e) = self.entries.get_mut(&id) else {
+        if let Some(slot) = self.slot_of(id) {
+            self.handle_memory_at(MachineSlot(slot), mb);
+        }
+    }
+
+    /// [`Machine::handle_memory`] of the invocation in `slot`; a free slot is ignored.
+    pub fn handle_memory_at(&mut self, slot: MachineSlot, mb: u64) {
+        let Some(e) = self.slots.get_mut(slot.0 as usize).filter(|e| e.live) else {
             return;
         };
         if e.residence != Residence::Resident || e.mem_mb == mb {
@@ -330,13 +456,21 @@ impl Machine {
 
     /// The first eligible waiting invocation in priority order: `(class, position in FIFO)`.
     fn best_eligible(&self) -> Option<(ClassId, usize)> {
+        if self.memory.config.is_none() {
+            // Unlimited memory: every waiting invocation is eligible, so the best is the head
+            // of the highest non-empty FIFO; no entry needs looking up.
+            return self
+                .waiting
+                .iter()
+                .rposition(|q| !q.is_empty())
+                .map(|c| (ClassId(c as u8), 0));
+        }
         let nothing_running = self.running.is_empty();
         for (c, q) in self.waiting.iter().enumerate().rev() {
             // The whole FIFO: an eligible invocation behind any number of memory-blocked ones
-            // must be found, or a lower class would run in its place. With unlimited memory
-            // the head is always eligible, so this costs one look.
-            for (pos, id) in q.iter().enumerate() {
-                let e = &self.entries[id];
+            // must be found, or a lower class would run in its place.
+            for (pos, &slot) in q.iter().enumerate() {
+                let e = &self.slots[slot as usize];
                 let eligible = match e.residence {
                     Residence::Resident => true,
                     Residence::NotStarted => self.memory.may_start(e.mem_mb, nothing_running),
@@ -357,26 +491,30 @@ impl Machine {
             .iter()
             .enumerate()
             .min_by_key(|&(_, k)| *k)?;
-        Some((at, self.entries[&self.running[at]]))
+        Some((at, self.slots[self.running_slots[at].0 as usize]))
     }
 
-    fn push_running(&mut self, id: InvocationId, class: ClassId, seq: u64) {
-        self.running.push(id);
-        self.running_keys.push(victim_key(class, seq));
+    fn push_running(&mut self, slot: u32) {
+        let e = &self.slots[slot as usize];
+        self.running.push(e.id);
+        self.running_slots.push(MachineSlot(slot));
+        self.running_keys.push(victim_key(e.class, e.seq));
     }
 
-    fn remove_running(&mut self, at: usize) -> InvocationId {
+    /// Removes the `at`-th running invocation from the running set; returns its slot.
+    fn remove_running(&mut self, at: usize) -> u32 {
         self.running_keys.swap_remove(at);
-        self.running.swap_remove(at)
+        self.running.swap_remove(at);
+        self.running_slots.swap_remove(at).0
     }
 
     fn run(&mut self, class: ClassId, pos: usize) {
-        let id = self.waiting[class.index()]
+        let slot = self.waiting[class.index()]
             .remove(pos)
             .expect("position from best_eligible");
-        let e = self.entries.get_mut(&id).expect("waiting entry");
+        let e = &mut self.slots[slot as usize];
         e.running = true;
-        let (seq, mb, residence) = (e.seq, e.mem_mb, e.residence);
+        let (id, seq, mb, residence) = (e.id, e.seq, e.mem_mb, e.residence);
         e.residence = Residence::Resident;
         match residence {
             Residence::NotStarted => {
@@ -393,17 +531,18 @@ impl Machine {
                 self.actions.push_back(MachineAction::Resume(id));
             }
         }
-        self.push_running(id, class, seq);
+        self.push_running(slot);
     }
 
     fn preempt(&mut self, running_at: usize) {
-        let id = self.remove_running(running_at);
-        let e = self.entries.get_mut(&id).expect("running entry");
+        let slot = self.remove_running(running_at);
+        let e = &mut self.slots[slot as usize];
         e.running = false;
+        let (id, class, seq) = (e.id, e.class, e.seq);
         // It arrived after every running invocation of its class that stays, and before every
         // waiting one (those arrived later, or they would be running): the front keeps order.
-        self.waiting[e.class.index()].push_front(id);
-        self.memory.park(e.class, e.seq, id);
+        self.waiting[class.index()].push_front(slot);
+        self.memory.park(class, seq, slot);
         self.actions.push_back(MachineAction::Preempt(id));
     }
 
@@ -412,11 +551,11 @@ impl Machine {
         let mut changed = false;
         if self.memory.above_high() {
             while self.memory.above_low() {
-                let entries = &self.entries;
-                let Some(id) = self.memory.swap_victim(|id| entries[&id].mem_mb) else {
+                let slots = &self.slots;
+                let Some(slot) = self.memory.swap_victim(|s| slots[s as usize].mem_mb) else {
                     break;
                 };
-                self.swap_out(id);
+                self.swap_out(slot);
                 changed = true;
             }
         }
@@ -426,73 +565,83 @@ impl Machine {
             if self.running.len() > 1 {
                 let (at, victim) = self.lowest_running().expect("more than one running");
                 if victim.mem_mb <= self.memory.swap_free_mb() {
-                    let id = self.running[at];
+                    let slot = self.running_slots[at].0;
                     self.preempt(at);
-                    self.swap_out(id);
+                    self.swap_out(slot);
                     changed = true;
                     continue;
                 }
             }
-            let Some(id) = self.kill_victim() else { break };
-            self.kill(id);
+            let Some(slot) = self.kill_victim() else {
+                break;
+            };
+            self.kill(slot);
             changed = true;
         }
         changed
     }
 
     /// Swaps out a parked (or blocked) resident invocation.
-    fn swap_out(&mut self, id: InvocationId) {
-        let e = self.entries.get_mut(&id).expect("parked entry");
-        debug_assert!(!e.running && e.residence == Residence::Resident);
+    fn swap_out(&mut self, slot: u32) {
+        let e = &mut self.slots[slot as usize];
+        debug_assert!(e.live && !e.running && e.residence == Residence::Resident);
         e.residence = Residence::Swapped;
-        let (class, seq, mb) = (e.class, e.seq, e.mem_mb);
+        let (id, class, seq, mb) = (e.id, e.class, e.seq, e.mem_mb);
         self.memory.unpark(class, seq);
         self.memory.swapped_out(class, mb);
         self.actions.push_back(MachineAction::SwapOut { id, mb });
     }
 
     /// Lowest class, latest arrival, among invocations holding memory.
-    fn kill_victim(&self) -> Option<InvocationId> {
-        self.entries
+    fn kill_victim(&self) -> Option<u32> {
+        self.slots
             .iter()
-            .filter(|(_, e)| e.residence == Residence::Resident)
+            .enumerate()
+            .filter(|(_, e)| e.live && e.residence == Residence::Resident)
             .min_by_key(|(_, e)| (e.class, std::cmp::Reverse(e.seq)))
-            .map(|(&id, _)| id)
+            .map(|(s, _)| s as u32)
     }
 
-    fn kill(&mut self, id: InvocationId) {
-        let class = self.entries[&id].class;
-        self.remove_entry(id);
+    fn kill(&mut self, slot: u32) {
+        let Entry { id, class, .. } = self.slots[slot as usize];
+        self.remove_entry(slot);
         self.memory.stats.kills[class.index()] += 1;
         self.actions.push_back(MachineAction::Kill(id));
     }
 
-    fn running_position(&self, id: InvocationId) -> usize {
-        self.running
+    fn running_position(&self, slot: u32) -> usize {
+        self.running_slots
             .iter()
-            .position(|&r| r == id)
+            .position(|&r| r.0 == slot)
             .expect("running entry")
     }
 
-    fn remove_waiting(&mut self, id: InvocationId, class: ClassId) {
+    fn remove_waiting(&mut self, slot: u32, class: ClassId) {
         let q = &mut self.waiting[class.index()];
-        let at = q.iter().position(|&w| w == id).expect("waiting entry");
+        let at = q.iter().position(|&w| w == slot).expect("waiting entry");
         q.remove(at);
     }
 
-    /// Frees an invocation's slot, queue place and memory. Returns whether it was here.
-    fn remove_entry(&mut self, id: InvocationId) -> bool {
-        let Some(e) = self.entries.remove(&id) else {
+    /// Frees an invocation's slot, queue place and memory. Returns whether the slot held one.
+    fn remove_entry(&mut self, slot: u32) -> bool {
+        let Some(e) = self.slots.get_mut(slot as usize).filter(|e| e.live) else {
             return false;
         };
+        e.live = false;
+        let e = *e;
+        if let Some(index) = &mut self.index {
+            index.remove(&e.id);
+        }
+        self.free.push(slot);
+        self.live -= 1;
         if !e.blocked {
             self.competing_by_class[e.class.index()] -= 1;
         }
         if e.running {
-            let at = self.running_position(id);
+            let at = self.running_position(slot);
             self.remove_running(at);
         } else if !e.blocked {
-            self.remove_waiting(id, e.class);
+            self.remove_waiting(slot, e.class);
         }
         match e.residence {
             Residence::NotStarted => {}
@@ -755,6 +904,86 @@ mod tests {
         let _ = drain(&mut m);
         m.handle_completion(id(1));
         assert_eq!((m.functions(), m.used_mb(), m.swap_used_mb()), (0, 0, 0));
+    }
+
+    /// A machine whose driver holds slots decides exactly as one that indexes ids, over
+    /// random arrivals, completions, memory reports, blocking and kills (4 GB, little swap),
+    /// and its slots name the same invocations.
+    #[test]
+    fn driver_slots_decide_exactly_as_the_id_index() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(20);
+        for round in 0..50 {
+            let config = MachineConfig {
+                cores: rng.random_range(1..5),
+                memory: (round % 2 == 0).then(|| MemoryConfig::new(4000, 3000)),
+            };
+            let mut indexed = Machine::new(config, 4);
+            let mut slotted = Machine::with_driver_slots(config, 4);
+            let mut here: Vec<(InvocationId, MachineSlot)> = Vec::new();
+            for n in 0..400u64 {
+                match rng.random_range(0..10) {
+                    0..4 => {
+                        let class = ClassId(rng.random_range(0..4));
+                        indexed.handle_arrival(id(n), class, 100).unwrap();
+                        let slot = slotted.handle_arrival_at(id(n), class, 100).unwrap();
+                        here.push((id(n), slot));
+                    }
+                    4..7 if !here.is_empty() => {
+                        let (i, slot) = here.swap_remove(rng.random_range(0..here.len()));
+                        indexed.handle_completion(i);
+                        slotted.handle_completion_at(slot);
+                    }
+                    7 if !here.is_empty() => {
+                        let (i, slot) = here[rng.random_range(0..here.len())];
+                        let mb = rng.random_range(50..2500);
+                        indexed.handle_memory(i, mb);
+                        slotted.handle_memory_at(slot, mb);
+                    }
+                    8 if !here.is_empty() => {
+                        let (i, _) = here[rng.random_range(0..here.len())];
+                        indexed.handle_blocked(i);
+                        slotted.handle_blocked(i);
+                    }
+                    _ if !here.is_empty() => {
+                        let (i, _) = here[rng.random_range(0..here.len())];
+                        indexed.handle_ready(i);
+                        slotted.handle_ready(i);
+                    }
+                    _ => {}
+                }
+                let (a, b) = (drain(&mut indexed), drain(&mut slotted));
+                assert_eq!(a, b, "round {round}, step {n}");
+                // Killed invocations leave the machine: forget their slots.
+                here.retain(|(i, _)| !a.contains(&Kill(*i)));
+                for &(i, slot) in &here {
+                    assert_eq!(slotted.id_at(slot), i);
+                    assert_eq!(slotted.is_running_at(slot), indexed.is_running(i));
+                }
+                assert_eq!(indexed.running(), slotted.running());
+                assert_eq!(indexed.functions(), slotted.functions());
+                assert_eq!(indexed.used_mb(), slotted.used_mb());
+            }
+        }
+    }
+
+    #[test]
+    fn a_driver_holding_slots_still_gets_duplicate_ids_refused_by_id() {
+        let mut m = Machine::with_driver_slots(
+            MachineConfig {
+                cores: 1,
+                memory: None,
+            },
+            4,
+        );
+        m.handle_arrival(id(1), ClassId(0), 100).unwrap();
+        assert_eq!(
+            m.handle_arrival(id(1), ClassId(0), 100),
+            Err(AlreadyPlaced(id(1)))
+        );
+        assert_eq!(drain(&mut m), vec![Start(id(1))]);
+        m.handle_completion(id(1));
+        assert_eq!(m.functions(), 0);
     }
 
     #[test]

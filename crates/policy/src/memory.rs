@@ -39,7 +39,6 @@ pub enum MemoryConfigError {
 use std::collections::BTreeMap;
 
 use crate::class::ClassId;
-use crate::InvocationId;
 
 /// A machine's memory limits. Absent (`None` in `MachineConfig`) means unlimited memory.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,8 +110,8 @@ pub struct MemoryLedger {
     used_mb: u64,
     swap_used_mb: u64,
     resident_by_class: Vec<u64>,
-    /// Per class: parked resident invocations by arrival sequence.
-    parked: Vec<BTreeMap<u64, InvocationId>>,
+    /// Per class: parked resident invocations by arrival sequence, as their machine's slots.
+    parked: Vec<BTreeMap<u64, u32>>,
     pub(crate) stats: MemoryStats,
 }
 
@@ -166,8 +165,8 @@ impl MemoryLedger {
         self.resident_by_class[class.index()] -= mb;
     }
 
-    pub(crate) fn park(&mut self, class: ClassId, seq: u64, id: InvocationId) {
-        self.parked[class.index()].insert(seq, id);
+    pub(crate) fn park(&mut self, class: ClassId, seq: u64, slot: u32) {
+        self.parked[class.index()].insert(seq, slot);
     }
 
     pub(crate) fn unpark(&mut self, class: ClassId, seq: u64) {
@@ -229,15 +228,16 @@ impl MemoryLedger {
     }
 
     /// The next parked invocation to swap out: lowest class, latest arrival, whose memory fits
-    /// in the remaining swap space. `mem_of` gives an invocation's resident memory.
-    pub(crate) fn swap_victim(&self, mem_of: impl Fn(InvocationId) -> u64) -> Option<InvocationId> {
+    /// in the remaining swap space, as its machine slot. `mem_of` gives a slot's resident
+    /// memory.
+    pub(crate) fn swap_victim(&self, mem_of: impl Fn(u32) -> u64) -> Option<u32> {
         let c = self.config?;
         let swap_free = c.swap_mb.saturating_sub(self.swap_used_mb);
         self.parked
             .iter()
             .flat_map(|by_seq| by_seq.values().rev())
             .copied()
-            .find(|&id| mem_of(id) <= swap_free)
+            .find(|&slot| mem_of(slot) <= swap_free)
     }
 
     pub fn stats(&self) -> &MemoryStats {

@@ -54,6 +54,39 @@ impl PollReply {
     pub fn class_aware_key(&self) -> (u32, u32, u32) {
         (self.waits(), self.ahead, self.functions)
     }
+
+    /// [`PollReply::class_aware_key`] packed into one integer that orders the same way: one
+    /// comparison instead of a tuple's three (a shard ranks every reply of every decision).
+    pub(crate) fn class_aware_rank(&self) -> u128 {
+        (u128::from(self.waits()) << 64)
+            | (u128::from(self.ahead) << 32)
+            | u128::from(self.functions)
+    }
+}
+
+/// The best and the second best replies with at least `need_mb` of room under the class-aware
+/// rule, as indices into `replies`; ties go to the earlier reply, as `min_by_key` breaks them.
+/// One pass, for a shard that places on the best and remembers the second.
+pub(crate) fn class_aware_best_two(
+    replies: &[PollReply],
+    need_mb: u64,
+) -> (Option<usize>, Option<usize>) {
+    // `(index, rank)` of each.
+    let mut best: Option<(usize, u128)> = None;
+    let mut second: Option<(usize, u128)> = None;
+    for (i, r) in replies.iter().enumerate() {
+        if r.room_mb < need_mb {
+            continue;
+        }
+        let rank = r.class_aware_rank();
+        if best.is_none_or(|(_, b)| rank < b) {
+            second = best;
+            best = Some((i, rank));
+        } else if second.is_none_or(|(_, s)| rank < s) {
+            second = Some((i, rank));
+        }
+    }
+    (best.map(|b| b.0), second.map(|s| s.0))
 }
 
 /// How a shard ranks machines, on its idle list and among polled machines (see the module
@@ -88,11 +121,9 @@ impl PlacementRule {
     pub fn choose(self, replies: &[PollReply], need_mb: u64) -> Option<MachineId> {
         match self {
             Self::Paper => least_loaded(replies, need_mb),
-            Self::ClassAware => replies
-                .iter()
-                .filter(|r| r.room_mb >= need_mb)
-                .min_by_key(|r| r.class_aware_key())
-                .map(|r| r.machine),
+            Self::ClassAware => class_aware_best_two(replies, need_mb)
+                .0
+                .map(|i| replies[i].machine),
         }
     }
 }
@@ -211,6 +242,43 @@ mod tests {
             Some(MachineId(2))
         );
         assert_eq!(PlacementRule::ClassAware.choose(&replies, 5000), None);
+    }
+
+    /// The one-pass best and runner-up agree with ranking by `class_aware_key` with
+    /// `min_by_key` (first minimum wins), including ties and replies without room.
+    #[test]
+    fn best_two_in_one_pass_match_min_by_key() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(13);
+        for _ in 0..5000 {
+            let n = rng.random_range(0..6);
+            let replies: Vec<PollReply> = (0..n)
+                .map(|m| PollReply {
+                    machine: MachineId(m),
+                    functions: rng.random_range(0..4),
+                    room_mb: rng.random_range(0..3) * 100,
+                    ahead: rng.random_range(0..4),
+                    cores: rng.random_range(1..3),
+                })
+                .collect();
+            let need = 100;
+            let first = replies
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.room_mb >= need)
+                .min_by_key(|(_, r)| r.class_aware_key())
+                .map(|(i, _)| i);
+            let second = replies
+                .iter()
+                .enumerate()
+                .filter(|&(i, r)| Some(i) != first && r.room_mb >= need)
+                .min_by_key(|(_, r)| r.class_aware_key())
+                .map(|(i, _)| i);
+            assert_eq!(
+                class_aware_best_two(&replies, need),
+                (first, second),
+                "{replies:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rand::Rng;
 use crate::class::{ClassId, ClassSet};
 use crate::idle_list::{IdleEntry, IdleList};
 use crate::multi_queue::MultiQueue;
-use crate::placement::{sample_machines, PlacementRule, PollReply};
+use crate::placement::{class_aware_best_two, sample_machines, PlacementRule, PollReply};
 use crate::{InvocationId, MachineId};
 
 /// How many times an invocation that came back unanswered is placed again before it fails,
@@ -279,18 +279,11 @@ impl Shard {
     /// found a free core ([`TOP_FREE_SHARE_DEFER_MIN`]), at most `top_class_defers_max` times
     /// in a row for one invocation, so a top class beyond the cluster's capacity is still
     /// placed; never when every machine was polled (another poll could find nothing new).
-    fn defer(
-        &mut self,
-        id: InvocationId,
-        chosen: Option<MachineId>,
-        replies: &[PollReply],
-    ) -> bool {
-        if replies.len() >= self.machines as usize {
+    fn defer(&mut self, id: InvocationId, chosen: Option<&PollReply>, polled: usize) -> bool {
+        if polled >= self.machines as usize {
             return false;
         }
-        let waits = chosen
-            .and_then(|m| replies.iter().find(|r| r.machine == m))
-            .is_some_and(|r| r.waits() > 0);
+        let waits = chosen.is_some_and(|r| r.waits() > 0);
         let times = match self.deferred {
             Some((last, n)) if last == id => n,
             _ => 0,
@@ -317,18 +310,21 @@ impl Shard {
             .polling
             .take()
             .expect("finish_decision after begin_decision asked to poll");
-        let mut chosen = self.placement.choose(replies, pending.start_mb);
+        let mut chosen;
         let mut deferred = false;
         if self.placement == PlacementRule::ClassAware {
-            if class == self.top_class && self.defer(pending.id, chosen, replies) {
+            // What `choose` picks, and the best of the others, in one pass.
+            let (best, second) = class_aware_best_two(replies, pending.start_mb);
+            chosen = best.map(|i| replies[i].machine);
+            let best_reply = best.map(|i| &replies[i]);
+            if class == self.top_class && self.defer(pending.id, best_reply, replies.len()) {
                 (chosen, deferred) = (None, true);
             }
-            // The best of the others, ranked as `choose` ranks them (no allocation per decision).
-            self.remembered[class.index()] = replies
-                .iter()
-                .filter(|r| Some(r.machine) != chosen && r.room_mb >= pending.start_mb)
-                .min_by_key(|r| r.class_aware_key())
-                .map(|r| r.machine);
+            // Remember the best machine not chosen: the runner-up, or the best if deferred.
+            let remembered = if deferred { best } else { second };
+            self.remembered[class.index()] = remembered.map(|i| replies[i].machine);
+        } else {
+            chosen = self.placement.choose(replies, pending.start_mb);
         }
         match chosen {
             Some(machine) => ShardDecision::Place {

@@ -2,11 +2,14 @@
 //!
 //! `cargo bench -p turnpike-sim --bench throughput [-- NAME... | --quick]`
 //!
-//! Workloads (all at offered load 0.9 with the fig4 preset's classes and per-function Pareto
-//! runtimes, unlimited memory, idle list off):
-//! - fig4: 100 machines x 8 cores, 250 simulated seconds of arrivals (~2.2 M invocations),
-//!   Turnpike, Hermod and EDF;
-//! - 2000x64: 2,000 machines x 64 cores, Turnpike, 1.5 simulated seconds (~2.1 M invocations).
+//! Workloads (all at offered load 0.9 with the fig4 preset's classes, Poisson arrivals,
+//! unlimited memory, idle list off):
+//! - pareto 100x8: issue 20's workload: 100 machines x 8 cores, one function (so one class),
+//!   Pareto(alpha 2.5, x_m 50 ms) runtimes, 120 simulated seconds (~1.0 M invocations);
+//! - pareto 2000x64: the same on 2,000 machines x 64 cores, 1.5 simulated seconds (~2.1 M);
+//! - fig4: 100 machines x 8 cores, the fig4 preset's 1,000 functions in four classes with
+//!   per-function Pareto runtimes, 250 simulated seconds (~2.2 M), Turnpike, Hermod and EDF;
+//! - fig4 2000x64: the fig4 workload on 2,000 machines x 64 cores, 1.5 simulated seconds.
 //!
 //! Each workload has a baseline measured in the same run: a bare event loop that draws the
 //! same arrivals from `Workload::next_arrival` and pushes and pops an arrival and a completion
@@ -22,7 +25,9 @@
 //! printed: a run that shared the machine is not a figure. Nothing asserts on wall time.
 //!
 //! Arguments: words select runs by name (`turnpike`, `2000x64`, ...); `--quick` is one round
-//! of a tenth of the simulated time. Without `--bench` (as under `cargo test --benches`) it
+//! of a tenth of the simulated time. `--memory` instead measures peak RSS against the number
+//! of invocations: 10 M and 100 M on the 2,000 x 64 cluster (`--memory --quick`: 1 M and
+//! 10 M), each beside the bare loop over the same arrivals. Without `--bench` (as under `cargo test --benches`) it
 //! only runs a tiny smoke version.
 
 use std::cmp::Reverse;
@@ -32,7 +37,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use turnpike_policy::ClassSet;
-use turnpike_sim::config::{Config, SchedulerKind};
+use turnpike_sim::config::{Config, SchedulerKind, ServiceConfig};
 use turnpike_sim::engine::Sim;
 use turnpike_sim::workload::Workload;
 
@@ -45,42 +50,118 @@ enum Runner {
     Sim(SchedulerKind),
 }
 
+/// The workloads (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    Pareto,
+    Pareto2000,
+    Fig4,
+    Fig42000,
+}
+
+impl Shape {
+    const ALL: [Self; 4] = [Self::Pareto, Self::Pareto2000, Self::Fig4, Self::Fig42000];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pareto => "pareto 100x8",
+            Self::Pareto2000 => "pareto 2000x64",
+            Self::Fig4 => "fig4 100x8",
+            Self::Fig42000 => "fig4 2000x64",
+        }
+    }
+
+    fn big(self) -> bool {
+        matches!(self, Self::Pareto2000 | Self::Fig42000)
+    }
+
+    /// Simulated seconds of arrivals in a full run (about 1-2 M invocations each).
+    fn full_secs(self) -> f64 {
+        match self {
+            Self::Pareto => 120.0,
+            Self::Fig4 => 250.0,
+            Self::Pareto2000 | Self::Fig42000 => 1.5,
+        }
+    }
+
+    /// The workload with `secs` of arrivals (the first tenth not measured).
+    fn config(self, secs: f64, smoke: bool) -> Config {
+        let mut c = Config::preset("fig4").expect("the fig4 preset parses");
+        c.loads = vec![LOAD];
+        c.workload.duration_s = secs;
+        c.workload.warmup_s = secs * 0.1;
+        if matches!(self, Self::Pareto | Self::Pareto2000) {
+            c.workload.functions = 1;
+            c.workload.service = Some(ServiceConfig::Pareto {
+                alpha: 2.5,
+                xm_ms: 50.0,
+            });
+        }
+        if self.big() {
+            c.cluster.machines = 2_000;
+            c.cluster.cores = 64;
+        }
+        if smoke {
+            c.cluster.machines = if self.big() { 20 } else { 10 };
+        }
+        c
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Case {
-    name: &'static str,
-    big: bool,
+    shape: Shape,
     runner: Runner,
 }
 
-const CASES: [Case; 6] = [
+impl Case {
+    fn name(&self) -> String {
+        match self.runner {
+            Runner::Bare => format!("bare loop, {}", self.shape.name()),
+            Runner::Sim(kind) => format!("{} {}", kind.name(), self.shape.name()),
+        }
+    }
+}
+
+const CASES: [Case; 10] = [
     Case {
-        name: "bare loop, fig4",
-        big: false,
+        shape: Shape::Pareto,
         runner: Runner::Bare,
     },
     Case {
-        name: "turnpike fig4",
-        big: false,
+        shape: Shape::Pareto,
         runner: Runner::Sim(SchedulerKind::Turnpike),
     },
     Case {
-        name: "hermod fig4",
-        big: false,
-        runner: Runner::Sim(SchedulerKind::Hermod),
-    },
-    Case {
-        name: "edf fig4",
-        big: false,
-        runner: Runner::Sim(SchedulerKind::Edf),
-    },
-    Case {
-        name: "bare loop, 2000x64",
-        big: true,
+        shape: Shape::Pareto2000,
         runner: Runner::Bare,
     },
     Case {
-        name: "turnpike 2000x64",
-        big: true,
+        shape: Shape::Pareto2000,
+        runner: Runner::Sim(SchedulerKind::Turnpike),
+    },
+    Case {
+        shape: Shape::Fig4,
+        runner: Runner::Bare,
+    },
+    Case {
+        shape: Shape::Fig4,
+        runner: Runner::Sim(SchedulerKind::Turnpike),
+    },
+    Case {
+        shape: Shape::Fig4,
+        runner: Runner::Sim(SchedulerKind::Hermod),
+    },
+    Case {
+        shape: Shape::Fig4,
+        runner: Runner::Sim(SchedulerKind::Edf),
+    },
+    Case {
+        shape: Shape::Fig42000,
+        runner: Runner::Bare,
+    },
+    Case {
+        shape: Shape::Fig42000,
         runner: Runner::Sim(SchedulerKind::Turnpike),
     },
 ];
@@ -113,26 +194,12 @@ impl Size {
         }
     }
 
-    fn config(self, big: bool) -> Config {
-        let mut c = Config::preset("fig4").expect("the fig4 preset parses");
-        c.loads = vec![LOAD];
-        let secs = match (self, big) {
-            (Self::Full, false) => 250.0,
-            (Self::Full, true) => 1.5,
-            (Self::Quick, false) => 25.0,
-            (Self::Quick, true) => 0.15,
-            (Self::Smoke, _) => 1.0,
-        };
-        c.workload.duration_s = secs;
-        c.workload.warmup_s = secs * 0.1;
-        if big {
-            c.cluster.machines = 2_000;
-            c.cluster.cores = 64;
+    fn config(self, shape: Shape) -> Config {
+        match self {
+            Self::Full => shape.config(shape.full_secs(), false),
+            Self::Quick => shape.config(shape.full_secs() / 10.0, false),
+            Self::Smoke => shape.config(1.0, true),
         }
-        if self == Self::Smoke {
-            c.cluster.machines = if big { 20 } else { 10 };
-        }
-        c
     }
 }
 
@@ -166,7 +233,18 @@ fn main() {
             .get(i + 1)
             .and_then(|n| n.parse().ok())
             .expect("--child takes a case number");
-        let s = run(&size.config(CASES[case].big), CASES[case].runner);
+        let shape = CASES[case].shape;
+        // `--secs S`: the memory runs' lengths (see `memory`).
+        let config = match args.iter().position(|a| a == "--secs") {
+            Some(j) => shape.config(
+                args.get(j + 1)
+                    .and_then(|n| n.parse().ok())
+                    .expect("--secs takes simulated seconds"),
+                false,
+            ),
+            None => size.config(shape),
+        };
+        let s = run(&config, CASES[case].runner);
         println!(
             "RESULT {} {} {} {}",
             s.invocations,
@@ -176,6 +254,10 @@ fn main() {
         );
         return;
     }
+    if args.iter().any(|a| a == "--memory") {
+        memory(size);
+        return;
+    }
     // Words that are not flags select runs by name.
     let filters: Vec<&str> = args
         .iter()
@@ -183,41 +265,38 @@ fn main() {
         .map(String::as_str)
         .collect();
     let cases: Vec<usize> = (0..CASES.len())
-        .filter(|&i| filters.is_empty() || filters.iter().any(|f| CASES[i].name.contains(f)))
+        .filter(|&i| filters.is_empty() || filters.iter().any(|f| CASES[i].name().contains(f)))
         .collect();
 
-    for (name, big) in [("fig4", false), ("2000x64", true)] {
-        let c = size.config(big);
+    for shape in Shape::ALL {
+        let c = size.config(shape);
+        let runtimes = if c.workload.functions == 1 {
+            "one function, Pareto(alpha 2.5, x_m 50 ms)"
+        } else {
+            "1,000 functions in 4 classes, per-function Pareto(alpha 2.5, x_m ~ N(50, 20) ms)"
+        };
         println!(
-            "workload {name}: {} machines x {} cores, load {LOAD}, {} s of arrivals (+ up to {} s \
-             drain), per-function Pareto(alpha 2.5, x_m ~ N(50, 20) ms), unlimited memory, idle \
-             list off",
-            c.cluster.machines, c.cluster.cores, c.workload.duration_s, c.workload.drain_s
+            "workload {}: {} machines x {} cores, load {LOAD}, {} s of arrivals (+ up to {} s \
+             drain), {runtimes}, unlimited memory, idle list off",
+            shape.name(),
+            c.cluster.machines,
+            c.cluster.cores,
+            c.workload.duration_s,
+            c.workload.drain_s
         );
     }
 
     let rounds = size.rounds();
-    let exe = std::env::current_exe().expect("the bench knows its own path");
     let started = Instant::now();
     let cpu_before = CpuTimes::now();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CASES.len()];
     for round in 0..rounds {
         for &i in &cases {
-            let out = Command::new(&exe)
-                .args(size.flag())
-                .arg("--child")
-                .arg(i.to_string())
-                .output()
-                .expect("the bench can run itself");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let s = text
-                .lines()
-                .find_map(parse_result)
-                .unwrap_or_else(|| panic!("run {} failed: {out:?}", CASES[i].name));
+            let s = child(size, i, None);
             println!(
-                "  round {}: {:<20} {:>6.2} M inv/s  ({} inv, {} events, {:.2} s)",
+                "  round {}: {:<26} {:>6.2} M inv/s  ({} inv, {} events, {:.2} s)",
                 round + 1,
-                CASES[i].name,
+                CASES[i].name(),
                 s.inv_per_s() / 1e6,
                 s.invocations,
                 s.events,
@@ -236,7 +315,7 @@ fn main() {
         cases
             .iter()
             .copied()
-            .find(|&b| CASES[b].big == CASES[i].big && CASES[b].runner == Runner::Bare)
+            .find(|&b| CASES[b].shape == CASES[i].shape && CASES[b].runner == Runner::Bare)
     };
     let rate = |i: usize| median(samples[i].iter().map(Sample::inv_per_s).collect());
     let ratio = |i: usize| {
@@ -257,7 +336,7 @@ fn main() {
          interleaved round(s)"
     );
     println!(
-        "{:<20} {:>9} {:>12} {:>12} {:>9} {:>8} {:>12}",
+        "{:<26} {:>9} {:>12} {:>12} {:>9} {:>8} {:>12}",
         "run", "M inv/s", "M events/s", "invocations", "vs bare", "spread", "peak RSS MB"
     );
     for &i in &cases {
@@ -269,8 +348,8 @@ fn main() {
             .max()
             .map_or("n/a".to_string(), |kb| format!("{:.0}", kb as f64 / 1024.0));
         println!(
-            "{:<20} {:>9.2} {:>12.2} {:>12} {:>9} {:>7.0}% {:>12}",
-            CASES[i].name,
+            "{:<26} {:>9.2} {:>12.2} {:>12} {:>9} {:>7.0}% {:>12}",
+            CASES[i].name(),
             rate(i) / 1e6,
             events / 1e6,
             s[0].invocations,
@@ -288,7 +367,7 @@ fn main() {
             continue;
         }
         let vs = ratio(i).map_or(String::new(), |r| format!(" ({r:.3} x the bare loop)"));
-        println!("{}: {:.2} M inv/s{vs}", CASES[i].name, rate(i) / 1e6);
+        println!("{}: {:.2} M inv/s{vs}", CASES[i].name(), rate(i) / 1e6);
     }
     match others {
         Some(o) => println!(
@@ -300,9 +379,77 @@ fn main() {
         }
     }
     println!(
-        "target: >= 1.00 M simulated inv/s for turnpike fig4 (reported, not asserted); \
-         total wall {wall:.1} s"
+        "targets (issue 20; reported, not asserted): >= 8 M simulated inv/s for turnpike \
+         pareto 100x8, >= 3 M for turnpike 2000x64; total wall {wall:.1} s"
     );
+}
+
+/// Runs `case` in a child process for `secs` simulated seconds of arrivals.
+fn child(size: Size, case: usize, secs: Option<f64>) -> Sample {
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    let mut cmd = Command::new(&exe);
+    cmd.args(size.flag()).arg("--child").arg(case.to_string());
+    if let Some(secs) = secs {
+        cmd.arg("--secs").arg(secs.to_string());
+    }
+    let out = cmd.output().expect("the bench can run itself");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(parse_result)
+        .unwrap_or_else(|| panic!("run {} failed: {out:?}", CASES[case].name()))
+}
+
+/// `-- --memory`: peak RSS against the number of invocations simulated, on the 2,000 x 64
+/// cluster with issue 20's workload: 10 M and 100 M invocations (`--quick`: 1 M and 10 M), the
+/// bare loop over the same arrivals as baseline, one child process per run.
+fn memory(size: Size) {
+    let (bare, sim) = (2, 3);
+    assert_eq!(CASES[sim].shape, Shape::Pareto2000);
+    let millions: [f64; 2] = if size == Size::Full {
+        [10.0, 100.0]
+    } else {
+        [1.0, 10.0]
+    };
+    // Offered load 0.9 of 128,000 cores with a mean runtime of 83.3 ms (Pareto 2.5, 50 ms).
+    let per_sim_second = LOAD * 128_000.0 / 0.083_333_333;
+    let cpu_before = CpuTimes::now();
+    let started = Instant::now();
+    println!(
+        "peak RSS against invocations simulated: {} on 2,000 machines x 64 cores, load {LOAD}",
+        Shape::Pareto2000.name()
+    );
+    println!(
+        "{:<26} {:>12} {:>9} {:>9} {:>12}",
+        "run", "invocations", "M inv/s", "vs bare", "peak RSS MB"
+    );
+    let mut rss = Vec::new();
+    for m in millions {
+        let secs = m * 1e6 / per_sim_second;
+        let b = child(size, bare, Some(secs));
+        let s = child(size, sim, Some(secs));
+        for (case, x, ratio) in [(bare, &b, 1.0), (sim, &s, s.inv_per_s() / b.inv_per_s())] {
+            println!(
+                "{:<26} {:>12} {:>9.2} {:>8.3}x {:>12.0}",
+                CASES[case].name(),
+                x.invocations,
+                x.inv_per_s() / 1e6,
+                ratio,
+                x.peak_rss_kb.unwrap_or(0) as f64 / 1024.0
+            );
+        }
+        rss.push(s.peak_rss_kb.unwrap_or(0) as f64 / 1024.0);
+    }
+    println!(
+        "turnpike peak RSS, {:.0} M invocations / {:.0} M: {:.3} (goal: within 10%, and under \
+         300 MB at 100 M)",
+        millions[1],
+        millions[0],
+        rss[1] / rss[0]
+    );
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(o) = cpu_before.and_then(|b| CpuTimes::now().map(|a| a.others_since(&b, wall))) {
+        println!("other work on this machine during the runs: {o:.2} CPUs on average");
+    }
 }
 
 fn parse_result(line: &str) -> Option<Sample> {

@@ -21,21 +21,20 @@
 //!   except as fixed delays: `transit_delay_us` is added to every invocation's latency (the
 //!   trip to its machine and back that real services have; the twin check measures it).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use turnpike_policy::baseline::edf::{self, EdfMachine};
 use turnpike_policy::baseline::hermod::PsMachine;
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
-use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
+use turnpike_policy::machine::{Machine, MachineAction, MachineConfig, MachineSlot};
 use turnpike_policy::placement::{least_loaded, sample_machines, PollReply};
 use turnpike_policy::shard::{AfterReturn, Pending, Shard, ShardConfig, ShardDecision, Via};
 use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 
 use crate::config::{Config, SchedulerKind};
+use crate::queue::{key, key_time, EventQueue};
+use crate::sketch::Sketch;
 use crate::trace::Trace;
 use crate::workload::{Arrival, Workload};
 
@@ -54,6 +53,8 @@ enum Event {
     Window,
 }
 
+/// One invocation in the system, in a slot of [`Sim`]'s table that is reused once it is done
+/// (so the table follows the invocations in flight, not the run's length).
 #[derive(Clone, Copy, Debug)]
 struct Inv {
     arrival_ns: u64,
@@ -63,8 +64,15 @@ struct Inv {
     start_mb: u64,
     peak_mb: u64,
     class: ClassId,
+    /// Bumped at every preemption, kill and release of the slot: a `Complete` event carries the
+    /// version it was scheduled at and is ignored if it no longer matches.
     version: u32,
+    /// How many invocations held this slot before: the high half of the id the policy core
+    /// sees, so ids stay unique although slots are reused.
+    generation: u32,
     machine: u32,
+    /// Where its machine keeps it (`Machine::handle_arrival_at`), valid while it is there.
+    machine_slot: u32,
     requeues: u32,
     /// The shard it was last handed to (Turnpike).
     shard: u32,
@@ -119,17 +127,25 @@ pub struct ClassOutcome {
     pub failed: u64,
     /// Kills of invocations of this class (measured or not).
     pub kills: u64,
-    pub latencies_ns: Vec<u64>,
-    pub slowdowns: Vec<f64>,
+    /// Latencies (ns) of the completed measured invocations: a sketch, so a run's memory does
+    /// not grow with its invocations (see [`crate::sketch`] for its error bound).
+    pub latency_ns: Sketch,
+    /// Their slowdowns (latency / runtime).
+    pub slowdown: Sketch,
+    /// Every `(latency ns, slowdown)` in completion order, kept only when the run was asked
+    /// to ([`Sim::keep_samples`]): for checking the sketches against exact percentiles.
+    pub samples: Vec<(u64, f64)>,
 }
 
 impl ClassOutcome {
-    /// Latencies in milliseconds, ascending (a finished run holds them sorted).
-    pub fn latencies_ms(&self) -> Vec<f64> {
-        self.latencies_ns
-            .iter()
-            .map(|&n| n as f64 / NS_PER_MS as f64)
-            .collect()
+    /// The `q` latency quantile in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        self.latency_ns.quantile(q).map(|ns| ns / NS_PER_MS as f64)
+    }
+
+    /// The mean latency in milliseconds.
+    pub fn mean_latency_ms(&self) -> Option<f64> {
+        self.latency_ns.mean().map(|ns| ns / NS_PER_MS as f64)
     }
 }
 
@@ -162,6 +178,9 @@ pub struct RunOutcome {
     /// Invocations generated (measured or not) and events processed: for speed figures.
     pub invocations: u64,
     pub events: u64,
+    /// The invocation table's size at the end: the most invocations in flight at once (slots
+    /// are reused), which is what the run's memory follows.
+    pub slots: u64,
     pub mean_runtime_ms: f64,
 }
 
@@ -172,25 +191,30 @@ pub struct Sim<'a> {
     kind: SchedulerKind,
     now: u64,
     seq: u64,
-    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    events: EventQueue<Event>,
     workload: Workload<'a>,
     /// The next arrival lives outside the heap (one fewer heap operation per invocation); it
     /// takes a sequence number like any event, so ties order exactly as if it were queued.
     next_arrival: Option<Arrival>,
     next_arrival_seq: u64,
     rng: Pcg64Mcg,
+    /// Indexed by slot (the low 32 bits of an `InvocationId`); `free` lists the slots whose
+    /// invocations are done, reused before the table grows.
     invs: Vec<Inv>,
+    free: Vec<u32>,
+    /// Measured (arrived after warm-up) invocations per class, counted as they arrive.
+    measured_by_class: Vec<u64>,
     in_flight: u64,
     // Turnpike.
     machines: Vec<Machine>,
     dispatchers: Vec<Dispatcher>,
     shards: Vec<ShardState>,
     /// Invocations handed to each shard and not finished (the gateway's shard choice).
-    shard_in_flight: Vec<u64>,
+    /// Kept as `(shard, count)` pairs, the candidates `choose_shard` takes, so a choice reads
+    /// them in place instead of copying them per invocation.
+    shard_in_flight: Vec<(usize, u64)>,
     /// The gateway's own random stream, so its choices leave the shards' draws as they were.
     gateway_rng: Pcg64Mcg,
-    /// Reused for the shard choice's candidates.
-    shard_candidates: Vec<(usize, u64)>,
     // Hermod.
     ps: Vec<PsMachine>,
     ps_version: Vec<u32>,
@@ -199,9 +223,10 @@ pub struct Sim<'a> {
     // EDF.
     edf: Option<EdfMachine>,
     busy: Vec<Busy>,
-    scratch: Vec<InvocationId>,
+    scratch: Vec<MachineSlot>,
     requeue: Vec<u32>,
     // Measurement.
+    keep_samples: bool,
     warmup_ns: u64,
     end_ns: u64,
     stop_ns: u64,
@@ -252,15 +277,18 @@ impl<'a> Sim<'a> {
             kind,
             now: 0,
             seq: 0,
-            events: BinaryHeap::new(),
+            events: EventQueue::for_cores(u64::from(c.machines) * u64::from(c.cores)),
             next_arrival: None,
             next_arrival_seq: 0,
             rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x7011_c1e5),
             invs: Vec::new(),
+            free: Vec::new(),
+            measured_by_class: vec![0; n],
             in_flight: 0,
             machines: if turnpike {
                 (0..c.machines)
-                    .map(|_| Machine::new(machine_config, n))
+                    // The engine keeps each invocation's machine slot: no id index needed.
+                    .map(|_| Machine::with_driver_slots(machine_config, n))
                     .collect()
             } else {
                 Vec::new()
@@ -283,9 +311,8 @@ impl<'a> Sim<'a> {
             } else {
                 Vec::new()
             },
-            shard_in_flight: vec![0; c.shards as usize],
+            shard_in_flight: (0..c.shards as usize).map(|s| (s, 0)).collect(),
             gateway_rng: Pcg64Mcg::seed_from_u64(config.seed ^ 0x6a7e_3a11),
-            shard_candidates: Vec::with_capacity(c.shards as usize),
             ps: if kind == SchedulerKind::Hermod {
                 (0..c.machines).map(|_| PsMachine::new(c.cores)).collect()
             } else {
@@ -305,6 +332,7 @@ impl<'a> Sim<'a> {
             busy: vec![Busy::default(); machine_count as usize],
             scratch: Vec::new(),
             requeue: Vec::new(),
+            keep_samples: false,
             warmup_ns: (w.warmup_s * NS_PER_S) as u64,
             end_ns,
             stop_ns: end_ns + (w.drain_s * NS_PER_S) as u64,
@@ -326,6 +354,7 @@ impl<'a> Sim<'a> {
                 }),
                 invocations: 0,
                 events: 0,
+                slots: 0,
                 mean_runtime_ms: 0.0,
             },
             workload,
@@ -344,9 +373,16 @@ impl<'a> Sim<'a> {
         sim
     }
 
+    /// Also keeps every measured latency and slowdown ([`ClassOutcome::samples`]), which the
+    /// sketches make unnecessary: for tests that check them on runs small enough.
+    pub fn keep_samples(mut self) -> Self {
+        self.keep_samples = true;
+        self
+    }
+
     fn push(&mut self, at_ns: u64, event: Event) {
         self.seq += 1;
-        self.events.push(Reverse((at_ns, self.seq, event)));
+        self.events.push(key(at_ns, self.seq), event);
     }
 
     fn memory_limited(&self) -> bool {
@@ -386,8 +422,7 @@ impl<'a> Sim<'a> {
             .next_arrival
             .take()
             .expect("an Arrival event has its arrival");
-        let id = self.invs.len() as u32;
-        self.invs.push(Inv {
+        let fresh = Inv {
             arrival_ns: a.at_ns,
             runtime_ns: a.runtime_ns,
             remaining_ns: a.runtime_ns,
@@ -396,10 +431,30 @@ impl<'a> Sim<'a> {
             peak_mb: a.peak_mb,
             class: a.class,
             version: 0,
+            generation: 0,
             machine: 0,
+            machine_slot: 0,
             requeues: 0,
             shard: 0,
-        });
+        };
+        let id = match self.free.pop() {
+            Some(slot) => {
+                let old = self.invs[slot as usize];
+                self.invs[slot as usize] = Inv {
+                    version: old.version,
+                    generation: old.generation + 1,
+                    ..fresh
+                };
+                slot
+            }
+            None => {
+                self.invs.push(fresh);
+                u32::try_from(self.invs.len() - 1).expect("fewer than 2^32 invocations in flight")
+            }
+        };
+        if a.at_ns >= self.warmup_ns {
+            self.measured_by_class[a.class.index()] += 1;
+        }
         self.outcome.invocations += 1;
         self.in_flight += 1;
         match self.kind {
@@ -418,12 +473,27 @@ impl<'a> Sim<'a> {
 
     /// The next event in (time, sequence) order, from the heap or the pending arrival.
     fn pop_event(&mut self) -> Option<(u64, Event)> {
-        let arrival = self.next_arrival.map(|a| (a.at_ns, self.next_arrival_seq));
-        let queued = self.events.peek().map(|Reverse((at, seq, _))| (*at, *seq));
+        let arrival = self
+            .next_arrival
+            .map(|a| key(a.at_ns, self.next_arrival_seq));
+        let queued = self.events.peek_key();
         match (arrival, queued) {
-            (Some(a), q) if q.is_none_or(|q| a < q) => Some((a.0, Event::Arrival)),
-            _ => self.events.pop().map(|Reverse((at, _, event))| (at, event)),
+            (Some(a), q) if q.is_none_or(|q| a < q) => Some((key_time(a), Event::Arrival)),
+            _ => self.events.pop().map(|(k, event)| (key_time(k), event)),
         }
+    }
+
+    /// The id the policy core knows invocation slot `inv` by: unique over the run.
+    fn id(&self, inv: u32) -> InvocationId {
+        let generation = self.invs[inv as usize].generation;
+        InvocationId((u64::from(generation) << 32) | u64::from(inv))
+    }
+
+    /// The invocation in slot `inv` is done (completed or failed for good): its slot may be
+    /// reused, and any event still scheduled for it is made stale.
+    fn release(&mut self, inv: u32) {
+        self.invs[inv as usize].version += 1;
+        self.free.push(inv);
     }
 
     fn measured(&self, inv: &Inv) -> bool {
@@ -434,7 +504,7 @@ impl<'a> Sim<'a> {
     /// requeue).
     fn leave_shard(&mut self, inv: u32) {
         if self.kind == SchedulerKind::Turnpike {
-            self.shard_in_flight[self.invs[inv as usize].shard as usize] -= 1;
+            self.shard_in_flight[self.invs[inv as usize].shard as usize].1 -= 1;
         }
     }
 
@@ -445,10 +515,14 @@ impl<'a> Sim<'a> {
         if self.measured(&i) {
             let latency =
                 self.now - i.arrival_ns + self.config.cluster.transit_delay_us * NS_PER_US;
+            let slowdown = latency as f64 / i.runtime_ns as f64;
             let c = &mut self.outcome.classes[i.class.index()];
             c.completed += 1;
-            c.latencies_ns.push(latency);
-            c.slowdowns.push(latency as f64 / i.runtime_ns as f64);
+            c.latency_ns.record(latency as f64);
+            c.slowdown.record(slowdown);
+            if self.keep_samples {
+                c.samples.push((latency, slowdown));
+            }
         }
     }
 
@@ -456,16 +530,14 @@ impl<'a> Sim<'a> {
 
     /// The gateway hands an invocation to a shard (the policy core's choice).
     fn submit(&mut self, inv: u32) {
-        self.shard_candidates.clear();
-        self.shard_candidates
-            .extend(self.shard_in_flight.iter().copied().enumerate());
-        let s = choose_shard(&self.shard_candidates, &mut self.gateway_rng)
+        let s = choose_shard(&self.shard_in_flight, &mut self.gateway_rng)
             .expect("a cluster has shards") as u32;
-        self.shard_in_flight[s as usize] += 1;
+        self.shard_in_flight[s as usize].1 += 1;
         self.invs[inv as usize].shard = s;
+        let id = self.id(inv);
         let i = &self.invs[inv as usize];
         let pending = Pending {
-            id: InvocationId(u64::from(inv)),
+            id,
             class: i.class,
             start_mb: i.start_mb,
         };
@@ -490,6 +562,11 @@ impl<'a> Sim<'a> {
             let busy_until = self.shards[s as usize].busy_until_ns;
             if busy_until > self.now {
                 self.wake_shard_at(s, busy_until);
+                return;
+            }
+            // Nothing waiting: the decision would be `Idle` (it draws nothing from the RNG), so
+            // skip its look at every class queue.
+            if self.shards[s as usize].shard.queued() == 0 {
                 return;
             }
             let machines = &self.machines;
@@ -536,12 +613,14 @@ impl<'a> Sim<'a> {
     }
 
     fn deliver(&mut self, inv: u32, m: u32) {
+        let id = self.id(inv);
         let i = &mut self.invs[inv as usize];
         i.machine = m;
         let (class, start_mb) = (i.class, i.start_mb);
-        self.machines[m as usize]
-            .handle_arrival(InvocationId(u64::from(inv)), class, start_mb)
+        let slot = self.machines[m as usize]
+            .handle_arrival_at(id, class, start_mb)
             .expect("an invocation is delivered to one machine once");
+        self.invs[inv as usize].machine_slot = slot.0;
         self.drain_machine(m);
     }
 
@@ -554,7 +633,8 @@ impl<'a> Sim<'a> {
                 MachineAction::Preempt(id) => {
                     let mb = self.on_preempted(id);
                     if limited {
-                        self.machines[m as usize].handle_memory(id, mb);
+                        let slot = MachineSlot(self.invs[id.0 as u32 as usize].machine_slot);
+                        self.machines[m as usize].handle_memory_at(slot, mb);
                     }
                 }
                 MachineAction::SwapOut { .. } | MachineAction::SwapIn { .. } => {}
@@ -590,6 +670,7 @@ impl<'a> Sim<'a> {
             if self.measured(&i) {
                 self.outcome.classes[i.class.index()].failed += 1;
             }
+            self.release(inv);
         }
     }
 
@@ -642,10 +723,10 @@ impl<'a> Sim<'a> {
         }
         self.invs[inv as usize].remaining_ns = 0;
         self.record_completion(inv);
-        let id = InvocationId(u64::from(inv));
+        let id = self.id(inv);
         match self.kind {
             SchedulerKind::Turnpike => {
-                self.machines[i.machine as usize].handle_completion(id);
+                self.machines[i.machine as usize].handle_completion_at(MachineSlot(i.machine_slot));
                 self.drain_machine(i.machine);
             }
             SchedulerKind::Edf => {
@@ -655,6 +736,7 @@ impl<'a> Sim<'a> {
             }
             SchedulerKind::Hermod => unreachable!("Hermod completions are PsComplete events"),
         }
+        self.release(inv);
     }
 
     /// Machines measure their running invocations' memory; the timeline is sampled.
@@ -662,12 +744,13 @@ impl<'a> Sim<'a> {
         for m in 0..self.machines.len() as u32 {
             self.scratch.clear();
             self.scratch
-                .extend_from_slice(self.machines[m as usize].running());
+                .extend_from_slice(self.machines[m as usize].running_slots());
             for k in 0..self.scratch.len() {
-                let id = self.scratch[k];
-                if self.machines[m as usize].is_running(id) {
-                    let mb = self.invs[id.0 as usize].memory_mb(self.now, true);
-                    self.machines[m as usize].handle_memory(id, mb);
+                let slot = self.scratch[k];
+                if self.machines[m as usize].is_running_at(slot) {
+                    let id = self.machines[m as usize].id_at(slot);
+                    let mb = self.invs[id.0 as u32 as usize].memory_mb(self.now, true);
+                    self.machines[m as usize].handle_memory_at(slot, mb);
                 }
             }
             self.drain_machine(m);
@@ -709,9 +792,10 @@ impl<'a> Sim<'a> {
         let m = least_loaded(&self.replies, 0)
             .expect("unlimited memory always has room")
             .0;
+        let id = self.id(inv);
         let i = &mut self.invs[inv as usize];
         i.machine = m;
-        self.ps[m as usize].handle_arrival(self.now, InvocationId(u64::from(inv)), i.runtime_ns);
+        self.ps[m as usize].handle_arrival(self.now, id, i.runtime_ns);
         self.reschedule_ps(m);
     }
 
@@ -737,6 +821,7 @@ impl<'a> Sim<'a> {
         }
         while let Some(id) = self.ps[m as usize].poll_completion(self.now) {
             self.record_completion(id.0 as u32);
+            self.release(id.0 as u32);
         }
         self.reschedule_ps(m);
     }
@@ -744,12 +829,13 @@ impl<'a> Sim<'a> {
     // ---- EDF ----
 
     fn edf_arrival(&mut self, inv: u32) {
+        let id = self.id(inv);
         let i = &self.invs[inv as usize];
         let price = self.classes.price(i.class);
         let deadline =
             edf::deadline_ns(i.arrival_ns, i.runtime_ns, price, self.classes.max_price());
         let edf = self.edf.as_mut().expect("edf run");
-        edf.handle_arrival(InvocationId(u64::from(inv)), deadline);
+        edf.handle_arrival(id, deadline);
         self.drain_edf();
     }
 
@@ -780,7 +866,7 @@ impl<'a> Sim<'a> {
     /// invalidated. Returns its memory at this point.
     fn on_preempted(&mut self, id: InvocationId) -> u64 {
         let now = self.now;
-        let i = &mut self.invs[id.0 as usize];
+        let i = &mut self.invs[id.0 as u32 as usize];
         let mb = i.memory_mb(now, true);
         i.remaining_ns -= now - i.run_since_ns;
         i.version += 1;
@@ -825,16 +911,9 @@ impl<'a> Sim<'a> {
             })
             .collect();
         // Measured invocations not completed and not failed are unfinished.
-        let mut measured = vec![0u64; self.classes.len()];
-        for i in &self.invs {
-            if i.arrival_ns >= self.warmup_ns {
-                measured[i.class.index()] += 1;
-            }
-        }
+        self.outcome.slots = self.invs.len() as u64;
         for (c, out) in self.outcome.classes.iter_mut().enumerate() {
-            out.unfinished = measured[c] - out.completed - out.failed;
-            out.latencies_ns.sort_unstable();
-            out.slowdowns.sort_unstable_by(f64::total_cmp);
+            out.unfinished = self.measured_by_class[c] - out.completed - out.failed;
         }
         if let Some(mem) = self.outcome.memory.as_mut() {
             for m in &self.machines {

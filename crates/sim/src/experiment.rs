@@ -92,7 +92,6 @@ impl Experiment {
         for r in &self.runs {
             for (id, class) in self.classes.iter() {
                 let o = &r.classes[id.index()];
-                let lat = o.latencies_ms();
                 rows.push(json!({
                     "scheduler": r.scheduler.name(),
                     "load": r.load,
@@ -102,12 +101,12 @@ impl Experiment {
                     "unfinished": o.unfinished,
                     "failed": o.failed,
                     "kills": o.kills,
-                    "mean_latency_ms": crate::stats::mean(&lat),
-                    "p50_latency_ms": quantile_sorted(&lat, 0.5),
-                    "p99_latency_ms": quantile_sorted(&lat, 0.99),
-                    "p50_slowdown": quantile_sorted(&o.slowdowns, 0.5),
-                    "p99_slowdown": quantile_sorted(&o.slowdowns, 0.99),
-                    "mean_slowdown": crate::stats::mean(&o.slowdowns),
+                    "mean_latency_ms": o.mean_latency_ms(),
+                    "p50_latency_ms": o.latency_ms(0.5),
+                    "p99_latency_ms": o.latency_ms(0.99),
+                    "p50_slowdown": o.slowdown.quantile(0.5),
+                    "p99_slowdown": o.slowdown.quantile(0.99),
+                    "mean_slowdown": o.slowdown.mean(),
                 }));
             }
             let mut run = Map::new();
@@ -249,9 +248,9 @@ impl Experiment {
                                     .filter_map(|r| {
                                         let o = &r.classes[id.index()];
                                         let v = if slowdown {
-                                            quantile_sorted(&o.slowdowns, q)
+                                            o.slowdown.quantile(q)
                                         } else {
-                                            quantile_sorted(&o.latencies_ms(), q)
+                                            o.latency_ms(q)
                                         };
                                         v.map(|v| (r.load, v))
                                     })

@@ -21,7 +21,7 @@ use turnpike_policy::placement::PlacementRule;
 use crate::config::{Config, ConfigError};
 use crate::experiment::{rows_csv, write_files, Experiment};
 use crate::plot::{BarChart, Series};
-use crate::stats::{quantile_sorted, Spread};
+use crate::stats::Spread;
 
 /// Bars of `top_class.svg` stop here.
 const TOP_CLASS_PLOT_CAP: f64 = 10.0;
@@ -285,7 +285,7 @@ impl Sweep {
                         let v = e
                             .runs
                             .get(r)
-                            .and_then(|run| quantile_sorted(&run.classes[top].slowdowns, 0.99));
+                            .and_then(|run| run.classes[top].slowdown.quantile(0.99));
                         // Capped so a collapse (hundreds) leaves the small values readable.
                         (i as f64, v.map_or(f64::NAN, |v| v.min(TOP_CLASS_PLOT_CAP)))
                     })

@@ -15,7 +15,7 @@ use turnpike_policy::placement::PlacementRule;
 use turnpike_sim::config::{Config, ServiceConfig};
 use turnpike_sim::engine::RunOutcome;
 use turnpike_sim::experiment::Experiment;
-use turnpike_sim::stats::{mean, quantile_sorted};
+use turnpike_sim::stats::mean;
 use turnpike_sim::sweep::Sweep;
 
 const THREADS: usize = 2;
@@ -33,7 +33,12 @@ fn top_bound(cores: u32) -> f64 {
 fn misses(run: &RunOutcome, cores: u32) -> Vec<String> {
     let mut out = Vec::new();
     let top = run.classes.len() - 1;
-    let p99 = |c: usize| quantile_sorted(&run.classes[c].slowdowns, 0.99).unwrap_or(f64::INFINITY);
+    let p99 = |c: usize| {
+        run.classes[c]
+            .slowdown
+            .quantile(0.99)
+            .unwrap_or(f64::INFINITY)
+    };
     let (top_p99, bound) = (p99(top), top_bound(cores));
     if top_p99 > bound {
         out.push(format!("top class p99 slowdown {top_p99:.2} > {bound}"));

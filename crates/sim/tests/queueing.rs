@@ -12,7 +12,8 @@
 //!    model's mean-field limit.
 //!
 //! Method. A mean of correlated response times has no simple standard error, and the engine
-//! hands back latencies sorted (their time order is gone, so batch means are impossible).
+//! hands back latencies as a sketch (their time order is gone, so batch means are impossible;
+//! the mean itself is exact, from a running sum).
 //! So every estimate is made from [`REPLICATIONS`] independent replications (seeds
 //! `first_seed..first_seed + REPLICATIONS`, which reseed both the workload and the policies):
 //! each replication yields one mean, and the grand mean `m` has standard error `se = sd / √R`.
@@ -44,7 +45,7 @@
 use std::fmt::Write as _;
 
 use turnpike_sim::config::{Config, SchedulerKind};
-use turnpike_sim::engine::{RunOutcome, Sim};
+use turnpike_sim::engine::{ClassOutcome, RunOutcome, Sim};
 use turnpike_sim::workload::Workload;
 
 /// Independent replications per estimate.
@@ -221,12 +222,9 @@ impl Replicated {
     }
 }
 
-fn mean_ns_in_ms(v: &[u64]) -> f64 {
-    v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64 / 1e6
-}
-
-fn mean_f64(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
+/// A class's exact mean latency in ms (the sketch keeps the exact sum).
+fn mean_ms(c: &ClassOutcome) -> f64 {
+    c.mean_latency_ms().expect("completed invocations")
 }
 
 // ---- Closed forms ----
@@ -356,9 +354,7 @@ fn mm1_mean_response_time() {
             duration_s,
             warmup_s: 2.0,
         };
-        let [t] = model.replicate(first_seed, |out| {
-            [mean_ns_in_ms(&out.classes[0].latencies_ns)]
-        });
+        let [t] = model.replicate(first_seed, |out| [mean_ms(&out.classes[0])]);
         t.assert_matches(
             &format!("M/M/1 E[T] (ms) at rho = {load}"),
             mm1_response(S_MS, load),
@@ -391,9 +387,7 @@ fn mmc_erlang_c_mean_response_time() {
             duration_s,
             warmup_s: 2.0,
         };
-        let [t] = model.replicate(first_seed, |out| {
-            [mean_ns_in_ms(&out.classes[0].latencies_ns)]
-        });
+        let [t] = model.replicate(first_seed, |out| [mean_ms(&out.classes[0])]);
         t.assert_matches(
             &format!("M/M/{cores} E[T] (ms) at rho = {load}"),
             mmc_response(S_MS, cores, load),
@@ -458,7 +452,7 @@ fn mg1_processor_sharing_is_insensitive() {
         };
         let [slowdown, response] = model.replicate(first_seed, |out| {
             let c = &out.classes[0];
-            [mean_f64(&c.slowdowns), mean_ns_in_ms(&c.latencies_ns)]
+            [c.slowdown.mean().expect("completed"), mean_ms(c)]
         });
         slowdown.assert_matches(
             &format!("M/G/1-PS mean slowdown, {name} at rho = {load}"),
@@ -508,10 +502,7 @@ fn two_class_preemptive_priority_mm1() {
     };
     let [high, low, mixed, share] = model.replicate(4_000, |out| {
         let (lo, hi) = (&out.classes[0], &out.classes[1]);
-        let (t_lo, t_hi) = (
-            mean_ns_in_ms(&lo.latencies_ns),
-            mean_ns_in_ms(&hi.latencies_ns),
-        );
+        let (t_lo, t_hi) = (mean_ms(lo), mean_ms(hi));
         let n = (lo.completed + hi.completed) as f64;
         let share = hi.completed as f64 / n;
         [t_hi, t_lo, share * t_hi + (1.0 - share) * t_lo, share]
@@ -576,9 +567,7 @@ fn power_of_two_choices_matches_mean_field() {
             duration_s,
             warmup_s: 0.1,
         };
-        let [t] = model.replicate(first_seed, |out| {
-            [mean_ns_in_ms(&out.classes[0].latencies_ns)]
-        });
+        let [t] = model.replicate(first_seed, |out| [mean_ms(&out.classes[0])]);
         t.assert_matches(
             &format!("supermarket d = 2, n = 500, E[T] (ms) at lambda = {load}"),
             supermarket_response(S_MS, load, 2),

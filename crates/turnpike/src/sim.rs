@@ -147,7 +147,9 @@ fn run_sweep(
         let top = e.classes.top().index();
         for run in &e.runs {
             let o = &run.classes[top];
-            let p99 = turnpike_sim::stats::quantile_sorted(&o.slowdowns, 0.99)
+            let p99 = o
+                .slowdown
+                .quantile(0.99)
                 .map_or("-".to_string(), |v| format!("{v:.2}"));
             let util = turnpike_sim::stats::mean(&run.utilization).unwrap_or(0.0);
             println!(
@@ -191,8 +193,7 @@ fn print_table(e: &Experiment) {
     for run in e.runs.iter() {
         print!("{:<9} {:>5}", run.scheduler.name(), run.load);
         for (id, _) in e.classes.iter().rev() {
-            let lat = run.classes[id.index()].latencies_ms();
-            match turnpike_sim::stats::quantile_sorted(&lat, 0.99) {
+            match run.classes[id.index()].latency_ms(0.99) {
                 Some(v) => print!(" {:>10.1}ms", v),
                 None => print!(" {:>12}", "-"),
             }
