@@ -202,6 +202,8 @@ fn zero_length(i: usize) -> Invocation {
         },
         depth: 0,
         start_mb: 2,
+        deadline: None,
+        cancel: Default::default(),
     }
 }
 

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -43,7 +43,7 @@ use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
 use turnpike_wire::chain;
-use turnpike_wire::invocation::{FailureKind, Invocation, Outcome, Request};
+use turnpike_wire::invocation::{Cancellation, FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
 
@@ -59,6 +59,10 @@ pub use crate::routing::Route;
 pub const SHARD_DOWN_FOR: Duration = Duration::from_secs(2);
 /// The header naming the class of a direct invocation.
 pub const CLASS_HEADER: &str = "x-turnpike-class";
+/// A request's deadline, in milliseconds after the gateway receives it: when it passes, the
+/// invocation is cancelled wherever it is (queued, running or parked), the client gets 504,
+/// and what it used until then is billed. Queueing counts. Not passed to the function.
+pub const DEADLINE_HEADER: &str = "x-turnpike-deadline-ms";
 /// How often the gateway asks the store whether any app changed (another gateway deployed).
 pub const ROUTING_POLL: Duration = Duration::from_secs(1);
 /// How long open connections get to finish their requests when the gateway stops.
@@ -153,6 +157,31 @@ pub struct Gateway {
     /// Each class's name as a [`CLASS_HEADER`] value, made once (class names are ASCII-checked
     /// here, not per response).
     class_values: Vec<Option<http::HeaderValue>>,
+    /// Itself, for the tasks that run an invocation apart from its client's connection.
+    me: Weak<Gateway>,
+}
+
+/// One invocation counted in [`Gateway::in_flight`] while this lives: from admission until
+/// it is answered and billed, also when its client hung up before.
+struct Admitted(Arc<Gateway>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Fires an invocation's cancellation when dropped: when the client's connection is gone,
+/// the hyper service future answering it is dropped, and this tells the invocation wherever
+/// it is. Disarmed once the answer is in.
+struct CancelOnHangup(Option<Cancellation>);
+
+impl Drop for CancelOnHangup {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -174,6 +203,32 @@ impl ShardHandle {
 }
 
 pub use crate::refusal::Body;
+
+/// The longest [`DEADLINE_HEADER`] accepted: a day.
+const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// The request's [`DEADLINE_HEADER`], if it has one; the answer to give if it is malformed.
+#[allow(clippy::result_large_err)]
+fn deadline_after(headers: &http::HeaderMap) -> Result<Option<Duration>, http::Response<Body>> {
+    let Some(value) = headers.get(DEADLINE_HEADER) else {
+        return Ok(None);
+    };
+    let ms = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0 && Duration::from_millis(ms) <= DEADLINE_MAX);
+    match ms {
+        Some(ms) => Ok(Some(Duration::from_millis(ms))),
+        None => Err(refuse(
+            Refusal::Invalid,
+            format!(
+                "bad `{DEADLINE_HEADER}`: {value:?}; it is a whole number of milliseconds from 1 to {}",
+                DEADLINE_MAX.as_millis()
+            ),
+        )),
+    }
+}
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +266,8 @@ impl Gateway {
             .iter()
             .map(|(_, c)| http::HeaderValue::from_str(&c.name).ok())
             .collect();
-        let gateway = Arc::new(Self {
+        let gateway = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             config,
             shards,
             next_id: AtomicU64::new(rand::random()),
@@ -385,8 +441,12 @@ impl Gateway {
         body: Incoming,
         path_and_query: String,
     ) -> http::Response<Body> {
+        let Some(me) = self.me.upgrade() else {
+            return refuse(Refusal::Unavailable, "the gateway is shutting down");
+        };
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let response = if in_flight >= self.config.in_flight_invocations_max {
+        let admitted = Admitted(me);
+        if in_flight >= self.config.in_flight_invocations_max {
             refuse_for(
                 Refusal::Unavailable,
                 format!(
@@ -411,15 +471,14 @@ impl Gateway {
                 Some(BOUND_RETRY_AFTER_S),
             )
         } else {
-            self.run_admitted(id, target, parts, body, path_and_query)
+            self.run_admitted(admitted, id, target, parts, body, path_and_query)
                 .await
-        };
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        response
+        }
     }
 
     async fn run_admitted(
         &self,
+        admitted: Admitted,
         id: u64,
         target: Target,
         parts: http::request::Parts,
@@ -430,6 +489,10 @@ impl Gateway {
         let (class, depth) = match self.chain_context(&parts.headers) {
             Ok(None) => (target.class, 0),
             Ok(Some((caller, depth))) => (target.class.max(caller), depth),
+            Err(refusal) => return refusal,
+        };
+        let deadline = match deadline_after(&parts.headers) {
+            Ok(after) => after.map(|after| started + after),
             Err(refusal) => return refusal,
         };
         let class = match self.billing.admit(&target.tenant, class).await {
@@ -477,6 +540,7 @@ impl Gateway {
         for name in chain::PLATFORM_HEADERS {
             headers.remove(name);
         }
+        headers.remove(DEADLINE_HEADER);
         headers.remove(http::header::AUTHORIZATION);
         let invocation = Invocation {
             id,
@@ -490,33 +554,91 @@ impl Gateway {
             },
             depth,
             start_mb: self.config.start_mb,
+            deadline,
+            cancel: Cancellation::new(),
         };
-        let mut response = match self.invoke(invocation).await {
-            Ok(outcome) => {
-                let usage = outcome.billable();
-                let response = self.respond(outcome);
-                if let Some((cpu, mb_seconds)) = usage {
-                    let cpu_ns = turnpike_wire::convert::duration_ns(cpu);
-                    self.billing.record(UsageEntry {
-                        invocation: id as i64,
-                        tenant: target.tenant,
-                        app: target.app,
-                        function: target.function,
-                        class: self.config.classes.get(class).name.clone(),
-                        at: self.billing.clock().now(),
-                        status: response.status().as_u16(),
-                        cpu_ns: cpu_ns as i64,
-                        gb_seconds: mb_seconds / 1024.0,
-                        cost: self.billing.cost(class, cpu_ns, mb_seconds),
-                    });
-                }
+        // It runs and is billed on a task of its own: a client that hangs up cancels it
+        // (`CancelOnHangup`) but does not stop its billing.
+        let mut hangup = CancelOnHangup(Some(invocation.cancel.clone()));
+        let task = tokio::spawn(
+            async move {
+                let gateway = admitted.0.clone();
+                let response = gateway.invoke_and_bill(invocation, target).await;
+                drop(admitted);
                 response
             }
-            Err(refusal) => refusal,
+            .in_current_span(),
+        );
+        let mut response = match task.await {
+            Ok(response) => response,
+            Err(e) => refuse(
+                Refusal::Internal,
+                format!("the invocation's task failed: {e}"),
+            ),
         };
+        hangup.0 = None;
         self.latency.observe(class.index(), started.elapsed());
         if let Some(value) = &self.class_values[class.index()] {
             response.headers_mut().insert(CLASS_HEADER, value.clone());
+        }
+        response
+    }
+
+    /// Sends the invocation to a shard, cancels it if its deadline passes first, bills what
+    /// it used (whether or not anyone still waits for the answer), and makes the answer.
+    async fn invoke_and_bill(
+        &self,
+        invocation: Invocation,
+        target: Target,
+    ) -> http::Response<Body> {
+        let (id, class) = (invocation.id, invocation.class);
+        let (deadline, cancel) = (invocation.deadline, invocation.cancel.clone());
+        let invoked = {
+            let mut invoked = std::pin::pin!(self.invoke(invocation));
+            match deadline {
+                None => invoked.await,
+                Some(deadline) => tokio::select! {
+                    result = &mut invoked => result,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        cancel.cancel();
+                        invoked.await
+                    }
+                },
+            }
+        };
+        let outcome = match invoked {
+            Ok(outcome) => outcome,
+            Err(refusal) => return refusal,
+        };
+        let usage = outcome.billable();
+        let response = if outcome.failure_kind() == Some(FailureKind::Cancelled) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                refuse(Refusal::DeadlinePassed,
+                    format!("the invocation's deadline (`{DEADLINE_HEADER}`) passed before it finished; it was cancelled"),
+                )
+            } else {
+                refuse(
+                    Refusal::CallerGone,
+                    "the caller went away; the invocation was cancelled",
+                )
+            }
+        } else {
+            self.respond(outcome)
+        };
+        if let Some((cpu, mb_seconds)) = usage {
+            let cpu_ns = turnpike_wire::convert::duration_ns(cpu);
+            self.billing.record(UsageEntry {
+                invocation: id as i64,
+                tenant: target.tenant,
+                app: target.app,
+                function: target.function,
+                class: self.config.classes.get(class).name.clone(),
+                at: self.billing.clock().now(),
+                status: response.status().as_u16(),
+                cpu_ns: cpu_ns as i64,
+                gb_seconds: mb_seconds / 1024.0,
+                cost: self.billing.cost(class, cpu_ns, mb_seconds),
+            });
         }
         response
     }
@@ -608,6 +730,12 @@ impl Gateway {
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, http::Response<Body>> {
         let mut tried = Vec::new();
         for _ in 0..2 {
+            if invocation.cancel.is_cancelled() {
+                return Ok(Outcome::failure(
+                    FailureKind::Cancelled,
+                    "cancelled before a shard answered",
+                ));
+            }
             let Some(s) = self.pick_shard(&tried) else {
                 break;
             };
@@ -657,6 +785,7 @@ impl Gateway {
             Err(f) => {
                 let (case, retry_after) = match f.kind {
                     FailureKind::BadRequest => (Refusal::Invalid, None),
+                    FailureKind::Cancelled => (Refusal::CallerGone, None),
                     FailureKind::Unavailable | FailureKind::Killed => (Refusal::Unavailable, None),
                     FailureKind::Overloaded => (Refusal::Unavailable, Some(BOUND_RETRY_AFTER_S)),
                     FailureKind::Guest | FailureKind::UnknownFunction => {

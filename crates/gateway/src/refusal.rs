@@ -39,6 +39,12 @@ pub enum Refusal {
     ChainTooDeep,
     /// The function failed: it trapped, timed out or answered nothing (502).
     FunctionFailed,
+    /// The request's deadline passed before the function answered; it was cancelled (504).
+    DeadlinePassed,
+    /// The client went away before the answer and the invocation was cancelled: nobody
+    /// receives this, but its usage row records the status (499, nginx's "client closed
+    /// request").
+    CallerGone,
     /// Something of the platform is down or full: the store, every shard, a worker, or a
     /// named bound was reached (503; with `Retry-After` when waiting helps).
     Unavailable,
@@ -59,6 +65,8 @@ impl Refusal {
             Self::OverBudget => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooDeep => StatusCode::LOOP_DETECTED,
             Self::FunctionFailed => StatusCode::BAD_GATEWAY,
+            Self::DeadlinePassed => StatusCode::GATEWAY_TIMEOUT,
+            Self::CallerGone => StatusCode::from_u16(499).expect("499 is in HTTP's range"),
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -1,6 +1,8 @@
 //! Between the roles' invocation types (`turnpike_wire::invocation`) and the worker runtime's
 //! own (`turnpike_worker`): moves, no parsing (the wire's decoding already checked the request).
 
+use std::time::Duration;
+
 use turnpike_policy::MachineId;
 use turnpike_wire::invocation::{self, Failure, FailureKind, Outcome, Usage};
 use turnpike_worker::{InvokeError, Request};
@@ -20,9 +22,11 @@ pub fn to_worker_request(request: invocation::Request) -> Request {
 }
 
 /// A worker's outcome as the shard and gateway see it (placed once, here). A status a guest
-/// gave outside HTTP's range is answered as 502.
+/// gave outside HTTP's range is answered as 502. An invocation cancelled before its guest
+/// was first polled has no usage: it never ran.
 pub fn from_worker_outcome(outcome: turnpike_worker::Outcome) -> Outcome {
     let u = &outcome.usage;
+    let ran = !matches!(outcome.result, Err(InvokeError::Cancelled)) || u.on_core > Duration::ZERO;
     let usage = Usage {
         class: u.class,
         cpu: u.cpu,
@@ -46,7 +50,7 @@ pub fn from_worker_outcome(outcome: turnpike_worker::Outcome) -> Outcome {
     };
     Outcome {
         ending,
-        usage: Some(usage),
+        usage: ran.then_some(usage),
         worker: MachineId(0),
         attempts: 1,
     }
@@ -57,6 +61,7 @@ pub fn failure_kind(error: &InvokeError) -> FailureKind {
     match error {
         InvokeError::Killed => FailureKind::Killed,
         InvokeError::Shutdown => FailureKind::Unavailable,
+        InvokeError::Cancelled => FailureKind::Cancelled,
         InvokeError::BadRequest(_) | InvokeError::UnknownClass { .. } => FailureKind::BadRequest,
         _ => FailureKind::Guest,
     }

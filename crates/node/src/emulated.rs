@@ -17,7 +17,9 @@
 //!   it models no memory (it reports none used, and all of it free).
 //!
 //! Functions need not be loaded: any function hash runs. The answer is `200` with
-//! `emulated ms=N mb=M`. Usage reports CPU (runtime) and wall time.
+//! `emulated ms=N mb=M`. Usage reports CPU (runtime) and wall time. A cancelled invocation
+//! (`Cancellation`) ends at once under the Turnpike machine, with the runtime it consumed as
+//! its CPU; Hermod's processor sharing models no cancellation and runs it to its end.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,7 +40,7 @@ use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 use turnpike_wire::directory::{Directory, LocalWorker};
 use turnpike_wire::invocation::{
-    self, known_class, CallError, Failure, FailureKind, Invocation, Outcome, Usage,
+    self, known_class, CallError, Cancellation, Failure, FailureKind, Invocation, Outcome, Usage,
 };
 use turnpike_wire::link;
 use turnpike_wire::proto;
@@ -117,6 +119,8 @@ struct State {
 
 #[derive(Debug)]
 struct Emulation {
+    /// Its whole runtime.
+    runtime: Duration,
     /// Runtime not yet consumed.
     remaining: Duration,
     mb: u64,
@@ -131,6 +135,8 @@ struct Emulation {
 enum Ending {
     Done,
     Killed,
+    /// Cancelled after running this long.
+    Cancelled(Duration),
 }
 
 impl EmulatedWorker {
@@ -173,16 +179,24 @@ impl EmulatedWorker {
         self.inner.lock().kills
     }
 
-    /// Runs one emulated invocation to its end.
-    async fn run(&self, class: ClassId, start_mb: u64, runtime: Duration, mb: u64) -> Ending {
+    /// Runs one emulated invocation to its end, or until `cancel` fires.
+    async fn run(
+        &self,
+        class: ClassId,
+        start_mb: u64,
+        runtime: Duration,
+        mb: u64,
+        cancel: &Cancellation,
+    ) -> Ending {
         let (done, ended) = oneshot::channel();
-        {
+        let id = {
             let mut state = self.inner.lock();
             let id = InvocationId(state.next_id);
             state.next_id += 1;
             state.invocations.insert(
                 id,
                 Emulation {
+                    runtime,
                     remaining: runtime,
                     mb,
                     running_since: None,
@@ -201,9 +215,19 @@ impl EmulatedWorker {
                 }
             }
             self.inner.settle(&mut state, now);
-        }
+            id
+        };
         self.inner.changed.notify_one();
-        let ending = ended.await.unwrap_or(Ending::Killed);
+        let mut ended = std::pin::pin!(ended);
+        let ending = tokio::select! {
+            biased;
+            ending = &mut ended => ending.unwrap_or(Ending::Killed),
+            () = cancel.cancelled() => match self.inner.cancel(id) {
+                Some(ending) => ending,
+                // Processor sharing models no cancellation: it runs to its end.
+                None => ended.await.unwrap_or(Ending::Killed),
+            },
+        };
         self.inner.changed.notify_one();
         ending
     }
@@ -216,6 +240,24 @@ impl Inner {
 
     fn ns(&self, at: Instant) -> u64 {
         duration_ns(at.saturating_duration_since(self.epoch))
+    }
+
+    /// Ends invocation `id` now, wherever it is (queued, running, parked): how long it ran.
+    /// `None` under processor sharing, which models no cancellation, or if it has ended.
+    fn cancel(self: &Arc<Self>, id: InvocationId) -> Option<Ending> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Sched::Priority(machine) = &mut state.sched else {
+            return None;
+        };
+        let e = state.invocations.get(&id)?;
+        let now = Instant::now();
+        let ran_before = e.runtime.saturating_sub(e.remaining);
+        let ran = ran_before + e.running_since.map_or(Duration::ZERO, |since| now - since);
+        machine.handle_completion(id);
+        state.invocations.remove(&id);
+        self.settle(state, now);
+        Some(Ending::Cancelled(ran))
     }
 
     /// Carries out the scheduler's decisions; sets the timers they need.
@@ -404,13 +446,22 @@ impl EmulatedWorker {
             Err(e) => return Outcome::failure(FailureKind::BadRequest, e.0),
         };
         let started = Instant::now();
-        let ending = self.run(class, inv.start_mb, runtime, mb).await;
+        let ending = self
+            .run(class, inv.start_mb, runtime, mb, &inv.cancel)
+            .await;
+        let cpu = match ending {
+            Ending::Cancelled(ran) => ran,
+            Ending::Done | Ending::Killed => runtime,
+        };
         let usage = Usage {
-            cpu: runtime,
+            cpu,
             wall: started.elapsed(),
             peak_memory_bytes: mb << 20,
             ..Usage::of_class(class)
         };
+        // Cancelled before it first ran: it used nothing (an emulation that ran 0 ms is
+        // indistinguishable, and costs nothing either way).
+        let ran = !matches!(ending, Ending::Cancelled(ran) if ran.is_zero());
         let ending = match ending {
             Ending::Done => Ok(invocation::Response {
                 status: http::StatusCode::OK,
@@ -421,10 +472,14 @@ impl EmulatedWorker {
                 FailureKind::Killed,
                 "killed to free memory (emulated)",
             )),
+            Ending::Cancelled(_) => Err(Failure::new(
+                FailureKind::Cancelled,
+                "cancelled: its caller went away or its deadline passed (emulated)",
+            )),
         };
         Outcome {
             ending,
-            usage: Some(usage),
+            usage: ran.then_some(usage),
             worker: MachineId(0),
             attempts: 1,
         }
@@ -633,13 +688,27 @@ mod tests {
         let low = {
             let w = worker.clone();
             tokio::spawn(async move {
-                let e = w.run(ClassId(0), 2, Duration::from_millis(100), 2).await;
+                let e = w
+                    .run(
+                        ClassId(0),
+                        2,
+                        Duration::from_millis(100),
+                        2,
+                        &Cancellation::new(),
+                    )
+                    .await;
                 (e, start.elapsed())
             })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let high = worker
-            .run(classes.top(), 2, Duration::from_millis(50), 2)
+            .run(
+                classes.top(),
+                2,
+                Duration::from_millis(50),
+                2,
+                &Cancellation::new(),
+            )
             .await;
         assert_eq!(high, Ending::Done);
         let high_at = start.elapsed();
@@ -658,6 +727,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cancelled_parked_invocation_ends_at_once_with_the_runtime_it_consumed() {
+        let classes = ClassSet::default_four();
+        let worker = EmulatedWorker::new(EmulatedConfig::new(classes.clone()));
+        let cancel = Cancellation::new();
+        let low = {
+            let (w, cancel) = (worker.clone(), cancel.clone());
+            tokio::spawn(async move {
+                w.run(ClassId(0), 2, Duration::from_millis(100), 2, &cancel)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let high = {
+            let w = worker.clone();
+            let top = classes.top();
+            tokio::spawn(async move {
+                w.run(top, 2, Duration::from_millis(50), 2, &Cancellation::new())
+                    .await
+            })
+        };
+        // 20 ms into the top class's run: the low one is parked after its first 10 ms.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancel.cancel();
+        let low = low.await.unwrap();
+        assert_eq!(low, Ending::Cancelled(Duration::from_millis(10)));
+        assert_eq!(high.await.unwrap(), Ending::Done);
+        assert_eq!(worker.functions(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn processor_sharing_slows_both() {
         let classes = ClassSet::default_four();
         let mut config = EmulatedConfig::new(classes.clone());
@@ -667,12 +766,25 @@ mod tests {
         let a = {
             let w = worker.clone();
             tokio::spawn(async move {
-                w.run(ClassId(0), 2, Duration::from_millis(100), 2).await;
+                w.run(
+                    ClassId(0),
+                    2,
+                    Duration::from_millis(100),
+                    2,
+                    &Cancellation::new(),
+                )
+                .await;
                 start.elapsed()
             })
         };
         let b = worker
-            .run(classes.top(), 2, Duration::from_millis(100), 2)
+            .run(
+                classes.top(),
+                2,
+                Duration::from_millis(100),
+                2,
+                &Cancellation::new(),
+            )
             .await;
         assert_eq!(b, Ending::Done);
         let a_at = a.await.unwrap();
@@ -695,11 +807,26 @@ mod tests {
         let worker = EmulatedWorker::new(config);
         let low = {
             let w = worker.clone();
-            tokio::spawn(async move { w.run(ClassId(0), 2, Duration::from_millis(100), 80).await })
+            tokio::spawn(async move {
+                w.run(
+                    ClassId(0),
+                    2,
+                    Duration::from_millis(100),
+                    80,
+                    &Cancellation::new(),
+                )
+                .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let high = worker
-            .run(classes.top(), 2, Duration::from_millis(10), 80)
+            .run(
+                classes.top(),
+                2,
+                Duration::from_millis(10),
+                80,
+                &Cancellation::new(),
+            )
             .await;
         assert_eq!(high, Ending::Done);
         assert_eq!(low.await.unwrap(), Ending::Killed);

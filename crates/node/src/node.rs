@@ -291,16 +291,21 @@ impl NodeService {
             Err(e) => return Outcome::from(turnpike_wire::invocation::Failure::from(e)),
         };
         let request = convert::to_worker_request(inv.request);
-        let outcome = self
-            .worker
-            .invoke(
-                &function,
-                request,
-                InvokeOptions::class(class)
-                    .depth(inv.depth)
-                    .start_mb(inv.start_mb),
-            )
-            .await;
+        let mut running = self.worker.submit(
+            &function,
+            request,
+            InvokeOptions::class(class)
+                .depth(inv.depth)
+                .start_mb(inv.start_mb),
+        );
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut running => outcome,
+            () = inv.cancel.cancelled() => {
+                running.cancel();
+                running.await
+            }
+        };
         self.latency.observe(class.index(), outcome.usage.wall);
         if let Err(e) = &outcome.result {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +313,7 @@ impl NodeService {
             // platform's own are worth an operator's look.
             match e {
                 InvokeError::Killed => tracing::info!("killed to free memory"),
+                InvokeError::Cancelled => tracing::info!("cancelled"),
                 InvokeError::Shutdown => tracing::warn!("the worker is shutting down"),
                 e => tracing::debug!("the invocation failed: {e}"),
             }

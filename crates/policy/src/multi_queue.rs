@@ -60,6 +60,15 @@ impl<T> MultiQueue<T> {
         self.len += 1;
     }
 
+    /// Removes the first item of `class`'s FIFO that `is` picks (a cancelled invocation);
+    /// linear in that FIFO's length, which a shard bounds.
+    pub fn handle_remove(&mut self, class: ClassId, is: impl Fn(&T) -> bool) -> Option<T> {
+        let queue = &mut self.queues[class.index()];
+        let at = queue.iter().position(|(_, item)| is(item))?;
+        self.len -= 1;
+        queue.remove(at).map(|(_, item)| item)
+    }
+
     /// The class whose head scores highest at `now_ns`, ties to the higher class.
     pub fn choice(&self, now_ns: u64) -> Option<ClassId> {
         let mut best: Option<(usize, f64)> = None;
@@ -106,6 +115,21 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| q.poll_next(10 * MS).map(|x| x.2)).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_removed_item_leaves_its_fifo_and_the_rest_keep_their_order() {
+        let mut q = MultiQueue::new(&classes());
+        for i in 0..4 {
+            q.handle_push(ClassId(1), i * MS, i);
+        }
+        assert_eq!(q.handle_remove(ClassId(1), |&i| i == 2), Some(2));
+        assert_eq!(q.handle_remove(ClassId(1), |&i| i == 2), None);
+        // Looked for in its own class only.
+        assert_eq!(q.handle_remove(ClassId(0), |&i| i == 1), None);
+        assert_eq!(q.len(), 3);
+        let got: Vec<_> = std::iter::from_fn(|| q.poll_next(10 * MS).map(|x| x.2)).collect();
+        assert_eq!(got, vec![0, 1, 3]);
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl Shard {
         self.queue.handle_push(pending.class, now_ns, pending);
     }
 
+    /// Takes a cancelled invocation of `class` out of the queue; false if it is not there
+    /// (already placed, or its machines are being polled: its placement then finds it gone).
+    pub fn handle_cancel(&mut self, class: ClassId, id: InvocationId) -> bool {
+        self.queue.handle_remove(class, |p| p.id == id).is_some()
+    }
+
     pub fn handle_idle_join(&mut self, machine: MachineId, entry: IdleEntry) {
         self.idle.handle_upsert(machine, entry);
     }

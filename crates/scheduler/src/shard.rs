@@ -113,6 +113,8 @@ pub struct ShardCounters {
     pub placed_polling: u64,
     pub replaced: u64,
     pub workers_lost: u64,
+    /// Invocations cancelled while waiting in this shard's queue.
+    pub cancelled_queued: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -309,6 +311,13 @@ impl ShardService {
         );
         metrics::family(
             &mut out,
+            "turnpike_shard_cancelled_queued_total",
+            "counter",
+            "Invocations cancelled (caller gone, deadline passed) while waiting in the queue.",
+            &metrics::single(c.cancelled_queued as f64),
+        );
+        metrics::family(
+            &mut out,
             "turnpike_shard_workers_lost_total",
             "counter",
             "Workers found lost.",
@@ -352,6 +361,27 @@ impl Inner {
         state.shard.handle_invocation(now, pending);
         drop(state);
         self.wake.notify_one();
+    }
+}
+
+impl Inner {
+    /// Takes invocation `id` out of the queue if it is waiting there (not sent to a worker):
+    /// its `Cancelled` outcome, to answer with.
+    fn cancel_queued(&self, id: InvocationId) -> Option<Outcome> {
+        let mut state = self.lock();
+        let waiting = state.waiting.remove(&id)?;
+        let class = if self.fifo {
+            ClassId(0)
+        } else {
+            waiting.invocation.class
+        };
+        // Not found when its machines are being polled: its placement finds it gone.
+        state.shard.handle_cancel(class, id);
+        state.counters.cancelled_queued += 1;
+        let mut outcome =
+            Outcome::failure(FailureKind::Cancelled, "cancelled while queued at a shard");
+        outcome.attempts = waiting.attempts;
+        Some(outcome)
     }
 }
 
@@ -475,6 +505,16 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
         let result = link.call(waiting.invocation.clone()).await;
         let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
             let _entered = waiting.span.clone().entered();
+            if waiting.invocation.cancel.is_cancelled() {
+                tracing::info!("cancelled, not placed again: {why}");
+                let mut outcome = Outcome::failure(
+                    FailureKind::Cancelled,
+                    format!("cancelled after its placement failed: {why}"),
+                );
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+                return;
+            }
             match AfterReturn::of(waiting.attempts - 1, inner.requeue_max) {
                 AfterReturn::GiveUp => {
                     tracing::warn!(attempts = waiting.attempts, "gave up: {why}");
@@ -565,18 +605,32 @@ impl ShardService {
         }
         let (reply, answer) = oneshot::channel();
         let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let cancel = invocation.cancel.clone();
         self.inner.enqueue(
             id,
             Waiting {
                 invocation,
                 reply,
                 attempts: 0,
-                span,
+                span: span.clone(),
             },
         );
-        answer.await.unwrap_or_else(|_| {
-            Outcome::failure(FailureKind::Unavailable, "the shard is shutting down")
-        })
+        let shutting_down =
+            |_| Outcome::failure(FailureKind::Unavailable, "the shard is shutting down");
+        let mut answer = std::pin::pin!(answer);
+        tokio::select! {
+            biased;
+            outcome = &mut answer => return outcome.unwrap_or_else(shutting_down),
+            () = cancel.cancelled() => {}
+        }
+        // Cancelled. Still queued here: it leaves the queue, unbilled. On a worker: its link
+        // carries the cancellation there, and the answer (with its usage) comes as usual.
+        if let Some(outcome) = self.inner.cancel_queued(id) {
+            let _entered = span.enter();
+            tracing::info!("cancelled while queued at the shard");
+            return outcome;
+        }
+        answer.await.unwrap_or_else(shutting_down)
     }
 }
 
@@ -764,6 +818,8 @@ mod tests {
             },
             depth: 0,
             start_mb: 2,
+            deadline: None,
+            cancel: Default::default(),
         }
     }
 
@@ -845,6 +901,35 @@ mod tests {
         assert!(format!("{refused:?}").contains("shard_queue_invocations_max"));
         assert_eq!(shard.queued(), 2);
         assert!(waiting.iter().all(|w| !w.is_finished()));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_invocation_leaves_the_queue_unbilled_and_the_others_stay() {
+        // No worker: whatever is accepted waits.
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig::default(),
+            Directory::new(),
+        );
+        let (kept, gone) = (invocation(1, 0), invocation(2, 0));
+        let cancel = gone.cancel.clone();
+        let kept = tokio::spawn(LocalShard::invoke(&shard, kept));
+        let gone = tokio::spawn(LocalShard::invoke(&shard, gone));
+        while shard.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        cancel.cancel();
+        let outcome = gone.await.unwrap();
+        assert_eq!(outcome.failure_kind(), Some(FailureKind::Cancelled));
+        assert_eq!(
+            (&outcome.usage, outcome.attempts),
+            (&None, 0),
+            "it never ran"
+        );
+        assert_eq!(outcome.billable(), None);
+        assert_eq!(shard.queued(), 1, "it left the placement queue too");
+        assert_eq!(shard.counters().cancelled_queued, 1);
+        assert!(!kept.is_finished());
     }
 
     #[tokio::test]

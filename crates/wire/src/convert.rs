@@ -9,15 +9,15 @@
 //! becomes `Unavailable` too (nothing says it ran, so it is not billed), a status outside HTTP's
 //! range becomes 502, and a response header that does not parse is dropped.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, MachineId};
 
 use crate::invocation::{
-    CallError, Failure, FailureKind, Invocation, Outcome, Registered, Registration, Request,
-    Response, Usage,
+    CallError, Cancellation, Failure, FailureKind, Invocation, Outcome, Registered, Registration,
+    Request, Response, Usage,
 };
 use crate::proto;
 
@@ -30,6 +30,8 @@ impl From<Invocation> for proto::Invocation {
             request,
             depth,
             start_mb,
+            deadline,
+            cancel: _,
         } = invocation;
         Self {
             id,
@@ -41,8 +43,21 @@ impl From<Invocation> for proto::Invocation {
             body: request.body,
             depth,
             start_mb,
+            deadline_ms_left: deadline.map_or(0, deadline_ms_left),
         }
     }
+}
+
+/// Milliseconds until `deadline`, rounded up so that the next hop never cancels before the
+/// caller does (the caller tells a passed deadline from a hang-up by its own clock), and at
+/// least 1 (0 on the wire means no deadline): a deadline already past still cancels there.
+fn deadline_ms_left(deadline: Instant) -> u64 {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_nanos();
+    u64::try_from(left.div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl TryFrom<proto::Invocation> for Invocation {
@@ -67,6 +82,9 @@ impl TryFrom<proto::Invocation> for Invocation {
             },
             depth: message.depth,
             start_mb: message.start_mb,
+            deadline: (message.deadline_ms_left > 0)
+                .then(|| Instant::now() + Duration::from_millis(message.deadline_ms_left)),
+            cancel: Cancellation::new(),
         })
     }
 }
@@ -147,6 +165,7 @@ impl From<FailureKind> for proto::FailureKind {
             FailureKind::Unavailable => Self::Unavailable,
             FailureKind::BadRequest => Self::BadRequest,
             FailureKind::Overloaded => Self::Overloaded,
+            FailureKind::Cancelled => Self::Cancelled,
         }
     }
 }
@@ -164,6 +183,7 @@ impl TryFrom<proto::FailureKind> for FailureKind {
             proto::FailureKind::Unavailable => Self::Unavailable,
             proto::FailureKind::BadRequest => Self::BadRequest,
             proto::FailureKind::Overloaded => Self::Overloaded,
+            proto::FailureKind::Cancelled => Self::Cancelled,
         })
     }
 }
@@ -374,6 +394,8 @@ mod tests {
             },
             depth: 2,
             start_mb: 5,
+            deadline: None,
+            cancel: Default::default(),
         }
     }
 
@@ -382,6 +404,26 @@ mod tests {
         let sent = invocation();
         let received = Invocation::try_from(proto::Invocation::from(sent.clone())).unwrap();
         assert_eq!(received, sent);
+    }
+
+    #[test]
+    fn a_deadline_travels_as_time_left_never_earlier_and_a_passed_one_still_cancels() {
+        let mut sent = invocation();
+        let before = Instant::now();
+        sent.deadline = Some(before + Duration::from_millis(500));
+        let message = proto::Invocation::from(sent.clone());
+        assert!((1..=500).contains(&message.deadline_ms_left), "{message:?}");
+        let received = Invocation::try_from(message).unwrap();
+        let deadline = received.deadline.expect("a deadline");
+        // Rounded up: the receiver's deadline is never before the sender's.
+        assert!(deadline >= sent.deadline.unwrap(), "{deadline:?}");
+        assert!(deadline <= Instant::now() + Duration::from_millis(501));
+        assert!(!received.cancel.is_cancelled(), "a fresh cancellation");
+
+        sent.deadline = Some(before.checked_sub(Duration::from_secs(1)).unwrap_or(before));
+        let message = proto::Invocation::from(sent);
+        assert_eq!(message.deadline_ms_left, 1, "past, but still a deadline");
+        assert_eq!(proto::Invocation::from(invocation()).deadline_ms_left, 0);
     }
 
     #[test]
@@ -432,6 +474,7 @@ mod tests {
             FailureKind::Unavailable,
             FailureKind::BadRequest,
             FailureKind::Overloaded,
+            FailureKind::Cancelled,
         ] {
             let failed = Outcome::failure(kind, "why");
             assert_eq!(Outcome::from(proto::Outcome::from(failed.clone())), failed);
@@ -466,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_answer_or_the_guests_own_failure_is_billed() {
+    fn only_an_answer_the_guests_own_failure_or_a_cancelled_run_is_billed() {
         let mut usage = Usage::of_class(ClassId(0));
         usage.cpu = Duration::from_millis(3);
         let with_usage = |ending| Outcome {
@@ -488,6 +531,16 @@ mod tests {
         assert!(guest.billable().is_some());
         let killed = with_usage(Err(Failure::new(FailureKind::Killed, "freed")));
         assert_eq!(killed.billable(), None);
+        let cancelled_running = with_usage(Err(Failure::new(FailureKind::Cancelled, "gone")));
+        assert_eq!(
+            cancelled_running.billable(),
+            Some((Duration::from_millis(3), 0.0))
+        );
+        // Cancelled before it ran: no usage, nothing billed.
+        assert_eq!(
+            Outcome::failure(FailureKind::Cancelled, "gone while queued").billable(),
+            None
+        );
         assert_eq!(
             Outcome::failure(FailureKind::Guest, "no usage").billable(),
             None

@@ -9,9 +9,11 @@
 //! one into the other at the link's two ends, and a role in the same process
 //! ([`crate::directory`]) never sees them.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 use turnpike_policy::{ClassId, ClassSet, MachineId};
 
 /// One call of a function, as a shard queues it and a worker runs it.
@@ -29,6 +31,68 @@ pub struct Invocation {
     /// Memory it is assumed to start with, MB (`turnpike_policy::memory::START_MB_DEFAULT`
     /// unless configured).
     pub start_mb: u64,
+    /// When it is no longer wanted: the caller's deadline, counted from the gateway's receipt
+    /// (queueing counts). Every hop cancels it then ([`answer_by`]); on the wire it travels as
+    /// the milliseconds left, so hosts' clocks need not agree.
+    pub deadline: Option<Instant>,
+    /// Fired when its caller goes away or its deadline passes; shared by every copy of it in
+    /// this process, and carried to the next role by its link (a cancel frame).
+    pub cancel: Cancellation,
+}
+
+/// Whether an invocation is still wanted: one flag shared by every clone, fired once.
+///
+/// Where it is when fired decides what happens ([`FailureKind::Cancelled`]): waiting at a
+/// shard, it leaves the queue unbilled; on a worker (queued, running, parked or waiting on
+/// I/O) its guest is stopped within one epoch tick, and what it used until then is billed.
+/// Two are equal when both are, or both are not, fired (an invocation's identity is its id).
+#[derive(Clone, Debug, Default)]
+pub struct Cancellation(CancellationToken);
+
+impl Cancellation {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once it is fired.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.0.clone().cancelled_owned()
+    }
+}
+
+impl PartialEq for Cancellation {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_cancelled() == other.is_cancelled()
+    }
+}
+
+/// `answer`'s outcome, having fired `cancel` if `deadline` passed first (and still waited for
+/// the answer: a cancelled invocation answers with what it used). How each hop honours a
+/// deadline.
+pub async fn answer_by(
+    answer: impl Future<Output = Outcome>,
+    deadline: Option<Instant>,
+    cancel: &Cancellation,
+) -> Outcome {
+    let Some(deadline) = deadline else {
+        return answer.await;
+    };
+    let mut answer = std::pin::pin!(answer);
+    tokio::select! {
+        outcome = &mut answer => outcome,
+        () = tokio::time::sleep_until(deadline.into()) => {
+            cancel.cancel();
+            answer.await
+        }
+    }
 }
 
 /// The HTTP request handed to a function: the platform's own headers are already removed by
@@ -73,14 +137,15 @@ impl Outcome {
         self.ending.as_ref().err().map(|f| f.kind)
     }
 
-    /// CPU time and memory MB-seconds to bill: an invocation that answered, or whose guest
-    /// failed (a trap, a timeout), is billed; one that never ran, or was killed to free memory
-    /// (the platform's choice) and then found no other worker, is not.
+    /// CPU time and memory MB-seconds to bill: an invocation that answered, whose guest
+    /// failed (a trap, a timeout), or that was cancelled after it started running, is billed;
+    /// one that never ran, or was killed to free memory (the platform's choice) and then found
+    /// no other worker, is not.
     pub fn billable(&self) -> Option<(Duration, f64)> {
         let usage = self.usage.as_ref()?;
         let ran = match &self.ending {
             Ok(_) => true,
-            Err(failure) => failure.kind == FailureKind::Guest,
+            Err(failure) => matches!(failure.kind, FailureKind::Guest | FailureKind::Cancelled),
         };
         ran.then_some((usage.cpu, usage.memory_mb_seconds))
     }
@@ -133,6 +198,9 @@ pub enum FailureKind {
     /// Refused at a named bound (a shard's queue, a worker's in-flight set is full): nothing
     /// ran; the caller may retry soon. The message names the bound.
     Overloaded,
+    /// Its caller went away or its deadline passed ([`Cancellation`]): billed for what it
+    /// used if it had started (its outcome then has usage), not otherwise.
+    Cancelled,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -144,6 +212,7 @@ impl std::fmt::Display for FailureKind {
             Self::Unavailable => "unavailable",
             Self::BadRequest => "bad request",
             Self::Overloaded => "overloaded",
+            Self::Cancelled => "cancelled",
         })
     }
 }

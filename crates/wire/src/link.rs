@@ -19,10 +19,16 @@
 //! The server side, [`serve`], answers each invocation of an incoming stream from its own
 //! task, so a slow invocation never holds up the ones behind it.
 //!
+//! Cancellation: when an invocation's [`Cancellation`] fires at the caller, its link sends a
+//! cancel frame naming its tag, and `serve` fires the copy it handed to the handler; the
+//! answer still comes back, with what the invocation used. `serve` also fires it when the
+//! invocation's deadline passes, and fires every one still in flight when its incoming stream
+//! ends or breaks (the caller is gone). Dropping a call's future cancels nothing: callers that
+//! may go away fire the cancellation instead, so that the usage still reaches them.
+//!
 //! A link to a role in the same process ([`Link::in_process`], see [`crate::directory`]) hands
 //! each invocation to the role's handler on a task of its own, as `serve` would, without
-//! encoding it or crossing a socket; a caller that gives up does not cancel it, as with a
-//! stream.
+//! encoding it or crossing a socket; the handler shares the caller's cancellation.
 //!
 //! Both ends speak the roles' own types ([`crate::invocation`]); a streamed link encodes and
 //! decodes them at the socket ([`crate::convert`]), and an invocation that arrives malformed is
@@ -40,7 +46,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::invocation::{CallError, Failure, FailureKind, Invocation, Outcome};
+use crate::invocation::{
+    answer_by, CallError, Cancellation, Failure, FailureKind, Invocation, Outcome,
+};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
 use crate::proto::worker_client::WorkerClient;
@@ -185,17 +193,34 @@ impl Streamed {
             drop(calls);
             break session;
         };
+        let cancel = invocation.cancel.clone();
         let frame = proto::InvocationFrame {
             tag,
             invocation: Some(invocation.into()),
+            cancel: false,
         };
         // A failed send means the stream's driver is gone; it ends the call (below) when it
         // marks the session ended.
         let _ = session.outbound.send(frame);
+        let mut answered = std::pin::pin!(async {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(CallError::Unavailable("the link was dropped".into())))
+        });
+        tokio::select! {
+            biased;
+            result = &mut answered => return result,
+            () = cancel.cancelled() => {
+                // The peer cancels it where it is and still answers (with what it used).
+                let _ = session.outbound.send(proto::InvocationFrame {
+                    tag,
+                    invocation: None,
+                    cancel: true,
+                });
+            }
+        }
         drop(session);
-        answered
-            .await
-            .unwrap_or_else(|_| Err(CallError::Unavailable("the link was dropped".into())))
+        answered.await
     }
 
     /// The open session, or a new one (its stream opened by a driver task).
@@ -305,9 +330,18 @@ pub fn serve(
     // One answer per invocation received on this stream, so bounded as the caller's link
     // is (see `Link::session`).
     let (answers, outbound) = mpsc::unbounded_channel();
+    // The invocations of this stream not answered yet, by tag: what a cancel frame names.
+    let live: Arc<Mutex<HashMap<u64, Cancellation>>> = Arc::default();
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
             let tag = frame.tag;
+            if frame.cancel {
+                // Unknown: already answered.
+                if let Some(cancel) = crate::lock(&live).get(&tag) {
+                    cancel.cancel();
+                }
+                continue;
+            }
             let answers = answers.clone();
             let invocation = frame
                 .invocation
@@ -315,17 +349,35 @@ pub fn serve(
                     Failure::new(FailureKind::BadRequest, "a frame without an invocation")
                 })
                 .and_then(Invocation::try_from);
-            let answer = match invocation {
-                Ok(invocation) => handle(invocation),
-                Err(failure) => Box::pin(std::future::ready(Outcome::from(failure))),
+            let invocation = match invocation {
+                Ok(invocation) => invocation,
+                Err(failure) => {
+                    let _ = answers.send(Ok(proto::OutcomeFrame {
+                        tag,
+                        outcome: Some(Outcome::from(failure).into()),
+                    }));
+                    continue;
+                }
             };
+            let (deadline, cancel) = (invocation.deadline, invocation.cancel.clone());
+            crate::lock(&live).insert(tag, cancel.clone());
+            let answer = handle(invocation);
+            let live = live.clone();
             tokio::spawn(async move {
-                let outcome = answer.await;
+                let outcome = answer_by(answer, deadline, &cancel).await;
+                crate::lock(&live).remove(&tag);
                 let _ = answers.send(Ok(proto::OutcomeFrame {
                     tag,
                     outcome: Some(outcome.into()),
                 }));
             });
+        }
+        // The stream ended or broke: its caller is gone (a caller closes its stream only with
+        // nothing in flight), so no answer still to come can reach anyone. Cancel them: a
+        // gateway that lost its shard retries elsewhere, and the first attempt must not run on.
+        let orphans: Vec<Cancellation> = crate::lock(&live).drain().map(|(_, c)| c).collect();
+        for cancel in orphans {
+            cancel.cancel();
         }
     });
     let outbound: OutcomeStream = Box::pin(UnboundedReceiverStream::new(outbound));

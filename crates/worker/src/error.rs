@@ -61,4 +61,6 @@ pub enum InvokeError {
     Killed,
     #[error("its memory could not be read back from swap: {0}")]
     SwapIn(String),
+    #[error("cancelled: its caller went away or its deadline passed")]
+    Cancelled,
 }

@@ -16,7 +16,8 @@
 //!   sleep, a body read): it gives its slot back at once (`Machine::handle_blocked`; it keeps
 //!   its memory and its arrival order), and comes back when its I/O wakes it
 //!   (`Machine::handle_ready`), to run when the machine says so.
-//! - end (response, error, timeout, or the caller dropping the handle): `handle_completion`.
+//! - end (response, error, timeout, [`InvocationHandle::cancel`], or the caller dropping the
+//!   handle): `handle_completion`.
 //!
 //! One `std::sync::Mutex` guards the machine and the per-invocation gate states together, so a
 //! wake, a poll's end and a machine decision are never interleaved; it is held for a few
@@ -174,6 +175,9 @@ struct GateState {
     memory: Arc<InvocationMemory>,
     parks: u32,
     blocks: u32,
+    /// [`InvocationHandle::cancel`] was called: its gate ends it at the next poll, whatever
+    /// its phase.
+    cancelled: bool,
 }
 
 impl Shared {
@@ -449,6 +453,7 @@ impl Worker {
                     memory: memory.clone(),
                     parks: 0,
                     blocks: 0,
+                    cancelled: false,
                 },
             );
             sched
@@ -479,7 +484,10 @@ impl Worker {
         InvocationHandle {
             id,
             class,
-            state: HandleState::Running(executor.spawn(gate)),
+            state: HandleState::Running {
+                join: executor.spawn(gate),
+                shared: self.shared.clone(),
+            },
         }
     }
 
@@ -513,10 +521,21 @@ pub struct InvocationHandle {
     state: HandleState,
 }
 
-#[derive(Debug)]
 enum HandleState {
     Ready(Option<InvokeError>),
-    Running(tokio::task::JoinHandle<Outcome>),
+    Running {
+        join: tokio::task::JoinHandle<Outcome>,
+        shared: Arc<Shared>,
+    },
+}
+
+impl std::fmt::Debug for HandleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(error) => f.debug_tuple("Ready").field(error).finish(),
+            Self::Running { join, .. } => f.debug_tuple("Running").field(join).finish(),
+        }
+    }
 }
 
 impl InvocationHandle {
@@ -530,6 +549,31 @@ impl InvocationHandle {
 
     pub fn id(&self) -> InvocationId {
         self.id
+    }
+
+    /// Ends the invocation wherever it is (queued, running, parked, swapped out or waiting on
+    /// I/O) with [`InvokeError::Cancelled`] and what it used so far; the handle still resolves
+    /// to that outcome. A running guest is made to yield at once (the engine's epoch is bumped,
+    /// as for a preemption), so it stops within microseconds, at most one epoch tick. No
+    /// effect once it has ended.
+    pub fn cancel(&self) {
+        let HandleState::Running { shared, .. } = &self.state else {
+            return;
+        };
+        let task = {
+            let mut sched = shared.lock();
+            let Some(g) = sched.invocations.get_mut(&self.id) else {
+                return;
+            };
+            g.cancelled = true;
+            if g.phase == Phase::Running {
+                shared.engine.increment_epoch();
+            }
+            g.task.clone()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 
@@ -547,7 +591,7 @@ impl Future for InvocationHandle {
                     usage: unused(class),
                 })
             }
-            HandleState::Running(join) => match Pin::new(join).poll(cx) {
+            HandleState::Running { join, .. } => match Pin::new(join).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
                 Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -564,7 +608,7 @@ impl Future for InvocationHandle {
 
 impl Drop for InvocationHandle {
     fn drop(&mut self) {
-        if let HandleState::Running(join) = &self.state {
+        if let HandleState::Running { join, .. } = &self.state {
             join.abort();
         }
     }
@@ -627,6 +671,10 @@ impl Future for Gate {
                 .expect("an invocation stays registered until its gate finishes");
             if !g.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 g.task = Some(cx.waker().clone());
+            }
+            if g.cancelled {
+                drop(sched);
+                return Poll::Ready(this.finish(Err(InvokeError::Cancelled)));
             }
             match g.phase {
                 Phase::Running => g.woken = false,

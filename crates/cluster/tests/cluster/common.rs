@@ -1,6 +1,6 @@
 //! What the tests of this binary share: one raw HTTP/1.1 exchange, so a test can send exactly
 //! the bytes it means (malformed requests included), the lock that runs them one at a time,
-//! and the emulated cluster most of them start.
+//! the emulated cluster most of them start, and what the ledger billed.
 
 use std::net::SocketAddr;
 
@@ -49,4 +49,26 @@ pub fn emulated_config(dir: &tempfile::TempDir, workers: usize) -> turnpike_clus
         turnpike_policy::ClassSet::default_four(),
     ));
     config
+}
+
+/// Everything the operator's tenant (the demo app's owner) was billed this month, summed.
+pub async fn billed_this_month(store: &turnpike_store::Store) -> turnpike_store::UsageTotals {
+    let month = turnpike_store::Day::of_unix(turnpike_store::unix_now()).month_start();
+    let rows = store
+        .usage(
+            turnpike_gateway::routing::OPERATOR,
+            &[],
+            month,
+            month.next_month_start(),
+        )
+        .await
+        .expect("usage");
+    rows.into_iter()
+        .map(|r| r.totals)
+        .fold(Default::default(), |a, b| turnpike_store::UsageTotals {
+            invocations: a.invocations + b.invocations,
+            cpu_seconds: a.cpu_seconds + b.cpu_seconds,
+            gb_seconds: a.gb_seconds + b.gb_seconds,
+            cost: a.cost + b.cost,
+        })
 }

@@ -18,6 +18,8 @@ pub fn invocation(query: &str) -> Invocation {
         },
         depth: 0,
         start_mb: 2,
+        deadline: None,
+        cancel: Default::default(),
     }
 }
 

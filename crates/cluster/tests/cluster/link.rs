@@ -1,15 +1,19 @@
 //! Links (`turnpike_wire::link`) against a real `Worker` service (an emulated worker) on
 //! a loopback port: calls multiplexed on one stream are answered by their own tags; a peer
-//! that dies fails the calls in flight instead of leaving them hanging, and the link opens a
-//! new stream to the restarted peer; an idle stream is closed and reopened on demand.
+//! that dies fails the calls in flight instead of leaving them hanging (and the peer cancels
+//! them), and the link opens a new stream to the restarted peer; an idle stream is closed and
+//! reopened on demand; a cancelled call, or one whose deadline passes, is cancelled at the
+//! peer and still answered with what it used.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Endpoint, Server};
 use turnpike_node::emulated::{EmulatedConfig, EmulatedWorker};
+use turnpike_node::node::NodeLoad;
 use turnpike_policy::ClassSet;
+use turnpike_wire::invocation::FailureKind;
 use turnpike_wire::link::{Link, IDLE_CLOSE};
 use turnpike_wire::proto::worker_client::WorkerClient;
 use turnpike_wire::rpc;
@@ -23,6 +27,11 @@ const HANG: Duration = Duration::from_secs(20);
 /// An emulated 4-core worker served on a loopback port for the rest of the test; its
 /// address.
 async fn start_worker() -> SocketAddr {
+    start_worker_kept().await.0
+}
+
+/// [`start_worker`], and the worker, to look at its load.
+async fn start_worker_kept() -> (SocketAddr, EmulatedWorker) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
@@ -30,13 +39,62 @@ async fn start_worker() -> SocketAddr {
     let mut config = EmulatedConfig::new(ClassSet::default_four());
     config.cores = 4;
     let worker = EmulatedWorker::new(config);
+    let served = worker.clone();
     tokio::spawn(async move {
         let _ = Server::builder()
-            .add_service(worker.into_server())
+            .add_service(served.into_server())
             .serve_with_incoming(rpc::incoming(listener))
             .await;
     });
-    address
+    (address, worker)
+}
+
+/// Waits (at most [`HANG`]) until `worker` has nothing in flight.
+async fn drained(worker: &EmulatedWorker) {
+    tokio::time::timeout(HANG, async {
+        while worker.functions() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the worker's invocations end, not run on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_ends_at_the_peer_and_is_answered_with_what_it_used() {
+    let _serial = serial().await;
+    let (address, worker) = start_worker_kept().await;
+    let link = std::sync::Arc::new(link_to(address));
+    let call = invocation("/?ms=60000");
+    let cancel = call.cancel.clone();
+    let running = tokio::spawn({
+        let link = link.clone();
+        async move { link.call(call).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    let outcome = tokio::time::timeout(HANG, running)
+        .await
+        .expect("a cancelled call is answered, not left for its minute")
+        .unwrap()
+        .expect("answered");
+    assert_eq!(outcome.failure_kind(), Some(FailureKind::Cancelled));
+    let used = outcome.usage.expect("it ran, so it has usage").cpu;
+    assert!(
+        used > Duration::ZERO && used < Duration::from_secs(30),
+        "{used:?}"
+    );
+    drained(&worker).await;
+
+    // A deadline is kept by the peer itself: nobody cancels this one.
+    let mut call = invocation("/?ms=60000");
+    call.deadline = Some(Instant::now() + Duration::from_millis(300));
+    let outcome = tokio::time::timeout(HANG, link.call(call))
+        .await
+        .expect("answered at its deadline")
+        .expect("answered");
+    assert_eq!(outcome.failure_kind(), Some(FailureKind::Cancelled));
+    drained(&worker).await;
 }
 
 fn link_to(address: SocketAddr) -> Link {
@@ -101,7 +159,7 @@ fn proxy(listener: TcpListener, upstream: SocketAddr) -> tokio::task::JoinSet<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_again() {
     let _serial = serial().await;
-    let upstream = start_worker().await;
+    let (upstream, worker) = start_worker_kept().await;
     // The link reaches the worker through a proxy whose death stands for the peer's.
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = front.local_addr().unwrap();
@@ -113,7 +171,7 @@ async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_ag
     let in_flight: Vec<_> = (0..3)
         .map(|_| {
             let link = link.clone();
-            tokio::spawn(async move { link.call(invocation("/?ms=5000")).await })
+            tokio::spawn(async move { link.call(invocation("/?ms=60000")).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -127,6 +185,8 @@ async fn a_dead_peer_fails_the_calls_in_flight_and_a_restarted_one_is_reached_ag
         assert!(!status.message().is_empty(), "{status:?}");
     }
     assert!(!link.is_open(), "a broken stream is forgotten");
+    // The peer saw its caller go and cancelled them: they do not run their minute for nobody.
+    drained(&worker).await;
 
     // The peer comes back on the same address: the next call opens a new stream.
     let _peer = proxy(TcpListener::bind(address).await.unwrap(), upstream);

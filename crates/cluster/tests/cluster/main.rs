@@ -6,6 +6,7 @@
 
 mod api;
 mod bounds;
+mod cancel;
 mod common;
 mod edge;
 mod emulated;

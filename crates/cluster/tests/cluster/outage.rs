@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use turnpike_cluster::up;
-use turnpike_store::{Day, Store};
+use turnpike_store::Store;
 
-use crate::common::{emulated_config, exchange, serial};
+use crate::common::{billed_this_month, emulated_config, exchange, serial};
 
 /// How long the database is down.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -106,17 +106,7 @@ async fn a_store_outage_under_load_loses_no_usage_row_and_bills_none_twice() {
     // gateway commits the rows it still holds.
     cluster.stop().await;
     let store = Store::open(&url).await.expect("the database is back");
-    let month = Day::of_unix(turnpike_store::unix_now()).month_start();
-    let usage = store
-        .usage(
-            turnpike_gateway::routing::OPERATOR,
-            &[],
-            month,
-            month.next_month_start(),
-        )
-        .await
-        .expect("usage");
-    let billed: u64 = usage.iter().map(|r| r.totals.invocations).sum();
+    let billed = billed_this_month(&store).await.invocations;
     let answered = answered.load(Ordering::Relaxed);
     assert!(
         during_outage > 0,
