@@ -29,6 +29,15 @@
 //!   kept with the ledger) at most every [`BOOK_REFRESH`] per tenant, by one request while
 //!   the others go on with what was read before, and kept up to date in between with this
 //!   gateway's own commits; with several gateways, another's spend shows within that period.
+//! - **In flight counts.** Spend is known only when an invocation ends, so a burst admitted
+//!   at once would all see the same spend and could overrun by the whole burst. Each
+//!   invocation admitted for a tenant with a budget is therefore counted at its *expected*
+//!   cost until its row is recorded ([`Hold`]): the check is `spent + in_flight x expected`
+//!   against the allowance. The expected cost is a moving average of the tenant's recorded
+//!   costs ([`EXPECTED_COST_WEIGHT`]), seeded with this month's mean from the ledger. So
+//!   with a gateway, spend passes the allowance by at most the in-flight invocations' costs
+//!   above their expectation; a tenant with no invocation yet this month has no expectation,
+//!   and its first burst is admitted as before.
 //! - **The clock** is a [`Clock`], so tests move through a month at will.
 
 use std::collections::HashMap;
@@ -52,6 +61,9 @@ const MAX_BATCH: usize = 512;
 pub const LEDGER_FLUSH: Duration = Duration::from_millis(10);
 /// Tries of a failing ledger commit.
 const COMMIT_TRIES: u32 = 3;
+/// Weight of the newest recorded cost in a tenant's expected cost per invocation (an
+/// exponential moving average over about its last 16 invocations).
+pub const EXPECTED_COST_WEIGHT: f64 = 1.0 / 16.0;
 
 /// Wall-clock time as the budget rule sees it: Unix seconds.
 pub trait Clock: Send + Sync + Debug {
@@ -129,7 +141,39 @@ struct Book {
     budget: Option<Budget>,
     month: Day,
     spent: f64,
+    /// This month's mean cost per invocation in the ledger (`None`: none yet), to seed the
+    /// expected cost of the tenant's invocations in flight.
+    mean_cost: Option<f64>,
     read_at: Instant,
+}
+
+/// What this gateway has admitted and not yet recorded for a tenant with a budget, and what
+/// its invocations are expected to cost.
+#[derive(Debug, Default)]
+struct InFlight {
+    invocations: u64,
+    /// Moving average of its recorded costs; `None` until one is known.
+    expected_cost: Option<f64>,
+}
+
+type InFlightByTenant = Arc<Mutex<HashMap<String, InFlight>>>;
+
+/// One admitted invocation counted in its tenant's spend at its expected cost while this
+/// lives: drop it after the invocation's row is recorded (or once it is known that none
+/// will be).
+#[derive(Debug)]
+pub struct Hold {
+    in_flight: InFlightByTenant,
+    tenant: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut in_flight = turnpike_wire::lock(&self.in_flight);
+        if let Some(tenant) = in_flight.get_mut(&self.tenant) {
+            tenant.invocations = tenant.invocations.saturating_sub(1);
+        }
+    }
 }
 
 /// What the ledger writer is sent.
@@ -148,6 +192,7 @@ pub struct Billing {
     memory_price: f64,
     clock: Arc<dyn Clock>,
     books: Mutex<HashMap<String, Book>>,
+    in_flight: InFlightByTenant,
     writer: mpsc::UnboundedSender<Write>,
     failures: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
@@ -195,6 +240,7 @@ impl Billing {
             memory_price,
             clock,
             books: Mutex::new(HashMap::new()),
+            in_flight: Arc::default(),
             writer,
             failures,
             recorded,
@@ -245,19 +291,46 @@ impl Billing {
         )
     }
 
-    /// Decides a new invocation of `tenant`'s asked to run at `class`.
-    pub async fn admit(&self, tenant: &str, class: ClassId) -> Result<Admission, StoreError> {
+    /// Decides a new invocation of `tenant`'s asked to run at `class`. When it may run and
+    /// the tenant has a budget, the [`Hold`] counts it in flight until dropped.
+    pub async fn admit(
+        &self,
+        tenant: &str,
+        class: ClassId,
+    ) -> Result<(Admission, Option<Hold>), StoreError> {
         let book = self.book(tenant).await?;
         let Some(budget) = book.budget else {
-            return Ok(Admission::Run(class));
+            return Ok((Admission::Run(class), None));
         };
-        Ok(match over_budget(&budget, book.spent, self.clock.now()) {
+        let mut in_flight = turnpike_wire::lock(&self.in_flight);
+        let pending = in_flight.entry(tenant.to_string()).or_default();
+        if pending.expected_cost.is_none() {
+            pending.expected_cost = book.mean_cost;
+        }
+        let reserved = pending.invocations as f64 * pending.expected_cost.unwrap_or(0.0);
+        let admission = match over_budget(&budget, book.spent + reserved, self.clock.now()) {
             None => Admission::Run(class),
             Some(wait) => match budget.over {
                 OverBudget::Throttle => Admission::Throttle(wait),
                 OverBudget::Lower => Admission::Run(ClassId(0)),
             },
-        })
+        };
+        let hold = matches!(admission, Admission::Run(_)).then(|| {
+            pending.invocations += 1;
+            Hold {
+                in_flight: self.in_flight.clone(),
+                tenant: tenant.to_string(),
+            }
+        });
+        Ok((admission, hold))
+    }
+
+    /// Invocations of `tenant` admitted and not yet recorded (those of a tenant with a
+    /// budget).
+    pub fn in_flight(&self, tenant: &str) -> u64 {
+        turnpike_wire::lock(&self.in_flight)
+            .get(tenant)
+            .map_or(0, |t| t.invocations)
     }
 
     /// `tenant`'s budget and spend this month, for `GET /v1/budget`.
@@ -315,10 +388,25 @@ impl Billing {
         self.flush().await;
         let budget = self.store.budget(tenant).await?;
         let spent = self.store.spent_since(tenant, month).await?;
+        // Only a budget needs the mean (an aggregate over the month's ledger rows).
+        let mean_cost = match budget {
+            Some(_) => {
+                let rows = self
+                    .store
+                    .usage(tenant, &[], month, month.next_month_start())
+                    .await?;
+                let (n, cost) = rows.iter().fold((0, 0.0), |(n, c), r| {
+                    (n + r.totals.invocations, c + r.totals.cost)
+                });
+                (n > 0).then(|| cost / n as f64)
+            }
+            None => None,
+        };
         Ok(Book {
             budget,
             month,
             spent,
+            mean_cost,
             read_at: Instant::now(),
         })
     }
@@ -336,6 +424,12 @@ impl Billing {
         }
         if let Some(book) = turnpike_wire::lock(&self.books).get_mut(&tenant) {
             book.spent += cost;
+        }
+        if let Some(pending) = turnpike_wire::lock(&self.in_flight).get_mut(&tenant) {
+            pending.expected_cost = Some(match pending.expected_cost {
+                Some(expected) => expected + (cost - expected) * EXPECTED_COST_WEIGHT,
+                None => cost,
+            });
         }
     }
 
@@ -545,6 +639,80 @@ mod tests {
         assert!(over_budget(&zero, 0.001, nov(5)).is_some());
     }
 
+    /// A burst admitted at once counts its invocations in flight at their expected cost, so
+    /// the tenant's spend passes its allowance by at most one invocation's cost, not by the
+    /// burst.
+    #[tokio::test]
+    async fn a_burst_is_admitted_only_up_to_the_allowance_counting_invocations_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
+        store.create_tenant("acme", false).await.unwrap();
+        let budget = Budget {
+            monthly: 30.0,
+            over: OverBudget::Throttle,
+            headroom: 0.0,
+        };
+        store.set_budget("acme", Some(&budget)).await.unwrap();
+        // The 11th of November: an allowance of 10 (1 a day).
+        let clock = ManualClock::at(nov(11));
+        let classes = ClassSet::default_four();
+        let billing = Billing::new(store, classes.clone(), 1.0, clock.clone(), outbox(&dir));
+        let top = classes.top();
+        let entry = |id: i64| UsageEntry {
+            invocation: id,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at: clock.now(),
+            status: 200,
+            cpu_ns: 500_000_000,
+            gb_seconds: 0.0,
+            cost: billing.cost(top, 500_000_000, 0.0),
+        };
+        let cost = entry(0).cost;
+        assert_eq!(cost, 1.0);
+        // One invocation earlier this month: spent 1, and what one costs is known.
+        billing.record(entry(1));
+        billing.flush().await;
+        billing.forget("acme");
+        // A burst of 50 at once, none finished yet.
+        let mut holds = Vec::new();
+        let mut throttled = 0;
+        for _ in 0..50 {
+            match billing.admit("acme", top).await.unwrap() {
+                (Admission::Run(_), hold) => holds.push(hold.expect("a budget: held")),
+                (Admission::Throttle(_), hold) => {
+                    assert!(hold.is_none());
+                    throttled += 1;
+                }
+            }
+        }
+        assert_eq!(
+            holds.len(),
+            10,
+            "1 spent + 10 in flight reach the allowance"
+        );
+        assert_eq!((throttled, billing.in_flight("acme")), (40, 10));
+        // They finish: each recorded, then no longer in flight.
+        for (i, hold) in holds.into_iter().enumerate() {
+            billing.record(entry(2 + i as i64));
+            drop(hold);
+        }
+        assert_eq!(billing.in_flight("acme"), 0);
+        let (_, _, spent) = billing.status("acme").await.unwrap();
+        assert!(
+            spent <= allowance(&budget, clock.now()) + cost,
+            "spent {spent}: at most one invocation past the allowance"
+        );
+        // Invocations that end unbilled (never ran) give their place back.
+        clock.set(nov(13));
+        let (admission, hold) = billing.admit("acme", top).await.unwrap();
+        assert_eq!(admission, Admission::Run(top));
+        drop(hold);
+        assert_eq!(billing.in_flight("acme"), 0);
+    }
+
     #[tokio::test]
     async fn admission_follows_the_tenants_policy_and_the_clock() {
         let dir = tempfile::tempdir().unwrap();
@@ -561,7 +729,7 @@ mod tests {
         );
         let top = classes.top();
         assert_eq!(
-            billing.admit("acme", top).await.unwrap(),
+            billing.admit("acme", top).await.unwrap().0,
             Admission::Run(top)
         );
         store
@@ -592,14 +760,14 @@ mod tests {
         billing.record(spend(1));
         billing.flush().await;
         assert_eq!(billing.recorded(), 1);
-        let Admission::Throttle(wait) = billing.admit("acme", top).await.unwrap() else {
+        let Admission::Throttle(wait) = billing.admit("acme", top).await.unwrap().0 else {
             panic!("not throttled")
         };
         // The allowance reaches 10 on the 11th (1 a day).
         assert_eq!(wait, 10 * DAY as u64);
         clock.set(nov(11));
         assert_eq!(
-            billing.admit("acme", top).await.unwrap(),
+            billing.admit("acme", top).await.unwrap().0,
             Admission::Run(top)
         );
         // `lower`: over budget, the cheapest class.
@@ -618,13 +786,13 @@ mod tests {
         billing.record(spend(2));
         billing.flush().await;
         assert_eq!(
-            billing.admit("acme", top).await.unwrap(),
+            billing.admit("acme", top).await.unwrap().0,
             Admission::Run(ClassId(0))
         );
         // A new month starts from nothing.
         clock.set(Day::parse("2026-12-01").unwrap().start_unix());
         assert_eq!(
-            billing.admit("acme", top).await.unwrap(),
+            billing.admit("acme", top).await.unwrap().0,
             Admission::Run(top)
         );
         // The same invocation recorded again is not spent again.
@@ -673,7 +841,7 @@ mod tests {
         });
         billing.flush().await;
         assert!(matches!(
-            billing.admit("acme", top).await.unwrap(),
+            billing.admit("acme", top).await.unwrap().0,
             Admission::Throttle(_)
         ));
         store.close().await;
@@ -686,7 +854,7 @@ mod tests {
             .unwrap();
         assert!(
             matches!(
-                billing.admit("acme", top).await.unwrap(),
+                billing.admit("acme", top).await.unwrap().0,
                 Admission::Throttle(_)
             ),
             "the book read before, still over budget"

@@ -495,9 +495,9 @@ impl Gateway {
             Ok(after) => after.map(|after| started + after),
             Err(refusal) => return refusal,
         };
-        let class = match self.billing.admit(&target.tenant, class).await {
-            Ok(Admission::Run(class)) => class,
-            Ok(Admission::Throttle(wait)) => {
+        let (class, hold) = match self.billing.admit(&target.tenant, class).await {
+            Ok((Admission::Run(class), hold)) => (class, hold),
+            Ok((Admission::Throttle(wait), _)) => {
                 return refuse_for(
                     Refusal::OverBudget,
                     format!(
@@ -564,6 +564,8 @@ impl Gateway {
             async move {
                 let gateway = admitted.0.clone();
                 let response = gateway.invoke_and_bill(invocation, target).await;
+                // Its cost is in the tenant's spend now (if it ran): no longer expected.
+                drop(hold);
                 drop(admitted);
                 response
             }
