@@ -151,6 +151,11 @@ pub struct Gateway {
     latency: ClassHistograms,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
     pub(crate) responses: [AtomicU64; 4],
+    /// Invocations sent to a second shard after the first failed: the first attempt's
+    /// stream broke, so its worker cancels it (it is not billed; the retry is).
+    shard_retries: AtomicU64,
+    /// Invocations that ended cancelled (client gone or deadline passed).
+    cancelled: AtomicU64,
     /// Invocations between admission and response (see
     /// [`GatewayConfig::in_flight_invocations_max`]).
     in_flight: AtomicU64,
@@ -277,6 +282,8 @@ impl Gateway {
             latency,
             responses: Default::default(),
             in_flight: AtomicU64::new(0),
+            shard_retries: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             class_values,
         });
         gateway.reload_routing().await?;
@@ -395,6 +402,20 @@ impl Gateway {
             "gauge",
             "Usage rows waiting on disk for the store.",
             &metrics::single(self.billing.outbox_rows() as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_shard_retries_total",
+            "counter",
+            "Invocations sent to another shard after theirs failed (the first attempt is cancelled where it ran, unbilled).",
+            &metrics::single(self.shard_retries.load(Ordering::Relaxed) as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_gateway_cancelled_total",
+            "counter",
+            "Invocations cancelled because the client went away or the deadline passed.",
+            &metrics::single(self.cancelled.load(Ordering::Relaxed) as f64),
         );
         self.latency.render(
             &mut out,
@@ -614,6 +635,7 @@ impl Gateway {
         };
         let usage = outcome.billable();
         let response = if outcome.failure_kind() == Some(FailureKind::Cancelled) {
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 refuse(Refusal::DeadlinePassed,
                     format!("the invocation's deadline (`{DEADLINE_HEADER}`) passed before it finished; it was cancelled"),
@@ -741,6 +763,9 @@ impl Gateway {
             let Some(s) = self.pick_shard(&tried) else {
                 break;
             };
+            if !tried.is_empty() {
+                self.shard_retries.fetch_add(1, Ordering::Relaxed);
+            }
             tried.push(s);
             let shard = &self.shards[s];
             shard.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -67,6 +67,9 @@ pub struct NodeService {
     /// Wall time of invocations by class, submit to end on this worker.
     latency: Arc<ClassHistograms>,
     failures: Arc<AtomicU64>,
+    /// Invocations cancelled here (their caller went away, their deadline passed, or the
+    /// stream they came on broke).
+    cancelled: Arc<AtomicU64>,
     /// How this worker is named in logs (its address once it listens).
     label: Arc<str>,
     /// Invocations accepted and not answered, and their bound
@@ -121,6 +124,7 @@ impl NodeService {
             fetching: Arc::new(tokio::sync::Mutex::new(())),
             latency,
             failures: Arc::new(AtomicU64::new(0)),
+            cancelled: Arc::new(AtomicU64::new(0)),
             label: Arc::from("worker"),
             in_flight: Arc::new(InFlight::new(WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT)),
         }
@@ -198,6 +202,13 @@ impl NodeService {
             "counter",
             "Invocations that ended without a response.",
             &metrics::single(self.failures.load(Ordering::Relaxed) as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_cancelled_total",
+            "counter",
+            "Invocations cancelled here: caller gone, deadline passed, or the stream they came on broke (a shard lost).",
+            &metrics::single(self.cancelled.load(Ordering::Relaxed) as f64),
         );
         self.latency.render(
             &mut out,
@@ -313,7 +324,10 @@ impl NodeService {
             // platform's own are worth an operator's look.
             match e {
                 InvokeError::Killed => tracing::info!("killed to free memory"),
-                InvokeError::Cancelled => tracing::info!("cancelled"),
+                InvokeError::Cancelled => {
+                    self.cancelled.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("cancelled");
+                }
                 InvokeError::Shutdown => tracing::warn!("the worker is shutting down"),
                 e => tracing::debug!("the invocation failed: {e}"),
             }

@@ -19,6 +19,10 @@ pub struct WorkerArgs {
     /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Where it serves Prometheus `/metrics` (port 0: chosen by the OS, printed); a wasm
+    /// worker only.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
     /// A shard to register with (repeat for each shard).
     #[arg(long = "shard", required = true)]
     shards: Vec<SocketAddr>,
@@ -103,7 +107,14 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             Ok(node) => node,
             Err(e) => return crate::fail(e),
         };
+        let rendered = node.service.clone();
+        let render = std::sync::Arc::new(move || rendered.metrics());
+        let metrics_addr = match crate::roles::serve_metrics(args.metrics, render).await {
+            Ok(bound) => bound,
+            Err(e) => return crate::fail(e),
+        };
         println!("worker listening on {}", node.address);
+        println!("metrics: http://{metrics_addr}/metrics");
         for hash in &node.loaded {
             println!("loaded {hash}");
         }

@@ -1,7 +1,8 @@
 //! The roles as separate processes: a worker process SIGKILLed mid-load (the shards notice,
 //! place its invocations again on the surviving worker, and every request gets an answer, a
 //! result or a clear 503, none hangs), a shard process SIGKILLed mid-load (the gateway sends
-//! what it had in flight there, and new work, to the other shard), a cluster of `turnpike shard`, `turnpike worker` and
+//! what it had in flight there, and new work, to the other shard; the worker cancels the
+//! first attempts, and every invocation answered is billed exactly once), a cluster of `turnpike shard`, `turnpike worker` and
 //! `turnpike gateway` processes serving a route and a call between functions, and
 //! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM.
 
@@ -126,6 +127,34 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
 /// Starts a role process (with the cluster's chain token in its environment) and returns it
 /// with the address it printed on the line starting with `prefix`.
 fn start_role(args: &[String], prefix: &str) -> (Child, String) {
+    let (child, addr, _) = start_role_reading(args, prefix, false);
+    (child, addr)
+}
+
+/// [`start_role`], and the URL of its `/metrics` (from its `metrics: URL` line).
+fn start_role_with_metrics(args: &[String], prefix: &str) -> (Child, String, String) {
+    let (child, addr, metrics) = start_role_reading(args, prefix, true);
+    (child, addr, metrics.expect("a `metrics: URL` line"))
+}
+
+/// One counter's value in the Prometheus text at `url` (`http://HOST:PORT/metrics`).
+async fn counter(url: &str, name: &str) -> f64 {
+    let url = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = url.split_once('/').expect("a path");
+    let (status, text) = get(host.parse().expect("an address"), &format!("/{path}")).await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Starts a role; its address from its first line (which starts with `prefix`) and, if
+/// `metrics`, the URL from the first later line starting `metrics: `.
+fn start_role_reading(
+    args: &[String],
+    prefix: &str,
+    metrics: bool,
+) -> (Child, String, Option<String>) {
     let mut child = Child(
         Command::new(BIN)
             .args(args)
@@ -142,8 +171,14 @@ fn start_role(args: &[String], prefix: &str) -> (Child, String) {
         .unwrap_or_else(|| panic!("expected `{prefix}...`, got {first:?}"))
         .trim()
         .to_string();
+    let metrics_url = metrics.then(|| loop {
+        let line = lines.next().expect("a metrics line").expect("readable");
+        if let Some(url) = line.strip_prefix("metrics: ") {
+            break url.trim().to_string();
+        }
+    });
     std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    (child, addr, metrics_url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +396,7 @@ async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
     for s in &shards {
         args.extend(["--shard".into(), s.clone()]);
     }
-    let (worker, _) = start_role(&args, "worker listening on ");
+    let (worker, _, worker_metrics) = start_role_with_metrics(&args, "worker listening on ");
     let mut args = vec![
         "gateway".to_string(),
         "--listen".into(),
@@ -374,7 +409,8 @@ async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
     for s in &shards {
         args.extend(["--shard".into(), s.clone()]);
     }
-    let (gateway, url) = start_role(&args, "gateway listening on http://");
+    let (gateway, url, gateway_metrics) =
+        start_role_with_metrics(&args, "gateway listening on http://");
     let gw: SocketAddr = url.parse().expect("gateway address");
     let start = Instant::now();
     while get(gw, "/spin?ms=1").await.0 != 200 {
@@ -406,6 +442,39 @@ async fn a_shard_process_killed_mid_load_and_every_request_is_answered() {
         let (status, text) = get(gw, "/spin?ms=1").await;
         assert_eq!(status, 200, "{text}");
     }
+    // Billed exactly once each: the 200s (the first, the burst's and these six). A first
+    // attempt whose shard died was cancelled on the worker and is not billed; its retry is.
+    // The gateway's ledger commits within milliseconds; SIGKILL would lose what it holds, so
+    // read the store while it runs.
+    let store = turnpike_store::Store::open(&turnpike_store::Store::sqlite_url(gateway_dir.path()))
+        .await
+        .expect("the gateway's store");
+    let answered = 1 + ok + 6;
+    let month = turnpike_store::Day::of_unix(turnpike_store::unix_now()).month_start();
+    let start = Instant::now();
+    let billed = loop {
+        let rows = store
+            .usage(
+                turnpike_gateway::routing::OPERATOR,
+                &[],
+                month,
+                month.next_month_start(),
+            )
+            .await
+            .expect("usage");
+        let billed: u64 = rows.iter().map(|r| r.totals.invocations).sum();
+        if billed >= answered || start.elapsed() > Duration::from_secs(10) {
+            break billed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(billed, answered, "each invocation answered 200 billed once");
+    // The metrics say what happened: the gateway retried elsewhere, and the worker cancelled
+    // the attempts that came through the dead shard instead of running them for nobody.
+    let retries = counter(&gateway_metrics, "turnpike_gateway_shard_retries_total").await;
+    let cancelled = counter(&worker_metrics, "turnpike_worker_cancelled_total").await;
+    assert!(retries >= 1.0, "{retries} retries");
+    assert!(cancelled >= 1.0, "{cancelled} cancelled on the worker");
     drop((worker, gateway));
 }
 
