@@ -37,6 +37,19 @@
 //! `SwapOut` goes to the worker's swap thread, `SwapIn` is done by the gate right before the
 //! guest's next poll, and `Kill` ends the invocation with [`InvokeError::Killed`] so the
 //! caller can requeue it (see [`crate::swap`]).
+//!
+//! Memory billing ([`Usage::memory_mb_seconds`]): an invocation's linear memory accrues
+//! MB-seconds only while it is running on a slot or blocked on its own I/O, the time it would
+//! also have spent holding that memory on an idle machine. Time the worker made it wait is
+//! not billed: queued before its first run, parked by a preemption (whether or not its memory
+//! was swapped out meanwhile), woken from its I/O but not yet given a slot back, killed and
+//! not yet ended, and the swap-in on its slot before it runs again. Blocked time is billed
+//! even if the machine swapped the blocked invocation out meanwhile, since its own I/O, not
+//! the swap, kept it waiting. The gate's phase says which (`Phase::billed`), applied to the
+//! invocation's [`MemoryMeter`] at every phase change under the scheduler lock
+//! (`GateState::set_phase`), and around every swap-in. So a batch invocation starved for
+//! minutes by critical work is billed about the MB-seconds of the same invocation run alone,
+//! as its CPU time ([`Usage::cpu`]) already was; only its [`Usage::wall`] grows.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -153,18 +166,28 @@ struct Sched {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Not started yet, or preempted: the gate is closed.
+    /// Not started yet, preempted (swapped out or not), or woken from I/O and not yet given a
+    /// slot back: the gate is closed. Its memory is not billed.
     Waiting,
-    /// Holds a slot: the gate is open.
+    /// Holds a slot: the gate is open. Its memory is billed.
     Running,
-    /// Waiting on I/O: holds no slot until it is woken.
+    /// Waiting on its own I/O: holds no slot until it is woken. Its memory is billed.
     Blocked,
-    /// Killed by the machine to free memory; its gate ends it at the next poll.
+    /// Killed by the machine to free memory; its gate ends it at the next poll. Its memory is
+    /// not billed.
     Killed,
+}
+
+impl Phase {
+    /// Whether the invocation's memory accrues MB-seconds in this phase (see the module docs).
+    fn billed(self) -> bool {
+        matches!(self, Phase::Running | Phase::Blocked)
+    }
 }
 
 #[derive(Debug)]
 struct GateState {
+    /// Changed only through [`GateState::set_phase`], which keeps `meter` billing in step.
     phase: Phase,
     /// The task's waker, to wake it on `Start`/`Resume`.
     task: Option<Waker>,
@@ -172,12 +195,26 @@ struct GateState {
     woken: bool,
     /// Memory last reported to the machine, MB.
     mem_mb: u64,
+    /// Its memory meter, told at every phase change whether its memory is billed.
+    meter: Arc<MemoryMeter>,
     memory: Arc<InvocationMemory>,
     parks: u32,
     blocks: u32,
     /// [`InvocationHandle::cancel`] was called: its gate ends it at the next poll, whatever
     /// its phase.
     cancelled: bool,
+}
+
+impl GateState {
+    /// Moves the invocation to `phase` at `now` and starts or stops billing its memory
+    /// accordingly ([`Phase::billed`]). Every phase change goes through here, under the
+    /// scheduler lock, so billing follows the phases exactly.
+    fn set_phase(&mut self, phase: Phase, now: Instant) {
+        if phase.billed() != self.phase.billed() {
+            self.meter.set_billed(phase.billed(), now);
+        }
+        self.phase = phase;
+    }
 }
 
 impl Shared {
@@ -195,11 +232,12 @@ impl Sched {
     fn apply(&mut self) -> bool {
         let mut bump = false;
         while let Some(action) = self.machine.poll_action() {
+            let now = Instant::now();
             match action {
                 MachineAction::Start(id) | MachineAction::Resume(id) => {
                     if let Some(g) = self.invocations.get_mut(&id) {
                         debug_assert_ne!(g.phase, Phase::Blocked);
-                        g.phase = Phase::Running;
+                        g.set_phase(Phase::Running, now);
                         if let Some(task) = &g.task {
                             task.wake_by_ref();
                         }
@@ -208,7 +246,7 @@ impl Sched {
                 MachineAction::Preempt(id) => {
                     self.preemptions += 1;
                     if let Some(g) = self.invocations.get_mut(&id) {
-                        g.phase = Phase::Waiting;
+                        g.set_phase(Phase::Waiting, now);
                         g.parks += 1;
                         bump = true;
                     }
@@ -230,7 +268,7 @@ impl Sched {
                     if let Some(g) = self.invocations.get_mut(&id) {
                         // A running one stops at its next epoch check.
                         bump |= g.phase == Phase::Running;
-                        g.phase = Phase::Killed;
+                        g.set_phase(Phase::Killed, now);
                         if let Some(task) = &g.task {
                             task.wake_by_ref();
                         }
@@ -426,7 +464,8 @@ impl Worker {
             return refuse(InvokeError::Shutdown);
         };
 
-        let meter = Arc::new(MemoryMeter::new(submitted));
+        // Waiting for a slot until the machine starts it: unbilled.
+        let meter = Arc::new(MemoryMeter::unbilled(submitted));
         let memory = InvocationMemory::new(self.swap_dir.join(format!("{}.swap", id.0)));
         let inner = Box::pin(guest::run(
             function.pre().clone(),
@@ -450,6 +489,7 @@ impl Worker {
                     task: None,
                     woken: false,
                     mem_mb: start_mb,
+                    meter: meter.clone(),
                     memory: memory.clone(),
                     parks: 0,
                     blocks: 0,
@@ -669,6 +709,7 @@ impl Future for Gate {
                 .invocations
                 .get_mut(&this.id)
                 .expect("an invocation stays registered until its gate finishes");
+            debug_assert_eq!(g.meter.billed(), g.phase.billed(), "{:?}", g.phase);
             if !g.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 g.task = Some(cx.waker().clone());
             }
@@ -699,12 +740,15 @@ impl Future for Gate {
             .inner
             .as_mut()
             .expect("a finished gate is not polled again");
-        // Swap-in (if it was swapped out) counts as this invocation's time on the core.
+        // Swap-in (if it was swapped out) counts as this invocation's time on the core, but
+        // its memory is not billed meanwhile: the swap was the platform's doing.
         let (cpu_before, wall_before) = (thread_cpu_time(), Instant::now());
+        this.meter.set_restoring(true, wall_before);
         let running = match this.memory.enter() {
             Ok(running) => running,
             Err(e) => return Poll::Ready(this.finish(Err(InvokeError::SwapIn(e.to_string())))),
         };
+        this.meter.set_restoring(false, Instant::now());
         let poll = inner.as_mut().poll(&mut Context::from_waker(&this.waker));
         drop(running);
         this.cpu += thread_cpu_time().saturating_sub(cpu_before);
@@ -731,7 +775,7 @@ impl Future for Gate {
                 }
                 if !g.woken && matches!(g.phase, Phase::Running | Phase::Waiting) {
                     // Pending with no wake during the poll: waiting on I/O, not on the CPU.
-                    g.phase = Phase::Blocked;
+                    g.set_phase(Phase::Blocked, Instant::now());
                     g.blocks += 1;
                     machine.handle_blocked(this.id);
                     changed = true;
@@ -824,7 +868,7 @@ impl Wake for GateWaker {
             g.woken = true;
             let task = g.task.clone();
             if g.phase == Phase::Blocked {
-                g.phase = Phase::Waiting;
+                g.set_phase(Phase::Waiting, Instant::now());
                 machine.handle_ready(self.id);
                 sched.settle(&self.shared.engine);
             }

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{field, guest, load, serial, BATCH, CRITICAL};
+use common::{field, guest, load, serial, worker_with_memory, BATCH, CRITICAL};
 use turnpike_worker::{
     InvokeError, InvokeOptions, Request, Runtime, RuntimeConfig, StartError, Worker, WorkerConfig,
 };
@@ -18,25 +18,6 @@ const MIB: u64 = 1 << 20;
 /// `grow?mb=256`'s checksum (examples/functions/grow).
 const GROW_256_CHECKSUM: &str = "a15f87dfb5222325";
 const GROW_100_MB_CHECKSUM_FIELD: &str = "mb=100";
-
-fn worker_with_memory(memory_mb: u64, swap_mb: u64) -> (Worker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = RuntimeConfig::new(dir.path().join("cache"));
-    config.instances_max = 16;
-    let runtime = Arc::new(Runtime::new(config).expect("runtime starts"));
-    let worker = Worker::new(
-        runtime,
-        WorkerConfig {
-            cores: 1,
-            memory_mb: Some(memory_mb),
-            swap_mb,
-            swap_dir: dir.path().to_path_buf(),
-            ..WorkerConfig::default()
-        },
-    )
-    .expect("worker starts");
-    (worker, dir)
-}
 
 /// The process's resident set, bytes, from `/proc/self/status`.
 fn rss_bytes() -> u64 {

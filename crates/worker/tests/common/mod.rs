@@ -41,6 +41,27 @@ pub fn worker(cores: u32) -> (Worker, tempfile::TempDir) {
     (worker, dir)
 }
 
+/// A one-slot worker with a memory capacity and swap space (swap files in the returned
+/// directory), and that directory.
+pub fn worker_with_memory(memory_mb: u64, swap_mb: u64) -> (Worker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = RuntimeConfig::new(dir.path().join("cache"));
+    config.instances_max = 16;
+    let runtime = Arc::new(Runtime::new(config).expect("runtime starts"));
+    let worker = Worker::new(
+        runtime,
+        WorkerConfig {
+            cores: 1,
+            memory_mb: Some(memory_mb),
+            swap_mb,
+            swap_dir: dir.path().to_path_buf(),
+            ..WorkerConfig::default()
+        },
+    )
+    .expect("worker starts");
+    (worker, dir)
+}
+
 pub fn load(worker: &Worker, name: &str) -> Arc<Function> {
     worker
         .runtime()
