@@ -204,6 +204,7 @@ fn zero_length(i: usize) -> Invocation {
         start_mb: 2,
         deadline: None,
         cancel: Default::default(),
+        call_token: None,
     }
 }
 

@@ -376,7 +376,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                     cores: config.cores_per_worker,
                     memory_mb: config.memory_mb_per_worker,
                     classes: classes.clone(),
-                    gateway: Some((gateway_addr, chain_token.clone())),
+                    gateway: Some(gateway_addr),
                     seed: w as u64 + 1,
                     store: Some(store.clone()),
                     directory: directory.clone(),

@@ -40,9 +40,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 use turnpike_policy::shard_choice::choose_shard;
-use turnpike_policy::{ClassId, ClassSet};
+use turnpike_policy::ClassSet;
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
-use turnpike_wire::chain;
+use turnpike_wire::chain::{self, CallToken, CALL_TOKEN_TTL};
 use turnpike_wire::invocation::{Cancellation, FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
@@ -208,6 +208,13 @@ impl ShardHandle {
 }
 
 pub use crate::refusal::Body;
+
+/// Now, in Unix milliseconds (call tokens' expiry).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The longest [`DEADLINE_HEADER`] accepted: a day.
 const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -507,9 +514,15 @@ impl Gateway {
         path_and_query: String,
     ) -> http::Response<Body> {
         let started = Instant::now();
+        let mut target = target;
+        // A call from a function runs at `max(caller, route)`, one level deeper, billed to
+        // the caller's tenant.
         let (class, depth) = match self.chain_context(&parts.headers) {
             Ok(None) => (target.class, 0),
-            Ok(Some((caller, depth))) => (target.class.max(caller), depth),
+            Ok(Some(caller)) => {
+                target.tenant = caller.tenant;
+                (target.class.max(caller.class), caller.depth + 1)
+            }
             Err(refusal) => return refusal,
         };
         let deadline = match deadline_after(&parts.headers) {
@@ -577,6 +590,15 @@ impl Gateway {
             start_mb: self.config.start_mb,
             deadline,
             cancel: Cancellation::new(),
+            call_token: self.config.chain_token.as_ref().map(|key| {
+                key.sign(&CallToken {
+                    tenant: target.tenant.clone(),
+                    class,
+                    depth,
+                    invocation: id,
+                    expires_ms: unix_ms().saturating_add(CALL_TOKEN_TTL.as_millis() as u64),
+                })
+            }),
         };
         // It runs and is billed on a task of its own: a client that hangs up cancels it
         // (`CancelOnHangup`) but does not stop its billing.
@@ -667,25 +689,22 @@ impl Gateway {
         response
     }
 
-    /// The caller's class and the chain depth of a call from a function; `None` for an
-    /// outside request; an answer to send instead when the call may not go on.
+    /// Who is calling, for a call from a function (its verified [`CallToken`]; the callee
+    /// runs one level deeper); `None` for an outside request; an answer to send instead when
+    /// the call may not go on.
     #[allow(clippy::result_large_err)]
     fn chain_context(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<Option<(ClassId, u32)>, http::Response<Body>> {
+    ) -> Result<Option<CallToken>, http::Response<Body>> {
         if !chain::PLATFORM_HEADERS
             .iter()
             .any(|h| headers.contains_key(*h))
         {
             return Ok(None);
         }
-        let token = headers.get(chain::TOKEN_HEADER).map(|v| v.as_bytes());
-        let vouched = match (&self.config.chain_token, token) {
-            (Some(expected), Some(given)) => expected.matches(given),
-            _ => false,
-        };
-        if !vouched {
+        let (Some(key), Some(given)) = (&self.config.chain_token, headers.get(chain::TOKEN_HEADER))
+        else {
             return Err(refuse(Refusal::Forbidden,
                 format!(
                     "`{}`, `{}` and `{}` are set by the platform on calls between functions; a request from outside must not send them",
@@ -694,30 +713,27 @@ impl Gateway {
                     chain::TOKEN_HEADER
                 ),
             ));
-        }
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default()
         };
-        let caller_name = text(chain::CALLER_CLASS_HEADER);
-        let Some(caller) = self.config.classes.by_name(&caller_name) else {
+        let caller = match key.verify(given.as_bytes(), unix_ms()) {
+            Ok(caller) => caller,
+            Err(e) => {
+                return Err(refuse(
+                    Refusal::Forbidden,
+                    format!("a call between functions refused: {e}"),
+                ))
+            }
+        };
+        if caller.class.index() >= self.config.classes.len() {
             return Err(refuse(
                 Refusal::Invalid,
                 format!(
-                    "unknown caller class `{caller_name}`; classes: {}",
+                    "the caller's class {} is unknown; classes: {}",
+                    caller.class.0,
                     self.class_names()
                 ),
             ));
-        };
-        let depth_text = text(chain::DEPTH_HEADER);
-        let Ok(depth) = depth_text.parse::<u32>() else {
-            return Err(refuse(
-                Refusal::Invalid,
-                format!("bad `{}`: {depth_text:?}", chain::DEPTH_HEADER),
-            ));
-        };
+        }
+        let depth = caller.depth.saturating_add(1);
         let max = self.config.max_chain_depth;
         if depth > max {
             return Err(refuse(Refusal::ChainTooDeep,
@@ -726,7 +742,7 @@ impl Gateway {
                 ),
             ));
         }
-        Ok(Some((caller, depth)))
+        Ok(Some(caller))
     }
 
     pub(crate) fn class_names(&self) -> String {
@@ -829,6 +845,7 @@ impl Gateway {
 mod tests {
     use super::*;
     use http::StatusCode;
+    use turnpike_policy::ClassId;
     use turnpike_wire::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
 
     async fn gateway(token: Option<ChainToken>) -> (Arc<Gateway>, tempfile::TempDir) {
@@ -881,69 +898,68 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    fn caller(class: u8, depth: u32, expires_ms: u64) -> CallToken {
+        CallToken {
+            tenant: "acme".into(),
+            class: ClassId(class),
+            depth,
+            invocation: 5,
+            expires_ms,
+        }
+    }
+
     #[tokio::test]
     async fn calls_from_functions_are_checked() {
-        let token = ChainToken::new("0123456789abcdef".into()).unwrap();
-        let (g, _dir) = gateway(Some(token)).await;
-        let good = "0123456789abcdef";
+        let key = ChainToken::new("0123456789abcdef".into()).unwrap();
+        let (g, _dir) = gateway(Some(key.clone())).await;
+        let later = unix_ms() + 60_000;
         assert_eq!(g.chain_context(&headers(&[])).unwrap(), None);
+        let good = key.sign(&caller(2, 3, later));
+        assert_eq!(
+            g.chain_context(&headers(&[(TOKEN_HEADER, &good)])).unwrap(),
+            Some(caller(2, 3, later))
+        );
+        // Class and depth come from the token alone: headers claiming others change nothing.
         assert_eq!(
             g.chain_context(&headers(&[
-                (CALLER_CLASS_HEADER, "interactive"),
-                (DEPTH_HEADER, "3"),
-                (TOKEN_HEADER, good),
+                (CALLER_CLASS_HEADER, "critical"),
+                (DEPTH_HEADER, "0"),
+                (TOKEN_HEADER, &good),
             ]))
             .unwrap(),
-            Some((ClassId(2), 3))
+            Some(caller(2, 3, later))
         );
-        let (status, body) = refusal(
-            &g,
-            &[
-                (CALLER_CLASS_HEADER, "gold"),
-                (DEPTH_HEADER, "1"),
-                (TOKEN_HEADER, good),
-            ],
-        )
-        .await;
+        // An unknown class, a chain too deep.
+        let (status, body) = refusal(&g, &[(TOKEN_HEADER, &key.sign(&caller(9, 1, later)))]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("gold") && body.contains("batch"), "{body}");
-        let (status, body) = refusal(
-            &g,
-            &[
-                (CALLER_CLASS_HEADER, "batch"),
-                (DEPTH_HEADER, "-1"),
-                (TOKEN_HEADER, good),
-            ],
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        let (status, body) = refusal(
-            &g,
-            &[
-                (CALLER_CLASS_HEADER, "batch"),
-                (DEPTH_HEADER, "9"),
-                (TOKEN_HEADER, good),
-            ],
-        )
-        .await;
+        assert!(body.contains("class 9") && body.contains("batch"), "{body}");
+        let (status, body) = refusal(&g, &[(TOKEN_HEADER, &key.sign(&caller(0, 8, later)))]).await;
         assert_eq!(status, StatusCode::LOOP_DETECTED);
         assert!(body.contains("depth 9 is over the limit of 8"), "{body}");
-        let (status, _) = refusal(
-            &g,
-            &[
-                (CALLER_CLASS_HEADER, "critical"),
-                (DEPTH_HEADER, "1"),
-                (TOKEN_HEADER, "0123456789abcdeX"),
-            ],
-        )
-        .await;
+        // Expired: a token seen on the wire is no use later.
+        let expired = key.sign(&caller(3, 1, unix_ms() - 1_000));
+        let (status, body) = refusal(&g, &[(TOKEN_HEADER, &expired)]).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        // Any one of the headers without the token is refused; the token without the others
-        // is a malformed call.
+        assert!(body.contains("expired"), "{body}");
+        // Signed by another key, or altered to a higher class.
+        let foreign = ChainToken::random().sign(&caller(3, 1, later));
+        let (status, body) = refusal(&g, &[(TOKEN_HEADER, &foreign)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("signature"), "{body}");
+        let higher = key.sign(&caller(3, 3, later));
+        let altered = format!(
+            "v1.{}.{}",
+            higher.split('.').nth(1).unwrap(),
+            good.split('.').nth(2).unwrap()
+        );
+        let (status, _) = refusal(&g, &[(TOKEN_HEADER, &altered)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // The old cluster-wide secret itself is no token.
+        let (status, _) = refusal(&g, &[(TOKEN_HEADER, "0123456789abcdef")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Any platform header without a token is refused.
         let (status, _) = refusal(&g, &[(DEPTH_HEADER, "0")]).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        let (status, _) = refusal(&g, &[(TOKEN_HEADER, good)]).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

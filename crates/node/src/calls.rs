@@ -1,6 +1,7 @@
 //! A worker's link to the gateway for its guests' calls to other functions (call chains,
 //! `turnpike_wire::chain`): each call becomes an HTTP request to the gateway carrying the
-//! caller's class, the chain's depth and the cluster's chain token.
+//! calling invocation's call token (signed by the gateway that dispatched it: the worker
+//! holds no secret), and, for `http://APP.turnpike/...`, `Host: APP.turnpike`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,44 +11,40 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use turnpike_policy::ClassSet;
-use turnpike_wire::chain::{
-    ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, PLATFORM_HEADERS, TOKEN_HEADER,
-};
+use turnpike_wire::chain::{PLATFORM_HEADERS, TOKEN_HEADER};
 use turnpike_wire::rpc;
-use turnpike_worker::calls::{CallError as HttpError, CallFuture, Caller, Platform, WasiBody};
+use turnpike_worker::calls::{
+    CallError as HttpError, CallFuture, Caller, Platform, WasiBody, PLATFORM_AUTHORITY,
+};
 
 /// A worker's link to the gateway: sends its guests' calls there as HTTP requests, on pooled
 /// keep-alive connections.
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
     gateway: SocketAddr,
-    token: ChainToken,
-    classes: ClassSet,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl GatewayLink {
-    pub fn new(gateway: SocketAddr, token: ChainToken, classes: ClassSet) -> Arc<Self> {
+    pub fn new(gateway: SocketAddr) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(rpc::CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Arc::new(Self {
-            gateway,
-            token,
-            classes,
-            client,
-        })
+        Arc::new(Self { gateway, client })
     }
 
-    /// The request the gateway gets for `request` from `caller`.
+    /// The request the gateway gets for `request` from `caller`; denied when the calling
+    /// invocation has no call token (its gateway has no chain key).
     fn to_gateway(
         &self,
-        caller: Caller,
+        caller: &Caller,
         request: http::request::Parts,
         body: Bytes,
     ) -> Result<http::Request<Full<Bytes>>, HttpError> {
+        let Some(token) = &caller.token else {
+            return Err(HttpError::HttpRequestDenied);
+        };
         let path = request
             .uri
             .path_and_query()
@@ -59,12 +56,6 @@ impl GatewayLink {
             .path_and_query(path)
             .build()
             .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-        if caller.class.index() >= self.classes.len() {
-            return Err(HttpError::InternalError(Some(
-                "caller's class unknown".into(),
-            )));
-        }
-        let class = self.classes.get(caller.class).name.clone();
         let mut out = http::Request::builder()
             .method(request.method)
             .uri(uri)
@@ -78,16 +69,18 @@ impl GatewayLink {
                 headers.append(name, value.clone());
             }
         }
-        let value = |s: String| {
+        let value = |s: &str| {
             http::HeaderValue::try_from(s)
                 .map_err(|e| HttpError::InternalError(Some(e.to_string())))
         };
-        headers.insert(CALLER_CLASS_HEADER, value(class)?);
-        headers.insert(
-            DEPTH_HEADER,
-            value(caller.depth.saturating_add(1).to_string())?,
-        );
-        headers.insert(TOKEN_HEADER, value(self.token.as_str().to_string())?);
+        // `APP.turnpike` names an app, which the gateway routes by host; plain `turnpike`
+        // the gateway's default app (the connection's host).
+        if let Some(host) = request.uri.host() {
+            if !host.eq_ignore_ascii_case(PLATFORM_AUTHORITY) {
+                headers.insert(http::header::HOST, value(host)?);
+            }
+        }
+        headers.insert(TOKEN_HEADER, value(token)?);
         Ok(out)
     }
 }
@@ -102,7 +95,7 @@ impl Platform for GatewayLink {
                 .await
                 .map_err(|_| HttpError::HttpRequestBodySize(None))?
                 .to_bytes();
-            let request = link.to_gateway(caller, parts, body)?;
+            let request = link.to_gateway(&caller, parts, body)?;
             let response = link.client.request(request).await.map_err(|e| {
                 if e.is_connect() {
                     HttpError::ConnectionRefused
@@ -119,17 +112,18 @@ impl Platform for GatewayLink {
 mod tests {
     use super::*;
     use turnpike_policy::ClassId;
+    use turnpike_wire::chain::{CALLER_CLASS_HEADER, DEPTH_HEADER};
 
-    #[test]
-    fn a_guests_platform_headers_are_replaced_and_its_own_kept() {
-        let classes = ClassSet::default_four();
-        let token = ChainToken::random();
-        let link = GatewayLink::new(
-            SocketAddr::from(([127, 0, 0, 1], 9)),
-            token.clone(),
-            classes.clone(),
-        );
-        let (parts, ()) = http::Request::get("http://turnpike/hello?x=1")
+    fn caller(token: Option<&str>) -> Caller {
+        Caller {
+            class: ClassId(0),
+            depth: 3,
+            token: token.map(Arc::from),
+        }
+    }
+
+    fn parts(uri: &str) -> http::request::Parts {
+        http::Request::get(uri)
             .header("x-turnpike-caller-class", "critical")
             .header("x-turnpike-depth", "0")
             .header("x-turnpike-chain-token", "forged-by-the-guest")
@@ -137,20 +131,46 @@ mod tests {
             .header("x-app", "kept")
             .body(())
             .unwrap()
-            .into_parts();
-        let caller = Caller {
-            class: ClassId(0),
-            depth: 3,
-        };
-        let out = link.to_gateway(caller, parts, Bytes::new()).unwrap();
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn a_guests_platform_headers_are_replaced_by_its_invocations_token() {
+        let link = GatewayLink::new(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let out = link
+            .to_gateway(
+                &caller(Some("v1.signed.token")),
+                parts("http://turnpike/hello?x=1"),
+                Bytes::new(),
+            )
+            .unwrap();
         assert_eq!(out.uri().to_string(), "http://127.0.0.1:9/hello?x=1");
         let h = out.headers();
         let all =
             |name: &str| -> Vec<&[u8]> { h.get_all(name).iter().map(|v| v.as_bytes()).collect() };
-        assert_eq!(all(CALLER_CLASS_HEADER), vec![b"batch".as_slice()]);
-        assert_eq!(all(DEPTH_HEADER), vec![b"4".as_slice()]);
-        assert_eq!(all(TOKEN_HEADER), vec![token.as_bytes()]);
+        assert_eq!(all(TOKEN_HEADER), vec![b"v1.signed.token".as_slice()]);
+        assert!(all(CALLER_CLASS_HEADER).is_empty() && all(DEPTH_HEADER).is_empty());
         assert_eq!(all("x-app"), vec![b"kept".as_slice()]);
         assert!(h.get("host").is_none());
+    }
+
+    #[test]
+    fn a_call_to_another_app_names_it_by_host_and_one_without_a_token_is_denied() {
+        let link = GatewayLink::new(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let out = link
+            .to_gateway(
+                &caller(Some("t")),
+                parts("http://shop.turnpike/cart"),
+                Bytes::new(),
+            )
+            .unwrap();
+        assert_eq!(out.headers()["host"], "shop.turnpike");
+        assert_eq!(out.uri().path(), "/cart");
+        let denied = link.to_gateway(&caller(None), parts("http://turnpike/x"), Bytes::new());
+        assert!(
+            matches!(denied, Err(HttpError::HttpRequestDenied)),
+            "{denied:?}"
+        );
     }
 }

@@ -22,7 +22,6 @@ use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, ClassSet, MachineId, ShardId};
 use turnpike_store::{Store, StoreError};
-use turnpike_wire::chain::ChainToken;
 use turnpike_wire::directory::{Directory, LocalWorker, ShardPeer};
 use turnpike_wire::invocation::{
     known_class, CallError, FailureKind, Invocation, Outcome, Registration,
@@ -302,13 +301,13 @@ impl NodeService {
             Err(e) => return Outcome::from(turnpike_wire::invocation::Failure::from(e)),
         };
         let request = convert::to_worker_request(inv.request);
-        let mut running = self.worker.submit(
-            &function,
-            request,
-            InvokeOptions::class(class)
-                .depth(inv.depth)
-                .start_mb(inv.start_mb),
-        );
+        let mut options = InvokeOptions::class(class)
+            .depth(inv.depth)
+            .start_mb(inv.start_mb);
+        if let Some(token) = inv.call_token {
+            options = options.call_token(token.into());
+        }
+        let mut running = self.worker.submit(&function, request, options);
         let outcome = tokio::select! {
             biased;
             outcome = &mut running => outcome,
@@ -594,9 +593,9 @@ pub struct NodeConfig {
     pub cores: u32,
     pub memory_mb: u64,
     pub classes: ClassSet,
-    /// Where guests' calls to other functions go: the gateway and the cluster's chain token
-    /// (see `turnpike_wire::chain`). `None`: such calls are denied.
-    pub gateway: Option<(SocketAddr, ChainToken)>,
+    /// Where guests' calls to other functions go: the gateway (each call carries its
+    /// invocation's token, see `turnpike_wire::chain`). `None`: such calls are denied.
+    pub gateway: Option<SocketAddr>,
     /// Seed of the dispatcher's random choices.
     pub seed: u64,
     /// Where functions not loaded at start come from (deployed through the API).
@@ -637,9 +636,9 @@ pub async fn start_node(
         })?;
     }
     let runtime = Runtime::new(RuntimeConfig::new(cache_dir))?;
-    let platform = config.gateway.map(|(gateway, token)| {
-        GatewayLink::new(gateway, token, config.classes.clone()) as Arc<dyn Platform>
-    });
+    let platform = config
+        .gateway
+        .map(|gateway| GatewayLink::new(gateway) as Arc<dyn Platform>);
     let worker = Arc::new(Worker::new(
         Arc::new(runtime),
         WorkerConfig {

@@ -820,6 +820,7 @@ mod tests {
             start_mb: 2,
             deadline: None,
             cancel: Default::default(),
+            call_token: None,
         }
     }
 

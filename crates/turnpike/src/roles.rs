@@ -107,7 +107,10 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
 
 /// Serves `render` as Prometheus `/metrics` on `addr` for as long as the process lives;
 /// returns the address bound.
-pub(crate) async fn serve_metrics(addr: SocketAddr, render: metrics::Render) -> Result<SocketAddr, String> {
+pub(crate) async fn serve_metrics(
+    addr: SocketAddr,
+    render: metrics::Render,
+) -> Result<SocketAddr, String> {
     let (listener, bound) = listen(addr).await?;
     tokio::spawn(metrics::serve(listener, render, std::future::pending()));
     Ok(bound)

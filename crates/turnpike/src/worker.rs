@@ -9,7 +9,6 @@ use clap::Args;
 use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet};
 use turnpike_node::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
-use turnpike_wire::chain::ChainToken;
 use turnpike_wire::directory::Directory;
 
 #[derive(Args, Debug)]
@@ -38,14 +37,11 @@ pub struct WorkerArgs {
     /// A component to load at start (repeatable).
     #[arg(long = "load")]
     load: Vec<PathBuf>,
-    /// The gateway that guests' calls to other functions (`http://turnpike/...`) go to;
-    /// without it such calls are denied.
-    #[arg(long, requires = "chain_token")]
+    /// The gateway that guests' calls to other functions (`http://turnpike/...`,
+    /// `http://APP.turnpike/...`) go to; without it such calls are denied. Each call carries
+    /// its invocation's token, signed by the gateway: the worker holds no secret.
+    #[arg(long)]
     gateway: Option<SocketAddr>,
-    /// The cluster's chain token, the same as the gateway's (better given in the
-    /// environment than on the command line).
-    #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
-    chain_token: Option<String>,
     /// The store functions deployed through the API are fetched from on first use
     /// (`sqlite://PATH` - the gateway's file on this machine - or `postgres://...`); without
     /// it, only `--load`ed components run.
@@ -67,10 +63,6 @@ pub struct WorkerArgs {
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
-    let chain_token = match args.chain_token.clone().map(ChainToken::new).transpose() {
-        Ok(token) => token,
-        Err(e) => return crate::fail(e),
-    };
     if let Some(n) = args.emulate {
         return crate::block_on(emulate(n, args));
     }
@@ -97,7 +89,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             cores: args.cores.max(1),
             memory_mb: args.memory_mb,
             classes: ClassSet::default_four(),
-            gateway: args.gateway.zip(chain_token),
+            gateway: args.gateway,
             // Distinct per process, so workers started together choose shards differently.
             seed: u64::from(std::process::id()),
             directory: Directory::rpc_only(),

@@ -32,6 +32,7 @@ impl From<Invocation> for proto::Invocation {
             start_mb,
             deadline,
             cancel: _,
+            call_token,
         } = invocation;
         Self {
             id,
@@ -44,6 +45,7 @@ impl From<Invocation> for proto::Invocation {
             depth,
             start_mb,
             deadline_ms_left: deadline.map_or(0, deadline_ms_left),
+            call_token: call_token.unwrap_or_default(),
         }
     }
 }
@@ -85,6 +87,7 @@ impl TryFrom<proto::Invocation> for Invocation {
             deadline: (message.deadline_ms_left > 0)
                 .then(|| Instant::now() + Duration::from_millis(message.deadline_ms_left)),
             cancel: Cancellation::new(),
+            call_token: (!message.call_token.is_empty()).then_some(message.call_token),
         })
     }
 }
@@ -396,6 +399,7 @@ mod tests {
             start_mb: 5,
             deadline: None,
             cancel: Default::default(),
+            call_token: Some("v1.payload.signature".into()),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Invocation {
     /// Fired when its caller goes away or its deadline passes; shared by every copy of it in
     /// this process, and carried to the next role by its link (a cancel frame).
     pub cancel: Cancellation,
+    /// The token its guest's calls to other functions carry (`crate::chain::CallToken`,
+    /// signed by the gateway); `None`: such calls are refused.
+    pub call_token: Option<String>,
 }
 
 /// Whether an invocation is still wanted: one flag shared by every clone, fired once.

@@ -171,6 +171,7 @@ impl Outgoing {
             caller: Caller {
                 class: turnpike_policy::ClassId(0),
                 depth: 0,
+                token: None,
             },
         }
     }
@@ -192,7 +193,7 @@ impl WasiHttpHooks for Outgoing {
             .platform
             .clone()
             .filter(|_| calls::is_platform_call(request.uri()));
-        let caller = self.caller;
+        let caller = self.caller.clone();
         Box::new(async move {
             let Some(platform) = platform else {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);

@@ -87,6 +87,9 @@ pub struct InvokeOptions {
     /// shard placed it by (the gateway's `start_mb`). `None`: the worker's own
     /// [`WorkerConfig::start_mb`](crate::WorkerConfig).
     pub start_mb: Option<u64>,
+    /// The call token its guest's calls to other functions carry ([`Caller::token`]);
+    /// `None`: they are refused.
+    pub call_token: Option<Arc<str>>,
 }
 
 impl InvokeOptions {
@@ -97,7 +100,13 @@ impl InvokeOptions {
             timeout: None,
             depth: 0,
             start_mb: None,
+            call_token: None,
         }
+    }
+
+    pub fn call_token(mut self, token: Arc<str>) -> Self {
+        self.call_token = Some(token);
+        self
     }
 
     pub fn start_mb(mut self, mb: u64) -> Self {
@@ -477,6 +486,7 @@ impl Worker {
                 caller: Caller {
                     class,
                     depth: options.depth,
+                    token: options.call_token.clone(),
                 },
             },
         ));

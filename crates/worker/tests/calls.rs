@@ -44,7 +44,7 @@ impl Platform for FakePlatform {
         Box::pin(async move {
             let uri = request.uri().to_string();
             me.calls.lock().expect("not poisoned").push((
-                caller,
+                caller.clone(),
                 request.method().clone(),
                 uri.clone(),
             ));
@@ -96,7 +96,9 @@ async fn a_call_goes_to_the_platform_with_the_callers_class_and_depth() {
         .invoke(
             &chain,
             Request::get("/?to=/hello%3Fx%3D1"),
-            InvokeOptions::class(STANDARD).depth(2),
+            InvokeOptions::class(STANDARD)
+                .depth(2)
+                .call_token("signed-token".into()),
         )
         .await;
     let response = outcome.result.expect("chain succeeds");
@@ -113,7 +115,8 @@ async fn a_call_goes_to_the_platform_with_the_callers_class_and_depth() {
         vec![(
             Caller {
                 class: STANDARD,
-                depth: 2
+                depth: 2,
+                token: Some("signed-token".into()),
             },
             http::Method::GET,
             "http://turnpike/hello?x=1".to_string()
@@ -122,11 +125,35 @@ async fn a_call_goes_to_the_platform_with_the_callers_class_and_depth() {
 }
 
 #[tokio::test]
+async fn a_call_to_another_app_by_its_platform_name_goes_to_the_platform() {
+    let platform = FakePlatform::default();
+    let (worker, _dir) = worker_with(Some(platform.clone()), 2);
+    let chain = load(&worker, "chain");
+    let outcome = worker
+        .invoke(
+            &chain,
+            Request::get("/?to=/cart&via=shop.turnpike"),
+            InvokeOptions::class(BATCH).call_token("t".into()),
+        )
+        .await;
+    let response = outcome.result.expect("chain succeeds");
+    assert_eq!(response.status, 201, "{}", response.text());
+    let calls = platform.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].2, "http://shop.turnpike/cart");
+}
+
+#[tokio::test]
 async fn other_hosts_are_denied_and_platform_errors_reach_the_guest() {
     let platform = FakePlatform::default();
     let (worker, _dir) = worker_with(Some(platform.clone()), 2);
     let chain = load(&worker, "chain");
-    for via in ["example.com", "127.0.0.1:1", "turnpike.example.com"] {
+    for via in [
+        "example.com",
+        "127.0.0.1:1",
+        "turnpike.example.com",
+        "a.b.turnpike",
+    ] {
         let outcome = worker
             .invoke(
                 &chain,

@@ -130,6 +130,20 @@ impl Client {
         assert!(a.status == 201 || a.status == 200, "{}", a.body);
         a.json()["hash"].as_str().expect("hash").to_string()
     }
+
+    /// Uploads example `component` and deploys app `name` with it as its one function,
+    /// routed at `/` in `class`.
+    async fn deploy_one(&self, name: &str, component_name: &str, class: &str) {
+        let hash = self.upload(&component(component_name)).await;
+        let deployed = self
+            .json(
+                "PUT",
+                &format!("/v1/apps/{name}"),
+                &app(&[("f", &hash)], &[("/", "f", class)]),
+            )
+            .await;
+        assert_eq!(deployed.status, 200, "{}", deployed.body);
+    }
 }
 
 fn app(functions: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> Value {
@@ -409,6 +423,56 @@ async fn tenants_deploy_invoke_and_see_only_their_own() {
     cluster.stop().await;
 }
 
+/// A function of one tenant calls another tenant's app by its platform name
+/// (`http://APP.turnpike/`): the callee runs at `max(caller, route)` and is billed to the
+/// caller's tenant, who made the call; the callee's owner pays nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_another_app_is_billed_to_the_callers_tenant() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = up::start(&config(dir.path())).await.expect("cluster");
+    let gw = cluster.gateway;
+    let admin = Client::new(gw, cluster.admin_key.as_deref().expect("admin key"));
+    let acme = Client::new(gw, &admin.create_tenant("acme").await);
+    let beta = Client::new(gw, &admin.create_tenant("beta").await);
+    beta.deploy_one("store", "hello", "batch").await;
+    acme.deploy_one("shop", "chain", "critical").await;
+
+    let page = call(
+        gw,
+        "GET",
+        "/?to=/&via=store.turnpike",
+        "shop.localhost",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("called /: 200, ran at critical"),
+        "the batch route ran at its critical caller's class: {}",
+        page.body
+    );
+    let by_app = |usage: Answer| -> Vec<(String, u64)> {
+        let rows = usage.json()["rows"].as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .map(|r| {
+                (
+                    r["app"].as_str().unwrap_or_default().to_string(),
+                    r["invocations"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_app(acme.get("/v1/usage?by=app").await),
+        vec![("shop".to_string(), 1), ("store".to_string(), 1)],
+        "the caller's tenant pays for both"
+    );
+    assert_eq!(by_app(beta.get("/v1/usage?by=app").await), vec![]);
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_throttle_or_lower_on_the_clock() {
     let _serial = serial().await;
@@ -421,15 +485,7 @@ async fn budgets_throttle_or_lower_on_the_clock() {
     let gw = cluster.gateway;
     let admin = Client::new(gw, cluster.admin_key.as_deref().expect("admin key"));
     let acme = Client::new(gw, &admin.create_tenant("acme").await);
-    let spin = acme.upload(&component("spin")).await;
-    let deployed = acme
-        .json(
-            "PUT",
-            "/v1/apps/calc",
-            &app(&[("spin", &spin)], &[("/", "spin", "critical")]),
-        )
-        .await;
-    assert_eq!(deployed.status, 200, "{}", deployed.body);
+    acme.deploy_one("calc", "spin", "critical").await;
     let run = || call(gw, "GET", "/?ms=20", "calc.localhost", &[], b"");
 
     // A budget whose pro-rata allowance at mid-month is less than one 20 ms spin costs.

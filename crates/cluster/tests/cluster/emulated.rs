@@ -20,6 +20,7 @@ pub fn invocation(query: &str) -> Invocation {
         start_mb: 2,
         deadline: None,
         cancel: Default::default(),
+        call_token: None,
     }
 }
 
