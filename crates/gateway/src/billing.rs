@@ -2,7 +2,8 @@
 //!
 //! - **Cost.** Every invocation that ran comes back from its worker with its CPU time (time
 //!   on a core; parked and blocked time excluded) and the memory it actually used, integrated
-//!   over the run. It costs `cpu_seconds x price(class it ran at) + gb_seconds x memory
+//!   over the time it ran or waited on its own I/O (not while the platform queued, parked or
+//!   swapped it: `turnpike_worker::worker`'s "Memory billing"). It costs `cpu_seconds x price(class it ran at) + gb_seconds x memory
 //!   price` ([`turnpike_policy::class::cost`]). Invocations that never ran (no worker, shard
 //!   down) cost nothing; one the guest failed (a trap, a timeout) is billed for what it used.
 //! - **The ledger.** Each billed invocation is one row keyed by its invocation id, written

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use turnpike_wire::http_server::EdgeLimits;
+use turnpike_wire::http_server::{EdgeLimits, DRAIN_FOR};
 
 use crate::gateway::{Body, Gateway, BOUND_RETRY_AFTER_S};
 use crate::refusal::{refuse, refuse_for, Refusal};
@@ -42,6 +42,12 @@ impl Gateway {
         };
         turnpike_wire::http_server::serve(listener, handler, shutdown, limits, over_limit).await;
         follower.abort();
+        // Invocations whose clients hung up run on apart from any connection (cancelled, so
+        // briefly): their rows too.
+        let until = std::time::Instant::now() + DRAIN_FOR;
+        while self.in_flight() > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         // Every answered request's row, in the store before the gateway is gone.
         self.billing.flush().await;
     }

@@ -297,6 +297,11 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// Invocations admitted and not yet answered and billed.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     pub fn store(&self) -> &Store {
         &self.config.store
     }

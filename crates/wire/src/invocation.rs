@@ -229,6 +229,8 @@ pub struct Usage {
     /// Time on the worker before it first ran.
     pub queued: Duration,
     pub peak_memory_bytes: u64,
+    /// Linear memory integrated over the time it ran or waited on its own I/O (not while the
+    /// platform queued, parked or swapped it), MB-seconds: what its memory is billed for.
     pub memory_mb_seconds: f64,
     /// Times it was parked (preempted) for a higher class.
     pub parks: u32,
