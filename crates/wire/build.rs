@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".turnpike.v1.Invocation.body")
         .bytes(".turnpike.v1.Response.body")
+        .bytes(".turnpike.v1.OutcomeFrame.chunk")
         .compile_fds(descriptors)?;
     Ok(())
 }

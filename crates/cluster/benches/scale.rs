@@ -191,20 +191,13 @@ async fn shard_placements(loopback_rpc: bool) {
 /// A zero-length emulated invocation of class `i % 4`.
 fn zero_length(i: usize) -> Invocation {
     Invocation {
-        id: i as u64,
-        function: "emulated".into(),
-        class: ClassId((i % 4) as u8),
-        request: Request {
-            method: http::Method::GET,
-            path_and_query: "/?ms=0".into(),
-            headers: http::HeaderMap::new(),
-            body: bytes::Bytes::new(),
-        },
-        depth: 0,
         start_mb: 2,
-        deadline: None,
-        cancel: Default::default(),
-        call_token: None,
+        ..Invocation::new(
+            i as u64,
+            "emulated",
+            ClassId((i % 4) as u8),
+            Request::get("/?ms=0"),
+        )
     }
 }
 

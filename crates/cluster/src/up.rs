@@ -11,7 +11,9 @@
 //! (top class) and `/work/batch?ms=N` (bottom class), so price classes can be seen at work
 //! with `curl` at once; and the `chain` example at `/chain?to=PATH` (bottom class), which
 //! calls `PATH` through the platform and shows the class the callee ran at
-//! (`max(caller, route)`: `/chain?to=/hello` runs hello at the top class).
+//! (`max(caller, route)`: `/chain?to=/hello` runs hello at the top class); and the `stream`
+//! example at `/stream?chunks=N&bytes=B&every_ms=M` (top class), whose response reaches the
+//! client chunk by chunk as it is written (`curl -N`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,7 +47,8 @@ pub struct UpConfig {
     pub workers: usize,
     pub cores_per_worker: u32,
     pub memory_mb_per_worker: u64,
-    /// Where the demo app's components are (`hello.wasm`, `spin.wasm`, `chain.wasm`).
+    /// Where the demo app's components are (`hello.wasm`, `spin.wasm`, `chain.wasm`,
+    /// `stream.wasm`).
     pub functions_dir: PathBuf,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -413,6 +416,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         demo_route("/work/critical", &demo_functions, "spin", top),
         demo_route("/work/batch", &demo_functions, "spin", bottom),
         demo_route("/chain", &demo_functions, "chain", bottom),
+        demo_route("/stream", &demo_functions, "stream", top),
     ];
     let gateway = Gateway::new(GatewayConfig {
         routes,
@@ -483,7 +487,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
 }
 
 /// The demo app's components, by file name in `functions_dir`.
-const DEMO_FUNCTIONS: [&str; 3] = ["hello", "spin", "chain"];
+const DEMO_FUNCTIONS: [&str; 4] = ["hello", "spin", "chain", "stream"];
 
 /// A demo route: an operator route (any host that names no app), paid by the admin.
 fn demo_route(prefix: &str, functions: &[(String, String)], name: &str, class: ClassId) -> Route {

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use turnpike_store::{
@@ -50,7 +50,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
 
 /// A response of JSON text.
 fn json_text(status: StatusCode, text: Bytes) -> Response {
-    let mut response = http::Response::new(Full::new(text));
+    let mut response = http::Response::new(Body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -359,7 +359,7 @@ impl Api<'_> {
                 if let Err(e) = self.gateway.reload_routing().await {
                     tracing::warn!("reloading the routes after a delete: {e}");
                 }
-                let mut response = http::Response::new(Full::new(Bytes::new()));
+                let mut response = http::Response::new(Body::full(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response
             }

@@ -36,18 +36,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::ClassSet;
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
+use turnpike_wire::body::{self as streaming, Head, Part};
 use turnpike_wire::chain::{self, CallToken, CALL_TOKEN_TTL};
 use turnpike_wire::invocation::{Cancellation, FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
 
 use crate::billing::{Admission, Billing, Clock};
+use crate::body::Streamed;
 use crate::components::ComponentCheck;
 use crate::outbox::{Outbox, OutboxError};
 use crate::refusal::{refuse, refuse_for, Refusal};
@@ -180,6 +182,13 @@ impl Drop for Admitted {
 /// the hyper service future answering it is dropped, and this tells the invocation wherever
 /// it is. Disarmed once the answer is in.
 struct CancelOnHangup(Option<Cancellation>);
+
+/// What an invocation's caller learns first: its streamed head (and how it ended, if that is
+/// known already), or (not streamed) how it ended.
+enum First {
+    Head(Head, Option<Result<Outcome, http::Response<Body>>>),
+    Done(Result<Outcome, http::Response<Body>>),
+}
 
 impl Drop for CancelOnHangup {
     fn drop(&mut self) {
@@ -582,19 +591,9 @@ impl Gateway {
         headers.remove(DEADLINE_HEADER);
         headers.remove(http::header::AUTHORIZATION);
         let invocation = Invocation {
-            id,
-            function: target.hash.clone(),
-            class,
-            request: Request {
-                method: parts.method,
-                path_and_query,
-                headers,
-                body,
-            },
             depth,
             start_mb: self.config.start_mb,
             deadline,
-            cancel: Cancellation::new(),
             call_token: self.config.chain_token.as_ref().map(|key| {
                 key.sign(&CallToken {
                     tenant: target.tenant.clone(),
@@ -604,28 +603,41 @@ impl Gateway {
                     expires_ms: unix_ms().saturating_add(CALL_TOKEN_TTL.as_millis() as u64),
                 })
             }),
+            response_bytes_max: Some(self.config.max_response_bytes as u64),
+            ..Invocation::new(
+                id,
+                target.hash.clone(),
+                class,
+                Request {
+                    method: parts.method,
+                    path_and_query,
+                    headers,
+                    body,
+                },
+            )
         };
-        // It runs and is billed on a task of its own: a client that hangs up cancels it
-        // (`CancelOnHangup`) but does not stop its billing.
+        // It runs and is billed on a task of its own, which hands the response over as soon
+        // as it has one (a streamed response's head) and bills when the invocation is over:
+        // a client that hangs up cancels it (`CancelOnHangup`, then its streamed body's drop)
+        // but does not stop its billing.
         let mut hangup = CancelOnHangup(Some(invocation.cancel.clone()));
-        let task = tokio::spawn(
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(
             async move {
                 let gateway = admitted.0.clone();
-                let response = gateway.invoke_and_bill(invocation, target).await;
+                gateway.invoke_and_bill(invocation, target, answer).await;
                 // Its cost is in the tenant's spend now (if it ran): no longer expected.
                 drop(hold);
                 drop(admitted);
-                response
             }
             .in_current_span(),
         );
-        let mut response = match task.await {
-            Ok(response) => response,
-            Err(e) => refuse(
+        let mut response = answered.await.unwrap_or_else(|_| {
+            refuse(
                 Refusal::Internal,
-                format!("the invocation's task failed: {e}"),
-            ),
-        };
+                "the invocation's task ended without an answer",
+            )
+        });
         hangup.0 = None;
         self.latency.observe(class.index(), started.elapsed());
         if let Some(value) = &self.class_values[class.index()] {
@@ -634,16 +646,21 @@ impl Gateway {
         response
     }
 
-    /// Sends the invocation to a shard, cancels it if its deadline passes first, bills what
-    /// it used (whether or not anyone still waits for the answer), and makes the answer.
+    /// Sends the invocation to a shard with a responder for its response, cancels it if its
+    /// deadline passes first, hands the response to `answer` as soon as there is one (a
+    /// streamed head, or the whole outcome), and bills what it used once it is over (whether
+    /// or not anyone still waits for the answer).
     async fn invoke_and_bill(
         &self,
-        invocation: Invocation,
+        mut invocation: Invocation,
         target: Target,
-    ) -> http::Response<Body> {
+        answer: tokio::sync::oneshot::Sender<http::Response<Body>>,
+    ) {
         let (id, class) = (invocation.id, invocation.class);
         let (deadline, cancel) = (invocation.deadline, invocation.cancel.clone());
-        let invoked = {
+        let (responder, mut reception) = streaming::channel();
+        invocation.respond = Some(responder);
+        let invoked = async {
             let mut invoked = std::pin::pin!(self.invoke(invocation));
             match deadline {
                 None => invoked.await,
@@ -656,27 +673,91 @@ impl Gateway {
                 },
             }
         };
-        let outcome = match invoked {
-            Ok(outcome) => outcome,
-            Err(refusal) => return refusal,
-        };
-        let usage = outcome.billable();
-        let response = if outcome.failure_kind() == Some(FailureKind::Cancelled) {
-            self.cancelled.fetch_add(1, Ordering::Relaxed);
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                refuse(Refusal::DeadlinePassed,
-                    format!("the invocation's deadline (`{DEADLINE_HEADER}`) passed before it finished; it was cancelled"),
-                )
-            } else {
-                refuse(
-                    Refusal::CallerGone,
-                    "the caller went away; the invocation was cancelled",
-                )
+        let mut invoked = std::pin::pin!(invoked);
+        // A streamed head comes before the outcome (which then waits for the body to be
+        // taken); an outcome without one has the whole response.
+        let mut unstreamed = false;
+        let first = loop {
+            tokio::select! {
+                biased;
+                part = reception.next(), if !unstreamed => match part {
+                    Some(Part::Head(head)) => break First::Head(head, None),
+                    // Nothing is sent before a head.
+                    Some(_) => {}
+                    None => unstreamed = true,
+                },
+                result = &mut invoked => {
+                    // The same poll may have streamed the whole response and then returned
+                    // the outcome: its parts wait here.
+                    match reception.try_next() {
+                        Some(Part::Head(head)) => break First::Head(head, Some(result)),
+                        _ => break First::Done(result),
+                    }
+                }
             }
-        } else {
-            self.respond(outcome)
         };
-        if let Some((cpu, mb_seconds)) = usage {
+        let (outcome, status) = match first {
+            First::Head(head, done) => {
+                let status = head.status;
+                let limit = self.config.max_response_bytes as u64;
+                let body = Body::Streamed(Streamed::new(reception, cancel.clone(), limit));
+                let mut response = http::Response::new(body);
+                *response.status_mut() = head.status;
+                *response.headers_mut() = head.headers;
+                let _ = answer.send(response);
+                let result = match done {
+                    Some(result) => result,
+                    None => invoked.await,
+                };
+                let outcome = match result {
+                    Ok(outcome) => outcome,
+                    // Logged where it was made; nothing is known of what it used.
+                    Err(_cut) => return,
+                };
+                if let Err(failure) = &outcome.ending {
+                    // The platform's failures at `warn`; the function's own (over the limit)
+                    // and its caller's (gone) are theirs to see.
+                    let message =
+                        format!("the function's response was cut after its head: {failure}");
+                    match failure.kind {
+                        FailureKind::TooLarge | FailureKind::Cancelled | FailureKind::Guest => {
+                            tracing::debug!("{message}")
+                        }
+                        _ => tracing::warn!("{message}"),
+                    }
+                }
+                (outcome, status)
+            }
+            First::Done(Err(refusal)) => {
+                let _ = answer.send(refusal);
+                return;
+            }
+            First::Done(Ok(outcome)) => {
+                let response = if outcome.failure_kind() == Some(FailureKind::Cancelled) {
+                    self.cancelled.fetch_add(1, Ordering::Relaxed);
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        refuse(Refusal::DeadlinePassed,
+                            format!("the invocation's deadline (`{DEADLINE_HEADER}`) passed before it finished; it was cancelled"),
+                        )
+                    } else {
+                        refuse(
+                            Refusal::CallerGone,
+                            "the caller went away; the invocation was cancelled",
+                        )
+                    }
+                } else {
+                    self.respond(outcome.clone())
+                };
+                let status = response.status();
+                let _ = answer.send(response);
+                (outcome, status)
+            }
+        };
+        if outcome.failure_kind() == Some(FailureKind::Cancelled) && status.is_success() {
+            // Streamed, and its client went away mid-body.
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((cpu, mb_seconds)) = outcome.billable() {
             let cpu_ns = turnpike_wire::convert::duration_ns(cpu);
             self.billing.record(UsageEntry {
                 invocation: id as i64,
@@ -685,13 +766,12 @@ impl Gateway {
                 function: target.function,
                 class: self.config.classes.get(class).name.clone(),
                 at: self.billing.clock().now(),
-                status: response.status().as_u16(),
+                status: status.as_u16(),
                 cpu_ns: cpu_ns as i64,
                 gb_seconds: mb_seconds / 1024.0,
                 cost: self.billing.cost(class, cpu_ns, mb_seconds),
             });
         }
-        response
     }
 
     /// Who is calling, for a call from a function (its verified [`CallToken`]; the callee
@@ -794,6 +874,17 @@ impl Gateway {
             shard.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(outcome) => return Ok(outcome),
+                Err(error) if invocation.answering() => {
+                    // Its streamed response had started: another run would answer twice.
+                    shard.mark_down();
+                    return Err(refuse(
+                        Refusal::Unavailable,
+                        format!(
+                            "shard lost while the function's response streamed; it was cut: {}",
+                            error.message()
+                        ),
+                    ));
+                }
                 Err(error) => {
                     tracing::warn!(
                         shard = s,
@@ -825,7 +916,7 @@ impl Gateway {
                         ),
                     );
                 }
-                let mut response = http::Response::new(Full::new(r.body));
+                let mut response = http::Response::new(Body::full(r.body));
                 *response.status_mut() = r.status;
                 *response.headers_mut() = r.headers;
                 response
@@ -836,6 +927,7 @@ impl Gateway {
                     FailureKind::Cancelled => (Refusal::CallerGone, None),
                     FailureKind::Unavailable | FailureKind::Killed => (Refusal::Unavailable, None),
                     FailureKind::Overloaded => (Refusal::Unavailable, Some(BOUND_RETRY_AFTER_S)),
+                    FailureKind::TooLarge => (Refusal::TooLarge, None),
                     FailureKind::Guest | FailureKind::UnknownFunction => {
                         (Refusal::FunctionFailed, None)
                     }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod billing;
+pub mod body;
 pub mod components;
 mod edge;
 pub mod gateway;

@@ -9,12 +9,9 @@
 //! (5xx) at `warn`, the caller's (4xx) at `debug` (they are the caller's to see, and a
 //! throttled tenant could otherwise fill the log).
 
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Full;
 
-/// The gateway's HTTP body type.
-pub type Body = Full<Bytes>;
+pub use crate::body::Body;
 
 /// Why a request gets no function response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +90,7 @@ pub fn refuse_for(
     }
     let mut text = serde_json::json!({ "error": message }).to_string();
     text.push('\n');
-    let mut response = http::Response::new(Full::new(Bytes::from(text)));
+    let mut response = http::Response::new(Body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

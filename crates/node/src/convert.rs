@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use turnpike_policy::MachineId;
+use turnpike_wire::body::{BodyWriter, Head};
 use turnpike_wire::invocation::{self, Failure, FailureKind, Outcome, Usage};
-use turnpike_worker::{InvokeError, Request};
+use turnpike_worker::{InvokeError, Request, ResponseWriter, WriteFuture};
 
 /// The worker's request for an invocation's.
 pub fn to_worker_request(request: invocation::Request) -> Request {
@@ -19,6 +21,36 @@ pub fn to_worker_request(request: invocation::Request) -> Request {
     worker_request.headers = headers;
     worker_request.body = body;
     worker_request
+}
+
+/// A streamed invocation's responder, as the worker runtime writes into it.
+#[derive(Debug)]
+pub struct Streamed(pub BodyWriter);
+
+impl ResponseWriter for Streamed {
+    fn head(&self, status: u16, headers: http::HeaderMap) -> WriteFuture<'_> {
+        Box::pin(async move {
+            let status =
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            self.0
+                .head(Head { status, headers })
+                .await
+                .map_err(|_| InvokeError::ReaderGone)
+        })
+    }
+
+    fn chunk(&self, bytes: Bytes) -> WriteFuture<'_> {
+        Box::pin(async move {
+            self.0
+                .chunk(bytes)
+                .await
+                .map_err(|_| InvokeError::ReaderGone)
+        })
+    }
+
+    fn end(&self) -> WriteFuture<'_> {
+        Box::pin(async move { self.0.end().await.map_err(|_| InvokeError::ReaderGone) })
+    }
 }
 
 /// A worker's outcome as the shard and gateway see it (placed once, here). A status a guest
@@ -61,7 +93,9 @@ pub fn failure_kind(error: &InvokeError) -> FailureKind {
     match error {
         InvokeError::Killed => FailureKind::Killed,
         InvokeError::Shutdown => FailureKind::Unavailable,
-        InvokeError::Cancelled => FailureKind::Cancelled,
+        // Its reader went away: its caller hung up, which cancels it too.
+        InvokeError::Cancelled | InvokeError::ReaderGone => FailureKind::Cancelled,
+        InvokeError::ResponseTooLarge { .. } => FailureKind::TooLarge,
         InvokeError::BadRequest(_) | InvokeError::UnknownClass { .. } => FailureKind::BadRequest,
         _ => FailureKind::Guest,
     }

@@ -307,6 +307,12 @@ impl NodeService {
         if let Some(token) = inv.call_token {
             options = options.call_token(token.into());
         }
+        if let Some(respond) = inv.respond {
+            options = options.stream_to(Arc::new(convert::Streamed(respond)));
+        }
+        if let Some(bytes) = inv.response_bytes_max {
+            options = options.response_bytes_max(bytes);
+        }
         let mut running = self.worker.submit(&function, request, options);
         let outcome = tokio::select! {
             biased;

@@ -14,7 +14,9 @@
 //! polling and removed from the idle list until it registers again) and the invocation is
 //! placed again; an invocation killed to free memory is placed again the same way, both by
 //! the policy core's one rule (`AfterReturn`: up to [`ShardConfig::requeue_max`] times, then
-//! it fails). Every accepted invocation is answered.
+//! it fails) - unless its streamed response had started reaching the caller, which fails it
+//! instead (its body is cut: a second run would answer twice). Every accepted invocation is
+//! answered.
 //!
 //! Bounds: at most [`ShardConfig::queue_invocations_max`] invocations wait for placement
 //! (`shard_queue_invocations_max`); more are refused at once with `FailureKind::Overloaded`.
@@ -515,6 +517,17 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                 let _ = waiting.reply.send(outcome);
                 return;
             }
+            if waiting.invocation.answering() {
+                // Part of its response has gone to the caller: another run would answer twice.
+                tracing::warn!("its streamed response had started, not placed again: {why}");
+                let mut outcome = Outcome::failure(
+                    FailureKind::Unavailable,
+                    format!("its response was cut: {why}"),
+                );
+                outcome.attempts = waiting.attempts;
+                let _ = waiting.reply.send(outcome);
+                return;
+            }
             match AfterReturn::of(waiting.attempts - 1, inner.requeue_max) {
                 AfterReturn::GiveUp => {
                     tracing::warn!(attempts = waiting.attempts, "gave up: {why}");
@@ -807,20 +820,8 @@ mod tests {
 
     fn invocation(id: u64, class: u8) -> Invocation {
         Invocation {
-            id,
-            function: "f".into(),
-            class: ClassId(class),
-            request: Request {
-                method: http::Method::GET,
-                path_and_query: "/".into(),
-                headers: http::HeaderMap::new(),
-                body: bytes::Bytes::new(),
-            },
-            depth: 0,
             start_mb: 2,
-            deadline: None,
-            cancel: Default::default(),
-            call_token: None,
+            ..Invocation::new(id, "f", ClassId(class), Request::get("/"))
         }
     }
 

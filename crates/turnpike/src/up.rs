@@ -148,6 +148,7 @@ async fn run(args: UpArgs) -> ExitCode {
     println!("  curl '{url}/work/critical?ms=100'     # 100 ms of CPU, top class");
     println!("  curl '{url}/work/batch?ms=100'        # 100 ms of CPU, bottom class");
     println!("  curl '{url}/chain?to=/hello'          # a batch function calls hello, which runs at critical");
+    println!("  curl -N '{url}/stream?chunks=20&bytes=1&every_ms=100'  # streamed as written");
     println!("  curl {url}/v1/classes                 # the published prices");
     println!("Ctrl-C stops it.");
     wait_for_signal().await;

@@ -13,11 +13,9 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use turnpike_cluster::up::{self, UpConfig};
 
-use common::{status_of, Child, BIN};
+use common::{counter, get, start_role, start_role_with_metrics, Child, BIN};
 
 /// Invocations billed to the operator (the routes' owner) this month.
 async fn billed(store: &turnpike_store::Store) -> u64 {
@@ -34,16 +32,6 @@ async fn billed(store: &turnpike_store::Store) -> u64 {
         .iter()
         .map(|r| r.totals.invocations)
         .sum()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    (status_of(&text), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,63 +133,6 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
     cluster.stop().await;
     let billed = billed(&store).await;
     assert_eq!(billed, answered, "each answered invocation billed once");
-}
-
-/// Starts a role process (with the cluster's chain token in its environment) and returns it
-/// with the address it printed on the line starting with `prefix`.
-fn start_role(args: &[String], prefix: &str) -> (Child, String) {
-    let (child, addr, _) = start_role_reading(args, prefix, false);
-    (child, addr)
-}
-
-/// [`start_role`], and the URL of its `/metrics` (from its `metrics: URL` line).
-fn start_role_with_metrics(args: &[String], prefix: &str) -> (Child, String, String) {
-    let (child, addr, metrics) = start_role_reading(args, prefix, true);
-    (child, addr, metrics.expect("a `metrics: URL` line"))
-}
-
-/// One counter's value in the Prometheus text at `url` (`http://HOST:PORT/metrics`).
-async fn counter(url: &str, name: &str) -> f64 {
-    let url = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = url.split_once('/').expect("a path");
-    let (status, text) = get(host.parse().expect("an address"), &format!("/{path}")).await;
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
-/// Starts a role; its address from its first line (which starts with `prefix`) and, if
-/// `metrics`, the URL from the first later line starting `metrics: `.
-fn start_role_reading(
-    args: &[String],
-    prefix: &str,
-    metrics: bool,
-) -> (Child, String, Option<String>) {
-    let mut child = Child(
-        Command::new(BIN)
-            .args(args)
-            .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123456789")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the role starts"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a line").expect("readable");
-    let addr = first
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("expected `{prefix}...`, got {first:?}"))
-        .trim()
-        .to_string();
-    let metrics_url = metrics.then(|| loop {
-        let line = lines.next().expect("a metrics line").expect("readable");
-        if let Some(url) = line.strip_prefix("metrics: ") {
-            break url.trim().to_string();
-        }
-    });
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr, metrics_url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

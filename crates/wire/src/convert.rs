@@ -15,6 +15,7 @@ use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, MachineId};
 
+use crate::body::Head;
 use crate::invocation::{
     CallError, Cancellation, Failure, FailureKind, Invocation, Outcome, Registered, Registration,
     Request, Response, Usage,
@@ -33,6 +34,8 @@ impl From<Invocation> for proto::Invocation {
             deadline,
             cancel: _,
             call_token,
+            respond,
+            response_bytes_max,
         } = invocation;
         Self {
             id,
@@ -46,6 +49,8 @@ impl From<Invocation> for proto::Invocation {
             start_mb,
             deadline_ms_left: deadline.map_or(0, deadline_ms_left),
             call_token: call_token.unwrap_or_default(),
+            streamed: respond.is_some(),
+            response_bytes_max: response_bytes_max.unwrap_or(0),
         }
     }
 }
@@ -88,6 +93,10 @@ impl TryFrom<proto::Invocation> for Invocation {
                 .then(|| Instant::now() + Duration::from_millis(message.deadline_ms_left)),
             cancel: Cancellation::new(),
             call_token: (!message.call_token.is_empty()).then_some(message.call_token),
+            // The receiving link makes one when `message.streamed` (`crate::link::serve`).
+            respond: None,
+            response_bytes_max: (message.response_bytes_max > 0)
+                .then_some(message.response_bytes_max),
         })
     }
 }
@@ -114,14 +123,39 @@ impl From<Outcome> for proto::Outcome {
     }
 }
 
+impl From<Head> for proto::Response {
+    fn from(head: Head) -> Self {
+        Self {
+            status: u32::from(head.status.as_u16()),
+            headers: headers_to_wire(&head.headers),
+            body: bytes::Bytes::new(),
+        }
+    }
+}
+
+/// A streamed response's head as it came off a socket: decoded as an outcome's response is
+/// (a status outside HTTP's range becomes 502, a header that does not parse is dropped).
+impl From<proto::Response> for Head {
+    fn from(message: proto::Response) -> Self {
+        Self {
+            status: status_from_wire(message.status),
+            headers: headers_from_wire_lossy(message.headers),
+        }
+    }
+}
+
+fn status_from_wire(status: u32) -> http::StatusCode {
+    u16::try_from(status)
+        .ok()
+        .and_then(|s| http::StatusCode::from_u16(s).ok())
+        .unwrap_or(http::StatusCode::BAD_GATEWAY)
+}
+
 impl From<proto::Outcome> for Outcome {
     fn from(message: proto::Outcome) -> Self {
         let ending = match message.ending {
             Some(proto::outcome::Ending::Response(r)) => Ok(Response {
-                status: u16::try_from(r.status)
-                    .ok()
-                    .and_then(|s| http::StatusCode::from_u16(s).ok())
-                    .unwrap_or(http::StatusCode::BAD_GATEWAY),
+                status: status_from_wire(r.status),
                 headers: headers_from_wire_lossy(r.headers),
                 body: r.body,
             }),
@@ -169,6 +203,7 @@ impl From<FailureKind> for proto::FailureKind {
             FailureKind::BadRequest => Self::BadRequest,
             FailureKind::Overloaded => Self::Overloaded,
             FailureKind::Cancelled => Self::Cancelled,
+            FailureKind::TooLarge => Self::TooLarge,
         }
     }
 }
@@ -187,6 +222,7 @@ impl TryFrom<proto::FailureKind> for FailureKind {
             proto::FailureKind::BadRequest => Self::BadRequest,
             proto::FailureKind::Overloaded => Self::Overloaded,
             proto::FailureKind::Cancelled => Self::Cancelled,
+            proto::FailureKind::TooLarge => Self::TooLarge,
         })
     }
 }
@@ -385,21 +421,18 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.append("x-a", http::HeaderValue::from_static("1"));
         headers.append("x-a", http::HeaderValue::from_static("2"));
+        let request = Request {
+            method: http::Method::PATCH,
+            path_and_query: "/p?q=1".into(),
+            headers,
+            body: bytes::Bytes::from_static(b"body"),
+        };
         Invocation {
-            id: 7,
-            function: "ab".repeat(32),
-            class: ClassId(3),
-            request: Request {
-                method: http::Method::PATCH,
-                path_and_query: "/p?q=1".into(),
-                headers,
-                body: bytes::Bytes::from_static(b"body"),
-            },
             depth: 2,
             start_mb: 5,
-            deadline: None,
-            cancel: Default::default(),
             call_token: Some("v1.payload.signature".into()),
+            response_bytes_max: Some(1 << 20),
+            ..Invocation::new(7, "ab".repeat(32), ClassId(3), request)
         }
     }
 
@@ -479,6 +512,7 @@ mod tests {
             FailureKind::BadRequest,
             FailureKind::Overloaded,
             FailureKind::Cancelled,
+            FailureKind::TooLarge,
         ] {
             let failed = Outcome::failure(kind, "why");
             assert_eq!(Outcome::from(proto::Outcome::from(failed.clone())), failed);

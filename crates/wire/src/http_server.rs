@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -68,7 +67,10 @@ impl Default for EdgeLimits {
 /// progress, HTTP/2 with GOAWAY), so every accepted request is answered. A connection past
 /// `limits.connections_max` gets `over_limit(open connections)` as the answer to its first
 /// request, and is closed.
-pub async fn serve<H, F, R>(
+///
+/// A response's body may stream (`B`): its request counts as being answered until the body
+/// is done, so a long stream is neither idle nor cut by the keep-alive timeout.
+pub async fn serve<H, F, R, B>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -76,8 +78,10 @@ pub async fn serve<H, F, R>(
     over_limit: R,
 ) where
     H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
-    R: Fn(usize) -> http::Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    R: Fn(usize) -> http::Response<B> + Clone + Send + Sync + 'static,
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -147,8 +151,7 @@ pub async fn serve<H, F, R>(
                 let held = counted.begin();
                 async move {
                     let response = response.await;
-                    drop(held);
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|body| Held { body, _held: held }))
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -192,6 +195,32 @@ struct Activity {
 /// One request being answered, while it lives.
 struct Answering(Arc<Activity>);
 
+/// A response body that keeps its request counted as being answered until it is done.
+struct Held<B> {
+    body: B,
+    _held: Answering,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for Answering {
     fn drop(&mut self) {
         if self.0.answering.fetch_sub(1, Ordering::Relaxed) == 1 {
@@ -229,13 +258,15 @@ impl Activity {
 
 /// Answers the first request on a connection past the limit with `over_limit(open)`, then
 /// closes it (HTTP/1.1 `Connection: close`; HTTP/2 GOAWAY), within [`REFUSAL_FOR`].
-async fn refuse<R>(
+async fn refuse<R, B>(
     stream: TcpStream,
     builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     over_limit: R,
     open: usize,
 ) where
-    R: Fn(usize) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
+    R: Fn(usize) -> http::Response<B> + Send + Sync + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let service = hyper::service::service_fn(move |_request| {
         let mut response = over_limit(open);
@@ -252,6 +283,7 @@ async fn refuse<R>(
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;

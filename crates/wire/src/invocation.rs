@@ -16,6 +16,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use turnpike_policy::{ClassId, ClassSet, MachineId};
 
+use crate::body::BodyWriter;
+
 /// One call of a function, as a shard queues it and a worker runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Invocation {
@@ -41,6 +43,39 @@ pub struct Invocation {
     /// The token its guest's calls to other functions carry (`crate::chain::CallToken`,
     /// signed by the gateway); `None`: such calls are refused.
     pub call_token: Option<String>,
+    /// Where its response is streamed as the guest writes it ([`crate::body`]); `None`: the
+    /// whole response comes in its outcome.
+    pub respond: Option<BodyWriter>,
+    /// The largest response body its caller takes, bytes: a body over it is cut where it is
+    /// written, or refused before its head when its length is declared
+    /// ([`FailureKind::TooLarge`]). `None`: no limit but the worker's.
+    pub response_bytes_max: Option<u64>,
+}
+
+impl Invocation {
+    /// A call of `function` at `class` answering `request`, with nothing else set: depth 0,
+    /// `start_mb` 0 (the worker's default), no deadline, call token, streaming or limit.
+    pub fn new(id: u64, function: impl Into<String>, class: ClassId, request: Request) -> Self {
+        Self {
+            id,
+            function: function.into(),
+            class,
+            request,
+            depth: 0,
+            start_mb: 0,
+            deadline: None,
+            cancel: Cancellation::new(),
+            call_token: None,
+            respond: None,
+            response_bytes_max: None,
+        }
+    }
+
+    /// Whether its response has started reaching its caller (a streamed head was sent): it
+    /// must not be placed again.
+    pub fn answering(&self) -> bool {
+        self.respond.as_ref().is_some_and(BodyWriter::started)
+    }
 }
 
 /// Whether an invocation is still wanted: one flag shared by every clone, fired once.
@@ -108,7 +143,20 @@ pub struct Request {
     pub body: Bytes,
 }
 
-/// A function's HTTP response, passed to the caller untouched.
+impl Request {
+    /// A `GET` of `path_and_query` without headers or body.
+    pub fn get(path_and_query: impl Into<String>) -> Self {
+        Self {
+            method: http::Method::GET,
+            path_and_query: path_and_query.into(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// A function's HTTP response, passed to the caller untouched. The body is empty when it was
+/// streamed ([`Invocation::respond`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub status: http::StatusCode,
@@ -148,7 +196,10 @@ impl Outcome {
         let usage = self.usage.as_ref()?;
         let ran = match &self.ending {
             Ok(_) => true,
-            Err(failure) => matches!(failure.kind, FailureKind::Guest | FailureKind::Cancelled),
+            Err(failure) => matches!(
+                failure.kind,
+                FailureKind::Guest | FailureKind::Cancelled | FailureKind::TooLarge
+            ),
         };
         ran.then_some((usage.cpu, usage.memory_mb_seconds))
     }
@@ -204,6 +255,9 @@ pub enum FailureKind {
     /// Its caller went away or its deadline passed ([`Cancellation`]): billed for what it
     /// used if it had started (its outcome then has usage), not otherwise.
     Cancelled,
+    /// Its response body went over [`Invocation::response_bytes_max`]: refused before its
+    /// head (413) when its length was declared, else cut there. It ran and is billed.
+    TooLarge,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -216,6 +270,7 @@ impl std::fmt::Display for FailureKind {
             Self::BadRequest => "bad request",
             Self::Overloaded => "overloaded",
             Self::Cancelled => "cancelled",
+            Self::TooLarge => "response too large",
         })
     }
 }

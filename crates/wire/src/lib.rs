@@ -1,5 +1,6 @@
 //! What every role of a Turnpike cluster shares to talk to the others: an invocation and its
-//! outcome as the roles handle them ([`invocation`]); the RPC definitions
+//! outcome as the roles handle them ([`invocation`]), and a response streamed back as it is
+//! written ([`body`]); the RPC definitions
 //! (`proto/turnpike.proto`, generated into [`proto`]), the conversions between them and the
 //! roles' types ([`convert`]) and the connection settings every role uses ([`rpc`]); links that multiplex invocations on one stream per pair of roles
 //! ([`link`]); the directory of roles in the same process, called without RPC
@@ -8,6 +9,7 @@
 //! the gateway (`turnpike-gateway`), the scheduler shards (`turnpike-scheduler`) and the worker
 //! nodes (`turnpike-node`) all depend on it.
 
+pub mod body;
 pub mod chain;
 pub mod convert;
 pub mod directory;

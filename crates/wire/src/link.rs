@@ -30,6 +30,15 @@
 //! each invocation to the role's handler on a task of its own, as `serve` would, without
 //! encoding it or crossing a socket; the handler shares the caller's cancellation.
 //!
+//! Streamed responses ([`crate::body`]): an invocation whose caller gave it a responder is sent
+//! marked `streamed`; `serve` gives the handler a responder of its own and relays what is
+//! written into it as frames of the invocation's tag - the head, body chunks, the end - before
+//! the outcome; the calling side writes them into the caller's responder as they come. Each
+//! streamed invocation has a credit window of [`LINK_BODY_WINDOW_BYTES`]: `serve` sends no
+//! more body than its caller has passed on plus the window (the caller grants credit with
+//! `credit_bytes` frames as its own reader takes chunks), so a slow client holds up its own
+//! invocation, never the others on the link, and each hop holds at most a window of its body.
+//!
 //! Both ends speak the roles' own types ([`crate::invocation`]); a streamed link encodes and
 //! decodes them at the socket ([`crate::convert`]), and an invocation that arrives malformed is
 //! answered with a `BadRequest` failure without reaching the handler.
@@ -41,11 +50,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
+use crate::body::{self, BodyReader, BodyWriter, Part};
 use crate::invocation::{
     answer_by, CallError, Cancellation, Failure, FailureKind, Invocation, Outcome,
 };
@@ -55,6 +65,10 @@ use crate::proto::worker_client::WorkerClient;
 
 /// A stream with nothing in flight for this long is closed (opened again on the next call).
 pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
+
+/// Body bytes of one streamed response a link's server may send beyond what its caller has
+/// passed on.
+pub const LINK_BODY_WINDOW_BYTES: usize = 256 << 10;
 
 /// The outcomes a server sends back on a link.
 pub type OutcomeStream =
@@ -116,9 +130,17 @@ struct Session {
 struct Calls {
     /// Broken or closed: no call may be added (it would never be answered).
     ended: bool,
-    waiting: HashMap<u64, oneshot::Sender<Result<Outcome, CallError>>>,
+    waiting: HashMap<u64, Waiter>,
     /// When `waiting` last became empty.
     idle_since: Instant,
+}
+
+/// A call waiting for its outcome, and for the parts of its response if it is streamed.
+struct Waiter {
+    answer: oneshot::Sender<Result<Outcome, CallError>>,
+    /// Where the parts go, to the call that relays them into its caller's responder.
+    /// Unbounded in type, bounded in fact by the call's credit window.
+    parts: Option<mpsc::UnboundedSender<Part>>,
 }
 
 impl Link {
@@ -181,6 +203,15 @@ impl Streamed {
     async fn call(&self, invocation: Invocation) -> Result<Outcome, CallError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
+        let respond = invocation.respond.clone();
+        let (parts, mut streamed) = match respond {
+            Some(_) => {
+                let (parts, streamed) = mpsc::unbounded_channel();
+                (Some(parts), Some(streamed))
+            }
+            None => (None, None),
+        };
+        let mut waiter = Some(Waiter { answer, parts });
         let session = loop {
             let session = self.session();
             let mut calls = crate::lock(&session.calls);
@@ -189,7 +220,9 @@ impl Streamed {
                 forget(&self.current, &session);
                 continue;
             }
-            calls.waiting.insert(tag, answer);
+            calls
+                .waiting
+                .insert(tag, waiter.take().expect("inserted once"));
             drop(calls);
             break session;
         };
@@ -197,30 +230,46 @@ impl Streamed {
         let frame = proto::InvocationFrame {
             tag,
             invocation: Some(invocation.into()),
-            cancel: false,
+            ..Default::default()
         };
         // A failed send means the stream's driver is gone; it ends the call (below) when it
         // marks the session ended.
         let _ = session.outbound.send(frame);
+        let mut relay = Relay {
+            tag,
+            respond,
+            session: &session,
+        };
         let mut answered = std::pin::pin!(async {
             answered
                 .await
                 .unwrap_or_else(|_| Err(CallError::Unavailable("the link was dropped".into())))
         });
-        tokio::select! {
-            biased;
-            result = &mut answered => return result,
-            () = cancel.cancelled() => {
-                // The peer cancels it where it is and still answers (with what it used).
-                let _ = session.outbound.send(proto::InvocationFrame {
-                    tag,
-                    invocation: None,
-                    cancel: true,
-                });
+        let mut cancel_sent = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(part) = next_part(&mut streamed) => relay.pass(part).await,
+                result = &mut answered => {
+                    // Every part came before the outcome, so they are all here now.
+                    if let Some(streamed) = &mut streamed {
+                        while let Ok(part) = streamed.try_recv() {
+                            relay.pass(part).await;
+                        }
+                    }
+                    return result;
+                }
+                () = cancel.cancelled(), if !cancel_sent => {
+                    // The peer cancels it where it is and still answers (with what it used).
+                    cancel_sent = true;
+                    let _ = session.outbound.send(proto::InvocationFrame {
+                        tag,
+                        cancel: true,
+                        ..Default::default()
+                    });
+                }
             }
         }
-        drop(session);
-        answered.await
     }
 
     /// The open session, or a new one (its stream opened by a driver task).
@@ -247,6 +296,48 @@ impl Streamed {
         tokio::spawn(drive(opening, session.clone(), self.current.clone()));
         session
     }
+}
+
+async fn next_part(streamed: &mut Option<mpsc::UnboundedReceiver<Part>>) -> Option<Part> {
+    match streamed {
+        Some(streamed) => streamed.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Passes a streamed call's parts into its caller's responder, granting the server credit for
+/// each chunk passed on.
+struct Relay<'a> {
+    tag: u64,
+    respond: Option<BodyWriter>,
+    session: &'a Session,
+}
+
+impl Relay<'_> {
+    async fn pass(&mut self, part: Part) {
+        let credit = match &part {
+            Part::Chunk(bytes) => bytes.len(),
+            _ => 0,
+        };
+        if let Some(respond) = &self.respond {
+            if respond.send(part).await.is_err() {
+                // Its reader is gone (and has cancelled it): what still comes is dropped,
+                // and credited, so the server is not held up before it answers.
+                self.respond = None;
+            }
+        }
+        if credit > 0 {
+            grant(self.session, self.tag, credit);
+        }
+    }
+}
+
+fn grant(session: &Session, tag: u64, credit: usize) {
+    let _ = session.outbound.send(proto::InvocationFrame {
+        tag,
+        credit_bytes: credit as u64,
+        ..Default::default()
+    });
 }
 
 fn forget(current: &Mutex<Option<Arc<Session>>>, session: &Arc<Session>) {
@@ -297,12 +388,35 @@ async fn drive(
     // Whatever the stream's status says, the calls on it are lost with it: the peer may be
     // down.
     let why = CallError::Unavailable(why.message().to_string());
-    for (_, caller) in waiting {
-        let _ = caller.send(Err(why.clone()));
+    for (_, waiter) in waiting {
+        let _ = waiter.answer.send(Err(why.clone()));
     }
 }
 
 fn deliver(session: &Session, frame: proto::OutcomeFrame) {
+    if frame.outcome.is_none() {
+        let part = if let Some(head) = frame.head {
+            Part::Head(head.into())
+        } else if frame.end {
+            Part::End
+        } else {
+            Part::Chunk(frame.chunk)
+        };
+        let credit = match &part {
+            Part::Chunk(bytes) => bytes.len(),
+            _ => 0,
+        };
+        let passed = crate::lock(&session.calls)
+            .waiting
+            .get(&frame.tag)
+            .and_then(|waiter| waiter.parts.as_ref())
+            .is_some_and(|parts| parts.send(part).is_ok());
+        // Its call gave up: credit the chunk here, so the server can still answer.
+        if !passed && credit > 0 {
+            grant(session, frame.tag, credit);
+        }
+        return;
+    }
     let caller = {
         let mut calls = crate::lock(&session.calls);
         let caller = calls.waiting.remove(&frame.tag);
@@ -312,9 +426,9 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
         caller
     };
     // An unknown tag (its caller gave up) is dropped.
-    if let Some(caller) = caller {
+    if let Some(waiter) = caller {
         let outcome = Outcome::from(frame.outcome.unwrap_or_default());
-        let _ = caller.send(Ok(outcome));
+        let _ = waiter.answer.send(Ok(outcome));
     }
 }
 
@@ -328,58 +442,141 @@ pub fn serve(
 ) -> Result<tonic::Response<OutcomeStream>, Status> {
     let mut inbound = request.into_inner();
     // One answer per invocation received on this stream, so bounded as the caller's link
-    // is (see `Link::session`).
+    // is (see `Link::session`); and the parts of streamed responses, bounded by their credit
+    // windows.
     let (answers, outbound) = mpsc::unbounded_channel();
-    // The invocations of this stream not answered yet, by tag: what a cancel frame names.
-    let live: Arc<Mutex<HashMap<u64, Cancellation>>> = Arc::default();
+    // The invocations of this stream not answered yet, by tag: what cancel and credit frames
+    // name.
+    let live: Arc<Mutex<HashMap<u64, Live>>> = Arc::default();
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
             let tag = frame.tag;
-            if frame.cancel {
+            if frame.cancel || frame.credit_bytes > 0 {
                 // Unknown: already answered.
-                if let Some(cancel) = crate::lock(&live).get(&tag) {
-                    cancel.cancel();
+                if let Some(live) = crate::lock(&live).get(&tag) {
+                    if frame.cancel {
+                        live.cancel.cancel();
+                    }
+                    if let Some(credit) = &live.credit {
+                        let bytes = frame.credit_bytes.min(LINK_BODY_WINDOW_BYTES as u64);
+                        credit.add_permits(bytes as usize);
+                    }
                 }
                 continue;
             }
             let answers = answers.clone();
+            let streamed = frame.invocation.as_ref().is_some_and(|i| i.streamed);
             let invocation = frame
                 .invocation
                 .ok_or_else(|| {
                     Failure::new(FailureKind::BadRequest, "a frame without an invocation")
                 })
                 .and_then(Invocation::try_from);
-            let invocation = match invocation {
+            let mut invocation = match invocation {
                 Ok(invocation) => invocation,
                 Err(failure) => {
                     let _ = answers.send(Ok(proto::OutcomeFrame {
                         tag,
                         outcome: Some(Outcome::from(failure).into()),
+                        ..Default::default()
                     }));
                     continue;
                 }
             };
             let (deadline, cancel) = (invocation.deadline, invocation.cancel.clone());
-            crate::lock(&live).insert(tag, cancel.clone());
+            let (pump, credit) = if streamed {
+                let (responder, reception) = body::channel();
+                invocation.respond = Some(responder);
+                let credit = Arc::new(Semaphore::new(LINK_BODY_WINDOW_BYTES));
+                let pump = tokio::spawn(pump(tag, reception, credit.clone(), answers.clone()));
+                (Some(pump), Some(credit))
+            } else {
+                (None, None)
+            };
+            crate::lock(&live).insert(
+                tag,
+                Live {
+                    cancel: cancel.clone(),
+                    credit,
+                },
+            );
             let answer = handle(invocation);
             let live = live.clone();
             tokio::spawn(async move {
                 let outcome = answer_by(answer, deadline, &cancel).await;
+                // The outcome follows its response's parts.
+                if let Some(pump) = pump {
+                    let _ = pump.await;
+                }
                 crate::lock(&live).remove(&tag);
                 let _ = answers.send(Ok(proto::OutcomeFrame {
                     tag,
                     outcome: Some(outcome.into()),
+                    ..Default::default()
                 }));
             });
         }
         // The stream ended or broke: its caller is gone (a caller closes its stream only with
         // nothing in flight), so no answer still to come can reach anyone. Cancel them: a
         // gateway that lost its shard retries elsewhere, and the first attempt must not run on.
-        let orphans: Vec<Cancellation> = crate::lock(&live).drain().map(|(_, c)| c).collect();
-        for cancel in orphans {
-            cancel.cancel();
+        // Their responses stop too: nobody grants credit any more.
+        let orphans: Vec<Live> = crate::lock(&live).drain().map(|(_, l)| l).collect();
+        for orphan in orphans {
+            orphan.cancel.cancel();
+            if let Some(credit) = orphan.credit {
+                credit.close();
+            }
         }
     });
     let outbound: OutcomeStream = Box::pin(UnboundedReceiverStream::new(outbound));
     Ok(tonic::Response::new(outbound))
+}
+
+/// An invocation in flight on a served stream.
+struct Live {
+    cancel: Cancellation,
+    /// Body bytes its streamed response may still send (`None`: not streamed); closed when
+    /// the stream ends.
+    credit: Option<Arc<Semaphore>>,
+}
+
+/// Sends what is written into a streamed invocation's responder as frames of its tag, each
+/// body chunk once the caller has credit for it. Stops when the response ends or is cut, or
+/// when the stream ends (its credit is closed): dropping the reception then tells the writer
+/// its reader is gone.
+async fn pump(
+    tag: u64,
+    mut reception: BodyReader,
+    credit: Arc<Semaphore>,
+    answers: mpsc::UnboundedSender<Result<proto::OutcomeFrame, Status>>,
+) {
+    while let Some(part) = reception.next().await {
+        let frame = match part {
+            Part::Head(head) => proto::OutcomeFrame {
+                tag,
+                head: Some(head.into()),
+                ..Default::default()
+            },
+            Part::Chunk(bytes) => {
+                let needed = bytes.len().min(LINK_BODY_WINDOW_BYTES) as u32;
+                match credit.acquire_many(needed).await {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => return,
+                }
+                proto::OutcomeFrame {
+                    tag,
+                    chunk: bytes,
+                    ..Default::default()
+                }
+            }
+            Part::End => proto::OutcomeFrame {
+                tag,
+                end: true,
+                ..Default::default()
+            },
+        };
+        if answers.send(Ok(frame)).is_err() {
+            return;
+        }
+    }
 }

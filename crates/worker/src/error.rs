@@ -63,4 +63,13 @@ pub enum InvokeError {
     SwapIn(String),
     #[error("cancelled: its caller went away or its deadline passed")]
     Cancelled,
+    #[error("the function's response body is over the limit of {limit_bytes} bytes{}", if *.declared { " (by its content-length)" } else { "; it was cut there" })]
+    ResponseTooLarge {
+        limit_bytes: u64,
+        /// Its `content-length` said so before any of it was sent: the caller can still
+        /// answer 413. Otherwise the body was cut after `limit_bytes`.
+        declared: bool,
+    },
+    #[error("the response's reader went away while the function wrote it")]
+    ReaderGone,
 }

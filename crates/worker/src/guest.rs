@@ -84,7 +84,60 @@ impl Request {
     }
 }
 
-/// A function's HTTP response, collected whole.
+/// Where a streamed response goes as the guest writes it: its head once the guest sets it,
+/// then its body, chunk by chunk, then its end ([`ResponseOut`]). Each call may wait (the
+/// reader is behind): the guest waits in its body write meanwhile. An error means the reader
+/// is gone; the guest then sees its body stream closed.
+pub trait ResponseWriter: Send + Sync + 'static {
+    fn head(&self, status: u16, headers: http::HeaderMap) -> WriteFuture<'_>;
+    fn chunk(&self, bytes: Bytes) -> WriteFuture<'_>;
+    fn end(&self) -> WriteFuture<'_>;
+}
+
+/// The most of a streamed response's body sent whole in its outcome when the guest has
+/// written all of it before its head would go.
+pub const WHOLE_BYTES_MAX: usize = 64 << 10;
+
+/// What a [`ResponseWriter`] call returns: `Err` when the reader is gone.
+pub type WriteFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), crate::error::InvokeError>> + Send + 'a>>;
+
+/// How an invocation hands back its response: collected whole into its [`Response`] (the
+/// default), or streamed into a [`ResponseWriter`] as the guest writes it, the returned
+/// `Response` then having an empty body - except a body of at most [`WHOLE_BYTES_MAX`] that
+/// the guest had finished by the time its head was set, which comes whole in the `Response`
+/// and nothing is written. Either way the body is held to `bytes_max`.
+#[derive(Clone, Default)]
+pub struct ResponseOut {
+    pub writer: Option<Arc<dyn ResponseWriter>>,
+    /// The largest body, bytes (`None`: no limit).
+    pub bytes_max: Option<u64>,
+}
+
+impl std::fmt::Debug for ResponseOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseOut")
+            .field("streamed", &self.writer.is_some())
+            .field("bytes_max", &self.bytes_max)
+            .finish()
+    }
+}
+
+/// Two are equal when they stream into the same writer (or neither streams) with one limit.
+impl PartialEq for ResponseOut {
+    fn eq(&self, other: &Self) -> bool {
+        let same_writer = match (&self.writer, &other.writer) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_writer && self.bytes_max == other.bytes_max
+    }
+}
+
+impl Eq for ResponseOut {}
+
+/// A function's HTTP response (its body empty when it was streamed: [`ResponseOut`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub status: u16,
@@ -279,19 +332,22 @@ pub async fn run_unscheduled(
         cap_bytes,
         meter,
         Outgoing::denied(),
+        ResponseOut::default(),
     )
     .await
 }
 
 /// Runs one invocation to its response: a new store and instance of `pre`, the request handed
-/// to `wasi:http/incoming-handler.handle`, the response body collected while the guest runs.
-/// The instance yields to the executor at every epoch tick (see [`crate::worker`]).
+/// to `wasi:http/incoming-handler.handle`, the response body collected or streamed (`out`)
+/// while the guest runs. The instance yields to the executor at every epoch tick (see
+/// [`crate::worker`]).
 pub(crate) async fn run(
     pre: ProxyPre<Host>,
     request: Request,
     cap_bytes: u64,
     meter: Arc<MemoryMeter>,
     outgoing: Outgoing,
+    out: ResponseOut,
 ) -> Result<Response, InvokeError> {
     let request = request.into_http()?;
     let mut store = Store::new(pre.engine(), Host::new(cap_bytes, meter.clone(), outgoing));
@@ -336,15 +392,110 @@ pub(crate) async fn run(
             Err(_) => return Err(InvokeError::NoResponse),
         };
         let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| InvokeError::Guest(format!("response body: {e}")))?
-            .to_bytes();
+        let limit = out.bytes_max.unwrap_or(u64::MAX);
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(InvokeError::ResponseTooLarge {
+                limit_bytes: limit,
+                declared: true,
+            });
+        }
+        let status = parts.status.as_u16();
+        let Some(writer) = out.writer else {
+            let body =
+                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                    .collect()
+                    .await
+                    .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                        Ok(_) => InvokeError::ResponseTooLarge {
+                            limit_bytes: limit,
+                            declared: false,
+                        },
+                        Err(e) => InvokeError::Guest(format!("response body: {e}")),
+                    })?
+                    .to_bytes();
+            return Ok(Response {
+                status,
+                headers: parts.headers,
+                body,
+            });
+        };
+        // Dropping `body` (on any return below) closes the guest's body stream: its next
+        // write fails.
+        let mut body = body;
+        let mut sent: u64 = 0;
+        // What the guest has written already. A body complete by now (most are: the guest
+        // wrote it and returned in one go) is answered whole, as one message with its length,
+        // without the cost of streaming; the rest stream from here.
+        let mut written: Vec<Bytes> = Vec::new();
+        let mut written_bytes = 0;
+        loop {
+            let ready = std::future::poll_fn(|cx| {
+                let mut next = body.frame();
+                Poll::Ready(std::pin::Pin::new(&mut next).poll(cx))
+            })
+            .await;
+            match ready {
+                Poll::Ready(None) => {
+                    let mut whole = bytes::BytesMut::with_capacity(written_bytes);
+                    for bytes in written {
+                        whole.extend_from_slice(&bytes);
+                    }
+                    return Ok(Response {
+                        status,
+                        headers: parts.headers,
+                        body: whole.freeze(),
+                    });
+                }
+                Poll::Ready(Some(frame)) => {
+                    let frame =
+                        frame.map_err(|e| InvokeError::Guest(format!("response body: {e}")))?;
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    sent = sent.saturating_add(data.len() as u64);
+                    if sent > limit {
+                        return Err(InvokeError::ResponseTooLarge {
+                            limit_bytes: limit,
+                            declared: false,
+                        });
+                    }
+                    written_bytes += data.len();
+                    written.push(data);
+                    if written_bytes >= WHOLE_BYTES_MAX {
+                        break;
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        writer.head(status, parts.headers.clone()).await?;
+        for bytes in written {
+            writer.chunk(bytes).await?;
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| InvokeError::Guest(format!("response body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // Trailers are not passed on.
+            };
+            sent = sent.saturating_add(data.len() as u64);
+            if sent > limit {
+                return Err(InvokeError::ResponseTooLarge {
+                    limit_bytes: limit,
+                    declared: false,
+                });
+            }
+            writer.chunk(data).await?;
+        }
+        writer.end().await?;
         Ok(Response {
-            status: parts.status.as_u16(),
+            status,
             headers: parts.headers,
-            body,
+            body: Bytes::new(),
         })
     });
 

@@ -69,7 +69,7 @@ use wasmtime::Engine;
 use crate::calls::Caller;
 use crate::config::WorkerConfig;
 use crate::error::InvokeError;
-use crate::guest::{self, Outgoing, Request, Response};
+use crate::guest::{self, Outgoing, Request, Response, ResponseOut, ResponseWriter};
 use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
 use crate::runtime::{Function, Runtime, StartError};
 use crate::swap::{InvocationMemory, SwapTotals};
@@ -90,6 +90,8 @@ pub struct InvokeOptions {
     /// The call token its guest's calls to other functions carry ([`Caller::token`]);
     /// `None`: they are refused.
     pub call_token: Option<Arc<str>>,
+    /// Where its response goes (collected into the outcome by default) and its body's limit.
+    pub response: ResponseOut,
 }
 
 impl InvokeOptions {
@@ -101,7 +103,21 @@ impl InvokeOptions {
             depth: 0,
             start_mb: None,
             call_token: None,
+            response: ResponseOut::default(),
         }
+    }
+
+    /// Streams the response into `writer` as the guest writes it.
+    pub fn stream_to(mut self, writer: Arc<dyn ResponseWriter>) -> Self {
+        self.response.writer = Some(writer);
+        self
+    }
+
+    /// Holds the response body to `bytes` (cut there, or refused before its head when its
+    /// `content-length` says more).
+    pub fn response_bytes_max(mut self, bytes: u64) -> Self {
+        self.response.bytes_max = Some(bytes);
+        self
     }
 
     pub fn call_token(mut self, token: Arc<str>) -> Self {
@@ -489,6 +505,7 @@ impl Worker {
                     token: options.call_token.clone(),
                 },
             },
+            options.response,
         ));
         {
             let mut sched = self.shared.lock();

@@ -7,20 +7,8 @@ use turnpike_wire::invocation::{Invocation, Outcome, Request};
 /// A top-class invocation whose query sets the emulation (`?ms=N&mb=M`).
 pub fn invocation(query: &str) -> Invocation {
     Invocation {
-        id: 0,
-        function: "emulated".into(),
-        class: ClassId(3),
-        request: Request {
-            method: http::Method::GET,
-            path_and_query: query.into(),
-            headers: http::HeaderMap::new(),
-            body: bytes::Bytes::new(),
-        },
-        depth: 0,
         start_mb: 2,
-        deadline: None,
-        cancel: Default::default(),
-        call_token: None,
+        ..Invocation::new(0, "emulated", ClassId(3), Request::get(query))
     }
 }
 
