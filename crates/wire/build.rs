@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".turnpike.v1.Invocation.body")
         .bytes(".turnpike.v1.Response.body")
         .bytes(".turnpike.v1.OutcomeFrame.chunk")
+        .bytes(".turnpike.v1.InvocationFrame.chunk")
         .compile_fds(descriptors)?;
     Ok(())
 }

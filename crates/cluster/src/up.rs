@@ -13,7 +13,9 @@
 //! calls `PATH` through the platform and shows the class the callee ran at
 //! (`max(caller, route)`: `/chain?to=/hello` runs hello at the top class); and the `stream`
 //! example at `/stream?chunks=N&bytes=B&every_ms=M` (top class), whose response reaches the
-//! client chunk by chunk as it is written (`curl -N`).
+//! client chunk by chunk as it is written (`curl -N`); and the `echo` example at `/echo`
+//! (top class), which answers with the request's body, or with `?progress=1` reports it
+//! arriving as it is uploaded (`curl -N -T FILE`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ pub struct UpConfig {
     pub cores_per_worker: u32,
     pub memory_mb_per_worker: u64,
     /// Where the demo app's components are (`hello.wasm`, `spin.wasm`, `chain.wasm`,
-    /// `stream.wasm`).
+    /// `stream.wasm`, `echo.wasm`).
     pub functions_dir: PathBuf,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -417,6 +419,11 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         demo_route("/work/batch", &demo_functions, "spin", bottom),
         demo_route("/chain", &demo_functions, "chain", bottom),
         demo_route("/stream", &demo_functions, "stream", top),
+        Route {
+            // Any method: an upload is a `POST` or `PUT`.
+            method: None,
+            ..demo_route("/echo", &demo_functions, "echo", top)
+        },
     ];
     let gateway = Gateway::new(GatewayConfig {
         routes,
@@ -487,7 +494,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
 }
 
 /// The demo app's components, by file name in `functions_dir`.
-const DEMO_FUNCTIONS: [&str; 4] = ["hello", "spin", "chain", "stream"];
+const DEMO_FUNCTIONS: [&str; 5] = ["hello", "spin", "chain", "stream", "echo"];
 
 /// A demo route: an operator route (any host that names no app), paid by the admin.
 fn demo_route(prefix: &str, functions: &[(String, String)], name: &str, class: ClassId) -> Route {

@@ -42,7 +42,7 @@ use tracing::Instrument;
 use turnpike_policy::shard_choice::choose_shard;
 use turnpike_policy::ClassSet;
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
-use turnpike_wire::body::{self as streaming, Head, Part};
+use turnpike_wire::body::{self as streaming, Head, Part, RequestBody};
 use turnpike_wire::chain::{self, CallToken, CALL_TOKEN_TTL};
 use turnpike_wire::invocation::{Cancellation, FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
@@ -182,6 +182,70 @@ impl Drop for Admitted {
 /// the hyper service future answering it is dropped, and this tells the invocation wherever
 /// it is. Disarmed once the answer is in.
 struct CancelOnHangup(Option<Cancellation>);
+
+/// Default of the largest request body read whole before the invocation is sent: a body with
+/// a declared length up to this is; larger or unknown ones stream to the guest as they come.
+pub const WHOLE_REQUEST_BYTES_MAX: usize = 64 << 10;
+
+/// Why a streamed request body failed on its way in, if it did: the answer to give instead.
+type UploadRefusal = Arc<Mutex<Option<(Refusal, String)>>>;
+
+/// Reads a streamed request body from the client into the invocation's, held to `limit`
+/// bytes and to `timeout` spent waiting on the client (not on the guest, whose reading is its
+/// own pace). If the body fails on the way (over the limit, too slow, the connection broken),
+/// it records why in `refused` and cancels the invocation: the guest's read fails (the body
+/// is cut) and the client gets the refusal.
+async fn upload_body(
+    mut body: Incoming,
+    writer: streaming::BodyWriter,
+    (limit, timeout): (usize, Duration),
+    refused: UploadRefusal,
+    cancel: Cancellation,
+) {
+    let mut waited = Duration::ZERO;
+    let mut read = 0usize;
+    let why = loop {
+        let asked = Instant::now();
+        let left = timeout.saturating_sub(waited);
+        let Ok(frame) = tokio::time::timeout(left, body.frame()).await else {
+            break (
+                Refusal::TimedOut,
+                format!("the request body did not arrive within {timeout:?}"),
+            );
+        };
+        waited += asked.elapsed();
+        match frame {
+            None => {
+                let _ = writer.end().await;
+                return;
+            }
+            Some(Err(e)) => {
+                break (
+                    Refusal::CallerGone,
+                    format!("the client's connection broke while it sent the body: {e}"),
+                )
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                read += data.len();
+                if read > limit {
+                    break (
+                        Refusal::TooLarge,
+                        format!("request body over the limit of {limit} bytes"),
+                    );
+                }
+                if writer.chunk(data).await.is_err() {
+                    // The guest is done with its body (or the invocation with it).
+                    return;
+                }
+            }
+        }
+    };
+    *turnpike_wire::lock(&refused) = Some(why);
+    cancel.cancel();
+}
 
 /// What an invocation's caller learns first: its streamed head (and how it ended, if that is
 /// known already), or (not streamed) how it ended.
@@ -565,22 +629,39 @@ impl Gateway {
         tracing::Span::current().record("class", self.config.classes.get(class).name.as_str());
         let limit = self.config.max_request_bytes;
         let timeout = self.config.body_read_timeout;
-        let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-        let Ok(collected) = collected else {
+        let declared = hyper::body::Body::size_hint(&body);
+        if declared.lower() > limit as u64 {
             return refuse(
-                Refusal::TimedOut,
-                format!("the request body did not arrive within {timeout:?}"),
+                Refusal::TooLarge,
+                format!("request body over the limit of {limit} bytes"),
             );
-        };
-        let body = match collected {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        }
+        // A body known to be small is read whole first (the invocation can then be placed
+        // again after a lost worker); any other streams to the guest as it arrives.
+        let (body, upload) = if declared
+            .exact()
+            .is_some_and(|n| n <= WHOLE_REQUEST_BYTES_MAX as u64)
+        {
+            let collected =
+                tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+            let Ok(collected) = collected else {
                 return refuse(
-                    Refusal::TooLarge,
-                    format!("request body over the limit of {limit} bytes"),
-                )
+                    Refusal::TimedOut,
+                    format!("the request body did not arrive within {timeout:?}"),
+                );
+            };
+            match collected {
+                Ok(collected) => (collected.to_bytes(), None),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return refuse(
+                        Refusal::TooLarge,
+                        format!("request body over the limit of {limit} bytes"),
+                    )
+                }
+                Err(e) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
             }
-            Err(e) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
+        } else {
+            (bytes::Bytes::new(), Some(body))
         };
         // The function sees the caller's headers without the platform's own and without the
         // caller's credentials.
@@ -620,12 +701,31 @@ impl Gateway {
         // as it has one (a streamed response's head) and bills when the invocation is over:
         // a client that hangs up cancels it (`CancelOnHangup`, then its streamed body's drop)
         // but does not stop its billing.
+        let mut invocation = invocation;
+        let upload = upload.map(|incoming| {
+            let (writer, reader) = streaming::channel();
+            invocation.request_body = Some(RequestBody::new(reader));
+            let refused = Arc::new(Mutex::new(None));
+            tokio::spawn(
+                upload_body(
+                    incoming,
+                    writer,
+                    (limit, timeout),
+                    refused.clone(),
+                    invocation.cancel.clone(),
+                )
+                .in_current_span(),
+            );
+            refused
+        });
         let mut hangup = CancelOnHangup(Some(invocation.cancel.clone()));
         let (answer, answered) = tokio::sync::oneshot::channel();
         tokio::spawn(
             async move {
                 let gateway = admitted.0.clone();
-                gateway.invoke_and_bill(invocation, target, answer).await;
+                gateway
+                    .invoke_and_bill(invocation, target, upload, answer)
+                    .await;
                 // Its cost is in the tenant's spend now (if it ran): no longer expected.
                 drop(hold);
                 drop(admitted);
@@ -654,6 +754,7 @@ impl Gateway {
         &self,
         mut invocation: Invocation,
         target: Target,
+        upload: Option<UploadRefusal>,
         answer: tokio::sync::oneshot::Sender<http::Response<Body>>,
     ) {
         let (id, class) = (invocation.id, invocation.class);
@@ -696,7 +797,9 @@ impl Gateway {
                 }
             }
         };
-        let (outcome, status) = match first {
+        // A whole answer is sent after its usage is recorded, so the tenant's next request
+        // is admitted against a spend that counts it; a streamed one had to go first.
+        let (outcome, status, answer) = match first {
             First::Head(head, done) => {
                 let status = head.status;
                 let limit = self.config.max_response_bytes as u64;
@@ -726,14 +829,19 @@ impl Gateway {
                         _ => tracing::warn!("{message}"),
                     }
                 }
-                (outcome, status)
+                (outcome, status, None)
             }
             First::Done(Err(refusal)) => {
                 let _ = answer.send(refusal);
                 return;
             }
             First::Done(Ok(outcome)) => {
-                let response = if outcome.failure_kind() == Some(FailureKind::Cancelled) {
+                let refused = upload.and_then(|refused| turnpike_wire::lock(&refused).take());
+                let response = if let Some((case, message)) = refused {
+                    // Its body failed on the way in (too slow, too large, the client gone):
+                    // that is the answer, whatever the function made of the cut body.
+                    refuse(case, message)
+                } else if outcome.failure_kind() == Some(FailureKind::Cancelled) {
                     self.cancelled.fetch_add(1, Ordering::Relaxed);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         refuse(Refusal::DeadlinePassed,
@@ -749,8 +857,7 @@ impl Gateway {
                     self.respond(outcome.clone())
                 };
                 let status = response.status();
-                let _ = answer.send(response);
-                (outcome, status)
+                (outcome, status, Some((answer, response)))
             }
         };
         if outcome.failure_kind() == Some(FailureKind::Cancelled) && status.is_success() {
@@ -771,6 +878,9 @@ impl Gateway {
                 gb_seconds: mb_seconds / 1024.0,
                 cost: self.billing.cost(class, cpu_ns, mb_seconds),
             });
+        }
+        if let Some((answer, response)) = answer {
+            let _ = answer.send(response);
         }
     }
 
@@ -874,13 +984,14 @@ impl Gateway {
             shard.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(error) if invocation.answering() => {
-                    // Its streamed response had started: another run would answer twice.
+                Err(error) if invocation.placed_for_good() => {
+                    // Its streamed response had started (another run would answer twice) or
+                    // its streamed request body went with the lost attempt.
                     shard.mark_down();
                     return Err(refuse(
                         Refusal::Unavailable,
                         format!(
-                            "shard lost while the function's response streamed; it was cut: {}",
+                            "shard lost while the invocation's body streamed, so it was not sent again: {}",
                             error.message()
                         ),
                     ));

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use turnpike_policy::MachineId;
-use turnpike_wire::body::{BodyWriter, Head};
+use turnpike_wire::body::{BodyReader, BodyWriter, Head, Part};
 use turnpike_wire::invocation::{self, Failure, FailureKind, Outcome, Usage};
-use turnpike_worker::{InvokeError, Request, ResponseWriter, WriteFuture};
+use turnpike_worker::{BodySource, BodyStream, InvokeError, Request, ResponseWriter, WriteFuture};
 
-/// The worker's request for an invocation's.
-pub fn to_worker_request(request: invocation::Request) -> Request {
+/// The worker's request for an invocation's, its body streamed from `upload` if the
+/// invocation's body is streamed.
+pub fn to_worker_request(request: invocation::Request, upload: Option<BodyReader>) -> Request {
     let invocation::Request {
         method,
         path_and_query,
@@ -20,7 +21,42 @@ pub fn to_worker_request(request: invocation::Request) -> Request {
     let mut worker_request = Request::new(method, path_and_query);
     worker_request.headers = headers;
     worker_request.body = body;
+    worker_request.body_stream = upload.map(|reader| {
+        BodyStream::new(Upload {
+            reader,
+            ended: false,
+        })
+    });
     worker_request
+}
+
+/// A streamed request body, as the worker runtime reads it into the guest.
+struct Upload {
+    reader: BodyReader,
+    ended: bool,
+}
+
+impl BodySource for Upload {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, String>>> {
+        use std::task::Poll;
+        loop {
+            return match std::task::ready!(self.reader.poll_next(cx)) {
+                Some(Part::Chunk(bytes)) => Poll::Ready(Some(Ok(bytes))),
+                Some(Part::End) => {
+                    self.ended = true;
+                    Poll::Ready(None)
+                }
+                Some(Part::Head(_)) => continue,
+                None if self.ended => Poll::Ready(None),
+                None => Poll::Ready(Some(Err(
+                    "the request body was cut before its end (its client went away, was too slow, or sent too much)".into(),
+                ))),
+            };
+        }
+    }
 }
 
 /// A streamed invocation's responder, as the worker runtime writes into it.

@@ -300,7 +300,14 @@ impl NodeService {
             Ok(class) => class,
             Err(e) => return Outcome::from(turnpike_wire::invocation::Failure::from(e)),
         };
-        let request = convert::to_worker_request(inv.request);
+        let upload = inv.request_body.as_ref().and_then(|body| body.take());
+        if inv.request_body.is_some() && upload.is_none() {
+            return Outcome::failure(
+                FailureKind::Unavailable,
+                "its streamed request body went to an earlier placement; it cannot run again",
+            );
+        }
+        let request = convert::to_worker_request(inv.request, upload);
         let mut options = InvokeOptions::class(class)
             .depth(inv.depth)
             .start_mb(inv.start_mb);

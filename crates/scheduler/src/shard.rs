@@ -14,9 +14,9 @@
 //! polling and removed from the idle list until it registers again) and the invocation is
 //! placed again; an invocation killed to free memory is placed again the same way, both by
 //! the policy core's one rule (`AfterReturn`: up to [`ShardConfig::requeue_max`] times, then
-//! it fails) - unless its streamed response had started reaching the caller, which fails it
-//! instead (its body is cut: a second run would answer twice). Every accepted invocation is
-//! answered.
+//! it fails) - unless its streamed response had started reaching the caller, or its streamed
+//! request body went to the lost placement, which fails it instead (a second run would answer
+//! twice, or have no body). Every accepted invocation is answered.
 //!
 //! Bounds: at most [`ShardConfig::queue_invocations_max`] invocations wait for placement
 //! (`shard_queue_invocations_max`); more are refused at once with `FailureKind::Overloaded`.
@@ -517,12 +517,13 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                 let _ = waiting.reply.send(outcome);
                 return;
             }
-            if waiting.invocation.answering() {
-                // Part of its response has gone to the caller: another run would answer twice.
-                tracing::warn!("its streamed response had started, not placed again: {why}");
+            if waiting.invocation.placed_for_good() {
+                // Part of its response has gone to the caller (another run would answer
+                // twice), or its streamed request body went to this placement.
+                tracing::warn!("its streamed body had started, not placed again: {why}");
                 let mut outcome = Outcome::failure(
                     FailureKind::Unavailable,
-                    format!("its response was cut: {why}"),
+                    format!("its streamed body had started, so it was not placed again: {why}"),
                 );
                 outcome.attempts = waiting.attempts;
                 let _ = waiting.reply.send(outcome);

@@ -28,8 +28,8 @@ const GROWTH_PER_INVOCATION_BYTES: u64 = 4 << 20;
 /// Growth allowed whatever the load: allocator arenas, runtime threads, connection pools.
 const GROWTH_FIXED_BYTES: u64 = 96 << 20;
 
-/// Shard, worker and gateway processes serving the `stream` example at `/stream` (top
-/// class), the gateway's body limit `max_body_bytes`; the gateway's address and the
+/// Shard, worker and gateway processes serving the `stream` example at `/stream` and the
+/// `echo` example at `/echo` (top class), the gateway's body limit `max_body_bytes`; the gateway's address and the
 /// processes (named).
 async fn cluster(
     dir: &std::path::Path,
@@ -39,6 +39,9 @@ async fn cluster(
     let wasm = functions.join("stream.wasm");
     let hash =
         turnpike_worker::cache::sha256_hex(&std::fs::read(&wasm).expect("the stream example"));
+    let echo = functions.join("echo.wasm");
+    let echo_hash =
+        turnpike_worker::cache::sha256_hex(&std::fs::read(&echo).expect("the echo example"));
     let (shard, shard_addr) = start_role(&["shard".to_string()], "shard listening on ");
     let (gateway, url) = start_role(
         &[
@@ -49,6 +52,8 @@ async fn cluster(
             dir.join("gateway").display().to_string(),
             "--route".into(),
             format!("/stream={hash}@critical"),
+            "--route".into(),
+            format!("/echo={echo_hash}@critical"),
             "--max-body-bytes".into(),
             max_body_bytes.to_string(),
             "--shard".into(),
@@ -63,6 +68,8 @@ async fn cluster(
             dir.join("worker").display().to_string(),
             "--load".into(),
             wasm.display().to_string(),
+            "--load".into(),
+            echo.display().to_string(),
             "--shard".into(),
             shard_addr,
         ],
@@ -199,6 +206,65 @@ async fn a_response_streams_through_separate_role_processes_and_is_held_to_the_l
     assert_eq!(got.last, Some(b'b'), "{got:?}");
 }
 
+/// Uploads `bytes` (in chunks of 64 KiB, chunked encoding: no declared length) to
+/// `/echo?progress=1`: the status and the answer's text (its last line says what arrived).
+async fn upload(gw: SocketAddr, bytes: u64) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connection = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let (mut reading, mut writing) = connection.into_split();
+    let sender = tokio::spawn(async move {
+        let head = "POST /echo?progress=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        writing.write_all(head.as_bytes()).await?;
+        let chunk = [
+            format!("{:x}\r\n", 64 << 10).into_bytes(),
+            vec![b'u'; 64 << 10],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        for _ in 0..bytes / (64 << 10) {
+            writing.write_all(&chunk).await?;
+        }
+        writing.write_all(b"0\r\n\r\n").await?;
+        // Kept open until the answer is read: a client's half-close ends the connection at
+        // the server (hyper's default), answer or not.
+        Ok::<_, std::io::Error>(writing)
+    });
+    let mut answer = Vec::new();
+    // The answer's lines come as the function reads; only the last ones are kept.
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match reading.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.len() > 1 << 20 {
+                    answer.drain(..answer.len() - 4096);
+                }
+            }
+        }
+    }
+    drop(sender.await.expect("the sender").expect("sent"));
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // The de-chunked tail: the last line of data before the final `0` chunk.
+    let last = text
+        .split('\n')
+        .map(str::trim_end)
+        .rfind(|line| line.starts_with("done") || line.starts_with("cut"))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "no last line in {:?}",
+                &text[text.len().saturating_sub(300)..]
+            )
+        });
+    (status, format!("{last}\n"))
+}
+
 /// A process's resident set now and at its peak (`VmRSS`, `VmHWM`), bytes.
 fn rss(child: &Child) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("/proc");
@@ -250,7 +316,17 @@ async fn large_bodies_to_slow_clients_leave_every_role_within_its_memory_bound()
         };
         calls.spawn(async move { (i % 4, receive(gw, &path, rate).await) });
     }
+    // And uploads of the same size, which the function reads as they arrive (holding none).
+    let mut uploads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        uploads.spawn(upload(gw, body_bytes));
+    }
     let started = Instant::now();
+    while let Some(result) = uploads.join_next().await {
+        let (status, text) = result.expect("an upload");
+        assert_eq!(status, 200, "{text}");
+        assert!(text.ends_with(&format!("done {body_bytes}\n")), "{text}");
+    }
     while let Some(result) = calls.join_next().await {
         let (kind, got) = result.expect("a call");
         match kind {
@@ -283,13 +359,13 @@ async fn large_bodies_to_slow_clients_leave_every_role_within_its_memory_bound()
         ));
         assert!(
             growth <= bound,
-            "{name}'s resident memory grew by {} MiB, over its bound of {} MiB, streaming 32 bodies of {body_mb} MiB and 32 over the limit: {report:?}",
+            "{name}'s resident memory grew by {} MiB, over its bound of {} MiB, streaming 32 bodies of {body_mb} MiB, 32 over the limit and 8 uploads: {report:?}",
             growth >> 20,
             bound >> 20
         );
     }
     eprintln!(
-        "32 x {body_mb} MiB to slow clients and 32 over the limit in {:?}: {}",
+        "32 x {body_mb} MiB to slow clients, 32 over the limit and 8 x {body_mb} MiB uploads in {:?}: {}",
         started.elapsed(),
         report.join("; ")
     );

@@ -1,5 +1,6 @@
 //! A body streamed between roles as it is written: a function's response, from the worker to
-//! the client as the guest writes it.
+//! the client as the guest writes it, and a large request body, from the client to the guest
+//! as it arrives ([`RequestBody`]).
 //!
 //! The caller of an invocation (the gateway) makes a [`channel`]: it keeps the [`BodyReader`]
 //! and puts the [`BodyWriter`] into the invocation (`Invocation::respond`). Whoever runs the
@@ -158,7 +159,45 @@ impl BodyReader {
     }
 }
 
-/// A new response channel.
+/// A request body streamed to whoever runs the invocation, read once: the first runner takes
+/// it ([`RequestBody::take`]; the gateway writes into the channel's writer as the client
+/// sends), and an invocation whose body was taken cannot be placed again (nobody has the
+/// bytes already read). Every clone of the invocation shares it.
+#[derive(Clone)]
+pub struct RequestBody(Arc<std::sync::Mutex<Option<BodyReader>>>);
+
+impl RequestBody {
+    pub fn new(reader: BodyReader) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(reader))))
+    }
+
+    /// The reader, to the first caller only.
+    pub fn take(&self) -> Option<BodyReader> {
+        crate::lock(&self.0).take()
+    }
+
+    /// Whether it was taken: a placement has read or is reading it.
+    pub fn taken(&self) -> bool {
+        crate::lock(&self.0).is_none()
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("taken", &self.taken())
+            .finish()
+    }
+}
+
+/// Two are equal when they are the same body.
+impl PartialEq for RequestBody {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A new body channel.
 pub fn channel() -> (BodyWriter, BodyReader) {
     let (parts, received) = mpsc::channel(BODY_CHUNKS_BUFFERED_MAX);
     (

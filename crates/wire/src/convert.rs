@@ -36,6 +36,8 @@ impl From<Invocation> for proto::Invocation {
             call_token,
             respond,
             response_bytes_max,
+            // The link sending it marks `request_streamed` when it takes the body to send.
+            request_body: _,
         } = invocation;
         Self {
             id,
@@ -51,6 +53,7 @@ impl From<Invocation> for proto::Invocation {
             call_token: call_token.unwrap_or_default(),
             streamed: respond.is_some(),
             response_bytes_max: response_bytes_max.unwrap_or(0),
+            request_streamed: false,
         }
     }
 }
@@ -97,6 +100,8 @@ impl TryFrom<proto::Invocation> for Invocation {
             respond: None,
             response_bytes_max: (message.response_bytes_max > 0)
                 .then_some(message.response_bytes_max),
+            // The receiving link makes one when `message.request_streamed`.
+            request_body: None,
         })
     }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use turnpike_policy::{ClassId, ClassSet, MachineId};
 
-use crate::body::BodyWriter;
+use crate::body::{BodyWriter, RequestBody};
 
 /// One call of a function, as a shard queues it and a worker runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +50,9 @@ pub struct Invocation {
     /// written, or refused before its head when its length is declared
     /// ([`FailureKind::TooLarge`]). `None`: no limit but the worker's.
     pub response_bytes_max: Option<u64>,
+    /// Its request body, streamed as the client sends it (`request.body` is then empty);
+    /// `None`: the body is whole in `request.body`.
+    pub request_body: Option<RequestBody>,
 }
 
 impl Invocation {
@@ -68,6 +71,7 @@ impl Invocation {
             call_token: None,
             respond: None,
             response_bytes_max: None,
+            request_body: None,
         }
     }
 
@@ -75,6 +79,12 @@ impl Invocation {
     /// must not be placed again.
     pub fn answering(&self) -> bool {
         self.respond.as_ref().is_some_and(BodyWriter::started)
+    }
+
+    /// Whether it cannot be placed again: its response has started reaching its caller, or
+    /// a placement took its streamed request body.
+    pub fn placed_for_good(&self) -> bool {
+        self.answering() || self.request_body.as_ref().is_some_and(RequestBody::taken)
     }
 }
 

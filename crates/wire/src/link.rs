@@ -39,6 +39,12 @@
 //! `credit_bytes` frames as its own reader takes chunks), so a slow client holds up its own
 //! invocation, never the others on the link, and each hop holds at most a window of its body.
 //!
+//! Streamed request bodies go the other way the same way: a call whose invocation carries a
+//! request body takes its reader (once: a retry finds it taken and fails) and sends its parts
+//! as `chunk`/`end` frames of its tag, within a window the server grants back (`credit_bytes`
+//! on the outcome stream) as the handler's reader takes them; `serve` writes them into a body
+//! of its own that the handler reads.
+//!
 //! Both ends speak the roles' own types ([`crate::invocation`]); a streamed link encodes and
 //! decodes them at the socket ([`crate::convert`]), and an invocation that arrives malformed is
 //! answered with a `BadRequest` failure without reaching the handler.
@@ -55,7 +61,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::body::{self, BodyReader, BodyWriter, Part};
+use crate::body::{self, BodyReader, BodyWriter, Part, RequestBody};
 use crate::invocation::{
     answer_by, CallError, Cancellation, Failure, FailureKind, Invocation, Outcome,
 };
@@ -141,6 +147,18 @@ struct Waiter {
     /// Where the parts go, to the call that relays them into its caller's responder.
     /// Unbounded in type, bounded in fact by the call's credit window.
     parts: Option<mpsc::UnboundedSender<Part>>,
+    /// Request body bytes the call may still send (`None`: not streamed); closed with the
+    /// waiter, which stops the upload.
+    upload_credit: Option<CloseOnDrop>,
+}
+
+/// A credit semaphore closed when its holder goes.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Link {
@@ -211,7 +229,26 @@ impl Streamed {
             }
             None => (None, None),
         };
-        let mut waiter = Some(Waiter { answer, parts });
+        let upload = match &invocation.request_body {
+            None => None,
+            Some(body) => match body.take() {
+                Some(reader) => Some(reader),
+                None => {
+                    return Ok(Outcome::failure(
+                        FailureKind::Unavailable,
+                        "its streamed request body went to an earlier placement; it cannot be placed again",
+                    ))
+                }
+            },
+        };
+        let upload_credit = upload
+            .as_ref()
+            .map(|_| Arc::new(Semaphore::new(LINK_BODY_WINDOW_BYTES)));
+        let mut waiter = Some(Waiter {
+            answer,
+            parts,
+            upload_credit: upload_credit.clone().map(CloseOnDrop),
+        });
         let session = loop {
             let session = self.session();
             let mut calls = crate::lock(&session.calls);
@@ -227,14 +264,19 @@ impl Streamed {
             break session;
         };
         let cancel = invocation.cancel.clone();
+        let mut message = proto::Invocation::from(invocation);
+        message.request_streamed = upload.is_some();
         let frame = proto::InvocationFrame {
             tag,
-            invocation: Some(invocation.into()),
+            invocation: Some(message),
             ..Default::default()
         };
         // A failed send means the stream's driver is gone; it ends the call (below) when it
         // marks the session ended.
         let _ = session.outbound.send(frame);
+        if let (Some(reader), Some(credit)) = (upload, upload_credit) {
+            tokio::spawn(send_upload(tag, reader, credit, session.outbound.clone()));
+        }
         let mut relay = Relay {
             tag,
             respond,
@@ -393,7 +435,52 @@ async fn drive(
     }
 }
 
+/// Sends a streamed request body as frames of its call's tag, each chunk once the server has
+/// credit for it; stops at the body's end, when it was cut (the server's reader then sees
+/// no end: the caller cancels the invocation), or when the call is over (its credit closed).
+async fn send_upload(
+    tag: u64,
+    mut reader: BodyReader,
+    credit: Arc<Semaphore>,
+    outbound: mpsc::UnboundedSender<proto::InvocationFrame>,
+) {
+    while let Some(part) = reader.next().await {
+        let frame = match part {
+            Part::Chunk(bytes) => {
+                let needed = bytes.len().min(LINK_BODY_WINDOW_BYTES) as u32;
+                match credit.acquire_many(needed).await {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => return,
+                }
+                proto::InvocationFrame {
+                    tag,
+                    chunk: bytes,
+                    ..Default::default()
+                }
+            }
+            Part::End => proto::InvocationFrame {
+                tag,
+                end: true,
+                ..Default::default()
+            },
+            Part::Head(_) => continue,
+        };
+        if outbound.send(frame).is_err() {
+            return;
+        }
+    }
+}
+
 fn deliver(session: &Session, frame: proto::OutcomeFrame) {
+    if frame.credit_bytes > 0 {
+        if let Some(waiter) = crate::lock(&session.calls).waiting.get(&frame.tag) {
+            if let Some(credit) = &waiter.upload_credit {
+                let bytes = frame.credit_bytes.min(LINK_BODY_WINDOW_BYTES as u64);
+                credit.0.add_permits(bytes as usize);
+            }
+        }
+        return;
+    }
     if frame.outcome.is_none() {
         let part = if let Some(head) = frame.head {
             Part::Head(head.into())
@@ -451,11 +538,18 @@ pub fn serve(
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
             let tag = frame.tag;
-            if frame.cancel || frame.credit_bytes > 0 {
+            if frame.cancel || frame.credit_bytes > 0 || !frame.chunk.is_empty() || frame.end {
                 // Unknown: already answered.
                 if let Some(live) = crate::lock(&live).get(&tag) {
                     if frame.cancel {
                         live.cancel.cancel();
+                    }
+                    if let Some(upload) = &live.upload {
+                        if frame.end {
+                            let _ = upload.send(Part::End);
+                        } else if !frame.chunk.is_empty() {
+                            let _ = upload.send(Part::Chunk(frame.chunk));
+                        }
                     }
                     if let Some(credit) = &live.credit {
                         let bytes = frame.credit_bytes.min(LINK_BODY_WINDOW_BYTES as u64);
@@ -466,6 +560,10 @@ pub fn serve(
             }
             let answers = answers.clone();
             let streamed = frame.invocation.as_ref().is_some_and(|i| i.streamed);
+            let uploaded = frame
+                .invocation
+                .as_ref()
+                .is_some_and(|i| i.request_streamed);
             let invocation = frame
                 .invocation
                 .ok_or_else(|| {
@@ -493,11 +591,19 @@ pub fn serve(
             } else {
                 (None, None)
             };
+            let upload = uploaded.then(|| {
+                let (writer, reader) = body::channel();
+                invocation.request_body = Some(RequestBody::new(reader));
+                let (upload, queued) = mpsc::unbounded_channel();
+                tokio::spawn(forward_upload(tag, queued, writer, answers.clone()));
+                upload
+            });
             crate::lock(&live).insert(
                 tag,
                 Live {
                     cancel: cancel.clone(),
                     credit,
+                    upload,
                 },
             );
             let answer = handle(invocation);
@@ -538,6 +644,39 @@ struct Live {
     /// Body bytes its streamed response may still send (`None`: not streamed); closed when
     /// the stream ends.
     credit: Option<Arc<Semaphore>>,
+    /// Where its streamed request body's parts go (`None`: not streamed). Unbounded in type,
+    /// bounded in fact by the caller's credit window.
+    upload: Option<mpsc::UnboundedSender<Part>>,
+}
+
+/// Writes a streamed request body's parts into the invocation's body as its reader takes
+/// them, granting the caller credit for each chunk passed on. Ends when the invocation is
+/// answered (its queue closes).
+async fn forward_upload(
+    tag: u64,
+    mut queued: mpsc::UnboundedReceiver<Part>,
+    writer: BodyWriter,
+    answers: mpsc::UnboundedSender<Result<proto::OutcomeFrame, Status>>,
+) {
+    while let Some(part) = queued.recv().await {
+        let credit = match &part {
+            Part::Chunk(bytes) => bytes.len(),
+            _ => 0,
+        };
+        // A reader gone (the guest is done with its body): the rest is dropped, still
+        // credited so the caller is not held up.
+        let _ = writer.send(part).await;
+        if credit > 0 {
+            let frame = proto::OutcomeFrame {
+                tag,
+                credit_bytes: credit as u64,
+                ..Default::default()
+            };
+            if answers.send(Ok(frame)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Sends what is written into a streamed invocation's responder as frames of its tag, each

@@ -9,11 +9,11 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -28,7 +28,76 @@ pub struct Request {
     /// Path and query, e.g. `/?ms=50`.
     pub path_and_query: String,
     pub headers: http::HeaderMap,
+    /// The whole body, unless it is streamed (`body_stream`).
     pub body: Bytes,
+    /// The body as it arrives, read by the guest as it comes (a large upload).
+    pub body_stream: Option<BodyStream>,
+}
+
+/// Where a streamed request body comes from: its chunks as the caller sends them.
+pub trait BodySource: Send + 'static {
+    /// The next chunk; `None` at the body's end; `Err` (why) if it was cut before its end:
+    /// the guest's read then fails.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Bytes, String>>>;
+}
+
+/// A streamed request body, taken by the one invocation that reads it.
+#[derive(Clone)]
+pub struct BodyStream(Arc<std::sync::Mutex<Option<Box<dyn BodySource>>>>);
+
+impl BodyStream {
+    pub fn new(source: impl BodySource) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(source)))))
+    }
+
+    fn take(&self) -> Option<Box<dyn BodySource>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyStream").finish_non_exhaustive()
+    }
+}
+
+/// The body the guest reads: whole, or streamed from a [`BodySource`].
+enum GuestBody {
+    Whole(Option<Bytes>),
+    Streamed(Box<dyn BodySource>),
+}
+
+impl http_body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = ErrorCode;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, ErrorCode>>> {
+        match self.get_mut() {
+            GuestBody::Whole(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(http_body::Frame::data(b))),
+            ),
+            GuestBody::Streamed(source) => source.poll_chunk(cx).map(|chunk| {
+                chunk.map(|chunk| {
+                    chunk
+                        .map(http_body::Frame::data)
+                        .map_err(|why| ErrorCode::InternalError(Some(why)))
+                })
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, GuestBody::Whole(None))
+    }
 }
 
 impl Request {
@@ -38,6 +107,7 @@ impl Request {
             path_and_query: path_and_query.into(),
             headers: http::HeaderMap::new(),
             body: Bytes::new(),
+            body_stream: None,
         }
     }
 
@@ -54,7 +124,7 @@ impl Request {
 
     /// The request as wasmtime-wasi-http takes it. The guest sees scheme `http` and the
     /// request's `host` header as authority (`localhost` when there is none).
-    fn into_http(self) -> Result<http::Request<Full<Bytes>>, InvokeError> {
+    fn into_http(self) -> Result<http::Request<GuestBody>, InvokeError> {
         let authority = match self.headers.get(http::header::HOST) {
             Some(host) => host
                 .to_str()
@@ -77,7 +147,10 @@ impl Request {
         let mut req = http::Request::builder()
             .method(self.method)
             .uri(uri)
-            .body(Full::new(self.body))
+            .body(match self.body_stream.as_ref().and_then(BodyStream::take) {
+                Some(source) => GuestBody::Streamed(source),
+                None => GuestBody::Whole(Some(self.body)),
+            })
             .map_err(|e| InvokeError::BadRequest(e.to_string()))?;
         *req.headers_mut() = self.headers;
         Ok(req)

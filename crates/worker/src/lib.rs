@@ -51,7 +51,9 @@ pub mod worker;
 pub use calls::{Caller, Platform};
 pub use config::{RuntimeConfig, WorkerConfig};
 pub use error::{InvokeError, LoadError};
-pub use guest::{Request, Response, ResponseOut, ResponseWriter, WriteFuture};
+pub use guest::{
+    BodySource, BodyStream, Request, Response, ResponseOut, ResponseWriter, WriteFuture,
+};
 pub use meter::Usage;
 pub use runtime::{Function, Runtime, RuntimeStats, StartError};
 pub use worker::{InvocationHandle, InvokeOptions, Outcome, Worker};

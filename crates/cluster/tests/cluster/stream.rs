@@ -26,6 +26,7 @@ async fn cluster(dir: &tempfile::TempDir, loopback_rpc: bool) -> Cluster {
     config.cores_per_worker = 2;
     config.memory_mb_per_worker = 1024;
     config.max_response_bytes = LIMIT_BYTES;
+    config.max_request_bytes = LIMIT_BYTES;
     up::start(&config).await.expect("the cluster starts")
 }
 
@@ -191,5 +192,118 @@ async fn a_client_that_hangs_up_mid_body_cancels_the_invocation_which_is_billed(
             started.elapsed()
         );
         assert!(billed.cpu_seconds > 0.0, "{billed:?}");
+    }
+}
+
+/// POSTs `chunks` chunks of 64 KiB to `path` with chunked encoding (no declared length, so
+/// the gateway streams it), waiting after the first until the answer so far contains
+/// `after_first` (if given) before sending the rest: the de-chunked answer and its status.
+async fn upload(
+    gateway: SocketAddr,
+    path: &str,
+    chunks: usize,
+    after_first: Option<&str>,
+) -> (u16, String) {
+    let mut connection = TcpStream::connect(gateway).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: turnpike\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let chunk = [
+        format!("{:x}\r\n", 64 << 10).into_bytes(),
+        vec![b'u'; 64 << 10],
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    connection.write_all(head.as_bytes()).await.expect("send");
+    connection.write_all(&chunk).await.expect("send");
+    let (mut reading, mut writing) = connection.into_split();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    if let Some(wanted) = after_first {
+        // The function reports the first chunk while the rest has not been sent.
+        loop {
+            let n = reading.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "the answer ended before `{wanted}`: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&raw).contains(wanted) {
+                break;
+            }
+        }
+    }
+    let sender = tokio::spawn(async move {
+        for _ in 1..chunks {
+            if writing.write_all(&chunk).await.is_err() {
+                return writing; // Refused mid-body: the gateway closed the connection.
+            }
+        }
+        let _ = writing.write_all(b"0\r\n\r\n").await;
+        // Kept open until the answer is read: a client's half-close ends the connection at
+        // the server (hyper's default), answer or not.
+        writing
+    });
+    loop {
+        match reading.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    drop(sender.await);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| (&text[..at], &raw[at + 4..]))
+        .unwrap_or((&text, &[][..]));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body).0
+    } else {
+        body.to_vec()
+    };
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_reaches_the_function_as_it_is_sent_and_is_held_to_the_limit() {
+    for loopback_rpc in [false, true] {
+        let _serial = serial().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = cluster(&dir, loopback_rpc).await;
+        let gateway = cluster.gateway;
+        // The function has read the first 64 KiB while the client still holds the rest.
+        let (status, body) = upload(gateway, "/echo?progress=1", 4, Some("65536\n")).await;
+        assert_eq!(status, 200, "loopback RPC {loopback_rpc}: {body}");
+        assert!(
+            body.ends_with("done 262144\n"),
+            "loopback RPC {loopback_rpc}: {body}"
+        );
+        // Over the limit (1 MiB), no length declared: refused when the bytes pass it.
+        let (status, body) = upload(gateway, "/echo", 64, None).await;
+        assert_eq!(status, 413, "loopback RPC {loopback_rpc}: {body}");
+        assert!(body.contains("over the limit of 1048576 bytes"), "{body}");
+        // An upload within the limit comes back byte for byte.
+        let (status, body) = upload(gateway, "/echo", 1, None).await;
+        assert_eq!(
+            (status, body.len()),
+            (200, 64 << 10),
+            "loopback RPC {loopback_rpc}"
+        );
+        let billed = billed(cluster).await;
+        // The progress upload and the small one; the refused one if it had started running.
+        assert!(
+            (2..=3).contains(&billed.invocations),
+            "loopback RPC {loopback_rpc}: {billed:?}"
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! `content-type` is the request's, or `application/octet-stream` if it had none.
 //!
 //! Bodies over 64 MiB get `413`; a body that cannot be read gets `400`.
+//!
+//! With `?progress=1` it holds nothing: it answers `200` at once and, for each piece of body
+//! it reads, writes a line with the bytes read so far (flushed at once), then `done N` at the
+//! end, or `cut after N: <why>` if the body could not be read to its end. A client can see
+//! its upload reach the function while it is still sending it.
 
 use wasip2::http::types::{IncomingBody, IncomingRequest, Method, ResponseOutparam};
 use wasip2::io::streams::StreamError;
@@ -67,8 +72,54 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, BodyError> {
 
 struct Echo;
 
+/// `?progress=1`: reports each read as it happens, holding no body.
+fn progress(request: &IncomingRequest, out: ResponseOutparam) {
+    use std::io::Write as _;
+    use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse};
+    let fields = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .expect("valid headers");
+    let response = OutgoingResponse::new(fields);
+    let outgoing = response.body().expect("first call to OutgoingResponse::body");
+    ResponseOutparam::set(out, Ok(response));
+    let Ok(mut writer) = outgoing.write() else {
+        return;
+    };
+    let mut say = |line: String| {
+        writer.write_all(line.as_bytes()).is_ok() && writer.blocking_flush().is_ok()
+    };
+    let Ok(body) = request.consume() else {
+        say("cut after 0: request body already consumed\n".into());
+        return;
+    };
+    let mut total = 0u64;
+    let end = match body.stream() {
+        Err(()) => "cut after 0: request body stream unavailable\n".to_string(),
+        Ok(stream) => loop {
+            match stream.blocking_read(READ_BYTES_MAX) {
+                Ok(chunk) => {
+                    total += chunk.len() as u64;
+                    if !chunk.is_empty() && !say(format!("{total}\n")) {
+                        return;
+                    }
+                }
+                Err(StreamError::Closed) => break format!("done {total}\n"),
+                Err(StreamError::LastOperationFailed(e)) => {
+                    break format!("cut after {total}: {}\n", e.to_debug_string())
+                }
+            }
+        },
+    };
+    say(end);
+    drop(writer);
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
 impl wasip2::exports::http::incoming_handler::Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let query = guest_util::query_of(&request);
+        if guest_util::u64_param(&query, "progress", 1) == Ok(Some(1)) {
+            return progress(&request, out);
+        }
         let method = request.method();
         let content_type = request
             .headers()
