@@ -799,7 +799,7 @@ impl Gateway {
         };
         // A whole answer is sent after its usage is recorded, so the tenant's next request
         // is admitted against a spend that counts it; a streamed one had to go first.
-        let (outcome, status, answer) = match first {
+        let (usage, failure, status, answer) = match first {
             First::Head(head, done) => {
                 let status = head.status;
                 let limit = self.config.max_response_bytes as u64;
@@ -829,19 +829,20 @@ impl Gateway {
                         _ => tracing::warn!("{message}"),
                     }
                 }
-                (outcome, status, None)
+                (outcome.billable(), outcome.failure_kind(), status, None)
             }
             First::Done(Err(refusal)) => {
                 let _ = answer.send(refusal);
                 return;
             }
             First::Done(Ok(outcome)) => {
+                let (usage, failure) = (outcome.billable(), outcome.failure_kind());
                 let refused = upload.and_then(|refused| turnpike_wire::lock(&refused).take());
                 let response = if let Some((case, message)) = refused {
                     // Its body failed on the way in (too slow, too large, the client gone):
                     // that is the answer, whatever the function made of the cut body.
                     refuse(case, message)
-                } else if outcome.failure_kind() == Some(FailureKind::Cancelled) {
+                } else if failure == Some(FailureKind::Cancelled) {
                     self.cancelled.fetch_add(1, Ordering::Relaxed);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         refuse(Refusal::DeadlinePassed,
@@ -854,17 +855,17 @@ impl Gateway {
                         )
                     }
                 } else {
-                    self.respond(outcome.clone())
+                    self.respond(outcome)
                 };
                 let status = response.status();
-                (outcome, status, Some((answer, response)))
+                (usage, failure, status, Some((answer, response)))
             }
         };
-        if outcome.failure_kind() == Some(FailureKind::Cancelled) && status.is_success() {
+        if failure == Some(FailureKind::Cancelled) && status.is_success() {
             // Streamed, and its client went away mid-body.
             self.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some((cpu, mb_seconds)) = outcome.billable() {
+        if let Some((cpu, mb_seconds)) = usage {
             let cpu_ns = turnpike_wire::convert::duration_ns(cpu);
             self.billing.record(UsageEntry {
                 invocation: id as i64,

@@ -224,6 +224,8 @@ impl Streamed {
         let respond = invocation.respond.clone();
         let (parts, mut streamed) = match respond {
             Some(_) => {
+                // Unbounded in type, bounded in fact: the server sends no more body than the
+                // credit this call grants (`LINK_BODY_WINDOW_BYTES` ahead of what it passed on).
                 let (parts, streamed) = mpsc::unbounded_channel();
                 (Some(parts), Some(streamed))
             }
@@ -447,10 +449,8 @@ async fn send_upload(
     while let Some(part) = reader.next().await {
         let frame = match part {
             Part::Chunk(bytes) => {
-                let needed = bytes.len().min(LINK_BODY_WINDOW_BYTES) as u32;
-                match credit.acquire_many(needed).await {
-                    Ok(permits) => permits.forget(),
-                    Err(_) => return,
+                if !spend(&credit, bytes.len()).await {
+                    return;
                 }
                 proto::InvocationFrame {
                     tag,
@@ -468,6 +468,19 @@ async fn send_upload(
         if outbound.send(frame).is_err() {
             return;
         }
+    }
+}
+
+/// Waits until `credit` covers a chunk of `bytes` and spends it; false once the credit is
+/// closed (the call or the stream is over). How both directions' body senders pace.
+async fn spend(credit: &Semaphore, bytes: usize) -> bool {
+    let needed = bytes.min(LINK_BODY_WINDOW_BYTES) as u32;
+    match credit.acquire_many(needed).await {
+        Ok(permits) => {
+            permits.forget();
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -594,6 +607,8 @@ pub fn serve(
             let upload = uploaded.then(|| {
                 let (writer, reader) = body::channel();
                 invocation.request_body = Some(RequestBody::new(reader));
+                // Unbounded in type, bounded in fact: the caller sends no more body than the
+                // credit `forward_upload` grants back (`LINK_BODY_WINDOW_BYTES` ahead).
                 let (upload, queued) = mpsc::unbounded_channel();
                 tokio::spawn(forward_upload(tag, queued, writer, answers.clone()));
                 upload
@@ -697,10 +712,8 @@ async fn pump(
                 ..Default::default()
             },
             Part::Chunk(bytes) => {
-                let needed = bytes.len().min(LINK_BODY_WINDOW_BYTES) as u32;
-                match credit.acquire_many(needed).await {
-                    Ok(permits) => permits.forget(),
-                    Err(_) => return,
+                if !spend(&credit, bytes.len()).await {
+                    return;
                 }
                 proto::OutcomeFrame {
                     tag,

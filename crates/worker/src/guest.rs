@@ -514,14 +514,20 @@ pub(crate) async fn run(
             .await;
             match ready {
                 Poll::Ready(None) => {
-                    let mut whole = bytes::BytesMut::with_capacity(written_bytes);
-                    for bytes in written {
-                        whole.extend_from_slice(&bytes);
-                    }
+                    // Most bodies are one write: passed on without a copy.
+                    let body = if written.len() == 1 {
+                        written.swap_remove(0)
+                    } else {
+                        let mut whole = bytes::BytesMut::with_capacity(written_bytes);
+                        for bytes in written {
+                            whole.extend_from_slice(&bytes);
+                        }
+                        whole.freeze()
+                    };
                     return Ok(Response {
                         status,
                         headers: parts.headers,
-                        body: whole.freeze(),
+                        body,
                     });
                 }
                 Poll::Ready(Some(frame)) => {
