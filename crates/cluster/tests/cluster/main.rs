@@ -13,4 +13,5 @@ mod emulated;
 mod link;
 mod local;
 mod outage;
+mod tls;
 mod up;
