@@ -16,7 +16,10 @@
 //!    capacity for 3 s, classes drawn uniformly; per-class p50/p99 slowdown (latency over the
 //!    spin's own 10 ms).
 //!
-//! `HELLO_ONLY=1` runs only the first (for profiling).
+//! `HELLO_ONLY=1` runs only the first (for profiling). `TLS=1` gives the process the
+//! certificates `turnpike up` makes (`turnpike_wire::tls::ensure_up`), so the loopback gRPC
+//! between roles is mutual TLS, as between role processes run with `--tls-dir`: run once
+//! with and once without it to price TLS on the distributed path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,6 +220,11 @@ fn main() {
         let dir =
             std::env::temp_dir().join(format!("turnpike-bench-cluster-{}", std::process::id()));
         let config = UpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.clone());
+        if std::env::var_os("TLS").is_some() {
+            let tls = turnpike_wire::tls::ensure_up(&dir.join("tls")).expect("certificates");
+            turnpike_wire::tls::set_process_tls(tls).expect("set once");
+            println!("internal RPC: mutual TLS");
+        }
         let loopback_config = UpConfig {
             loopback_rpc: true,
             ..UpConfig::new(config.listen, dir.join("loopback"))

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use turnpike_gateway::billing::SystemClock;
 use turnpike_gateway::{CheckError, ComponentCheck, GatewayConfig};
 use turnpike_policy::ClassSet;
@@ -67,7 +66,7 @@ pub fn serve_shard(
 ) -> (ShardService, JoinHandle<()>) {
     let service = ShardService::start(classes.clone(), config, directory.clone());
     directory.add_shard(address, Arc::new(service.clone()));
-    let router = Server::builder().add_service(service.clone().into_server());
+    let router = rpc::server().add_service(service.clone().into_server());
     let task = rpc::spawn_server(router, listener, shutdown, format!("shard {}", config.id));
     (service, task)
 }

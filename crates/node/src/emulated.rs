@@ -612,8 +612,7 @@ impl EmulatedFleet {
             let listener =
                 tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let address = listener.local_addr()?;
-            let router =
-                tonic::transport::Server::builder().add_service(worker.clone().into_server());
+            let router = rpc::server().add_service(worker.clone().into_server());
             tasks.push(rpc::spawn_server(
                 router,
                 listener,

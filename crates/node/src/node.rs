@@ -685,7 +685,7 @@ pub async fn start_node(
             })?;
         loaded.push(hash);
     }
-    let router = tonic::transport::Server::builder().add_service(service.clone().into_server());
+    let router = rpc::server().add_service(service.clone().into_server());
     let server = rpc::spawn_server(router, listener, shutdown, format!("worker {address}"));
     // In the directory before the dispatcher registers it, so in-process shards find it.
     config

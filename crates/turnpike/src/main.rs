@@ -5,6 +5,7 @@
 //! `turnpike --help`.
 
 mod api_commands;
+mod certs;
 mod client;
 mod config_file;
 mod manifest;
@@ -69,6 +70,9 @@ enum Command {
     Shard(roles::ShardArgs),
     /// Run the HTTP gateway in front of the given shards.
     Gateway(roles::GatewayArgs),
+    /// Make the cluster CA and role certificates for mutual TLS between roles.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Run the discrete-event cluster simulator (the paper's evaluation and beyond).
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker::main(args),
         Command::Shard(args) => roles::shard(args),
         Command::Gateway(args) => roles::gateway(args),
+        Command::Certs(cmd) => certs::main(cmd),
         Command::Sim(cmd) => sim::main(cmd),
         Command::Twin(args) => twin::main(args),
         Command::Deploy(args) => api_commands::exit(api_commands::deploy(args)),

@@ -20,6 +20,8 @@ use turnpike_wire::metrics;
 pub struct ShardArgs {
     #[command(flatten)]
     config: crate::config_file::ConfigFileArg,
+    #[command(flatten)]
+    internal: crate::certs::InternalArgs,
     /// Where the shard serves its RPCs (port 0: chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -45,6 +47,8 @@ pub struct ShardArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     config: crate::config_file::ConfigFileArg,
+    #[command(flatten)]
+    internal: crate::certs::InternalArgs,
     /// Where the gateway serves HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -117,6 +121,9 @@ pub(crate) async fn serve_metrics(
 }
 
 pub fn shard(args: ShardArgs) -> ExitCode {
+    if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Shard) {
+        return crate::fail(e);
+    }
     crate::block_on(async move {
         let config = ShardConfig {
             k: args.k.max(1),
@@ -183,6 +190,9 @@ fn parse_route(text: &str, classes: &ClassSet) -> Result<Route, String> {
 }
 
 pub fn gateway(args: GatewayArgs) -> ExitCode {
+    if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Gateway) {
+        return crate::fail(e);
+    }
     let classes = ClassSet::default_four();
     let routes: Result<Vec<Route>, String> = args
         .routes

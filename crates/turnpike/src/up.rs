@@ -14,6 +14,8 @@ use turnpike_policy::ClassSet;
 pub struct UpArgs {
     #[command(flatten)]
     config: crate::config_file::ConfigFileArg,
+    #[command(flatten)]
+    internal: crate::certs::InternalArgs,
     /// Where the gateway listens for HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -78,10 +80,14 @@ pub struct UpArgs {
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
+    if let Err(e) = args.internal.apply_up(&args.data_dir) {
+        return crate::fail(e);
+    }
     crate::block_on(run(args))
 }
 
 async fn run(args: UpArgs) -> ExitCode {
+    let args_tls_dir = args.internal.tls_dir.clone();
     let mut config = UpConfig::new(args.listen, args.data_dir);
     config.shards = args.shards.max(1);
     config.store_url = args.store;
@@ -139,6 +145,14 @@ async fn run(args: UpArgs) -> ExitCode {
     }
     for (role, addr) in &cluster.metrics {
         println!("  metrics of {role}: http://{addr}/metrics");
+    }
+    match (&args_tls_dir, turnpike_wire::tls::process_tls()) {
+        (None, Some(_)) => println!(
+            "  internal RPC: mutual TLS; a separate worker joins with --tls-dir {}",
+            config.data_dir.join("tls").display()
+        ),
+        (Some(dir), Some(_)) => println!("  internal RPC: mutual TLS with {}", dir.display()),
+        (_, None) => println!("  internal RPC: plain text (--insecure-internal)"),
     }
     if config.emulated.is_some() {
         println!("Workers are emulated: `?ms=N&mb=M` on any route sets an invocation's runtime and memory.");

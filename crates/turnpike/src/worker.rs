@@ -15,6 +15,8 @@ use turnpike_wire::directory::Directory;
 pub struct WorkerArgs {
     #[command(flatten)]
     config: crate::config_file::ConfigFileArg,
+    #[command(flatten)]
+    internal: crate::certs::InternalArgs,
     /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -63,6 +65,9 @@ pub struct WorkerArgs {
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
+    if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Worker) {
+        return crate::fail(e);
+    }
     if let Some(n) = args.emulate {
         return crate::block_on(emulate(n, args));
     }

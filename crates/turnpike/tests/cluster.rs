@@ -51,6 +51,7 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
     // app's components loaded.
     let mut args = vec![
         "worker".to_string(),
+        "--insecure-internal".into(),
         "--data-dir".into(),
         dir.path().join("external").display().to_string(),
     ];
@@ -135,10 +136,40 @@ async fn a_worker_process_killed_mid_load_and_every_request_is_answered() {
     assert_eq!(billed, answered, "each answered invocation billed once");
 }
 
+/// Runs `turnpike ARGS`, which must succeed.
+fn turnpike(args: &[&str]) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("turnpike runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A cluster CA and one certificate per role named after it, made by `turnpike certs`.
+fn certificates(dir: &std::path::Path) -> String {
+    let dir = dir.display().to_string();
+    turnpike(&["certs", "init", "--dir", &dir]);
+    for role in ["gateway", "shard", "worker"] {
+        turnpike(&["certs", "issue", "--role", role, role, "--dir", &dir]);
+    }
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_in_its_own_process() {
     let gateway_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
+    let tls_dir = tempfile::tempdir().expect("temp dir");
+    // Every RPC between these processes is mutual TLS with certificates from `turnpike certs`.
+    let tls_dir = certificates(tls_dir.path());
+    let tls = |mut args: Vec<String>| {
+        args.extend(["--tls-dir".into(), tls_dir.clone()]);
+        args
+    };
     let functions = turnpike_cluster::up::default_functions_dir();
     let mut children = Vec::new();
     let mut shards = Vec::new();
@@ -155,6 +186,7 @@ async fn every_role_in_its_own_process() {
             "2".into(),
         ],
     ] {
+        let args = tls(args);
         let (child, addr) = start_role(&args, "shard listening on ");
         children.push(child);
         shards.push(addr);
@@ -179,7 +211,7 @@ async fn every_role_in_its_own_process() {
     for s in &shards {
         gateway_args.extend(["--shard".into(), s.clone()]);
     }
-    let (gateway, url) = start_role(&gateway_args, "gateway listening on http://");
+    let (gateway, url) = start_role(&tls(gateway_args), "gateway listening on http://");
     children.push(gateway);
     let mut worker_args = vec![
         "worker".to_string(),
@@ -197,7 +229,7 @@ async fn every_role_in_its_own_process() {
     for s in &shards {
         worker_args.extend(["--shard".into(), s.clone()]);
     }
-    let (worker, _) = start_role(&worker_args, "worker listening on ");
+    let (worker, _) = start_role(&tls(worker_args), "worker listening on ");
     children.push(worker);
     let gw: SocketAddr = url.parse().expect("gateway address");
     // The worker registers with the shards in its first dispatcher round.
@@ -230,6 +262,7 @@ fn a_bad_route_is_refused_at_start_naming_the_classes() {
     let out = Command::new(BIN)
         .args([
             "gateway",
+            "--insecure-internal",
             "--shard",
             "127.0.0.1:1",
             "--route",
@@ -288,9 +321,59 @@ async fn up_with_emulated_workers_serves_and_stops_on_sigterm() {
 }
 
 #[test]
+fn a_role_without_tls_or_insecure_internal_is_refused_naming_both() {
+    for args in [
+        &["shard"][..],
+        &["worker", "--shard", "127.0.0.1:1"],
+        &["gateway", "--shard", "127.0.0.1:1"],
+    ] {
+        let role = args[0];
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("TURNPIKE_TLS_DIR")
+            .env_remove("TURNPIKE_INSECURE_INTERNAL")
+            .output()
+            .expect("starts");
+        assert_eq!(out.status.code(), Some(2), "{role}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--tls-dir") && err.contains("--insecure-internal"),
+            "{role}: {err}"
+        );
+    }
+    // A TLS directory without the role's certificate says which file and how to make it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls_dir = certificates(dir.path());
+    std::fs::remove_file(dir.path().join("shard.key")).expect("remove");
+    let out = Command::new(BIN)
+        .args(["shard", "--tls-dir", &tls_dir])
+        .output()
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shard.key") && err.contains("turnpike certs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn certs_init_refuses_to_replace_a_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls_dir = certificates(dir.path());
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--dir", &tls_dir])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca.key already exists"), "{err}");
+}
+
+#[test]
 fn a_policy_without_emulated_workers_is_refused() {
     let out = Command::new(BIN)
-        .args(["up", "--policy", "hermod"])
+        .args(["up", "--insecure-internal", "--policy", "hermod"])
         .output()
         .expect("starts");
     assert_eq!(out.status.code(), Some(2));
@@ -302,7 +385,7 @@ fn a_policy_without_emulated_workers_is_refused() {
 fn a_short_chain_token_is_refused_at_start() {
     // Only gateways hold the chain key (workers carry the tokens it signs).
     let out = Command::new(BIN)
-        .args(["gateway", "--shard", "127.0.0.1:1"])
+        .args(["gateway", "--insecure-internal", "--shard", "127.0.0.1:1"])
         .env("TURNPIKE_CHAIN_TOKEN", "guessable")
         .output()
         .expect("starts");
@@ -422,7 +505,7 @@ fn a_bad_config_file_is_refused_naming_the_line_and_key() {
     )
     .expect("write");
     let out = Command::new(BIN)
-        .args(["gateway", "--config"])
+        .args(["gateway", "--insecure-internal", "--config"])
         .arg(&config)
         .output()
         .expect("starts");

@@ -2,7 +2,7 @@
 //! outcome as the roles handle them ([`invocation`]), and a response streamed back as it is
 //! written ([`body`]); the RPC definitions
 //! (`proto/turnpike.proto`, generated into [`proto`]), the conversions between them and the
-//! roles' types ([`convert`]) and the connection settings every role uses ([`rpc`]); links that multiplex invocations on one stream per pair of roles
+//! roles' types ([`convert`]) and the connection settings every role uses ([`rpc`]) with mutual TLS and per-RPC roles ([`tls`]); links that multiplex invocations on one stream per pair of roles
 //! ([`link`]); the directory of roles in the same process, called without RPC
 //! ([`directory`]); the call-chain headers and token ([`chain`]); the HTTP serving loop
 //! ([`http_server`]) and the Prometheus metrics registry ([`metrics`]). It depends on no role:
@@ -18,6 +18,7 @@ pub mod invocation;
 pub mod link;
 pub mod metrics;
 pub mod rpc;
+pub mod tls;
 
 /// Locks `m`, also after a panic elsewhere poisoned it: every lock here guards plain data
 /// that a panicking holder leaves consistent (counters, maps updated in one step).

@@ -14,4 +14,5 @@ mod link;
 mod local;
 mod outage;
 mod stream;
+mod tls;
 mod up;

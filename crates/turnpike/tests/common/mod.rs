@@ -67,20 +67,23 @@ pub async fn counter(url: &str, name: &str) -> f64 {
 }
 
 /// Starts a role; its address from its first line (which starts with `prefix`) and, if
-/// `metrics`, the URL from the first later line starting `metrics: `.
+/// `metrics`, the URL from the first later line starting `metrics: `. Internal RPC is plain
+/// text (`TURNPIKE_INSECURE_INTERNAL`) unless `args` give `--tls-dir` or start `up` (which
+/// makes its own certificates).
 pub fn start_role_reading(
     args: &[String],
     prefix: &str,
     metrics: bool,
 ) -> (Child, String, Option<String>) {
-    let mut child = Child(
-        Command::new(BIN)
-            .args(args)
-            .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123456789")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the role starts"),
-    );
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("TURNPIKE_CHAIN_TOKEN", "test-token-0123456789")
+        .stdout(Stdio::piped());
+    if !args.iter().any(|a| a == "--tls-dir") && args.first().is_some_and(|a| a != "up") {
+        command.env("TURNPIKE_INSECURE_INTERNAL", "true");
+    }
+    let mut child = Child(command.spawn().expect("the role starts"));
     let stdout = child.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a line").expect("readable");
