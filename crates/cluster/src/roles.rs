@@ -75,7 +75,7 @@ pub fn serve_shard(
 /// component check ([`WasmComponents`], caching into `data_dir/cache`), the system clock,
 /// 8 MiB bodies, 64 MiB uploads, the default chain depth, memory price and [`Bounds`], no
 /// operator routes,
-/// no chain token, and every shard called over RPC. Callers change what their flags say.
+/// no chain key, and every shard called over RPC. Callers change what their flags say.
 pub fn gateway_config(
     classes: ClassSet,
     store: Store,
@@ -95,7 +95,7 @@ pub fn gateway_config(
         max_request_bytes: 8 << 20,
         max_response_bytes: 8 << 20,
         start_mb: turnpike_policy::memory::START_MB_DEFAULT,
-        chain_token: None,
+        chain_key: None,
         max_chain_depth: chain::DEFAULT_MAX_CHAIN_DEPTH,
         memory_price: turnpike_policy::class::DEFAULT_MEMORY_PRICE,
         in_flight_invocations_max: Bounds::default().gateway_in_flight_invocations_max,

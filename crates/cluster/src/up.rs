@@ -347,7 +347,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
 
     // The gateway's address comes first: workers send their guests' calls there.
     let (gateway_listener, gateway_addr) = bind(config.listen).await?;
-    let chain_token = chain::ChainToken::random();
+    let chain_key = chain::ChainKey::random();
 
     let mut workers = Vec::new();
     let mut worker_tasks = Vec::new();
@@ -433,7 +433,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         directory: directory.clone(),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
-        chain_token: Some(chain_token),
+        chain_key: Some(chain_key),
         in_flight_invocations_max: config.bounds.gateway_in_flight_invocations_max,
         ledger_queue_rows_max: config.bounds.ledger_queue_rows_max,
         connections_max: config.bounds.gateway_connections_max,

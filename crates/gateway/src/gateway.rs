@@ -15,9 +15,9 @@
 //!   that failed at the transport level for [`SHARD_DOWN_FOR`]; the request that met the
 //!   failure is tried once on another shard.
 //! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
-//!   depth in headers vouched for by the cluster's chain token: the callee runs at
-//!   `max(caller class, route class)`; a chain deeper than `max_chain_depth` gets 508. Every
-//!   function's response says the class it ran at in [`CLASS_HEADER`].
+//!   depth in headers vouched for by a call token signed with the cluster's chain key: the
+//!   callee runs at `max(caller class, route class)`; a chain deeper than `max_chain_depth`
+//!   gets 508. Every function's response says the class it ran at in [`CLASS_HEADER`].
 //! - Answers: unknown route or app 404; unknown class 400 naming the known ones; a request
 //!   body over the limit 413; a response body over the limit 413 too (it says which); a
 //!   function that failed 502 with the reason; no shard or worker available 503 with the
@@ -94,9 +94,9 @@ pub struct GatewayConfig {
     pub max_response_bytes: usize,
     /// Memory an invocation is assumed to start with, MB (for placement).
     pub start_mb: u64,
-    /// The cluster's chain token (see [`crate::chain`]); `None`: calls from functions are
-    /// refused.
-    pub chain_token: Option<chain::ChainToken>,
+    /// The cluster's chain key, which signs and verifies call tokens (see
+    /// `turnpike_wire::chain`); `None`: calls from functions are refused.
+    pub chain_key: Option<chain::ChainKey>,
     /// Deepest call chain served; deeper requests get 508.
     pub max_chain_depth: u32,
     /// Micro-cents per GB-second of memory used, published at `GET /v1/classes`.
@@ -675,7 +675,7 @@ impl Gateway {
             depth,
             start_mb: self.config.start_mb,
             deadline,
-            call_token: self.config.chain_token.as_ref().map(|key| {
+            call_token: self.config.chain_key.as_ref().map(|key| {
                 key.sign(&CallToken {
                     tenant: target.tenant.clone(),
                     class,
@@ -899,7 +899,7 @@ impl Gateway {
         {
             return Ok(None);
         }
-        let (Some(key), Some(given)) = (&self.config.chain_token, headers.get(chain::TOKEN_HEADER))
+        let (Some(key), Some(given)) = (&self.config.chain_key, headers.get(chain::TOKEN_HEADER))
         else {
             return Err(refuse(Refusal::Forbidden,
                 format!(
@@ -1055,9 +1055,9 @@ mod tests {
     use super::*;
     use http::StatusCode;
     use turnpike_policy::ClassId;
-    use turnpike_wire::chain::{ChainToken, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
+    use turnpike_wire::chain::{ChainKey, CALLER_CLASS_HEADER, DEPTH_HEADER, TOKEN_HEADER};
 
-    async fn gateway(token: Option<ChainToken>) -> (Arc<Gateway>, tempfile::TempDir) {
+    async fn gateway(token: Option<ChainKey>) -> (Arc<Gateway>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
         let gateway = Gateway::new(GatewayConfig {
@@ -1073,7 +1073,7 @@ mod tests {
             max_request_bytes: 1024,
             max_response_bytes: 1024,
             start_mb: turnpike_policy::memory::START_MB_DEFAULT,
-            chain_token: token,
+            chain_key: token,
             max_chain_depth: 8,
             memory_price: 1.0,
             in_flight_invocations_max: GATEWAY_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
@@ -1119,7 +1119,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_from_functions_are_checked() {
-        let key = ChainToken::new("0123456789abcdef".into()).unwrap();
+        let key = ChainKey::new("0123456789abcdef".into()).unwrap();
         let (g, _dir) = gateway(Some(key.clone())).await;
         let later = unix_ms() + 60_000;
         assert_eq!(g.chain_context(&headers(&[])).unwrap(), None);
@@ -1151,7 +1151,7 @@ mod tests {
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(body.contains("expired"), "{body}");
         // Signed by another key, or altered to a higher class.
-        let foreign = ChainToken::random().sign(&caller(3, 1, later));
+        let foreign = ChainKey::random().sign(&caller(3, 1, later));
         let (status, body) = refusal(&g, &[(TOKEN_HEADER, &foreign)]).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(body.contains("signature"), "{body}");

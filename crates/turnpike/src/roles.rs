@@ -12,7 +12,7 @@ use turnpike_gateway::routing::{Route, Target, OPERATOR};
 use turnpike_gateway::{Gateway, GatewayConfig};
 use turnpike_policy::ClassSet;
 use turnpike_scheduler::ShardConfig;
-use turnpike_wire::chain::ChainToken;
+use turnpike_wire::chain::ChainKey;
 use turnpike_wire::directory::Directory;
 use turnpike_wire::metrics;
 
@@ -78,9 +78,10 @@ pub struct GatewayArgs {
     /// Largest request and response body, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
-    /// The cluster's chain token, shared with the workers: calls from functions must carry
-    /// it (better given in the environment than on the command line). Without it, calls
-    /// from functions are refused.
+    /// The cluster's chain key, at least 16 characters, the same on every gateway: the secret
+    /// a gateway signs each invocation's call token with, and verifies calls from functions
+    /// against (better given in the environment than on the command line; workers never
+    /// hold it). Without it, calls from functions are refused.
     #[arg(long, env = "TURNPIKE_CHAIN_TOKEN", hide_env_values = true)]
     chain_token: Option<String>,
     /// Deepest call chain served (a function calling a function ...); deeper gets 508.
@@ -203,8 +204,8 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         Ok(routes) => routes,
         Err(e) => return crate::fail(e),
     };
-    let chain_token = match args.chain_token.map(ChainToken::new).transpose() {
-        Ok(token) => token,
+    let chain_key = match args.chain_token.map(ChainKey::new).transpose() {
+        Ok(key) => key,
         Err(e) => return crate::fail(e),
     };
     crate::block_on(async move {
@@ -226,7 +227,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             max_component_bytes: args.max_component_bytes,
             max_request_bytes: args.max_body_bytes,
             max_response_bytes: args.max_body_bytes,
-            chain_token,
+            chain_key,
             max_chain_depth: args.max_chain_depth,
             in_flight_invocations_max: args.gateway_in_flight_invocations_max,
             ledger_queue_rows_max: args.ledger_queue_rows_max,

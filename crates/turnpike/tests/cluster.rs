@@ -247,7 +247,7 @@ async fn every_role_in_its_own_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(gw, "/elsewhere").await.0, 404);
-    // A call between functions: the worker and the gateway share the chain token.
+    // A call between functions: the gateway signs the caller's call token with its chain key.
     let (status, text) = get(gw, "/chain?to=/hello").await;
     assert_eq!(status, 200, "{text}");
     assert!(

@@ -8,7 +8,7 @@
 //! A call token is minted by the gateway for each invocation it dispatches and travels with
 //! it to its worker: the tenant that pays for the invocation, the class it runs at, its depth
 //! in the chain, the invocation's id and an expiry ([`CALL_TOKEN_TTL`] after dispatch),
-//! signed with HMAC-SHA256 under the cluster's chain key ([`ChainToken`], a secret only
+//! signed with HMAC-SHA256 under the cluster's chain key ([`ChainKey`], a secret only
 //! gateways hold). The gateway verifies a call's token and runs the callee at
 //! `max(the caller's class, the route's class)`, one level deeper, billed to the caller's
 //! tenant. A token seen on the wire is worth one invocation's class for a few minutes: it
@@ -56,7 +56,7 @@ pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 8;
 /// The cluster's chain key (named `--chain-token` on the command line): the secret gateways
 /// sign and verify [`CallToken`]s with. `Debug` does not print it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ChainToken(String);
+pub struct ChainKey(String);
 
 /// Who is calling, as the gateway that dispatched the calling invocation vouched for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,19 +90,19 @@ const TOKEN_VERSION: &str = "v1";
 /// Shortest chain token accepted: a guessable one would let outside clients claim classes.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-impl ChainToken {
+impl ChainKey {
     /// A fresh random token (128 bits, hex).
     pub fn random() -> Self {
         Self(format!("{:032x}", rand::random::<u128>()))
     }
 
     /// A token given by an operator; refused when shorter than [`MIN_TOKEN_LEN`].
-    pub fn new(token: String) -> Result<Self, ChainTokenError> {
+    pub fn new(token: String) -> Result<Self, ChainKeyError> {
         if token.len() < MIN_TOKEN_LEN {
-            return Err(ChainTokenError::TooShort { len: token.len() });
+            return Err(ChainKeyError::TooShort { len: token.len() });
         }
         if http::HeaderValue::from_str(&token).is_err() {
-            return Err(ChainTokenError::NotVisibleAscii);
+            return Err(ChainKeyError::NotVisibleAscii);
         }
         Ok(Self(token))
     }
@@ -192,16 +192,16 @@ impl ChainToken {
 
 /// Why an operator's chain token is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ChainTokenError {
+pub enum ChainKeyError {
     #[error("the chain token must be at least {MIN_TOKEN_LEN} characters (got {len})")]
     TooShort { len: usize },
     #[error("the chain token must be visible ASCII")]
     NotVisibleAscii,
 }
 
-impl std::fmt::Debug for ChainToken {
+impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChainToken(..)")
+        f.write_str("ChainKey(..)")
     }
 }
 
@@ -211,15 +211,15 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_printed() {
-        assert!(ChainToken::new("short".into()).is_err());
-        assert!(ChainToken::new(String::new()).is_err());
-        assert!(ChainToken::new("line\nbreak-0123456789".into()).is_err());
-        let token = ChainToken::new("0123456789abcdef".into()).unwrap();
+        assert!(ChainKey::new("short".into()).is_err());
+        assert!(ChainKey::new(String::new()).is_err());
+        assert!(ChainKey::new("line\nbreak-0123456789".into()).is_err());
+        let token = ChainKey::new("0123456789abcdef".into()).unwrap();
         assert!(token.matches(b"0123456789abcdef"));
         assert!(!token.matches(b"0123456789abcdeF"));
         assert!(!token.matches(b""));
-        let random = ChainToken::random();
-        assert_ne!(random, ChainToken::random());
+        let random = ChainKey::random();
+        assert_ne!(random, ChainKey::random());
         assert!(!format!("{random:?}")
             .contains(&String::from_utf8_lossy(random.as_bytes()).to_string()));
     }
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_signed_token_verifies_until_it_expires() {
-        let key = ChainToken::random();
+        let key = ChainKey::random();
         let text = key.sign(&token());
         assert!(http::HeaderValue::from_str(&text).is_ok(), "{text}");
         assert_eq!(key.verify(text.as_bytes(), 999_999), Ok(token()));
@@ -249,11 +249,11 @@ mod tests {
 
     #[test]
     fn an_altered_or_foreign_token_is_refused() {
-        let key = ChainToken::random();
+        let key = ChainKey::random();
         let text = key.sign(&token());
         // Another cluster's key.
         assert_eq!(
-            ChainToken::random().verify(text.as_bytes(), 0),
+            ChainKey::random().verify(text.as_bytes(), 0),
             Err(CallTokenError::BadSignature)
         );
         // The payload of a higher class, under the original signature.
