@@ -16,12 +16,14 @@ pub const BYTES_PER_MB: u64 = 1 << 20;
 pub struct Usage {
     /// The price class it ran at.
     pub class: ClassId,
-    /// CPU time on a core: the thread CPU time spent inside polls of the guest while it held a
-    /// slot. Parked, queued and I/O-blocked time are excluded, and so is time the OS took the
-    /// thread away from us.
+    /// CPU time on a core, what the invocation is billed for: the thread CPU time spent inside
+    /// polls of the guest while it held a slot. Parked, queued and I/O-blocked time are
+    /// excluded, and so is time the OS took the thread away from us, and a swap-in of its
+    /// memory before a poll (the swap-out was the platform's doing, as for memory billing).
     pub cpu: Duration,
-    /// Wall time inside those polls (equal to `cpu` on an idle machine; larger when the OS
-    /// schedules other threads on the core).
+    /// Wall time holding a slot: those polls and the swap-ins before them (equal to `cpu` on
+    /// an idle machine without swapping; larger when the OS schedules other threads on the
+    /// core). What the scheduler counts as the invocation's time on the core.
     pub on_core: Duration,
     /// Submit to end.
     pub wall: Duration,

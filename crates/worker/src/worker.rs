@@ -49,7 +49,8 @@
 //! invocation's [`MemoryMeter`] at every phase change under the scheduler lock
 //! (`GateState::set_phase`), and around every swap-in. So a batch invocation starved for
 //! minutes by critical work is billed about the MB-seconds of the same invocation run alone,
-//! as its CPU time ([`Usage::cpu`]) already was; only its [`Usage::wall`] grows.
+//! as its CPU time ([`Usage::cpu`], which leaves out swap-ins too) already was; only its
+//! [`Usage::wall`] grows.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -768,14 +769,15 @@ impl Future for Gate {
             .as_mut()
             .expect("a finished gate is not polled again");
         // Swap-in (if it was swapped out) counts as this invocation's time on the core, but
-        // its memory is not billed meanwhile: the swap was the platform's doing.
-        let (cpu_before, wall_before) = (thread_cpu_time(), Instant::now());
+        // neither its memory nor its CPU is billed meanwhile: the swap was the platform's doing.
+        let wall_before = Instant::now();
         this.meter.set_restoring(true, wall_before);
         let running = match this.memory.enter() {
             Ok(running) => running,
             Err(e) => return Poll::Ready(this.finish(Err(InvokeError::SwapIn(e.to_string())))),
         };
         this.meter.set_restoring(false, Instant::now());
+        let cpu_before = thread_cpu_time();
         let poll = inner.as_mut().poll(&mut Context::from_waker(&this.waker));
         drop(running);
         this.cpu += thread_cpu_time().saturating_sub(cpu_before);

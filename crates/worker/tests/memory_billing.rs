@@ -1,7 +1,8 @@
 //! Memory billing (issue 14, "Exact billing"): an invocation's MB-seconds accrue only while it
 //! runs on a slot or waits on its own I/O, not while the worker keeps it parked (or swapped
 //! out) to serve a higher class. A batch `grow` starved by a critical spin is billed about what
-//! the same `grow` is billed alone, though its wall time is several times longer.
+//! the same `grow` is billed alone, though its wall time is several times longer. Nor is the
+//! CPU of reading its memory back from swap billed.
 //!
 //! The `grow` guest here holds no `hold_ms` (that hold is wall-clock time, which runs on while
 //! the guest is parked, so a parked run would do less work); its work is fixed: grow to
@@ -160,6 +161,17 @@ async fn a_parked_and_swapped_out_batch_grow_is_billed_as_alone_too() {
     assert_eq!(
         parked.swap.swapped_in_bytes, parked.swap.swapped_out_bytes,
         "{parked:?}"
+    );
+    // Nor is its CPU billed for the swap-in: the billed CPU fits in its time on the core
+    // without the swap-in (thread CPU time never exceeds the wall time it was measured over;
+    // 5 ms for clock granularity). Billing the swap-in's reading of 256 MB would break this.
+    let polls = parked.on_core.saturating_sub(parked.swap.swap_in_time);
+    assert!(
+        parked.swap.swap_in_time > Duration::ZERO && parked.cpu <= polls + Duration::from_millis(5),
+        "billed CPU {:?}, on core {:?} of which swap-in {:?}",
+        parked.cpu,
+        parked.on_core,
+        parked.swap.swap_in_time
     );
 }
 
