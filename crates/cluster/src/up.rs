@@ -376,6 +376,7 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
             let node = node::start_node(
                 NodeConfig {
                     listen: loopback,
+                    advertise: None,
                     shards: shards.clone(),
                     data_dir: config.data_dir.clone(),
                     cores: config.cores_per_worker,

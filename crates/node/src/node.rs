@@ -599,6 +599,10 @@ async fn register_forever(
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub listen: SocketAddr,
+    /// Where shards reach this worker: what it registers. `None`: the bound address, or, when
+    /// `listen` is an unspecified address (`0.0.0.0`, `::`), this host's address on its route
+    /// to the first shard ([`advertised_address`]). A port 0 stands for the bound port.
+    pub advertise: Option<SocketAddr>,
     pub shards: Vec<SocketAddr>,
     /// Compiled components go to `cache/` inside, swap files to `swap/` (created if missing;
     /// several nodes may share one data directory).
@@ -619,6 +623,44 @@ pub struct NodeConfig {
     /// Roles of this process: the node adds itself, and calls the shards found there without
     /// RPC (see `turnpike_wire::directory`). Empty in a process of its own.
     pub directory: Directory,
+}
+
+/// The address a worker bound to `bound` registers with its shards: `advertise` if given (its
+/// port 0 standing for the bound port); else `bound`, unless that is an unspecified address
+/// (`0.0.0.0`, `::`: every interface), which no peer can dial. Then it is the local address
+/// this host would use to reach the first shard (a UDP socket's route lookup; nothing is
+/// sent): the interface facing the shards, so the default works across hosts as on one.
+/// Without shards, or without a route, the loopback address.
+pub fn advertised_address(
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+    shards: &[SocketAddr],
+) -> SocketAddr {
+    if let Some(mut advertise) = advertise {
+        if advertise.port() == 0 {
+            advertise.set_port(bound.port());
+        }
+        return advertise;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let route_to = |shard: &SocketAddr| {
+        let any = SocketAddr::new(bound.ip(), 0);
+        let socket = std::net::UdpSocket::bind(any).ok()?;
+        socket.connect(shard).ok()?;
+        socket.local_addr().ok().map(|local| local.ip())
+    };
+    let ip = shards
+        .first()
+        .and_then(route_to)
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(if bound.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    SocketAddr::new(ip, bound.port())
 }
 
 /// A started node. Its tasks run until `shutdown` (the server) or until aborted (both).
@@ -670,7 +712,8 @@ pub async fn start_node(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(listen_error)?;
-    let address = listener.local_addr().map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    let address = advertised_address(bound, config.advertise, &config.shards);
     let service = NodeService::new(worker.clone(), config.store)
         .labelled(address.to_string())
         .in_flight_max(config.in_flight_invocations_max);
@@ -705,4 +748,54 @@ pub async fn start_node(
         server,
         dispatcher,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_address;
+    use std::net::SocketAddr;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn a_worker_advertises_what_it_is_told_or_where_it_listens() {
+        let shards = [addr("127.0.0.1:7000")];
+        // Given: as is, or with the bound port for port 0.
+        let given = Some(addr("10.0.0.2:9000"));
+        assert_eq!(
+            advertised_address(addr("0.0.0.0:7001"), given, &shards),
+            addr("10.0.0.2:9000")
+        );
+        let given = Some(addr("10.0.0.2:0"));
+        assert_eq!(
+            advertised_address(addr("0.0.0.0:7001"), given, &shards),
+            addr("10.0.0.2:7001")
+        );
+        // A specific listen address is dialable as it is.
+        assert_eq!(
+            advertised_address(addr("127.0.0.7:7001"), None, &shards),
+            addr("127.0.0.7:7001")
+        );
+    }
+
+    #[test]
+    fn a_worker_on_every_interface_advertises_its_address_toward_the_shards() {
+        // The route to a loopback shard leaves from loopback: never 0.0.0.0.
+        let shards = [addr("127.0.0.1:7000")];
+        assert_eq!(
+            advertised_address(addr("0.0.0.0:7001"), None, &shards),
+            addr("127.0.0.1:7001")
+        );
+        assert_eq!(
+            advertised_address(addr("[::]:7001"), None, &[addr("[::1]:7000")]),
+            addr("[::1]:7001")
+        );
+        // No shard to route toward: loopback rather than an address nobody can dial.
+        assert_eq!(
+            advertised_address(addr("0.0.0.0:7001"), None, &[]),
+            addr("127.0.0.1:7001")
+        );
+    }
 }

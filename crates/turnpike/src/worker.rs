@@ -17,9 +17,15 @@ pub struct WorkerArgs {
     config: crate::config_file::ConfigFileArg,
     #[command(flatten)]
     internal: crate::certs::InternalArgs,
-    /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed).
+    /// Where the worker serves its RPCs (port 0: one chosen by the OS, printed). On several
+    /// machines, `0.0.0.0:PORT`: every interface.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Where shards reach it, `HOST` or `HOST:PORT` (printed; without a port, the one it
+    /// listens on). Default: the listen address, or, when that is `0.0.0.0` or `::`, this
+    /// machine's address on its route to the first shard.
+    #[arg(long, value_parser = parse_advertise, value_name = "HOST[:PORT]")]
+    advertise: Option<SocketAddr>,
     /// Where it serves Prometheus `/metrics` (port 0: chosen by the OS, printed); a wasm
     /// worker only.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -64,6 +70,16 @@ pub struct WorkerArgs {
     worker_in_flight_invocations_max: u64,
 }
 
+/// `--advertise`: `IP:PORT`, or an IP alone (port 0: the one the worker listens on).
+fn parse_advertise(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 0))
+        })
+        .map_err(|_| format!("{text:?} is neither an IP address nor IP:PORT"))
+}
+
 pub fn main(args: WorkerArgs) -> ExitCode {
     if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Worker) {
         return crate::fail(e);
@@ -89,6 +105,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         let config = NodeConfig {
             store,
             listen: args.listen,
+            advertise: args.advertise,
             shards: args.shards,
             data_dir: args.data_dir,
             cores: args.cores.max(1),
