@@ -17,7 +17,9 @@
 //!   it models no memory (it reports none used, and all of it free).
 //!
 //! Functions need not be loaded: any function hash runs. The answer is `200` with
-//! `emulated ms=N mb=M`. Usage reports CPU (runtime) and wall time. A cancelled invocation
+//! `emulated ms=N mb=M`. Usage reports CPU (the runtime it consumed), wall time, and memory
+//! as the billing rule counts it for a real worker: its `mb` over the time it ran (MB-seconds
+//! = mb x CPU seconds; time parked or queued is not billed). A cancelled invocation
 //! (`Cancellation`) ends at once under the Turnpike machine, with the runtime it consumed as
 //! its CPU; Hermod's processor sharing models no cancellation and runs it to its end.
 
@@ -457,6 +459,7 @@ impl EmulatedWorker {
             cpu,
             wall: started.elapsed(),
             peak_memory_bytes: mb << 20,
+            memory_mb_seconds: mb as f64 * cpu.as_secs_f64(),
             ..Usage::of_class(class)
         };
         // Cancelled before it first ran: it used nothing (an emulation that ran 0 ms is
@@ -677,6 +680,43 @@ mod tests {
             .0
             .contains("at most 100"));
         assert!(emulation_of("/x?mb=18446744073709551615", 2, 100).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_bills_the_memory_held_while_running_not_while_parked() {
+        let classes = ClassSet::default_four();
+        let worker = EmulatedWorker::new(EmulatedConfig::new(classes.clone()));
+        let invocation = |id, class, query: &str| {
+            Invocation::new(
+                id,
+                "f",
+                class,
+                invocation::Request::get(format!("/?{query}")),
+            )
+        };
+        let low = tokio::spawn(
+            worker
+                .clone()
+                .run_one(invocation(1, ClassId(0), "ms=200&mb=64")),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A top-class invocation parks the low one for 100 ms (the worker has one slot).
+        let high = worker
+            .clone()
+            .run_one(invocation(2, classes.top(), "ms=100&mb=8"))
+            .await;
+        let usage = high.usage.expect("usage");
+        assert!(
+            (usage.memory_mb_seconds - 8.0 * 0.1).abs() < 1e-9,
+            "{usage:?}"
+        );
+        let low = low.await.expect("the low one ends");
+        assert!(low.ending.is_ok(), "{:?}", low.ending);
+        // 64 MB for its 200 ms of running: 12.8 MB-s, not 64 x its 300 ms of wall time.
+        let usage = low.usage.expect("usage");
+        assert_eq!(usage.cpu, Duration::from_millis(200));
+        assert!(usage.wall >= Duration::from_millis(300), "{usage:?}");
+        assert!((usage.memory_mb_seconds - 12.8).abs() < 1e-9, "{usage:?}");
     }
 
     #[tokio::test(start_paused = true)]
