@@ -599,6 +599,22 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    /// A ledger row of tenant `acme`'s critical `shop/home` that answered 200, using no memory.
+    fn acme_critical(invocation: i64, at: i64, cpu_ns: i64, cost: f64) -> UsageEntry {
+        UsageEntry {
+            invocation,
+            tenant: "acme".into(),
+            app: "shop".into(),
+            function: "home".into(),
+            class: "critical".into(),
+            at,
+            status: 200,
+            cpu_ns,
+            gb_seconds: 0.0,
+            cost,
+        }
+    }
+
     const DAY: i64 = 86_400;
 
     fn outbox(dir: &tempfile::TempDir) -> Outbox {
@@ -659,17 +675,13 @@ mod tests {
         let classes = ClassSet::default_four();
         let billing = Billing::new(store, classes.clone(), 1.0, clock.clone(), outbox(&dir));
         let top = classes.top();
-        let entry = |id: i64| UsageEntry {
-            invocation: id,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at: clock.now(),
-            status: 200,
-            cpu_ns: 500_000_000,
-            gb_seconds: 0.0,
-            cost: billing.cost(top, 500_000_000, 0.0),
+        let entry = |id: i64| {
+            acme_critical(
+                id,
+                clock.now(),
+                500_000_000,
+                billing.cost(top, 500_000_000, 0.0),
+            )
         };
         let cost = entry(0).cost;
         assert_eq!(cost, 1.0);
@@ -746,17 +758,13 @@ mod tests {
             .unwrap();
         billing.forget("acme");
         // Spend 10 on November 1st: a third of the month's budget, far ahead of pro rata.
-        let spend = |id: i64| UsageEntry {
-            invocation: id,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at: clock.now(),
-            status: 200,
-            cpu_ns: 5_000_000_000,
-            gb_seconds: 0.0,
-            cost: billing.cost(top, 5_000_000_000, 0.0),
+        let spend = |id: i64| {
+            acme_critical(
+                id,
+                clock.now(),
+                5_000_000_000,
+                billing.cost(top, 5_000_000_000, 0.0),
+            )
         };
         billing.record(spend(1));
         billing.flush().await;
@@ -828,18 +836,7 @@ mod tests {
             outbox(&dir),
         );
         let top = classes.top();
-        billing.record(UsageEntry {
-            invocation: 1,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at: nov(1),
-            status: 200,
-            cpu_ns: 5_000_000_000,
-            gb_seconds: 0.0,
-            cost: 10.0,
-        });
+        billing.record(acme_critical(1, nov(1), 5_000_000_000, 10.0));
         billing.flush().await;
         assert!(matches!(
             billing.admit("acme", top).await.unwrap().0,
@@ -883,18 +880,7 @@ mod tests {
             ManualClock::at(nov(1)),
             outbox(&dir),
         );
-        let row = |invocation| UsageEntry {
-            invocation,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at: nov(1),
-            status: 200,
-            cpu_ns: 1_000,
-            gb_seconds: 0.0,
-            cost: 1.0,
-        };
+        let row = |invocation| acme_critical(invocation, nov(1), 1_000, 1.0);
         billing.record(row(1));
         billing.flush().await;
         assert_eq!(
