@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Hello throughput of whole processes, measured with wrk against a baseline in the same run.
+#
+#   bash scripts/bench-hello.sh                 # every setup below, 3 alternating rounds
+#   SETUPS="wasmtime up roles-tls" ROUNDS=5 DURATION=10 CONNECTIONS=1 bash scripts/bench-hello.sh
+#   BEFORE=/path/to/older/turnpike bash scripts/bench-hello.sh   # adds `up-before`: an A/B of builds
+#
+# Setups (each serving examples/functions/dist/hello.wasm on loopback):
+#   wasmtime        `wasmtime serve -Scli` (scripts/install-wasmtime.sh; skipped if absent)
+#   up              `turnpike up` (roles in one process)
+#   up-before       `turnpike up` of the binary in $BEFORE
+#   up-rpc          `turnpike up --loopback-rpc` (roles over loopback gRPC, mutual TLS)
+#   up-rpc-plain    the same with --insecure-internal
+#   roles-tls       shard, gateway and worker as separate processes, mutual TLS
+#   roles-plain     the same with --insecure-internal
+#
+# Each round runs every setup once, in order (A B C A B C ...): a 2 s warm-up, then
+# `wrk -t1 -cCONNECTIONS -dDURATION --latency`. Printed per run: req/s, p50, p99 and, for
+# separate processes, each role's CPU per request (utime+stime from /proc over the run).
+# At the end, per setup: the median req/s and its ratio to the first setup's median.
+# Servers use loopback ports only and are stopped when each run ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TURNPIKE=${TURNPIKE:-target/release/turnpike}
+WASMTIME=${WASMTIME:-.tools/wasmtime/bin/wasmtime}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+CONNECTIONS=${CONNECTIONS:-16}
+FUNCTIONS=examples/functions/dist
+DEFAULT_SETUPS="wasmtime up up-rpc up-rpc-plain roles-tls roles-plain"
+[ -n "${BEFORE:-}" ] && DEFAULT_SETUPS="wasmtime up up-before up-rpc up-rpc-plain roles-tls roles-plain"
+SETUPS=${SETUPS:-$DEFAULT_SETUPS}
+
+command -v wrk >/dev/null || bash scripts/install-wrk.sh
+[ -x "$TURNPIKE" ] || cargo build --release -p turnpike --bin turnpike
+[ -f "$FUNCTIONS/hello.wasm" ] || bash scripts/build-examples.sh
+
+WORK=$(mktemp -d /tmp/turnpike-bench-hello.XXXXXX)
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+# A free loopback port (bound and released by python; the race is harmless here).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits for `URL` to answer 200, at most 30 s.
+wait_ok() {
+  for _ in $(seq 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "no 200 from $1 in 30 s" >&2
+  return 1
+}
+
+# Starts a process in the background, its output in $WORK/NAME.log; sets LAST_PID.
+start() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# The address after PREFIX on the first line of LOG that has it, waiting up to 30 s.
+address_in() {
+  for _ in $(seq 300); do
+    local line
+    line=$(grep -m1 "$2" "$1" 2>/dev/null || true)
+    [ -n "$line" ] && { echo "${line#*$2}" | awk '{print $1}'; return 0; }
+    sleep 0.1
+  done
+  echo "no '$2' in $1" >&2; cat "$1" >&2
+  return 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+hash_of() { sha256sum "$1" | awk '{print $1}'; }
+
+# Starts SETUP; sets URL and ROLES ("name:pid ..." of processes whose CPU is reported).
+start_setup() {
+  local setup=$1 port
+  port=$(free_port)
+  ROLES=""
+  case $setup in
+    wasmtime)
+      start wasmtime "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$FUNCTIONS/hello.wasm"
+      URL="http://127.0.0.1:$port/" ;;
+    up | up-rpc | up-rpc-plain | up-before)
+      local bin=$TURNPIKE extra=()
+      [ "$setup" = up-before ] && bin=$BEFORE
+      [ "$setup" = up-rpc ] && extra=(--loopback-rpc)
+      [ "$setup" = up-rpc-plain ] && extra=(--loopback-rpc --insecure-internal)
+      start up "$bin" up --listen "127.0.0.1:$port" --data-dir "$WORK/up-$setup" "${extra[@]}"
+      URL="http://127.0.0.1:$port/hello" ;;
+    roles-tls | roles-plain)
+      local internal=(--insecure-internal)
+      if [ "$setup" = roles-tls ]; then
+        if [ ! -f "$WORK/tls/ca.pem" ]; then
+          "$TURNPIKE" certs init --dir "$WORK/tls" >/dev/null
+          for r in gateway shard worker; do "$TURNPIKE" certs issue --role $r $r --dir "$WORK/tls" >/dev/null; done
+        fi
+        internal=(--tls-dir "$WORK/tls")
+      fi
+      start shard "$TURNPIKE" shard "${internal[@]}"
+      local shard_pid=$LAST_PID shard
+      shard=$(address_in "$WORK/shard.log" "shard listening on ")
+      start gateway "$TURNPIKE" gateway "${internal[@]}" --listen "127.0.0.1:$port" --data-dir "$WORK/gw-$setup" \
+        --shard "$shard" --route "/hello=$(hash_of "$FUNCTIONS/hello.wasm")@critical"
+      local gateway_pid=$LAST_PID
+      start worker "$TURNPIKE" worker "${internal[@]}" --cores 2 --data-dir "$WORK/wk-$setup" \
+        --shard "$shard" --load "$FUNCTIONS/hello.wasm"
+      ROLES="gateway:$gateway_pid shard:$shard_pid worker:$LAST_PID"
+      URL="http://127.0.0.1:$port/hello" ;;
+    *) echo "unknown setup $setup" >&2; exit 2 ;;
+  esac
+  wait_ok "$URL"
+}
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+echo "hello, wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds; setups: $SETUPS"
+for round in $(seq "$ROUNDS"); do
+  for setup in $SETUPS; do
+    if [ "$setup" = wasmtime ] && [ ! -x "$WASMTIME" ]; then
+      [ "$round" = 1 ] && echo "wasmtime: no binary at $WASMTIME (scripts/install-wasmtime.sh); skipped"
+      continue
+    fi
+    start_setup "$setup"
+    wrk -t1 -c"$CONNECTIONS" -d2s "$URL" >/dev/null
+    declare -A before=()
+    for role in $ROLES; do before[${role%%:*}]=$(cpu_ticks "${role#*:}"); done
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$URL")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/' | tr '\n' ' ')
+    cpu=""
+    for role in $ROLES; do
+      name=${role%%:*}
+      ticks=$(( $(cpu_ticks "${role#*:}") - before[$name] ))
+      cpu+=" $name $(( ticks * TICK_US / (requests > 0 ? requests : 1) )) us/req"
+    done
+    unset before
+    stop_all
+    printf 'round %s %-13s %9s req/s  p50 %8s  p99 %8s%s %s\n' "$round" "$setup" "$rate" "$p50" "$p99" "${cpu:+  cpu:$cpu}" "$errors"
+    echo "$setup $rate" >>"$RESULTS"
+  done
+done
+
+echo "medians (ratio to the first setup's median):"
+python3 - "$RESULTS" "$SETUPS" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+order = [s for s in sys.argv[2].split() if any(r[0] == s for r in rows)]
+med = {s: statistics.median(float(r[1]) for r in rows if r[0] == s) for s in order}
+base = order[0]
+for s in order:
+    runs = sorted(float(r[1]) for r in rows if r[0] == s)
+    print(f"  {s:<13} {med[s]:>9.0f} req/s  (runs {runs[0]:.0f}-{runs[-1]:.0f})  {med[s] / med[base]:.2f}x {base}")
+EOF
