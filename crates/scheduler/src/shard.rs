@@ -10,9 +10,9 @@
 //! the extra hop's cost is measured in the control-plane benchmark. Workers of the shard's
 //! own process (`turnpike up`) are polled and called directly instead ([`turnpike_wire::directory`]).
 //!
-//! Faults: a worker whose link fails at the transport level is marked lost (left out of
-//! polling and removed from the idle list until it registers again) and the invocation is
-//! placed again; an invocation killed to free memory is placed again the same way, both by
+//! Faults: a worker whose link fails at the transport level, or whose polls go unanswered
+//! for [`WORKER_SILENT_LOST_AFTER`], is marked lost (left out of polling and removed from the
+//! idle list until it registers again); an invocation whose link failed is placed again; an invocation killed to free memory is placed again the same way, both by
 //! the policy core's one rule (`AfterReturn`: up to [`ShardConfig::requeue_max`] times, then
 //! it fails) - unless its streamed response had started reaching the caller, or its streamed
 //! request body went to the lost placement, which fails it instead (a second run would answer
@@ -59,6 +59,13 @@ use turnpike_wire::rpc;
 pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
 /// A poll that takes longer than this counts as no answer.
 const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// A worker whose polls have gone unanswered (timed out or failed) for this long, with no
+/// answer between, is marked lost: it is polled no more and leaves the idle list until it
+/// registers again (a live worker's dispatcher registers every 500 ms, so a worker that was
+/// only slow comes back at once). With [`POLL_TIMEOUT`], a worker that stops answering is
+/// found lost at the first poll that fails at least this long after the first unanswered one:
+/// within 2 s of its falling silent plus the gap between its samples.
+pub const WORKER_SILENT_LOST_AFTER: Duration = Duration::from_secs(2);
 /// Workers polled per power-of-k decision unless configured: `shared/DESIGN.md`'s default,
 /// and the simulator presets' (`crates/sim/presets`).
 pub const DEFAULT_K: usize = 3;
@@ -159,6 +166,9 @@ struct WorkerSlot {
     /// For placed invocations.
     link: Arc<Link>,
     alive: bool,
+    /// Since when its polls have gone unanswered; `None` after an answer. Tokio's clock, so
+    /// tests can advance it.
+    silent_since: Option<tokio::time::Instant>,
 }
 
 /// How the shard asks a worker for its load.
@@ -445,7 +455,7 @@ async fn wait(inner: &Inner, at_most: Duration) {
 }
 
 /// Asks `machines` for their load, concurrently; those that do not answer in time are left
-/// out.
+/// out, and marked lost when they have not answered for [`WORKER_SILENT_LOST_AFTER`].
 async fn poll_workers(
     inner: &Arc<Inner>,
     machines: &[MachineId],
@@ -461,6 +471,7 @@ async fn poll_workers(
             })
             .collect()
     };
+    let polled: Vec<MachineId> = pollers.iter().map(|(m, _)| *m).collect();
     let mut replies = Vec::with_capacity(machines.len());
     if pollers
         .iter()
@@ -481,9 +492,44 @@ async fn poll_workers(
             }
         }
     }
+    let now = tokio::time::Instant::now();
+    let mut state = inner.lock();
+    for machine in polled {
+        let answered = replies.iter().any(|r| r.machine == machine);
+        let Some(slot) = state.workers.get_mut(machine.0 as usize) else {
+            continue;
+        };
+        if answered {
+            slot.silent_since = None;
+            continue;
+        }
+        let since = *slot.silent_since.get_or_insert(now);
+        if now.duration_since(since) >= WORKER_SILENT_LOST_AFTER {
+            let why = format!(
+                "no answer to its polls for {} ms",
+                now.duration_since(since).as_millis()
+            );
+            mark_lost(inner, &mut state, machine, &why);
+        }
+    }
+    drop(state);
     // Keep the sample's order (ties go to the earlier machine in the core's rule).
     replies.sort_by_key(|r| machines.iter().position(|&m| m == r.machine));
     replies
+}
+
+/// Marks `machine` lost (once: logged and counted when it was alive) and takes it off the
+/// idle list; it is polled and placed on no more until it registers again.
+fn mark_lost(inner: &Inner, state: &mut State, machine: MachineId, why: &str) {
+    if let Some(slot) = state.workers.get_mut(machine.0 as usize) {
+        slot.silent_since = None;
+        if slot.alive {
+            slot.alive = false;
+            state.counters.workers_lost += 1;
+            tracing::warn!(shard = inner.id, worker = machine.0, "worker lost: {why}");
+        }
+    }
+    state.shard.handle_idle_leave(machine);
 }
 
 /// Sends a placed invocation to its worker; the answer goes to the caller, or the invocation
@@ -561,22 +607,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                 let _ = waiting.reply.send(outcome);
             }
             Err(error) => {
-                {
-                    let mut state = inner.lock();
-                    if let Some(slot) = state.workers.get_mut(machine.0 as usize) {
-                        if slot.alive {
-                            slot.alive = false;
-                            state.counters.workers_lost += 1;
-                            tracing::warn!(
-                                shard = inner.id,
-                                worker = machine.0,
-                                "worker lost: {}",
-                                error.message()
-                            );
-                        }
-                    }
-                    state.shard.handle_idle_leave(machine);
-                }
+                mark_lost(&inner, &mut inner.lock(), machine, error.message());
                 retry(
                     &inner,
                     waiting,
@@ -714,6 +745,7 @@ impl LocalShard for ShardService {
                 let slot = &mut state.workers[id as usize];
                 let revived = !slot.alive;
                 slot.alive = true;
+                slot.silent_since = None;
                 (id, revived)
             }
             None => {
@@ -734,6 +766,7 @@ impl LocalShard for ShardService {
                     poller,
                     link: Arc::new(link),
                     alive: true,
+                    silent_since: None,
                 });
                 state.by_address.insert(address, id);
                 let n = state.workers.len() as u32;
@@ -782,11 +815,30 @@ mod tests {
     use super::*;
     use turnpike_wire::invocation::{Failure, Request, Response};
 
-    /// A worker that answers every invocation with `ending` and counts its runs.
+    /// A worker that answers every invocation with `ending` and counts its runs and polls;
+    /// a `silent` one fails every poll, as one that stopped answering does.
     #[derive(Debug)]
     struct FakeWorker {
         ending: Ending,
         runs: Arc<AtomicU32>,
+        polls: Arc<AtomicU32>,
+        silent: bool,
+    }
+
+    /// Answers `200` with an empty body and answers its polls.
+    impl Default for FakeWorker {
+        fn default() -> Self {
+            Self {
+                ending: Ok(Response {
+                    status: http::StatusCode::OK,
+                    headers: http::HeaderMap::new(),
+                    body: bytes::Bytes::new(),
+                }),
+                runs: Arc::default(),
+                polls: Arc::default(),
+                silent: false,
+            }
+        }
     }
 
     type Ending = Result<Response, Failure>;
@@ -809,6 +861,10 @@ mod tests {
         }
 
         fn poll(&self, _class: ClassId) -> Result<PollReply, CallError> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.silent {
+                return Err(CallError::Refused("no answer".into()));
+            }
             Ok(PollReply {
                 machine: MachineId(0),
                 functions: 0,
@@ -838,6 +894,7 @@ mod tests {
         let worker = FakeWorker {
             ending,
             runs: runs.clone(),
+            ..FakeWorker::default()
         };
         directory.add_worker(address, Arc::new(worker));
         let registered = LocalShard::register(
@@ -868,6 +925,67 @@ mod tests {
         let counters = shard.counters();
         assert_eq!(counters.placed_idle_list + counters.placed_polling, 1);
         assert_eq!(shard.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_polls_go_unanswered_is_marked_lost_then_polled_no_more() {
+        let directory = Directory::new();
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig::default(),
+            directory.clone(),
+        );
+        let silent_polls = Arc::new(AtomicU32::new(0));
+        let registration = |port: u16| Registration {
+            address: format!("http://127.0.0.1:{port}"),
+            memory_mb: 1024,
+            cores: 1,
+        };
+        let silent = FakeWorker {
+            polls: silent_polls.clone(),
+            silent: true,
+            ..FakeWorker::default()
+        };
+        directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(silent));
+        directory.add_worker(([127, 0, 0, 1], 2).into(), Arc::new(FakeWorker::default()));
+        for port in [1, 2] {
+            LocalShard::register(&shard, registration(port)).unwrap();
+        }
+        // One invocation every 100 ms: each is answered by the worker that answers polls.
+        let start = tokio::time::Instant::now();
+        let mut id = 0;
+        while shard.counters().workers_lost == 0 {
+            assert!(
+                start.elapsed() < WORKER_SILENT_LOST_AFTER * 3,
+                "not found lost in {:?}; polled {} times",
+                start.elapsed(),
+                silent_polls.load(Ordering::Relaxed)
+            );
+            id += 1;
+            let outcome = LocalShard::invoke(&shard, invocation(id, 3)).await;
+            assert_eq!(outcome.worker, MachineId(1), "{outcome:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Found lost no sooner than the bound says.
+        assert!(
+            start.elapsed() >= WORKER_SILENT_LOST_AFTER,
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(shard.live_workers(), 1);
+        let polls = silent_polls.load(Ordering::Relaxed);
+        assert!(polls >= 2, "{polls}");
+        // Lost: not polled again, whatever is placed.
+        for _ in 0..10 {
+            id += 1;
+            let outcome = LocalShard::invoke(&shard, invocation(id, 3)).await;
+            assert_eq!(outcome.worker, MachineId(1), "{outcome:?}");
+        }
+        assert_eq!(silent_polls.load(Ordering::Relaxed), polls);
+        // Until it registers again.
+        let again = LocalShard::register(&shard, registration(1)).unwrap();
+        assert_eq!((again.worker, again.fresh), (MachineId(0), true));
+        assert_eq!(shard.live_workers(), 2);
     }
 
     #[tokio::test]
