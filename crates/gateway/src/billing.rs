@@ -595,25 +595,27 @@ impl Ledger {
     }
 }
 
+/// A ledger row of tenant `acme`'s critical `shop/home` that answered 200, using no memory
+/// (for this crate's tests).
+#[cfg(test)]
+pub(crate) fn acme_critical(invocation: i64, at: i64, cpu_ns: i64, cost: f64) -> UsageEntry {
+    UsageEntry {
+        invocation,
+        tenant: "acme".into(),
+        app: "shop".into(),
+        function: "home".into(),
+        class: "critical".into(),
+        at,
+        status: 200,
+        cpu_ns,
+        gb_seconds: 0.0,
+        cost,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A ledger row of tenant `acme`'s critical `shop/home` that answered 200, using no memory.
-    fn acme_critical(invocation: i64, at: i64, cpu_ns: i64, cost: f64) -> UsageEntry {
-        UsageEntry {
-            invocation,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at,
-            status: 200,
-            cpu_ns,
-            gb_seconds: 0.0,
-            cost,
-        }
-    }
 
     const DAY: i64 = 86_400;
 

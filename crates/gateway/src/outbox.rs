@@ -133,16 +133,8 @@ mod tests {
 
     fn row(invocation: i64) -> UsageEntry {
         UsageEntry {
-            invocation,
-            tenant: "acme".into(),
-            app: "shop".into(),
-            function: "home".into(),
-            class: "critical".into(),
-            at: 1_800_000_000,
-            status: 200,
-            cpu_ns: 1_500,
             gb_seconds: 0.25,
-            cost: 3.5,
+            ..crate::billing::acme_critical(invocation, 1_800_000_000, 1_500, 3.5)
         }
     }
 
