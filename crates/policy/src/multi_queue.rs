@@ -71,9 +71,18 @@ impl<T> MultiQueue<T> {
 
     /// The class whose head scores highest at `now_ns`, ties to the higher class.
     pub fn choice(&self, now_ns: u64) -> Option<ClassId> {
+        self.choice_except(now_ns, &[])
+    }
+
+    /// [`MultiQueue::choice`] among the classes `i` with `sitting_out[i]` false (or
+    /// past its end).
+    pub fn choice_except(&self, now_ns: u64, sitting_out: &[bool]) -> Option<ClassId> {
         let mut best: Option<(usize, f64)> = None;
         // Highest class first, so a strictly larger score is needed to displace it: ties go up.
         for i in (0..self.queues.len()).rev() {
+            if sitting_out.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             if let Some(&(since, _)) = self.queues[i].front() {
                 let score = head_score(self.prices[i], now_ns.saturating_sub(since));
                 if best.is_none_or(|(_, s)| score > s) {
@@ -87,7 +96,18 @@ impl<T> MultiQueue<T> {
     /// Removes and returns the chosen head: `(class, enqueued_ns, item)`.
     #[must_use]
     pub fn poll_next(&mut self, now_ns: u64) -> Option<(ClassId, u64, T)> {
-        let class = self.choice(now_ns)?;
+        self.poll_next_except(now_ns, &[])
+    }
+
+    /// [`MultiQueue::poll_next`] among the classes `i` with `sitting_out[i]` false (or
+    /// past its end).
+    #[must_use]
+    pub fn poll_next_except(
+        &mut self,
+        now_ns: u64,
+        sitting_out: &[bool],
+    ) -> Option<(ClassId, u64, T)> {
+        let class = self.choice_except(now_ns, sitting_out)?;
         let (since, item) = self.queues[class.index()]
             .pop_front()
             .expect("choice() names a non-empty queue");

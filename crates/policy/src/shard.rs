@@ -88,8 +88,14 @@ pub enum ShardDecision {
         via: Via,
         enqueued_ns: u64,
     },
-    /// The chosen head fits nowhere it looked; it is back at the front of its queue.
+    /// The chosen head fits nowhere it looked and no other class's head may go instead; it
+    /// is back at the front of its queue. Decide again after a retry delay (or when a
+    /// machine reports room).
     Blocked,
+    /// The chosen head fits nowhere it looked; it is back at the front of its queue and its
+    /// class sits out while heads of other classes wait (see [`Shard::begin_decision`]).
+    /// Decide again at once.
+    PassedOver,
     /// A top-class head would have waited behind its own class wherever the shard looked; it
     /// is back at the front of its queue. Decide again at once: the next decision polls
     /// other machines (see [`ShardConfig::top_class_defers_max`]).
@@ -151,6 +157,9 @@ pub struct Shard {
     deferred: Option<(InvocationId, u32)>,
     /// Share of recent top-class polls that found a machine where it starts at once.
     top_free_share: f64,
+    /// Per class, whether its head was blocked and the class sits out decisions until no
+    /// other class's head may go (see [`Shard::begin_decision`]).
+    sitting_out: Vec<bool>,
 }
 
 impl Shard {
@@ -178,6 +187,7 @@ impl Shard {
             top_class_defers_max,
             deferred: None,
             top_free_share: 1.0,
+            sitting_out: vec![false; classes.len()],
         }
     }
 
@@ -215,8 +225,10 @@ impl Shard {
         self.queue.handle_remove(class, |p| p.id == id).is_some()
     }
 
+    /// A machine has room: classes sitting out (their heads found none) may try again.
     pub fn handle_idle_join(&mut self, machine: MachineId, entry: IdleEntry) {
         self.idle.handle_upsert(machine, entry);
+        self.sitting_out.fill(false);
     }
 
     pub fn handle_idle_leave(&mut self, machine: MachineId) {
@@ -249,13 +261,29 @@ impl Shard {
     /// The first half of a decision: takes the best head; places it from the idle list if it
     /// can, else names the `k` machines to poll. The head is held until
     /// [`Shard::finish_decision`]; while it is, `begin_decision` must not be called again.
+    ///
+    /// A blocked head does not hold up the others. The best head is the core's rule
+    /// ([`MultiQueue::choice`]) among the classes not sitting out. A class whose head found
+    /// no room sits out ([`ShardDecision::PassedOver`]), so the heads of other classes that
+    /// fit go first, in the usual order, while it keeps its place and its growing score.
+    /// When every class with a waiting head sits out, they all return and the decision is
+    /// [`ShardDecision::Blocked`]: after the retry delay the best head overall is tried
+    /// first again. (The paper leaves a blocked head at the front of its queue, picked again
+    /// at every decision: a low-class head with a long wait outscored every newer arrival, so
+    /// the top class waited for room to free up for the bottom class.)
     pub fn begin_decision<R: Rng + ?Sized>(&mut self, now_ns: u64, rng: &mut R) -> ShardStep {
         assert!(
             self.polling.is_none(),
             "begin_decision while a decision is being polled"
         );
-        let Some((class, enqueued_ns, pending)) = self.queue.poll_next(now_ns) else {
-            return ShardStep::Decided(ShardDecision::Idle);
+        let Some((class, enqueued_ns, pending)) =
+            self.queue.poll_next_except(now_ns, &self.sitting_out)
+        else {
+            if self.queue.is_empty() {
+                return ShardStep::Decided(ShardDecision::Idle);
+            }
+            self.sitting_out.fill(false);
+            return ShardStep::Decided(ShardDecision::Blocked);
         };
         if self.use_idle_list {
             if let Some(machine) = self.idle.poll_place(pending.start_mb) {
@@ -276,6 +304,14 @@ impl Shard {
         }
         self.polling = Some((class, enqueued_ns, pending));
         ShardStep::Poll { machines, class }
+    }
+
+    /// Whether a class that does not sit out has a head waiting.
+    fn another_class_may_go(&self) -> bool {
+        self.sitting_out
+            .iter()
+            .enumerate()
+            .any(|(i, &out)| !out && self.queue.len_of(ClassId(i as u8)) > 0)
     }
 
     /// Whether to put a top-class head back rather than bind it to `chosen`, where it would
@@ -341,12 +377,22 @@ impl Shard {
             },
             None => {
                 self.queue.handle_push_front(class, enqueued_ns, pending);
-                // The first time, poll other machines at once; after that, give the cores
-                // polled a retry delay to free up.
-                if deferred && self.deferred.is_some_and(|(_, n)| n == 1) {
-                    ShardDecision::Deferred
+                if deferred {
+                    // The first time, poll other machines at once; after that, give the cores
+                    // polled a retry delay to free up.
+                    if self.deferred.is_some_and(|(_, n)| n == 1) {
+                        ShardDecision::Deferred
+                    } else {
+                        ShardDecision::Blocked
+                    }
                 } else {
-                    ShardDecision::Blocked
+                    self.sitting_out[class.index()] = true;
+                    if self.another_class_may_go() {
+                        ShardDecision::PassedOver
+                    } else {
+                        self.sitting_out.fill(false);
+                        ShardDecision::Blocked
+                    }
                 }
             }
         }
@@ -434,6 +480,75 @@ mod tests {
             matches!(d, ShardDecision::Place { pending: p, enqueued_ns: 0, .. } if p.id == InvocationId(3))
         );
         assert_eq!(shard.poll_decision(1, &mut rng, room), ShardDecision::Idle);
+    }
+
+    #[test]
+    fn a_blocked_head_lets_other_classes_that_fit_go_first_then_is_tried_again() {
+        let classes = ClassSet::default_four();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(9);
+        let mut shard = Shard::new(&classes, config(3, 3, false));
+        // A batch head that has waited long (its score beats every newer arrival's), then a
+        // critical and a standard invocation behind it.
+        shard.handle_invocation(0, pending(1, 0));
+        shard.handle_invocation(900 * 1_000_000, pending(2, 3));
+        shard.handle_invocation(900 * 1_000_000, pending(3, 1));
+        let now = 1_000 * 1_000_000;
+        // Room for the critical and the standard head (which may swap batch out), none for
+        // batch.
+        let room_above_batch = |m: MachineId, class: ClassId| PollReply {
+            machine: m,
+            functions: 1,
+            room_mb: if class == ClassId(0) { 10 } else { 1000 },
+            ahead: 0,
+            cores: 1,
+        };
+        let mut polled_for = Vec::new();
+        let mut decide = |shard: &mut Shard, polled_for: &mut Vec<ClassId>| {
+            shard.poll_decision(now, &mut rng, |m, class| {
+                polled_for.push(class);
+                room_above_batch(m, class)
+            })
+        };
+        // Batch first (the core's rule), blocked: passed over, not a wait for everyone.
+        assert_eq!(
+            decide(&mut shard, &mut polled_for),
+            ShardDecision::PassedOver
+        );
+        // Then the others that fit, in the core's order: critical, then standard.
+        for id in [2, 3] {
+            let d = decide(&mut shard, &mut polled_for);
+            assert!(
+                matches!(d, ShardDecision::Place { pending: p, .. } if p.id == InvocationId(id)),
+                "{d:?}"
+            );
+        }
+        assert_eq!(polled_for[0], ClassId(0));
+        assert_eq!(polled_for.last(), Some(&ClassId(1)));
+        // Only the batch head is left, sitting out: blocked without a poll, and batch is back
+        // in the running for the next decision, where, alone, it is blocked as before.
+        let polls = polled_for.len();
+        assert_eq!(decide(&mut shard, &mut polled_for), ShardDecision::Blocked);
+        assert_eq!(polled_for.len(), polls, "no machine polled");
+        assert_eq!(decide(&mut shard, &mut polled_for), ShardDecision::Blocked);
+        assert_eq!(polled_for.len(), polls + 3);
+        assert_eq!(polled_for.last(), Some(&ClassId(0)));
+        // A machine with room joins: batch may go at once.
+        shard.handle_invocation(now, pending(4, 3));
+        shard.handle_idle_join(
+            MachineId(1),
+            IdleEntry {
+                free_mb: 1000,
+                functions: 0,
+                idle_cores: 1,
+            },
+        );
+        let mut with_idle_list = shard.clone();
+        with_idle_list.use_idle_list = true;
+        let d = with_idle_list.poll_decision(now, &mut rng, room_above_batch);
+        assert!(
+            matches!(d, ShardDecision::Place { pending: p, via: Via::IdleList, .. } if p.id == InvocationId(1)),
+            "{d:?}"
+        );
     }
 
     #[test]

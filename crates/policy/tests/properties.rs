@@ -1107,7 +1107,18 @@ const MS: u64 = 1_000_000;
 /// Brute-force head choice in exact integers: the largest `price_halves x waited`, ties to the
 /// higher class. Returns the class index.
 fn model_choice<T>(queues: &[VecDeque<(u64, T)>], halves: &[u32], now: u64) -> Option<usize> {
+    model_choice_except(queues, halves, now, &[])
+}
+
+/// [`model_choice`] among the classes not sitting out.
+fn model_choice_except<T>(
+    queues: &[VecDeque<(u64, T)>],
+    halves: &[u32],
+    now: u64,
+    sitting_out: &[bool],
+) -> Option<usize> {
     (0..queues.len())
+        .filter(|&c| !sitting_out.get(c).copied().unwrap_or(false))
         .filter_map(|c| {
             let &(since, _) = queues[c].front()?;
             let score = u128::from(halves[c]) * u128::from(now.saturating_sub(since));
@@ -1339,8 +1350,12 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
             dt: 1,
             replies: vec![(0, u64::MAX); SHARD_MACHINES_MAX],
         },
-        invoked + 1,
+        // One more for a decision that finds every waiting class sitting out.
+        invoked + 2,
     );
+    // Classes whose head found no room sit out until no other class's head may go, or a
+    // machine joins the idle list.
+    let mut sitting_out = vec![false; queues.len()];
     for (n, op) in case.ops.iter().cloned().chain(drain).enumerate() {
         match op {
             ShardOp::Invoke {
@@ -1373,6 +1388,7 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
                 };
                 shard.handle_idle_join(MachineId(m), e);
                 idle.insert(m, e);
+                sitting_out.fill(false);
                 let _ = writeln!(trace, "#{n}: machine {m} joins/updates {e:?}");
             }
             ShardOp::Leave { machine } => {
@@ -1399,10 +1415,16 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
                     trace,
                     "#{n} at {now}: decision => {decision:?}, polled {polled:?} with replies {replies:?}"
                 );
-                let Some(c) = model_choice(&queues, &case.halves, now) else {
+                let Some(c) = model_choice_except(&queues, &case.halves, now, &sitting_out) else {
+                    let expected = if queues.iter().all(VecDeque::is_empty) {
+                        ShardDecision::Idle
+                    } else {
+                        sitting_out.fill(false);
+                        ShardDecision::Blocked
+                    };
                     ensure!(
-                        decision == ShardDecision::Idle && polled.is_empty(),
-                        "op #{n}: nothing queued but {decision:?}"
+                        decision == expected && polled.is_empty(),
+                        "op #{n}: nothing may go, so {expected:?}, but {decision:?} (polled {polled:?})"
                     );
                     continue;
                 };
@@ -1451,7 +1473,17 @@ fn run_shard(case: &ShardCase, trace: &mut String) -> Result<(), String> {
                                 via: Via::Polling,
                                 enqueued_ns: since,
                             },
-                            None => ShardDecision::Blocked,
+                            None => {
+                                sitting_out[c] = true;
+                                let another = (0..queues.len())
+                                    .any(|o| !sitting_out[o] && !queues[o].is_empty());
+                                if another {
+                                    ShardDecision::PassedOver
+                                } else {
+                                    sitting_out.fill(false);
+                                    ShardDecision::Blocked
+                                }
+                            }
                         }
                     }
                 };

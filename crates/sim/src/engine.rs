@@ -584,7 +584,7 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 // The poll that found no machine took its round trip; decide again after it.
-                ShardDecision::Deferred => {
+                ShardDecision::Deferred | ShardDecision::PassedOver => {
                     self.shards[s as usize].busy_until_ns = self.now + decision_ns + poll_ns;
                 }
                 ShardDecision::Place {
