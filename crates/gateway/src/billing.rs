@@ -192,7 +192,7 @@ pub struct Billing {
     classes: ClassSet,
     memory_price: f64,
     clock: Arc<dyn Clock>,
-    books: Mutex<HashMap<String, Book>>,
+    books: Arc<Mutex<HashMap<String, Book>>>,
     in_flight: InFlightByTenant,
     writer: mpsc::UnboundedSender<Write>,
     failures: Arc<AtomicU64>,
@@ -240,7 +240,7 @@ impl Billing {
             classes,
             memory_price,
             clock,
-            books: Mutex::new(HashMap::new()),
+            books: Arc::default(),
             in_flight: Arc::default(),
             writer,
             failures,
@@ -345,71 +345,45 @@ impl Billing {
         turnpike_wire::lock(&self.books).remove(tenant);
     }
 
-    /// `tenant`'s book: as kept, or read again when older than [`BOOK_REFRESH`]. One caller
-    /// reads it; the others keep using the one they have meanwhile (at thousands of
-    /// invocations a second, every request in flight would otherwise read the store at
-    /// once). If that read fails, the old book stays in use; without one, the error is the
-    /// caller's.
+    /// `tenant`'s book: as kept, or read again when older than [`BOOK_REFRESH`]. Only a
+    /// tenant's first book of the month is read while its caller waits. A kept book that is
+    /// due is read again in the background by one caller's task, while every invocation goes
+    /// on using the kept one: an admission never waits on the store for a refresh (which
+    /// first commits the ledger's queue, and could take seconds while the store is slow).
+    /// If that read fails, the old book stays in use for another period.
     async fn book(&self, tenant: &str) -> Result<Book, StoreError> {
         let month = Day::of_unix(self.clock.now()).month_start();
-        let kept = {
+        {
             let mut books = turnpike_wire::lock(&self.books);
-            match books.get_mut(tenant) {
-                Some(book) if book.month == month => {
-                    if book.read_at.elapsed() < BOOK_REFRESH {
-                        return Ok(book.clone());
-                    }
+            if let Some(book) = books.get_mut(tenant).filter(|b| b.month == month) {
+                if book.read_at.elapsed() >= BOOK_REFRESH {
+                    // Claimed: the others see a fresh book until this read is done.
                     book.read_at = Instant::now();
-                    Some(book.clone())
+                    let claimed = book.read_at;
+                    let reader = self.reader();
+                    let tenant = tenant.to_string();
+                    tokio::spawn(async move { reader.refresh(&tenant, month, claimed).await });
                 }
-                _ => None,
+                return Ok(book.clone());
             }
-        };
-        match self.read_book(tenant, month).await {
-            Ok(book) => {
-                turnpike_wire::lock(&self.books).insert(tenant.to_string(), book.clone());
-                Ok(book)
-            }
-            Err(e) => match kept {
-                Some(book) => {
-                    tracing::warn!(
-                        tenant,
-                        "reading the budget again failed, using the last one read: {e}"
-                    );
-                    Ok(book)
-                }
-                None => Err(e),
-            },
+        }
+        let book = self.reader().read(tenant, month).await?;
+        turnpike_wire::lock(&self.books).insert(tenant.to_string(), book.clone());
+        Ok(book)
+    }
+
+    fn reader(&self) -> BookReader {
+        BookReader {
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            books: self.books.clone(),
         }
     }
 
-    async fn read_book(&self, tenant: &str, month: Day) -> Result<Book, StoreError> {
-        // The store's sum must include what this gateway recorded (at most every
-        // `BOOK_REFRESH` per tenant, and after a budget change).
-        self.flush().await;
-        let budget = self.store.budget(tenant).await?;
-        let spent = self.store.spent_since(tenant, month).await?;
-        // Only a budget needs the mean (an aggregate over the month's ledger rows).
-        let mean_cost = match budget {
-            Some(_) => {
-                let rows = self
-                    .store
-                    .usage(tenant, &[], month, month.next_month_start())
-                    .await?;
-                let (n, cost) = rows.iter().fold((0, 0.0), |(n, c), r| {
-                    (n + r.totals.invocations, c + r.totals.cost)
-                });
-                (n > 0).then(|| cost / n as f64)
-            }
-            None => None,
-        };
-        Ok(Book {
-            budget,
-            month,
-            spent,
-            mean_cost,
-            read_at: Instant::now(),
-        })
+    /// Returns once every row recorded before the call is committed, or in the outbox while
+    /// the store is down (and the outbox replayed, if the store is back).
+    pub async fn flush(&self) {
+        flush(&self.writer).await;
     }
 
     /// Hands `entry` to the ledger writer (committed within [`LEDGER_FLUSH`]) and counts its
@@ -433,14 +407,68 @@ impl Billing {
             });
         }
     }
+}
 
-    /// Returns once every row recorded before the call is committed, or in the outbox while
-    /// the store is down (and the outbox replayed, if the store is back).
-    pub async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.writer.send(Write::Flush(done)).is_ok() {
-            let _ = flushed.await;
+/// Returns once every row sent to `writer` before the call is committed (or in the outbox).
+async fn flush(writer: &mpsc::UnboundedSender<Write>) {
+    let (done, flushed) = oneshot::channel();
+    if writer.send(Write::Flush(done)).is_ok() {
+        let _ = flushed.await;
+    }
+}
+
+/// Reads tenants' books from the store, for [`Billing::book`].
+struct BookReader {
+    store: Store,
+    writer: mpsc::UnboundedSender<Write>,
+    books: Arc<Mutex<HashMap<String, Book>>>,
+}
+
+impl BookReader {
+    /// Reads `tenant`'s book again and keeps it, unless it was forgotten or read anew since
+    /// the refresh was `claimed` (a budget changed meanwhile: this read may predate it).
+    async fn refresh(&self, tenant: &str, month: Day, claimed: Instant) {
+        match self.read(tenant, month).await {
+            Ok(book) => {
+                let mut books = turnpike_wire::lock(&self.books);
+                if books.get(tenant).is_some_and(|b| b.read_at == claimed) {
+                    books.insert(tenant.to_string(), book);
+                }
+            }
+            Err(e) => tracing::warn!(
+                tenant,
+                "reading the budget again failed, using the last one read: {e}"
+            ),
         }
+    }
+
+    async fn read(&self, tenant: &str, month: Day) -> Result<Book, StoreError> {
+        // The store's sum must include what this gateway recorded (at most every
+        // `BOOK_REFRESH` per tenant, and after a budget change).
+        flush(&self.writer).await;
+        let budget = self.store.budget(tenant).await?;
+        let spent = self.store.spent_since(tenant, month).await?;
+        // Only a budget needs the mean (an aggregate over the month's ledger rows).
+        let mean_cost = match budget {
+            Some(_) => {
+                let rows = self
+                    .store
+                    .usage(tenant, &[], month, month.next_month_start())
+                    .await?;
+                let (n, cost) = rows.iter().fold((0, 0.0), |(n, c), r| {
+                    (n + r.totals.invocations, c + r.totals.cost)
+                });
+                (n > 0).then(|| cost / n as f64)
+            }
+            None => None,
+        };
+        Ok(Book {
+            budget,
+            month,
+            spent,
+            mean_cost,
+            read_at: Instant::now(),
+        })
     }
 }
 
@@ -621,6 +649,27 @@ mod tests {
 
     fn outbox(dir: &tempfile::TempDir) -> Outbox {
         Outbox::open(&dir.path().join("ledger-outbox.jsonl")).unwrap()
+    }
+
+    /// Billing on `store` at the default classes, its clock on 1 November, its outbox in `dir`.
+    fn on_nov_1(store: &Store, dir: &tempfile::TempDir) -> Billing {
+        Billing::new(
+            store.clone(),
+            ClassSet::default_four(),
+            1.0,
+            ManualClock::at(nov(1)),
+            outbox(dir),
+        )
+    }
+
+    /// Makes `tenant`'s kept book due for its refresh.
+    fn make_due(billing: &Billing, tenant: &str) {
+        turnpike_wire::lock(&billing.books)
+            .get_mut(tenant)
+            .unwrap()
+            .read_at = Instant::now()
+            .checked_sub(BOOK_REFRESH + Duration::from_secs(1))
+            .unwrap();
     }
 
     fn nov(day: i64) -> i64 {
@@ -816,6 +865,38 @@ mod tests {
         assert_eq!(spent, 20.0);
     }
 
+    /// A due refresh first commits the ledger's queue; while the store cannot commit, the
+    /// admission that found the book due still answers at once from the kept book.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_due_budget_refresh_never_makes_an_admission_wait_for_the_store() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = Store::sqlite_url(dir.path());
+        let store = Store::open(&url).await.unwrap();
+        store.create_tenant("acme", false).await.unwrap();
+        let classes = ClassSet::default_four();
+        let billing = on_nov_1(&store, &dir);
+        let top = classes.top();
+        billing.admit("acme", top).await.unwrap();
+        // Another connection holds the database's write lock: the ledger writer's commit of
+        // this row waits for it.
+        let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        billing.record(acme_critical(1, nov(1), 1_000_000, 1.0));
+        make_due(&billing, "acme");
+        let (admission, _) = billing.admit("acme", top).await.unwrap();
+        assert!(matches!(admission, Admission::Run(c) if c == top));
+        // Answered with the row still queued: a refresh on the admission's path would have
+        // waited for its commit (or its move to the outbox) first.
+        assert_eq!((billing.recorded(), billing.outbox_rows()), (0, 0));
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        billing.flush().await;
+        assert_eq!(billing.recorded(), 1);
+    }
+
     /// A book past its refresh is read again by one caller; when that read fails, the book
     /// it had stays in use, and a tenant without one gets the store's error.
     #[tokio::test]
@@ -830,13 +911,7 @@ mod tests {
         };
         store.set_budget("acme", Some(&budget)).await.unwrap();
         let classes = ClassSet::default_four();
-        let billing = Billing::new(
-            store.clone(),
-            classes.clone(),
-            1.0,
-            ManualClock::at(nov(1)),
-            outbox(&dir),
-        );
+        let billing = on_nov_1(&store, &dir);
         let top = classes.top();
         billing.record(acme_critical(1, nov(1), 5_000_000_000, 10.0));
         billing.flush().await;
@@ -846,12 +921,7 @@ mod tests {
         ));
         store.close().await;
         // Past its refresh.
-        turnpike_wire::lock(&billing.books)
-            .get_mut("acme")
-            .unwrap()
-            .read_at = Instant::now()
-            .checked_sub(BOOK_REFRESH + Duration::from_secs(1))
-            .unwrap();
+        make_due(&billing, "acme");
         assert!(
             matches!(
                 billing.admit("acme", top).await.unwrap().0,
@@ -874,14 +944,7 @@ mod tests {
     async fn while_the_store_is_down_the_ledger_bounds_refuse_and_the_outbox_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
-        let classes = ClassSet::default_four();
-        let billing = Billing::new(
-            store.clone(),
-            classes.clone(),
-            1.0,
-            ManualClock::at(nov(1)),
-            outbox(&dir),
-        );
+        let billing = on_nov_1(&store, &dir);
         let row = |invocation| acme_critical(invocation, nov(1), 1_000, 1.0);
         billing.record(row(1));
         billing.flush().await;
@@ -907,13 +970,7 @@ mod tests {
         drop(billing);
         // The store is back (a gateway restarted on it): the outbox is replayed into it.
         let store = Store::open(&Store::sqlite_url(dir.path())).await.unwrap();
-        let billing = Billing::new(
-            store.clone(),
-            classes,
-            1.0,
-            ManualClock::at(nov(1)),
-            outbox(&dir),
-        );
+        let billing = on_nov_1(&store, &dir);
         billing.flush().await;
         assert_eq!(billing.outbox_rows(), 0);
         assert_eq!(billing.recorded(), 2);
