@@ -121,6 +121,10 @@ pub(crate) async fn serve_metrics(
     Ok(bound)
 }
 
+/// How long a stopping shard waits for its open calls (invocations it queued or placed)
+/// before it exits anyway.
+const SHARD_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn shard(args: ShardArgs) -> ExitCode {
     if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Shard) {
         return crate::fail(e);
@@ -152,9 +156,25 @@ pub fn shard(args: ShardArgs) -> ExitCode {
         };
         println!("shard listening on {rpc_addr}");
         println!("metrics: http://{metrics_addr}/metrics");
-        match server.await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => crate::fail(e),
+        // After the signal the RPC server waits for its calls to end; an `Invoke` whose
+        // invocation waits for a worker that never comes would hold it forever.
+        let grace_over = async {
+            crate::up::wait_for_signal().await;
+            tokio::time::sleep(SHARD_STOP_GRACE).await;
+        };
+        tokio::select! {
+            served = server => match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => crate::fail(e),
+            },
+            () = grace_over => {
+                tracing::warn!(
+                    "calls still open {} s after the signal to stop; stopping without them \
+                     (their gateways place them elsewhere)",
+                    SHARD_STOP_GRACE.as_secs()
+                );
+                ExitCode::SUCCESS
+            }
         }
     })
 }

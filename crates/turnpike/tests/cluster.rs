@@ -4,7 +4,8 @@
 //! what it had in flight there, and new work, to the other shard; the worker cancels the
 //! first attempts, and every invocation answered is billed exactly once), a cluster of `turnpike shard`, `turnpike worker` and
 //! `turnpike gateway` processes serving a route and a call between functions, and
-//! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM.
+//! `turnpike up --emulate` serving emulated invocations and stopping cleanly on SIGTERM, and a
+//! shard stopping on SIGTERM while it holds an invocation no worker will take.
 
 mod common;
 
@@ -16,6 +17,26 @@ use std::time::{Duration, Instant};
 use turnpike_cluster::up::{self, UpConfig};
 
 use common::{counter, get, start_role, start_role_with_metrics, Child, BIN};
+
+/// A `turnpike gateway` on a loopback port with its data in `dir`, sending to `shard`, with
+/// one operator `route`; and its address.
+fn start_gateway(dir: &std::path::Path, shard: &str, route: &str) -> (Child, SocketAddr) {
+    let (child, url) = start_role(
+        &[
+            "gateway".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--shard".into(),
+            shard.into(),
+            "--route".into(),
+            route.into(),
+        ],
+        "gateway listening on http://",
+    );
+    (child, url.parse().expect("gateway address"))
+}
 
 /// Invocations billed to the operator (the routes' owner) this month.
 async fn billed(store: &turnpike_store::Store) -> u64 {
@@ -532,21 +553,7 @@ async fn a_worker_process_of_emulated_workers_serves_a_separate_gateway() {
         "100 emulated workers listening on ",
     );
     assert!(line.contains(" .. "), "{line}");
-    let (gateway, url) = start_role(
-        &[
-            "gateway".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            gateway_dir.path().display().to_string(),
-            "--shard".into(),
-            shard_addr,
-            "--route".into(),
-            "/e=anything@critical".into(),
-        ],
-        "gateway listening on http://",
-    );
-    let gw: SocketAddr = url.parse().expect("gateway address");
+    let (gateway, gw) = start_gateway(gateway_dir.path(), &shard_addr, "/e=anything@critical");
     let start = Instant::now();
     loop {
         let (status, text) = get(gw, "/e?ms=2&mb=3").await;
@@ -558,4 +565,44 @@ async fn a_worker_process_of_emulated_workers_serves_a_separate_gateway() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop((shard, workers, gateway));
+}
+
+/// A shard holding an invocation no worker will ever take (it has none) still stops on
+/// SIGTERM: its RPC server would wait for that open call forever, so the shard gives its calls
+/// a grace period and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_with_an_invocation_waiting_for_a_worker_stops_on_sigterm() {
+    let gateway_dir = tempfile::tempdir().expect("temp dir");
+    let (mut shard, shard_addr) = start_role(
+        &["shard".to_string(), "--listen".into(), "127.0.0.1:0".into()],
+        "shard listening on ",
+    );
+    let route = format!("/nowhere={}@critical", "ab".repeat(32));
+    let (_gateway, gateway) = start_gateway(gateway_dir.path(), &shard_addr, &route);
+    // Queued at the shard, with no worker to place it on: the request waits.
+    let waiting = tokio::spawn(async move { get(gateway, "/nowhere").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the invocation should wait for a worker"
+    );
+    let pid = shard.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(killed.expect("kill runs").success());
+    // Bounded only so that a shard that never stops fails the test instead of hanging it.
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = shard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(60),
+            "the shard is still running 60 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The gateway answers the waiting request (its only shard is gone), not never.
+    let (status, text) = waiting.await.expect("the request task");
+    assert!(status >= 500, "{text}");
 }
