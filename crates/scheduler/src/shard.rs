@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::idle_list::IdleEntry;
@@ -169,6 +170,11 @@ struct WorkerSlot {
     /// Since when its polls have gone unanswered; `None` after an answer. Tokio's clock, so
     /// tests can advance it.
     silent_since: Option<tokio::time::Instant>,
+    /// Cancelled when the worker is marked lost: the invocations sent to it and not yet
+    /// answered are placed again at once, not left waiting on a worker that may never
+    /// answer (one that fell silent with its connection open). A new one when it registers
+    /// again.
+    lost: CancellationToken,
 }
 
 /// How the shard asks a worker for its load.
@@ -526,6 +532,7 @@ fn mark_lost(inner: &Inner, state: &mut State, machine: MachineId, why: &str) {
         slot.silent_since = None;
         if slot.alive {
             slot.alive = false;
+            slot.lost.cancel();
             state.counters.workers_lost += 1;
             tracing::warn!(shard = inner.id, worker = machine.0, "worker lost: {why}");
         }
@@ -536,7 +543,7 @@ fn mark_lost(inner: &Inner, state: &mut State, machine: MachineId, why: &str) {
 /// Sends a placed invocation to its worker; the answer goes to the caller, or the invocation
 /// is placed again.
 fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
-    let (mut waiting, link) = {
+    let (mut waiting, link, lost) = {
         let mut state = inner.lock();
         let Some(waiting) = state.waiting.remove(&id) else {
             return;
@@ -545,13 +552,18 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             Via::IdleList => state.counters.placed_idle_list += 1,
             Via::Polling => state.counters.placed_polling += 1,
         }
-        let link = state.workers[machine.0 as usize].link.clone();
-        (waiting, link)
+        let slot = &state.workers[machine.0 as usize];
+        (waiting, slot.link.clone(), slot.lost.clone())
     };
     waiting.attempts += 1;
     let inner = inner.clone();
     tokio::spawn(async move {
-        let result = link.call(waiting.invocation.clone()).await;
+        // `None`: the worker was marked lost first (dropping the call cancels it there, if
+        // the worker can still hear it).
+        let result = tokio::select! {
+            result = link.call(waiting.invocation.clone()) => Some(result),
+            () = lost.cancelled() => None,
+        };
         let retry = |inner: &Arc<Inner>, waiting: Waiting, why: String| {
             let _entered = waiting.span.clone().entered();
             if waiting.invocation.cancel.is_cancelled() {
@@ -594,7 +606,12 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             }
         };
         match result {
-            Ok(mut outcome) => {
+            None => retry(
+                &inner,
+                waiting,
+                format!("worker {} lost before it answered", machine.0),
+            ),
+            Some(Ok(mut outcome)) => {
                 if outcome.failure_kind() == Some(FailureKind::Killed) {
                     retry(
                         &inner,
@@ -607,7 +624,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
                 outcome.attempts = waiting.attempts;
                 let _ = waiting.reply.send(outcome);
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 mark_lost(&inner, &mut inner.lock(), machine, error.message());
                 retry(
                     &inner,
@@ -747,6 +764,9 @@ impl LocalShard for ShardService {
                 let revived = !slot.alive;
                 slot.alive = true;
                 slot.silent_since = None;
+                if revived {
+                    slot.lost = CancellationToken::new();
+                }
                 (id, revived)
             }
             None => {
@@ -768,6 +788,7 @@ impl LocalShard for ShardService {
                     link: Arc::new(link),
                     alive: true,
                     silent_since: None,
+                    lost: CancellationToken::new(),
                 });
                 state.by_address.insert(address, id);
                 let n = state.workers.len() as u32;
@@ -823,7 +844,10 @@ mod tests {
         ending: Ending,
         runs: Arc<AtomicU32>,
         polls: Arc<AtomicU32>,
+        /// Its polls fail.
         silent: bool,
+        /// Its runs never answer (a worker fallen silent with its connection open).
+        hangs: bool,
     }
 
     /// Answers `200` with an empty body and answers its polls.
@@ -838,6 +862,7 @@ mod tests {
                 runs: Arc::default(),
                 polls: Arc::default(),
                 silent: false,
+                hangs: false,
             }
         }
     }
@@ -846,11 +871,14 @@ mod tests {
 
     impl LocalWorker for FakeWorker {
         fn handler(&self) -> link::Handler {
-            let (ending, runs) = (self.ending.clone(), self.runs.clone());
+            let (ending, runs, hangs) = (self.ending.clone(), self.runs.clone(), self.hangs);
             Arc::new(move |_invocation| {
                 runs.fetch_add(1, Ordering::Relaxed);
                 let ending = ending.clone();
                 Box::pin(async move {
+                    if hangs {
+                        std::future::pending::<()>().await;
+                    }
                     Outcome {
                         ending,
                         usage: None,
@@ -987,6 +1015,63 @@ mod tests {
         let again = LocalShard::register(&shard, registration(1)).unwrap();
         assert_eq!((again.worker, again.fresh), (MachineId(0), true));
         assert_eq!(shard.live_workers(), 2);
+    }
+
+    /// An invocation sent to a worker that then falls silent (its runs and its polls go
+    /// unanswered, its connection stays open) is placed again on another worker once the
+    /// silent one is marked lost, instead of waiting for its caller to give up.
+    #[tokio::test(start_paused = true)]
+    async fn an_invocation_on_a_worker_marked_lost_is_placed_again() {
+        let directory = Directory::new();
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig::default(),
+            directory.clone(),
+        );
+        let silent = FakeWorker {
+            silent: true,
+            hangs: true,
+            ..FakeWorker::default()
+        };
+        let hung_runs = silent.runs.clone();
+        directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(silent));
+        directory.add_worker(([127, 0, 0, 1], 2).into(), Arc::new(FakeWorker::default()));
+        for port in [1, 2] {
+            LocalShard::register(
+                &shard,
+                Registration {
+                    address: format!("http://127.0.0.1:{port}"),
+                    memory_mb: 1024,
+                    cores: 1,
+                },
+            )
+            .unwrap();
+        }
+        // The silent worker is on the idle list, so the first invocation goes to it unpolled.
+        let idle = IdleEntry {
+            free_mb: 1024,
+            functions: 0,
+            idle_cores: 1,
+        };
+        LocalShard::idle_join(&shard, MachineId(0), idle).unwrap();
+        let first = tokio::spawn(LocalShard::invoke(&shard, invocation(1, 0)));
+        while hung_runs.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Invocations every 100 ms poll both workers, until the silent one is found lost.
+        let mut id = 1;
+        while !first.is_finished() {
+            assert!(id < 100, "the first invocation still waits after {id} more");
+            id += 1;
+            let outcome = LocalShard::invoke(&shard, invocation(id, 3)).await;
+            assert_eq!(outcome.worker, MachineId(1), "{outcome:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let outcome = first.await.unwrap();
+        assert!(outcome.ending.is_ok(), "{outcome:?}");
+        assert_eq!((outcome.worker, outcome.attempts), (MachineId(1), 2));
+        assert_eq!(shard.counters().workers_lost, 1);
+        assert_eq!(shard.counters().replaced, 1);
     }
 
     #[tokio::test]
