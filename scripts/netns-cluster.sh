@@ -308,12 +308,13 @@ urls() {
   for host in "${gateways[@]}"; do echo "http://$(address_of "$host"):$gateway_port"; done
 }
 
-# The processes in this cluster's namespaces.
+# The processes in this cluster's namespaces, but this script and its caller (which may run
+# on the client host: a test, or a shell from `exec client bash`).
 namespace_pids() {
   local host
   for host in "${hosts[@]}"; do
     ip netns pids "$(ns "$host")" 2>/dev/null || true
-  done
+  done | grep -vx -e "$$" -e "$PPID" || true
 }
 
 down() {
@@ -348,7 +349,11 @@ up() {
     die "a cluster named $name is up (state in $dir): \`$0 down\` first"
   fi
   mkdir -p "$dir"
-  trap 'echo "netns-cluster: taking down what was made" >&2; down; exit 1' ERR INT TERM
+  # Whatever ends the script before the cluster is up (a failed command under `set -e`, a
+  # `die`, Ctrl-C) takes down what was made.
+  cluster_made=no
+  trap 'status=$?; if [[ $cluster_made != yes ]]; then echo "netns-cluster: taking down what was made" >&2; down; fi; exit $status' EXIT
+  trap 'exit 130' INT TERM
   make_network
   make_certificates
   write_configs
@@ -356,7 +361,8 @@ up() {
   local host
   for host in "${shards[@]}" "${gateways[@]}" "${workers[@]}"; do start_role "$host"; done
   wait_for_workers
-  trap - ERR INT TERM
+  cluster_made=yes
+  trap - INT TERM
   echo "cluster $name is up: ${#gateways[@]} gateways, ${#shards[@]} shards, ${#workers[@]} workers, store $(store_url)"
   echo "latency between hosts: $([[ $(cat "$dir/netem") == yes ]] && echo "${delay_ms} ms" || echo "none (no netem)")"
   echo "admin key: $(cat "$dir/admin-key" 2>/dev/null || echo '(the store had one already)')"

@@ -71,9 +71,9 @@ impl Drop for Cluster {
     }
 }
 
-/// The cluster, up; `None` (with a note) where this machine cannot make namespaces and CI
-/// did not ask for them.
-fn cluster(dir: &Path) -> Option<Cluster> {
+/// Whether this machine can make network namespaces (root and iproute2); if not, a note,
+/// or a failure when CI asked for them (`TURNPIKE_REQUIRE_NETNS`).
+fn namespaces_available() -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -86,6 +86,37 @@ fn cluster(dir: &Path) -> Option<Cluster> {
             "TURNPIKE_REQUIRE_NETNS is set, but {why}: cannot make network namespaces"
         );
         eprintln!("skipped: {why}, so no network namespaces (TURNPIKE_REQUIRE_NETNS=1 makes this a failure)");
+    }
+    root && ip
+}
+
+/// Namespaces named `NAME-...` in `ip netns list`.
+fn namespaces_named(name: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&format!("{name}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Processes whose command line names `dir` (the roles read their configs from it).
+fn processes_of(dir: &Path) -> String {
+    let out = Command::new("pgrep")
+        .args(["-af", &dir.display().to_string()])
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The cluster, up; `None` (with a note) where this machine cannot make namespaces and CI
+/// did not ask for them.
+fn cluster(dir: &Path) -> Option<Cluster> {
+    if !namespaces_available() {
         return None;
     }
     let cluster = Cluster {
@@ -391,4 +422,35 @@ fn across_hosts_deploy_chain_priorities_and_usage() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+
+    // `down` leaves nothing behind: no namespace, no process.
+    let state = cluster.dir.clone();
+    drop(cluster);
+    assert_eq!(namespaces_named(NAME), Vec::<String>::new());
+    assert_eq!(processes_of(&state), "");
+}
+
+/// An `up` that fails part way (here: the binary cannot make certificates, after the network
+/// is made) takes down what it made and says why.
+#[test]
+fn a_failed_up_leaves_nothing_behind() {
+    if !namespaces_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = "tpf";
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .arg("up")
+        .env("TURNPIKE_NETNS_NAME", name)
+        .env("TURNPIKE_NETNS_SUBNET", "10.213.10")
+        .env("TURNPIKE_NETNS_DIR", dir.path().join("cluster"))
+        .env("TURNPIKE_BIN", "/bin/false")
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("taking down what was made"), "{stderr}");
+    assert_eq!(namespaces_named(name), Vec::<String>::new());
+    assert!(!dir.path().join("cluster").exists());
 }
