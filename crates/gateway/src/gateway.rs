@@ -17,7 +17,8 @@
 //! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
 //!   depth in headers vouched for by a call token signed with the cluster's chain key: the
 //!   callee runs at `max(caller class, route class)`; a chain deeper than `max_chain_depth`
-//!   gets 508. Every function's response says the class it ran at in [`CLASS_HEADER`].
+//!   gets 508. Every function's response says the class it ran at in [`CLASS_HEADER`], and
+//!   every answer to an invocation its id in [`INVOCATION_HEADER`].
 //! - Answers: unknown route or app 404; unknown class 400 naming the known ones; a request
 //!   body over the limit 413; a response body over the limit 413 too (it says which); a
 //!   function that failed 502 with the reason; no shard or worker available 503 with the
@@ -65,6 +66,10 @@ pub const CLASS_HEADER: &str = "x-turnpike-class";
 /// invocation is cancelled wherever it is (queued, running or parked), the client gets 504,
 /// and what it used until then is billed. Queueing counts. Not passed to the function.
 pub const DEADLINE_HEADER: &str = "x-turnpike-deadline-ms";
+/// The header on every answer to an invocation (the function's response or a refusal made
+/// after the request became one) carrying its id: the id in the usage ledger and in every
+/// log line about it, for a user to quote or a tool to match answers with the ledger.
+pub const INVOCATION_HEADER: &str = "x-turnpike-invocation";
 /// How often the gateway asks the store whether any app changed (another gateway deployed).
 pub const ROUTING_POLL: Duration = Duration::from_secs(1);
 /// How long open connections get to finish their requests when the gateway stops.
@@ -534,9 +539,14 @@ impl Gateway {
             function = %target.function,
             class = tracing::field::Empty,
         );
-        self.run_invocation(id, target, parts, body, path_and_query)
+        let mut response = self
+            .run_invocation(id, target, parts, body, path_and_query)
             .instrument(span)
-            .await
+            .await;
+        response
+            .headers_mut()
+            .insert(INVOCATION_HEADER, http::HeaderValue::from(id));
+        response
     }
 
     async fn run_invocation(

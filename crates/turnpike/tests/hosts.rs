@@ -13,185 +13,20 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::netns::{
+    create_tenant, enter_namespace, namespaces_available, namespaces_named, processes_of, quantile,
+    request, turnpike, Cluster, SCRIPT,
+};
 
-use common::{status_of, BIN};
-
-const SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../scripts/netns-cluster.sh"
-);
 const FUNCTIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/functions/dist");
 
-/// This test's cluster: its own namespace prefix and subnet, so that a cluster made by hand
-/// (`tpc`, 10.213.7) can run beside it.
+/// This test's cluster: its own namespace prefix and subnet.
 const NAME: &str = "tpt";
 const SUBNET: &str = "10.213.9";
-
-/// The cluster, taken down (processes, namespaces, state) on drop, also when the test fails.
-struct Cluster {
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn script(&self) -> Command {
-        let mut command = Command::new("bash");
-        command
-            .arg(SCRIPT)
-            .env("TURNPIKE_NETNS_NAME", NAME)
-            .env("TURNPIKE_NETNS_SUBNET", SUBNET)
-            .env("TURNPIKE_NETNS_DIR", &self.dir)
-            .env("TURNPIKE_BIN", BIN);
-        command
-    }
-
-    fn gateway(&self, n: u8) -> SocketAddr {
-        format!("{SUBNET}.{}:8080", 10 + n)
-            .parse()
-            .expect("an address")
-    }
-
-    fn admin_key(&self) -> String {
-        std::fs::read_to_string(self.dir.join("admin-key"))
-            .expect("the admin key the first gateway printed")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.script().arg("down").status();
-    }
-}
-
-/// Whether this machine can make network namespaces (root and iproute2); if not, a note,
-/// or a failure when CI asked for them (`TURNPIKE_REQUIRE_NETNS`).
-fn namespaces_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    if !(root && ip) {
-        let why = if root { "no iproute2" } else { "not root" };
-        assert!(
-            std::env::var_os("TURNPIKE_REQUIRE_NETNS").is_none(),
-            "TURNPIKE_REQUIRE_NETNS is set, but {why}: cannot make network namespaces"
-        );
-        eprintln!("skipped: {why}, so no network namespaces (TURNPIKE_REQUIRE_NETNS=1 makes this a failure)");
-    }
-    root && ip
-}
-
-/// Namespaces named `NAME-...` in `ip netns list`.
-fn namespaces_named(name: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|ns| ns.starts_with(&format!("{name}-")))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Processes whose command line names `dir` (the roles read their configs from it).
-fn processes_of(dir: &Path) -> String {
-    let out = Command::new("pgrep")
-        .args(["-af", &dir.display().to_string()])
-        .output()
-        .expect("pgrep runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The cluster, up; `None` (with a note) where this machine cannot make namespaces and CI
-/// did not ask for them.
-fn cluster(dir: &Path) -> Option<Cluster> {
-    if !namespaces_available() {
-        return None;
-    }
-    let cluster = Cluster {
-        dir: dir.join("cluster"),
-    };
-    // A cluster left by a killed run of this test.
-    let _ = cluster.script().arg("down").status();
-    let up = cluster.script().arg("up").output().expect("bash runs");
-    assert!(
-        up.status.success(),
-        "netns-cluster.sh up failed:\n{}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
-    eprint!("{}", String::from_utf8_lossy(&up.stdout));
-    Some(cluster)
-}
-
-/// Moves this thread into the network namespace `ns` (`ip netns` names it in /run/netns).
-/// Threads and processes it starts from now on are there too.
-fn enter_namespace(ns: &str) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("the namespace exists");
-    rustix::thread::move_into_link_name_space(
-        file.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
-}
-
-/// An HTTP/1.0 request (so the answer's body is not chunked) on its own connection: the
-/// status and the body.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut text = format!("{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n");
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
-    {
-        text.push_str("Host: t\r\n");
-    }
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status_of(&answer), body)
-}
-
-/// `turnpike ARGS` against `gateway` with `key`: its stdout, or a failure naming its stderr.
-fn turnpike(gateway: SocketAddr, key: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("TURNPIKE_GATEWAY", format!("http://{gateway}"))
-        .env("TURNPIKE_KEY", key)
-        .output()
-        .expect("turnpike runs");
-    assert!(
-        out.status.success(),
-        "turnpike {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 const CLASSES: [&str; 4] = ["critical", "interactive", "standard", "batch"];
 
@@ -211,13 +46,6 @@ fn manifest(dir: &Path) -> PathBuf {
     let path = dir.join("turnpike.toml");
     std::fs::write(&path, text).expect("write the manifest");
     path
-}
-
-/// The `p`-quantile (nearest rank) of `values`, sorted here.
-fn quantile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
 }
 
 /// The `total.invocations` of `GET /v1/usage` through `gateway`.
@@ -264,7 +92,7 @@ const RAMP_SECONDS: u64 = 1;
 #[test]
 fn across_hosts_deploy_chain_priorities_and_usage() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(cluster) = cluster(dir.path()) else {
+    let Some(cluster) = Cluster::up(NAME, SUBNET, dir.path()) else {
         return;
     };
     let manifest = manifest(dir.path());
@@ -274,12 +102,7 @@ fn across_hosts_deploy_chain_priorities_and_usage() {
     enter_namespace(&format!("{NAME}-client"));
 
     // A tenant made and an app deployed through the first gateway...
-    let created = turnpike(gw1, &admin, &["tenants", "create", "acme"]);
-    let acme = created
-        .split_whitespace()
-        .find(|w| w.starts_with("tp_"))
-        .unwrap_or_else(|| panic!("no key in {created:?}"))
-        .to_string();
+    let acme = create_tenant(gw1, &admin, "acme");
     let manifest = manifest.display().to_string();
     turnpike(gw1, &acme, &["deploy", "--manifest", &manifest]);
 

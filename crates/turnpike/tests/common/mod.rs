@@ -101,3 +101,4 @@ pub fn start_role_reading(
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr, metrics_url)
 }
+pub mod netns;
