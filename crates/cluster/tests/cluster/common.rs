@@ -26,7 +26,45 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
+    // A response the gateway streamed (its head came before its end) is chunked, as a client
+    // would read it.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |at| at + 4);
+        String::from_utf8_lossy(&dechunk(&answer[at..]).0).into_owned()
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// The data of a chunked body so far, and whether its last chunk came.
+pub fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return (body, false);
+        };
+        let size = std::str::from_utf8(&raw[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .expect("a chunk size line");
+        if size == 0 {
+            return (body, true);
+        }
+        let data = &raw[line_end + 2..];
+        if data.len() < size + 2 {
+            body.extend_from_slice(&data[..data.len().min(size)]);
+            return (body, false);
+        }
+        body.extend_from_slice(&data[..size]);
+        raw = &data[size + 2..];
+    }
 }
 
 /// Held by every test of this binary while it runs: they start clusters and measure orderings

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use turnpike_cluster::up::{self, Cluster, UpConfig};
 use turnpike_store::{Store, UsageTotals};
 
-use crate::common::{billed_this_month, serial};
+use crate::common::{billed_this_month, dechunk, serial};
 
 const LIMIT_BYTES: usize = 1 << 20;
 
@@ -96,30 +96,6 @@ async fn stream(gateway: SocketAddr, path: &str, stop_after: Option<usize>) -> S
         }
     }
     got
-}
-
-/// The data of a chunked body so far, and whether its last chunk came.
-fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return (body, false);
-        };
-        let size = std::str::from_utf8(&raw[..line_end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-            .expect("a chunk size line");
-        if size == 0 {
-            return (body, true);
-        }
-        let data = &raw[line_end + 2..];
-        if data.len() < size + 2 {
-            body.extend_from_slice(&data[..data.len().min(size)]);
-            return (body, false);
-        }
-        body.extend_from_slice(&data[..size]);
-        raw = &data[size + 2..];
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
