@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status, Streaming};
 use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
-use turnpike_policy::{ClassId, ClassSet, MachineId, ShardId};
+use turnpike_policy::{ClassId, ClassSet, ShardId};
 use turnpike_store::{Store, StoreError};
 use turnpike_wire::directory::{Directory, LocalWorker, ShardPeer};
 use turnpike_wire::invocation::{
-    known_class, CallError, FailureKind, Invocation, Outcome, Registration,
+    known_class, CallError, FailureKind, IdleReport, Invocation, Outcome, Registered, Registration,
 };
 use turnpike_wire::link;
 use turnpike_wire::metrics::{self, ClassHistograms};
@@ -48,6 +48,15 @@ const DISPATCH_TICK: Duration = Duration::from_millis(5);
 pub const REGISTER_EVERY: Duration = Duration::from_millis(500);
 /// How often a worker no shard has answered yet tries to register again.
 pub const UNREGISTERED_RETRY: Duration = Duration::from_millis(100);
+/// A registration's lease, in registration periods: a shard marks a worker lost when this
+/// many periods pass without a registration from it (2 s at [`REGISTER_EVERY`]). Missing
+/// one or two (a slow shard, a lost packet) is not enough.
+pub const LEASE_PERIODS: u32 = 4;
+/// Idle-list refreshes per registration period: a member of an idle list sends its entry
+/// every `register_every / REFRESHES_PER_REGISTRATION` (100 ms at [`REGISTER_EVERY`]),
+/// changed or not, so the shard's copy (which it changes on each placement) is the truth
+/// again within that (`turnpike_policy::dispatcher`).
+pub const REFRESHES_PER_REGISTRATION: u32 = 5;
 
 /// The `Worker` service over a [`Worker`].
 ///
@@ -485,13 +494,18 @@ pub async fn dispatch(
         address: format!("http://{address}"),
         memory_mb: memory_mb.unwrap_or(0),
         cores: node.cores(),
+        lease: register_every * LEASE_PERIODS,
+        // Not from the seeded generator: a restarted worker must differ from its predecessor.
+        incarnation: rand::random(),
     };
-    let mut ids: Vec<Option<MachineId>> = vec![None; clients.len()];
+    let mut ids: Vec<Option<Registered>> = vec![None; clients.len()];
     let mut dispatcher = Dispatcher::new(config);
     // The first registration is immediate, the second after a random fraction of the
     // period, then one per period; while no shard answers, one per UNREGISTERED_RETRY.
     let mut last_register: Option<Instant> = None;
     let mut period = register_every.mul_f64(rng.random_range(0.0..1.0));
+    let refresh_every = register_every / REFRESHES_PER_REGISTRATION;
+    let mut last_refresh = Instant::now();
     loop {
         let due = registration_due(&ids, period);
         if last_register.is_none_or(|t| t.elapsed() >= due) {
@@ -499,17 +513,15 @@ pub async fn dispatch(
                 period = register_every;
             }
             last_register = Some(Instant::now());
-            for (s, client) in clients.iter().enumerate() {
-                match client.register(info.clone()).await {
-                    Ok(reply) => {
-                        ids[s] = Some(reply.worker);
-                        if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
-                            // The shard restarted and lost its idle list: join again.
-                            dispatcher.handle_shard_lost();
-                        }
+            let replies = register_with_all(&clients, &info, register_every).await;
+            for (s, reply) in replies.into_iter().enumerate() {
+                if let Some(reply) = reply {
+                    if reply.fresh && dispatcher.member_of() == Some(ShardId(s as u32)) {
+                        // The shard restarted and lost its idle list: join again.
+                        dispatcher.handle_shard_lost();
                     }
-                    Err(_) => ids[s] = None,
                 }
+                ids[s] = reply;
             }
         }
         let entry = IdleEntry {
@@ -518,60 +530,107 @@ pub async fn dispatch(
             idle_cores: node.idle_cores(),
         };
         dispatcher.handle_load(entry, capacity_mb, clients.len() as u32, &mut rng);
-        while let Some(output) = dispatcher.poll_output() {
-            match output {
-                // Only the sampled shards are asked; one not registered with, or not
-                // answering, counts as longest.
-                DispatcherOutput::AskLengths(sampled) => {
-                    let mut lengths = Vec::with_capacity(sampled.len());
-                    for shard in sampled {
-                        let s = shard.0 as usize;
-                        let len = match ids[s] {
-                            Some(_) => clients[s].idle_len().await.ok(),
-                            None => None,
-                        };
-                        lengths.push(
-                            len.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
-                        );
-                    }
-                    dispatcher.handle_lengths(&lengths);
-                }
-                DispatcherOutput::Send(action) => {
-                    let (shard, message) = match action {
-                        IdleListAction::Join { shard, entry }
-                        | IdleListAction::Update { shard, entry } => (shard, Some(entry)),
-                        IdleListAction::Leave { shard } => (shard, None),
-                    };
+        carry_out(&mut dispatcher, &clients, &mut ids).await;
+        if last_refresh.elapsed() >= refresh_every {
+            last_refresh = Instant::now();
+            dispatcher.handle_refresh(&mut rng);
+            carry_out(&mut dispatcher, &clients, &mut ids).await;
+        }
+        // Until the next registration or refresh is due, or something changed on the machine.
+        let due = registration_due(&ids, period);
+        let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
+        let refresh_in = refresh_every.saturating_sub(last_refresh.elapsed());
+        node.changed(due.saturating_sub(since).min(refresh_in))
+            .await;
+    }
+}
+
+/// Carries out the dispatcher's outputs: asks the sampled shards for their idle lists'
+/// lengths, sends its reports (a shard not registered with, or not answering, or refusing:
+/// the dispatcher is told, and the worker registers with it again at the next period).
+async fn carry_out(
+    dispatcher: &mut Dispatcher,
+    clients: &[ShardPeer],
+    ids: &mut [Option<Registered>],
+) {
+    while let Some(output) = dispatcher.poll_output() {
+        match output {
+            // Only the sampled shards are asked; one not registered with, or not
+            // answering, counts as longest.
+            DispatcherOutput::AskLengths(sampled) => {
+                let mut lengths = Vec::with_capacity(sampled.len());
+                for shard in sampled {
                     let s = shard.0 as usize;
-                    let sent = match (ids[s], message) {
-                        (Some(worker), Some(entry)) => {
-                            clients[s].idle_join(worker, entry).await.is_ok()
-                        }
-                        (Some(worker), None) => clients[s].idle_leave(worker).await.is_ok(),
-                        (None, _) => false,
+                    let len = match ids[s] {
+                        Some(_) => clients[s].idle_len().await.ok(),
+                        None => None,
                     };
-                    if !sent {
-                        // The shard is unreachable: choose again later.
-                        dispatcher.handle_shard_lost();
+                    lengths
+                        .push(len.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)));
+                }
+                dispatcher.handle_lengths(&lengths);
+            }
+            DispatcherOutput::Send { action, seq } => {
+                let (shard, entry) = match action {
+                    IdleListAction::Join { shard, entry }
+                    | IdleListAction::Update { shard, entry } => (shard, Some(entry)),
+                    IdleListAction::Leave { shard } => (shard, None),
+                };
+                let s = shard.0 as usize;
+                let sent = match ids[s] {
+                    Some(registered) => {
+                        let report = IdleReport {
+                            worker: registered.worker,
+                            token: registered.token,
+                            seq,
+                            entry,
+                        };
+                        clients[s].idle_report(report).await.is_ok()
                     }
+                    None => false,
+                };
+                if !sent {
+                    dispatcher.handle_send_failed(action);
+                    ids[s] = None;
                 }
             }
         }
-        // Until the next registration is due, or something changed on the machine.
-        let due = registration_due(&ids, period);
-        let since = last_register.map_or(Duration::ZERO, |t| t.elapsed());
-        node.changed(due.saturating_sub(since)).await;
     }
 }
 
 /// How long after the last registration the next is due: `period`, or sooner while no shard
 /// has answered (`ids`: the worker's id at each shard, if registered).
-fn registration_due(ids: &[Option<MachineId>], period: Duration) -> Duration {
+fn registration_due(ids: &[Option<Registered>], period: Duration) -> Duration {
     if ids.iter().all(Option::is_none) {
         UNREGISTERED_RETRY.min(period)
     } else {
         period
     }
+}
+
+/// Registers `info` with every shard at once, each given at most `within` to answer (one
+/// shard that does not answer must not hold up the others' renewals): each shard's answer,
+/// or `None`.
+async fn register_with_all(
+    clients: &[ShardPeer],
+    info: &Registration,
+    within: Duration,
+) -> Vec<Option<Registered>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (s, client) in clients.iter().enumerate() {
+        let (client, info) = (client.clone(), info.clone());
+        calls.spawn(async move {
+            let reply = tokio::time::timeout(within, client.register(info)).await;
+            (s, reply.ok().and_then(Result::ok))
+        });
+    }
+    let mut replies = vec![None; clients.len()];
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((s, reply)) = joined {
+            replies[s] = reply;
+        }
+    }
+    replies
 }
 
 async fn register_forever(
@@ -585,12 +644,12 @@ async fn register_forever(
         address: format!("http://{address}"),
         memory_mb: 0,
         cores,
+        lease: register_every * LEASE_PERIODS,
+        incarnation: rand::random(),
     };
     let clients: Vec<_> = shards.iter().map(|&a| directory.shard(a)).collect();
     loop {
-        for client in &clients {
-            let _ = client.register(info.clone()).await;
-        }
+        register_with_all(&clients, &info, register_every).await;
         tokio::time::sleep(register_every).await;
     }
 }

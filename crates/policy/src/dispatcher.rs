@@ -21,6 +21,23 @@
 //! happened to join its list, and never poll the others (the collapse of issue 21: 60%
 //! utilization at twice the cluster's capacity). Under overload no machine has an idle core,
 //! the lists empty, and shards poll.
+//!
+//! Over a network ([`Dispatcher::handle_refresh`], [`Dispatcher::handle_send_failed`]): the
+//! shard changes its copy of an entry on each placement, and the machine compares with what
+//! it last sent, so under one-at-a-time traffic (each invocation over before the next) the
+//! copy drifts from the truth and nothing corrects it. Every refresh period the driver asks
+//! for a refresh: a member sends its entry as it is, changed or not. A message that failed
+//! may or may not have been taken, so the machine counts that shard as possibly holding an
+//! entry and, at the next refresh, sends it a leave (again at each refresh until one goes
+//! through) unless it is a member there. Every message carries a sequence number, higher
+//! than every earlier one's, so a shard takes none older than one it took. Hence, with the
+//! messages of one refresh delivered, every shard's view of the machine is the truth: its
+//! entry on the shard it is a member of, none elsewhere (`tests/properties.rs` checks this
+//! over random placements, completions, failed, late and repeated messages and shard
+//! restarts). The simulator delivers every message at once and in order, and never
+//! refreshes: its figures are the paper's rule.
+
+use std::collections::VecDeque;
 
 use rand::Rng;
 
@@ -72,8 +89,9 @@ pub enum DispatcherOutput {
     /// Find out the idle-list lengths of these shards and give them to
     /// [`Dispatcher::handle_lengths`]: the machine is choosing a list to join.
     AskLengths(Vec<ShardId>),
-    /// Send this to its shard.
-    Send(IdleListAction),
+    /// Send this to its shard, numbered `seq` (above every earlier message's); if it fails,
+    /// tell [`Dispatcher::handle_send_failed`].
+    Send { action: IdleListAction, seq: u64 },
 }
 
 /// A machine's idle-list membership, as a state machine without I/O: the driver (the
@@ -87,7 +105,14 @@ pub struct Dispatcher {
     /// A join waiting for the sampled shards' lengths: the entry it would join with, and the
     /// shards sampled.
     joining: Option<(IdleEntry, Vec<ShardId>)>,
-    output: Option<DispatcherOutput>,
+    /// At most a leave per stale shard and one more message, or a request for lengths.
+    output: VecDeque<DispatcherOutput>,
+    /// The last message's number.
+    seq: u64,
+    /// The last load input: (entry, capacity, shards).
+    last_load: Option<(IdleEntry, u64, u32)>,
+    /// Shards a failed message went to, which may hold an entry for this machine.
+    stale: Vec<ShardId>,
 }
 
 impl Dispatcher {
@@ -96,8 +121,19 @@ impl Dispatcher {
             config,
             member_of: None,
             joining: None,
-            output: None,
+            output: VecDeque::new(),
+            seq: 0,
+            last_load: None,
+            stale: Vec::new(),
         }
+    }
+
+    fn send(&mut self, action: IdleListAction) {
+        self.seq += 1;
+        self.output.push_back(DispatcherOutput::Send {
+            action,
+            seq: self.seq,
+        });
     }
 
     /// The shard whose idle list holds this machine, if any.
@@ -126,7 +162,8 @@ impl Dispatcher {
         rng: &mut R,
     ) {
         self.joining = None;
-        self.output = None;
+        self.output.clear();
+        self.last_load = Some((now, capacity_mb, shards));
         let cap = capacity_mb as f64;
         match self.member_of {
             None if shards > 0 && self.joinable(now, capacity_mb) => {
@@ -137,13 +174,14 @@ impl Dispatcher {
                         sampled.push(s);
                     }
                 }
-                self.output = Some(DispatcherOutput::AskLengths(sampled.clone()));
+                self.output
+                    .push_back(DispatcherOutput::AskLengths(sampled.clone()));
                 self.joining = Some((now, sampled));
             }
             None => {}
             Some((shard, _)) if self.must_leave(now, capacity_mb) => {
                 self.member_of = None;
-                self.output = Some(DispatcherOutput::Send(IdleListAction::Leave { shard }));
+                self.send(IdleListAction::Leave { shard });
             }
             Some((shard, last)) => {
                 let moved = (now.free_mb as f64 - last.free_mb as f64).abs();
@@ -152,10 +190,7 @@ impl Dispatcher {
                     || functions_moved >= self.config.update_functions_change
                 {
                     self.member_of = Some((shard, now));
-                    self.output = Some(DispatcherOutput::Send(IdleListAction::Update {
-                        shard,
-                        entry: now,
-                    }));
+                    self.send(IdleListAction::Update { shard, entry: now });
                 }
             }
         }
@@ -178,23 +213,58 @@ impl Dispatcher {
             return;
         };
         self.member_of = Some((shard, entry));
-        self.output = Some(DispatcherOutput::Send(IdleListAction::Join {
-            shard,
-            entry,
-        }));
+        self.stale.retain(|&s| s != shard);
+        self.send(IdleListAction::Join { shard, entry });
     }
 
-    /// Input: a shard did not take a message, or restarted and lost its idle list: forget
+    /// Input: the shard restarted and lost its idle list (or forgot this machine): forget
     /// the membership, so the next load input chooses again.
     pub fn handle_shard_lost(&mut self) {
         self.member_of = None;
         self.joining = None;
-        self.output = None;
+        self.output.clear();
+    }
+
+    /// Input: `action` was not delivered for sure (the shard did not answer, or refused it).
+    /// The membership it made or kept is forgotten, and its shard, which may have taken it,
+    /// gets a leave at the next refresh unless the machine is a member there by then.
+    pub fn handle_send_failed(&mut self, action: IdleListAction) {
+        let shard = match action {
+            IdleListAction::Join { shard, .. }
+            | IdleListAction::Update { shard, .. }
+            | IdleListAction::Leave { shard } => shard,
+        };
+        if self.member_of() == Some(shard) {
+            self.member_of = None;
+        }
+        if !self.stale.contains(&shard) {
+            self.stale.push(shard);
+        }
+    }
+
+    /// Input: the refresh period passed. The last load input is taken again (a machine not
+    /// on a list joins if it may, one that must leave leaves); a member that sends nothing
+    /// else sends its entry unchanged (the shard's copy has its own placements in it since);
+    /// each shard a failed message went to gets a leave.
+    pub fn handle_refresh<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        let Some((now, capacity_mb, shards)) = self.last_load else {
+            return;
+        };
+        self.handle_load(now, capacity_mb, shards, rng);
+        if let (Some((shard, _)), true) = (self.member_of, self.output.is_empty()) {
+            self.member_of = Some((shard, now));
+            self.send(IdleListAction::Update { shard, entry: now });
+        }
+        for shard in std::mem::take(&mut self.stale) {
+            if self.member_of() != Some(shard) {
+                self.send(IdleListAction::Leave { shard });
+            }
+        }
     }
 
     /// Output: the next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<DispatcherOutput> {
-        self.output.take()
+        self.output.pop_front()
     }
 
     /// [`Dispatcher::handle_load`] and the outputs that follow, for tests that know the
@@ -215,7 +285,7 @@ impl Dispatcher {
                     let lengths: Vec<usize> = sampled.iter().map(|&s| idle_list_len(s)).collect();
                     self.handle_lengths(&lengths);
                 }
-                DispatcherOutput::Send(action) => return Some(action),
+                DispatcherOutput::Send { action, .. } => return Some(action),
             }
         }
     }
@@ -322,6 +392,64 @@ mod tests {
         );
     }
 
+    /// Every output left, as (action, seq).
+    fn sends(d: &mut Dispatcher) -> Vec<(IdleListAction, u64)> {
+        std::iter::from_fn(|| d.poll_output())
+            .map(|o| match o {
+                DispatcherOutput::Send { action, seq } => (action, seq),
+                other => panic!("expected a send, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refresh_reports_an_unchanged_entry_and_a_failed_message_brings_a_leave() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(4);
+        let mut d = Dispatcher::new(DispatcherConfig {
+            shard_choices: 1,
+            ..DispatcherConfig::default()
+        });
+        // Nothing known yet: nothing to refresh.
+        d.handle_refresh(&mut rng);
+        assert_eq!(d.poll_output(), None);
+        let joined = d.decide(e(500), 1000, 1, &mut rng, |_| 0);
+        assert_eq!(
+            joined,
+            Some(IdleListAction::Join {
+                shard: ShardId(0),
+                entry: e(500)
+            })
+        );
+        // Nothing changed: a load input sends nothing, a refresh sends the entry as it is.
+        d.handle_load(e(500), 1000, 1, &mut rng);
+        assert_eq!(d.poll_output(), None);
+        d.handle_refresh(&mut rng);
+        let update = IdleListAction::Update {
+            shard: ShardId(0),
+            entry: e(500),
+        };
+        assert_eq!(sends(&mut d), vec![(update, 2)]);
+        // That update failed: no longer a member; the next load input joins again (the
+        // shard chosen is the same one, so no leave is owed to it).
+        d.handle_send_failed(update);
+        assert_eq!(d.member_of(), None);
+        assert_eq!(d.decide(e(500), 1000, 1, &mut rng, |_| 0), joined);
+        d.handle_refresh(&mut rng);
+        assert_eq!(sends(&mut d), vec![(update, 4)]);
+        // A machine that must leave and whose leave failed sends it again at each refresh
+        // until one goes through.
+        let leave = IdleListAction::Leave { shard: ShardId(0) };
+        assert_eq!(d.decide(e(50), 1000, 1, &mut rng, |_| 0), Some(leave));
+        d.handle_send_failed(leave);
+        d.handle_refresh(&mut rng);
+        assert_eq!(sends(&mut d), vec![(leave, 6)]);
+        d.handle_send_failed(leave);
+        d.handle_refresh(&mut rng);
+        assert_eq!(sends(&mut d), vec![(leave, 7)]);
+        d.handle_refresh(&mut rng);
+        assert_eq!(sends(&mut d), vec![]);
+    }
+
     #[test]
     fn a_join_waits_for_the_sampled_lengths_and_new_load_cancels_it() {
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
@@ -344,13 +472,13 @@ mod tests {
             panic!("asks again");
         };
         d.handle_lengths(&[usize::MAX, 4]);
-        assert_eq!(
+        assert!(matches!(
             d.poll_output(),
-            Some(DispatcherOutput::Send(IdleListAction::Join {
-                shard: sampled[1],
-                entry: e(500)
-            }))
-        );
+            Some(DispatcherOutput::Send {
+                action: IdleListAction::Join { shard, entry },
+                ..
+            }) if shard == sampled[1] && entry == e(500)
+        ));
         // A shard lost: membership forgotten, the next load input joins again.
         d.handle_shard_lost();
         assert_eq!(d.member_of(), None);

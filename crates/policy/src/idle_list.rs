@@ -8,6 +8,12 @@
 //! holds machines where an invocation of any class starts at once, as join-idle-queue's does.
 //! The list is ordered by that key (entries without an idle core last), so a placement scans
 //! only past entries without room.
+//!
+//! Over a network a machine's messages carry a sequence number ([`IdleList::handle_report`]):
+//! one that arrives after a later one (delayed, or sent again) is ignored, so the list never
+//! goes back to an older view. The numbers are per machine and start again when the shard
+//! forgets the machine ([`IdleList::forget`]: it registered anew). The simulator delivers in
+//! order and uses [`IdleList::handle_upsert`] and [`IdleList::handle_leave`] directly.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -30,6 +36,8 @@ type Key = (bool, u32, Reverse<u64>, MachineId);
 pub struct IdleList {
     ordered: BTreeSet<Key>,
     entries: HashMap<MachineId, IdleEntry>,
+    /// The sequence number of each machine's last report taken (kept after it leaves).
+    last_seq: HashMap<MachineId, u64>,
     /// Only entries with an idle core qualify for a placement.
     need_core: bool,
 }
@@ -69,6 +77,34 @@ impl IdleList {
         if let Some(old) = self.entries.remove(&machine) {
             self.ordered.remove(&self.key(machine, old));
         }
+    }
+
+    /// A machine's report numbered `seq`: its entry (it joins or updates), or `None` (it
+    /// leaves). Taken only if `seq` is above that of every report taken from the machine
+    /// since the shard last forgot it; whether it was.
+    pub fn handle_report(
+        &mut self,
+        machine: MachineId,
+        seq: u64,
+        entry: Option<IdleEntry>,
+    ) -> bool {
+        let last = self.last_seq.entry(machine).or_insert(0);
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        match entry {
+            Some(entry) => self.handle_upsert(machine, entry),
+            None => self.handle_leave(machine),
+        }
+        true
+    }
+
+    /// Forgets `machine`: its entry and its sequence numbers (it registered anew, maybe as a
+    /// restarted process numbering from the start).
+    pub fn forget(&mut self, machine: MachineId) {
+        self.handle_leave(machine);
+        self.last_seq.remove(&machine);
     }
 
     /// Takes the machine with the fewest functions that has at least `need_mb` free (and, if
@@ -139,6 +175,25 @@ mod tests {
         l.handle_leave(MachineId(2));
         assert!(l.is_empty());
         assert_eq!(l.poll_place(1), None);
+    }
+
+    #[test]
+    fn a_report_older_than_one_taken_is_ignored_until_the_machine_is_forgotten() {
+        let mut l = IdleList::new(false);
+        let m = MachineId(1);
+        assert!(l.handle_report(m, 2, Some(e(500, 1))));
+        // Report 1 arrives late: the list keeps report 2's view.
+        assert!(!l.handle_report(m, 1, Some(e(900, 0))));
+        assert_eq!(l.get(m), Some(e(500, 1)));
+        // A late join after a leave does not bring the machine back.
+        assert!(l.handle_report(m, 4, None));
+        assert!(!l.handle_report(m, 3, Some(e(900, 0))));
+        assert_eq!(l.get(m), None);
+        // A restarted machine numbers from 1 again once the shard forgot it.
+        assert!(!l.handle_report(m, 1, Some(e(700, 0))));
+        l.forget(m);
+        assert!(l.handle_report(m, 1, Some(e(700, 0))));
+        assert_eq!(l.get(m), Some(e(700, 0)));
     }
 
     #[test]

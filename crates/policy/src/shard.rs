@@ -235,6 +235,27 @@ impl Shard {
         self.idle.handle_leave(machine);
     }
 
+    /// A machine's numbered idle-list report over the network (see
+    /// [`IdleList::handle_report`]): whether it was taken (not older than one taken).
+    pub fn handle_idle_report(
+        &mut self,
+        machine: MachineId,
+        seq: u64,
+        entry: Option<IdleEntry>,
+    ) -> bool {
+        let joined = entry.is_some();
+        let taken = self.idle.handle_report(machine, seq, entry);
+        if taken && joined {
+            self.sitting_out.fill(false);
+        }
+        taken
+    }
+
+    /// Forgets `machine`'s idle-list entry and numbering: it registered anew.
+    pub fn forget_machine(&mut self, machine: MachineId) {
+        self.idle.forget(machine);
+    }
+
     /// Makes one placement decision. `poll` answers for a machine (the simulator reads its
     /// state; a shard on the network uses [`Shard::begin_decision`] and
     /// [`Shard::finish_decision`] around its polling calls instead).

@@ -19,6 +19,10 @@
 //! - `multi_queue`, `shard`: the head choice (`price x waited`, ties to the higher class)
 //!   against a brute-force model in exact integer arithmetic, placement, no loss or duplicate.
 //! - `idle_list`: `poll_place` against a brute-force model.
+//! - `idle_views_converge`: machines' dispatchers and shards' idle lists over a network that
+//!   fails messages (taken or not), repeats old ones and restarts shards, with placements
+//!   from the lists and elsewhere and completions: after one refresh with its messages
+//!   delivered, every shard's view of every machine is the machine's truth.
 //!
 //! A failure message holds the reason and the whole trace (operations and the actions they
 //! produced); proptest also prints the shrunk input.
@@ -33,13 +37,14 @@ use rand::SeedableRng;
 
 use turnpike_policy::baseline::edf::EdfMachine;
 use turnpike_policy::class::{ClassId, ClassSet, PriceClass};
+use turnpike_policy::dispatcher::{Dispatcher, DispatcherConfig, DispatcherOutput, IdleListAction};
 use turnpike_policy::idle_list::{IdleEntry, IdleList};
 use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::multi_queue::MultiQueue;
 use turnpike_policy::placement::{PlacementRule, PollReply};
 use turnpike_policy::shard::{Pending, Shard, ShardConfig, ShardDecision, Via};
-use turnpike_policy::{InvocationId, MachineId};
+use turnpike_policy::{InvocationId, MachineId, ShardId};
 
 /// Fixed: the whole file runs in a few seconds in `cargo test --release`.
 /// Failing seeds are kept next to this file (`properties.proptest-regressions`) and replayed
@@ -1638,6 +1643,244 @@ fn idle_ops() -> impl Strategy<Value = Vec<IdleOp>> {
 
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Property 6: idle-list views converge over a lossy network.
+
+#[derive(Clone, Debug)]
+enum ViewOp {
+    /// Shard `shard` places an invocation from its idle list (if it has a machine with room).
+    PlaceFromList { shard: u32 },
+    /// An invocation starts on `machine` placed by polling (the lists are not told).
+    Start { machine: u32 },
+    /// One of `machine`'s invocations ends.
+    Complete { machine: u32 },
+    /// The next message fails; `taken`: the shard took it before the failure.
+    FailNext { taken: bool },
+    /// Message `k` (modulo those delivered) arrives again.
+    Repeat { k: usize },
+    /// The shard restarts: an empty list; every machine registers with it again.
+    RestartShard { shard: u32 },
+    /// Every machine's refresh period passes.
+    Refresh,
+}
+
+#[derive(Clone, Debug)]
+struct ViewCase {
+    shards: u32,
+    cores: Vec<u32>,
+    ops: Vec<ViewOp>,
+}
+
+const VIEW_CAPACITY_MB: u64 = 1000;
+const VIEW_NEED_MB: u64 = 50;
+
+struct ViewNet {
+    lists: Vec<IdleList>,
+    /// Each shard's restarts: a message from before one is refused (its registration token
+    /// is stale).
+    incarnations: Vec<u32>,
+    dispatchers: Vec<Dispatcher>,
+    /// Each machine's invocations running.
+    running: Vec<u32>,
+    cores: Vec<u32>,
+    /// Messages delivered: (machine, shard, shard incarnation, seq, entry).
+    delivered: Vec<(u32, u32, u32, u64, Option<IdleEntry>)>,
+    fail_next: Option<bool>,
+    rng: rand_pcg::Pcg64Mcg,
+}
+
+impl ViewNet {
+    fn truth(&self, m: u32) -> IdleEntry {
+        let running = self.running[m as usize];
+        IdleEntry {
+            free_mb: VIEW_CAPACITY_MB - u64::from(running) * VIEW_NEED_MB,
+            functions: running,
+            idle_cores: self.cores[m as usize].saturating_sub(running),
+        }
+    }
+
+    /// The machine's dispatcher sees its load; its outputs are carried out.
+    fn load(&mut self, m: u32, trace: &mut String) {
+        let truth = self.truth(m);
+        let shards = self.lists.len() as u32;
+        self.dispatchers[m as usize].handle_load(truth, VIEW_CAPACITY_MB, shards, &mut self.rng);
+        self.carry_out(m, trace);
+    }
+
+    fn carry_out(&mut self, m: u32, trace: &mut String) {
+        while let Some(output) = self.dispatchers[m as usize].poll_output() {
+            match output {
+                DispatcherOutput::AskLengths(sampled) => {
+                    let lengths: Vec<usize> = sampled
+                        .iter()
+                        .map(|s| self.lists[s.0 as usize].len())
+                        .collect();
+                    self.dispatchers[m as usize].handle_lengths(&lengths);
+                }
+                DispatcherOutput::Send { action, seq } => {
+                    let (shard, entry) = match action {
+                        IdleListAction::Join { shard, entry }
+                        | IdleListAction::Update { shard, entry } => (shard, Some(entry)),
+                        IdleListAction::Leave { shard } => (shard, None),
+                    };
+                    let fail = self.fail_next.take();
+                    if fail != Some(false) {
+                        let s = shard.0 as usize;
+                        let taken = self.lists[s].handle_report(MachineId(m), seq, entry);
+                        self.delivered
+                            .push((m, shard.0, self.incarnations[s], seq, entry));
+                        let _ = writeln!(
+                            trace,
+                            "  {m} -> {}: #{seq} {entry:?} taken {taken}",
+                            shard.0
+                        );
+                    }
+                    if fail.is_some() {
+                        let _ = writeln!(trace, "  {m} -> {}: #{seq} failed", shard.0);
+                        self.dispatchers[m as usize].handle_send_failed(action);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for m in 0..self.dispatchers.len() as u32 {
+            let truth = self.truth(m);
+            let member = self.dispatchers[m as usize].member_of();
+            for (s, list) in self.lists.iter().enumerate() {
+                let want = (member == Some(ShardId(s as u32))).then_some(truth);
+                ensure!(
+                    list.get(MachineId(m)) == want,
+                    "shard {s} holds {:?} for machine {m}, whose truth is {truth:?} (member of {member:?})",
+                    list.get(MachineId(m))
+                );
+            }
+            let free = truth.free_mb as f64 / VIEW_CAPACITY_MB as f64;
+            let joinable = free >= 0.25 && truth.idle_cores > 0;
+            let must_leave = free < 0.10 || truth.idle_cores == 0;
+            ensure!(
+                if member.is_some() {
+                    !must_leave
+                } else {
+                    !joinable
+                },
+                "machine {m} ({truth:?}) is a member of {member:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn run_view_case(case: &ViewCase) -> Result<(), TestCaseError> {
+    let mut trace = String::new();
+    let result = run_views(case, &mut trace);
+    with_trace(result, &trace)
+}
+
+fn run_views(case: &ViewCase, trace: &mut String) -> Result<(), String> {
+    let machines = case.cores.len() as u32;
+    let mut net = ViewNet {
+        lists: (0..case.shards).map(|_| IdleList::new(true)).collect(),
+        incarnations: vec![0; case.shards as usize],
+        dispatchers: (0..machines)
+            .map(|_| Dispatcher::new(DispatcherConfig::default()))
+            .collect(),
+        running: vec![0; machines as usize],
+        cores: case.cores.clone(),
+        delivered: Vec::new(),
+        fail_next: None,
+        rng: rand_pcg::Pcg64Mcg::seed_from_u64(7),
+    };
+    for m in 0..machines {
+        net.load(m, trace);
+    }
+    let room = |net: &ViewNet, m: u32| {
+        u64::from(net.running[m as usize] + 1) * VIEW_NEED_MB <= VIEW_CAPACITY_MB
+    };
+    for (n, op) in case.ops.iter().enumerate() {
+        let _ = writeln!(trace, "#{n}: {op:?}");
+        match *op {
+            ViewOp::PlaceFromList { shard } => {
+                if let Some(m) = net.lists[shard as usize].poll_place(VIEW_NEED_MB) {
+                    ensure!(room(&net, m.0), "op #{n}: placed on full machine {}", m.0);
+                    net.running[m.0 as usize] += 1;
+                    net.load(m.0, trace);
+                }
+            }
+            ViewOp::Start { machine } => {
+                if room(&net, machine) {
+                    net.running[machine as usize] += 1;
+                    net.load(machine, trace);
+                }
+            }
+            ViewOp::Complete { machine } => {
+                if net.running[machine as usize] > 0 {
+                    net.running[machine as usize] -= 1;
+                    net.load(machine, trace);
+                }
+            }
+            ViewOp::FailNext { taken } => net.fail_next = Some(taken),
+            ViewOp::Repeat { k } => {
+                if !net.delivered.is_empty() {
+                    let (m, s, incarnation, seq, entry) = net.delivered[k % net.delivered.len()];
+                    // A message from before the shard restarted carries a stale token.
+                    if incarnation == net.incarnations[s as usize] {
+                        let taken = net.lists[s as usize].handle_report(MachineId(m), seq, entry);
+                        ensure!(!taken, "op #{n}: message #{seq} of {m} taken twice by {s}");
+                    }
+                }
+            }
+            ViewOp::RestartShard { shard } => {
+                let s = shard as usize;
+                net.lists[s] = IdleList::new(true);
+                net.incarnations[s] += 1;
+                // Each machine registers anew: the shard did not know it (fresh), so a
+                // member forgets its membership there.
+                for m in 0..machines as usize {
+                    if net.dispatchers[m].member_of() == Some(ShardId(shard)) {
+                        net.dispatchers[m].handle_shard_lost();
+                    }
+                }
+            }
+            ViewOp::Refresh => {
+                for m in 0..machines {
+                    net.dispatchers[m as usize].handle_refresh(&mut net.rng);
+                    net.carry_out(m, trace);
+                }
+            }
+        }
+    }
+    // One refresh, every message delivered: every view is the truth.
+    net.fail_next = None;
+    let _ = writeln!(trace, "final refresh");
+    for m in 0..machines {
+        net.dispatchers[m as usize].handle_refresh(&mut net.rng);
+        net.carry_out(m, trace);
+    }
+    net.check()
+}
+
+fn view_case() -> impl Strategy<Value = ViewCase> {
+    (1u32..=3, proptest::collection::vec(1u32..=3, 1..=4)).prop_flat_map(|(shards, cores)| {
+        let machines = cores.len() as u32;
+        let op = prop_oneof![
+            4 => (0..shards).prop_map(|shard| ViewOp::PlaceFromList { shard }),
+            2 => (0..machines).prop_map(|machine| ViewOp::Start { machine }),
+            5 => (0..machines).prop_map(|machine| ViewOp::Complete { machine }),
+            2 => any::<bool>().prop_map(|taken| ViewOp::FailNext { taken }),
+            2 => any::<usize>().prop_map(|k| ViewOp::Repeat { k }),
+            1 => (0..shards).prop_map(|shard| ViewOp::RestartShard { shard }),
+            2 => Just(ViewOp::Refresh),
+        ];
+        proptest::collection::vec(op, 0..120).prop_map(move |ops| ViewCase {
+            shards,
+            cores: cores.clone(),
+            ops,
+        })
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -1687,5 +1930,13 @@ proptest! {
     #[test]
     fn idle_list(ops in idle_ops()) {
         run_idle_case(&ops)?;
+    }
+
+    /// Property 6: with a refresh period's messages delivered, every shard's idle-list view
+    /// of every machine is its truth (its entry where it is a member, none elsewhere),
+    /// whatever messages failed, came again or were lost with a restarted shard.
+    #[test]
+    fn idle_views_converge(case in view_case()) {
+        run_view_case(&case)?;
     }
 }

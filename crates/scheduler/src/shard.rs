@@ -10,9 +10,15 @@
 //! the extra hop's cost is measured in the control-plane benchmark. Workers of the shard's
 //! own process (`turnpike up`) are polled and called directly instead ([`turnpike_wire::directory`]).
 //!
-//! Faults: a worker whose link fails at the transport level, or whose polls go unanswered
-//! for [`WORKER_SILENT_LOST_AFTER`], is marked lost (left out of polling and removed from the
-//! idle list until it registers again); an invocation whose link failed is placed again; an invocation killed to free memory is placed again the same way, both by
+//! Faults: a worker whose link fails at the transport level, whose polls go unanswered for
+//! [`WORKER_SILENT_LOST_AFTER`], or whose registration's lease passes without a renewal (2 s
+//! for a real worker: `turnpike_node::LEASE_PERIODS` of its 500 ms registrations; checked
+//! every [`LEASE_CHECK_EVERY`]) is marked lost (left out of polling and removed from the idle
+//! list until it registers again, and what it was running is placed again at once). So a
+//! worker that dies, is cut off or moves to another address is marked lost within its lease
+//! plus [`LEASE_CHECK_EVERY`] (and a poll's timeout, 250 ms, if the placement loop is waiting
+//! on one), whether or not anything is sent to it: 2.35 s by default. An invocation killed to
+//! free memory is placed again the same way as one whose worker was lost, both by
 //! the policy core's one rule (`AfterReturn`: up to [`ShardConfig::requeue_max`] times, then
 //! it fails) - unless its streamed response had started reaching the caller, or its streamed
 //! request body went to the lost placement, which fails it instead (a second run would answer
@@ -37,7 +43,6 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
-use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::{PlacementRule, PollReply};
 use turnpike_policy::shard::{
     self as policy, AfterReturn, Pending, Shard, ShardDecision, ShardStep, Via,
@@ -47,7 +52,7 @@ use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
 use turnpike_wire::convert;
 use turnpike_wire::directory::{Directory, LocalFuture, LocalShard, LocalWorker};
 use turnpike_wire::invocation::{
-    CallError, FailureKind, Invocation, Outcome, Registered, Registration,
+    CallError, FailureKind, IdleReport, Invocation, Outcome, Registered, Registration,
 };
 use turnpike_wire::link::{self, Link};
 use turnpike_wire::metrics::{self, ClassHistograms};
@@ -67,6 +72,13 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(250);
 /// found lost at the first poll that fails at least this long after the first unanswered one:
 /// within 2 s of its falling silent plus the gap between its samples.
 pub const WORKER_SILENT_LOST_AFTER: Duration = Duration::from_secs(2);
+/// A slot of a worker lost this long may be given to a worker registering from another
+/// address (so a cluster whose workers come and go on new addresses keeps as many slots as
+/// it has workers, plus those lost in the last minute). Its old idle-list reports are refused
+/// by their token.
+pub const SLOT_REUSE_AFTER: Duration = Duration::from_secs(60);
+/// How often the placement loop looks for registrations whose lease has passed.
+pub const LEASE_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Workers polled per power-of-k decision unless configured: `shared/DESIGN.md`'s default,
 /// and the simulator presets' (`crates/sim/presets`).
 pub const DEFAULT_K: usize = 3;
@@ -156,12 +168,23 @@ struct State {
     shard: Shard,
     workers: Vec<WorkerSlot>,
     by_address: HashMap<String, u32>,
+    /// The next registration token: from a random start, so that tokens of this shard
+    /// process are none of its predecessor's.
+    next_token: u64,
     waiting: HashMap<InvocationId, Waiting>,
     counters: ShardCounters,
 }
 
 #[derive(Debug)]
 struct WorkerSlot {
+    /// Where it serves its RPCs, as it registered.
+    address: String,
+    /// The worker process's, as it registered.
+    incarnation: u64,
+    /// Its registration's token: its idle-list reports must carry it.
+    token: u64,
+    /// Since when it is lost (`None` while alive).
+    lost_at: Option<tokio::time::Instant>,
     /// For polls.
     poller: Poller,
     /// For placed invocations.
@@ -175,6 +198,9 @@ struct WorkerSlot {
     /// answer (one that fell silent with its connection open). A new one when it registers
     /// again.
     lost: CancellationToken,
+    /// Its last registration and how long that holds (zero: for ever).
+    renewed: tokio::time::Instant,
+    lease: Duration,
 }
 
 /// How the shard asks a worker for its load.
@@ -238,6 +264,7 @@ impl ShardService {
                 ),
                 workers: Vec::new(),
                 by_address: HashMap::new(),
+                next_token: rand::random(),
                 waiting: HashMap::new(),
                 counters: ShardCounters::default(),
             }),
@@ -407,10 +434,16 @@ impl Inner {
 /// place. Ends when the shard is dropped.
 async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut lease_checked = tokio::time::Instant::now();
     loop {
         let Some(inner) = inner.upgrade() else { return };
         let step = {
             let mut state = inner.lock();
+            let now = tokio::time::Instant::now();
+            if now.duration_since(lease_checked) >= LEASE_CHECK_EVERY {
+                lease_checked = now;
+                expire_leases(&inner, &mut state, now);
+            }
             if state.workers.iter().any(|w| w.alive) {
                 Some(state.shard.begin_decision(inner.now_ns(), &mut rng))
             } else {
@@ -525,6 +558,22 @@ async fn poll_workers(
     replies
 }
 
+/// Marks lost the live workers whose registration's lease has passed.
+fn expire_leases(inner: &Inner, state: &mut State, now: tokio::time::Instant) {
+    let lapsed: Vec<(usize, Duration)> = state
+        .workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.alive && !w.lease.is_zero())
+        .map(|(m, w)| (m, now.duration_since(w.renewed)))
+        .filter(|&(m, since)| since > state.workers[m].lease)
+        .collect();
+    for (machine, since) in lapsed {
+        let why = format!("no registration for {} ms", since.as_millis());
+        mark_lost(inner, state, MachineId(machine as u32), &why);
+    }
+}
+
 /// Marks `machine` lost (once: logged and counted when it was alive) and takes it off the
 /// idle list; it is polled and placed on no more until it registers again.
 fn mark_lost(inner: &Inner, state: &mut State, machine: MachineId, why: &str) {
@@ -532,6 +581,7 @@ fn mark_lost(inner: &Inner, state: &mut State, machine: MachineId, why: &str) {
         slot.silent_since = None;
         if slot.alive {
             slot.alive = false;
+            slot.lost_at = Some(tokio::time::Instant::now());
             slot.lost.cancel();
             state.counters.workers_lost += 1;
             tracing::warn!(shard = inner.id, worker = machine.0, "worker lost: {why}");
@@ -722,8 +772,7 @@ impl proto::shard_server::Shard for ShardService {
         &self,
         request: Request<proto::IdleEntry>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let (worker, entry) = convert::idle_entry_from_wire(&request.into_inner());
-        LocalShard::idle_join(self, worker, entry)?;
+        LocalShard::idle_report(self, convert::idle_join_from_wire(&request.into_inner()))?;
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -731,7 +780,7 @@ impl proto::shard_server::Shard for ShardService {
         &self,
         request: Request<proto::WorkerRef>,
     ) -> Result<Response<proto::Empty>, Status> {
-        LocalShard::idle_leave(self, MachineId(request.into_inner().worker));
+        LocalShard::idle_report(self, convert::idle_leave_from_wire(&request.into_inner()))?;
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -752,25 +801,48 @@ impl LocalShard for ShardService {
     }
 
     /// Records the worker (again, after either side restarted), with a link to it: in
-    /// process if it is in the directory, else over RPC.
+    /// process if it is in the directory, else over RPC. A new incarnation at a known
+    /// address is a restarted worker: its predecessor is marked lost (what it ran is placed
+    /// again) and forgotten. A new address takes the slot of a worker lost for
+    /// [`SLOT_REUSE_AFTER`], if there is one.
     fn register(&self, registration: Registration) -> Result<Registered, CallError> {
-        let address = registration.address;
+        let Registration {
+            address,
+            lease,
+            incarnation,
+            ..
+        } = registration;
+        let now = tokio::time::Instant::now();
         let endpoint = Endpoint::from_shared(address.clone())
             .map_err(|e| CallError::Refused(format!("worker address {address:?}: {e}")))?;
         let mut state = self.inner.lock();
-        let (worker, fresh) = match state.by_address.get(&address) {
-            Some(&id) => {
+        let state = &mut *state;
+        let known = state.by_address.get(&address).copied();
+        if let Some(id) = known {
+            if state.workers[id as usize].incarnation != incarnation {
+                mark_lost(
+                    &self.inner,
+                    state,
+                    MachineId(id),
+                    "it restarted (a new incarnation registered)",
+                );
+            }
+        }
+        let (worker, fresh) = match known {
+            Some(id) if state.workers[id as usize].incarnation == incarnation => {
                 let slot = &mut state.workers[id as usize];
                 let revived = !slot.alive;
-                slot.alive = true;
-                slot.silent_since = None;
                 if revived {
+                    slot.alive = true;
+                    slot.lost_at = None;
                     slot.lost = CancellationToken::new();
                 }
+                slot.silent_since = None;
+                slot.renewed = now;
+                slot.lease = lease;
                 (id, revived)
             }
-            None => {
-                let id = state.workers.len() as u32;
+            _ => {
                 let (poller, link) = match self.inner.directory.worker(&address) {
                     Some(worker) => (
                         Poller::InProcess(worker.clone()),
@@ -783,43 +855,90 @@ impl LocalShard for ShardService {
                         (Poller::Rpc(client.clone()), Link::to_worker(client))
                     }
                 };
-                state.workers.push(WorkerSlot {
+                state.next_token = state.next_token.wrapping_add(1);
+                let slot = WorkerSlot {
+                    address: address.clone(),
+                    incarnation,
+                    token: state.next_token,
+                    lost_at: None,
                     poller,
                     link: Arc::new(link),
                     alive: true,
                     silent_since: None,
                     lost: CancellationToken::new(),
+                    renewed: now,
+                    lease,
+                };
+                // The same address again (a restarted worker), or a slot long lost, or a
+                // new one.
+                let reuse = known.or_else(|| {
+                    state
+                        .workers
+                        .iter()
+                        .position(|w| {
+                            w.lost_at
+                                .is_some_and(|t| now.duration_since(t) >= SLOT_REUSE_AFTER)
+                        })
+                        .map(|i| i as u32)
                 });
+                let id = match reuse {
+                    Some(id) => {
+                        let old = std::mem::replace(&mut state.workers[id as usize], slot);
+                        if old.address != address {
+                            state.by_address.remove(&old.address);
+                        }
+                        state.shard.forget_machine(MachineId(id));
+                        id
+                    }
+                    None => {
+                        state.workers.push(slot);
+                        let n = state.workers.len() as u32;
+                        state.shard.set_machines(n);
+                        n - 1
+                    }
+                };
                 state.by_address.insert(address, id);
-                let n = state.workers.len() as u32;
-                state.shard.set_machines(n);
                 (id, true)
             }
         };
-        drop(state);
+        let token = state.workers[worker as usize].token;
         self.inner.wake.notify_one();
         Ok(Registered {
             worker: MachineId(worker),
             fresh,
+            token,
         })
     }
 
-    fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError> {
+    fn idle_report(&self, report: IdleReport) -> Result<(), CallError> {
         let mut state = self.inner.lock();
-        if (worker.0 as usize) >= state.workers.len() {
+        let worker = report.worker;
+        let Some(slot) = state.workers.get(worker.0 as usize) else {
             return Err(CallError::Refused(format!(
-                "worker {} is not registered",
+                "worker {} is not registered: register again",
+                worker.0
+            )));
+        };
+        if slot.token != report.token {
+            return Err(CallError::Refused(format!(
+                "worker {} is registered under another token (this shard restarted, or the id went to another worker): register again",
                 worker.0
             )));
         }
-        state.shard.handle_idle_join(worker, entry);
+        if !slot.alive {
+            return Err(CallError::Refused(format!(
+                "worker {} is marked lost: register again",
+                worker.0
+            )));
+        }
+        let taken = state
+            .shard
+            .handle_idle_report(worker, report.seq, report.entry);
         drop(state);
-        self.inner.wake.notify_one();
+        if taken && report.entry.is_some() {
+            self.inner.wake.notify_one();
+        }
         Ok(())
-    }
-
-    fn idle_leave(&self, worker: MachineId) {
-        self.inner.lock().shard.handle_idle_leave(worker);
     }
 
     fn idle_len(&self) -> u64 {
@@ -835,6 +954,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     use super::*;
+    use turnpike_policy::idle_list::IdleEntry;
     use turnpike_wire::invocation::{Failure, Request, Response};
 
     /// A worker that answers every invocation with `ending` and counts its runs and polls;
@@ -932,6 +1052,8 @@ mod tests {
                 address: format!("http://{address}"),
                 memory_mb: 1024,
                 cores: 1,
+                lease: Duration::ZERO,
+                incarnation: 1,
             },
         )
         .unwrap();
@@ -956,20 +1078,57 @@ mod tests {
         assert_eq!(shard.queued(), 0);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_worker_whose_polls_go_unanswered_is_marked_lost_then_polled_no_more() {
-        let directory = Directory::new();
-        let shard = ShardService::start(
+    /// A shard with the default config whose in-process workers are in `directory`.
+    fn shard_in(directory: &Directory) -> ShardService {
+        ShardService::start(
             ClassSet::default_four(),
             ShardConfig::default(),
             directory.clone(),
-        );
+        )
+    }
+
+    /// Registers the worker at `127.0.0.1:port` (1024 MB, 1 core).
+    fn register_at(
+        shard: &ShardService,
+        port: u16,
+        incarnation: u64,
+        lease: Duration,
+    ) -> Registered {
+        LocalShard::register(
+            shard,
+            Registration {
+                address: format!("http://127.0.0.1:{port}"),
+                memory_mb: 1024,
+                cores: 1,
+                lease,
+                incarnation,
+            },
+        )
+        .unwrap()
+    }
+
+    /// An idle machine's entry (1024 MB free, one idle core).
+    const IDLE: IdleEntry = IdleEntry {
+        free_mb: 1024,
+        functions: 0,
+        idle_cores: 1,
+    };
+
+    /// The idle-list join numbered `seq` under `registered`.
+    fn join(registered: Registered, seq: u64) -> IdleReport {
+        IdleReport {
+            worker: registered.worker,
+            token: registered.token,
+            seq,
+            entry: Some(IDLE),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_polls_go_unanswered_is_marked_lost_then_polled_no_more() {
+        let directory = Directory::new();
+        let shard = shard_in(&directory);
         let silent_polls = Arc::new(AtomicU32::new(0));
-        let registration = |port: u16| Registration {
-            address: format!("http://127.0.0.1:{port}"),
-            memory_mb: 1024,
-            cores: 1,
-        };
         let silent = FakeWorker {
             polls: silent_polls.clone(),
             silent: true,
@@ -978,7 +1137,7 @@ mod tests {
         directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(silent));
         directory.add_worker(([127, 0, 0, 1], 2).into(), Arc::new(FakeWorker::default()));
         for port in [1, 2] {
-            LocalShard::register(&shard, registration(port)).unwrap();
+            register_at(&shard, port, 1, Duration::ZERO);
         }
         // One invocation every 100 ms: each is answered by the worker that answers polls.
         let start = tokio::time::Instant::now();
@@ -1012,7 +1171,7 @@ mod tests {
         }
         assert_eq!(silent_polls.load(Ordering::Relaxed), polls);
         // Until it registers again.
-        let again = LocalShard::register(&shard, registration(1)).unwrap();
+        let again = register_at(&shard, 1, 1, Duration::ZERO);
         assert_eq!((again.worker, again.fresh), (MachineId(0), true));
         assert_eq!(shard.live_workers(), 2);
     }
@@ -1023,11 +1182,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_invocation_on_a_worker_marked_lost_is_placed_again() {
         let directory = Directory::new();
-        let shard = ShardService::start(
-            ClassSet::default_four(),
-            ShardConfig::default(),
-            directory.clone(),
-        );
+        let shard = shard_in(&directory);
         let silent = FakeWorker {
             silent: true,
             hangs: true,
@@ -1036,24 +1191,10 @@ mod tests {
         let hung_runs = silent.runs.clone();
         directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(silent));
         directory.add_worker(([127, 0, 0, 1], 2).into(), Arc::new(FakeWorker::default()));
-        for port in [1, 2] {
-            LocalShard::register(
-                &shard,
-                Registration {
-                    address: format!("http://127.0.0.1:{port}"),
-                    memory_mb: 1024,
-                    cores: 1,
-                },
-            )
-            .unwrap();
-        }
+        let silent_registration = register_at(&shard, 1, 1, Duration::ZERO);
+        register_at(&shard, 2, 1, Duration::ZERO);
         // The silent worker is on the idle list, so the first invocation goes to it unpolled.
-        let idle = IdleEntry {
-            free_mb: 1024,
-            functions: 0,
-            idle_cores: 1,
-        };
-        LocalShard::idle_join(&shard, MachineId(0), idle).unwrap();
+        LocalShard::idle_report(&shard, join(silent_registration, 1)).unwrap();
         let first = tokio::spawn(LocalShard::invoke(&shard, invocation(1, 0)));
         while hung_runs.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1072,6 +1213,131 @@ mod tests {
         assert_eq!((outcome.worker, outcome.attempts), (MachineId(1), 2));
         assert_eq!(shard.counters().workers_lost, 1);
         assert_eq!(shard.counters().replaced, 1);
+    }
+
+    /// A worker that stops registering (dead, cut off, moved to another address) is marked
+    /// lost once its lease passes, though nothing polls it or is sent to it: what it was
+    /// running is placed again at once, and it is back when it registers again. One that
+    /// keeps registering is never lost, however long nothing is sent to it.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_registration_lapses_is_marked_lost_within_its_lease() {
+        const LEASE: Duration = Duration::from_secs(2);
+        let directory = Directory::new();
+        let shard = shard_in(&directory);
+        let gone = FakeWorker {
+            hangs: true,
+            ..FakeWorker::default()
+        };
+        let gone_runs = gone.runs.clone();
+        directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(gone));
+        directory.add_worker(([127, 0, 0, 1], 2).into(), Arc::new(FakeWorker::default()));
+        let register = |port: u16| register_at(&shard, port, 1, LEASE);
+        let first_registration = register(1);
+        register(2);
+        // The first invocation goes to the worker that will stop registering, unpolled.
+        LocalShard::idle_report(&shard, join(first_registration, 1)).unwrap();
+        let first = tokio::spawn(LocalShard::invoke(&shard, invocation(1, 0)));
+        while gone_runs.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // From now on only the second registers (every 500 ms, as a worker does).
+        let stopped = tokio::time::Instant::now();
+        while !first.is_finished() {
+            assert!(
+                stopped.elapsed() <= LEASE + LEASE_CHECK_EVERY + Duration::from_millis(50),
+                "not found lost {:?} after its last registration",
+                stopped.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if stopped.elapsed().as_millis().is_multiple_of(500) {
+                register(2);
+            }
+        }
+        assert!(stopped.elapsed() >= LEASE, "lost before its lease passed");
+        let outcome = first.await.unwrap();
+        assert!(outcome.ending.is_ok(), "{outcome:?}");
+        assert_eq!((outcome.worker, outcome.attempts), (MachineId(1), 2));
+        assert_eq!(shard.counters().workers_lost, 1);
+        assert_eq!(shard.live_workers(), 1);
+        // The one that kept registering stays, with nothing sent to it for several leases.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            register(2);
+        }
+        assert_eq!(shard.live_workers(), 1);
+        // Back when it registers again.
+        let again = register(1);
+        assert_eq!((again.worker, again.fresh), (MachineId(0), true));
+        assert_eq!(shard.live_workers(), 2);
+    }
+
+    /// Idle-list reports must carry the registration's token: one from before the worker
+    /// restarted, or for an id since given to another worker, is refused. A restarted
+    /// worker (a new incarnation at the same address) is a new one: its predecessor lost,
+    /// its entry forgotten. A slot lost for `SLOT_REUSE_AFTER` goes to the next new address.
+    #[tokio::test(start_paused = true)]
+    async fn stale_idle_reports_are_refused_and_registrations_are_pruned() {
+        let directory = Directory::new();
+        let shard = shard_in(&directory);
+        for port in 1..=4 {
+            directory.add_worker(
+                ([127, 0, 0, 1], port).into(),
+                Arc::new(FakeWorker::default()),
+            );
+        }
+        let register = |port, incarnation, lease| register_at(&shard, port, incarnation, lease);
+        let report = join;
+        let a = register(1, 10, Duration::ZERO);
+        LocalShard::idle_report(&shard, report(a, 1)).unwrap();
+        assert_eq!(shard.idle_list_len(), 1);
+        let forged = IdleReport {
+            token: a.token.wrapping_add(1),
+            ..report(a, 2)
+        };
+        let refused = LocalShard::idle_report(&shard, forged).unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("another token"),
+            "{refused:?}"
+        );
+
+        // A restarts: same address, new incarnation.
+        let a2 = register(1, 11, Duration::ZERO);
+        assert_eq!((a2.worker, a2.fresh), (a.worker, true));
+        assert_ne!(a2.token, a.token);
+        assert_eq!(shard.counters().workers_lost, 1, "its predecessor is lost");
+        assert_eq!(shard.idle_list_len(), 0, "its predecessor's entry is gone");
+        assert!(LocalShard::idle_report(&shard, report(a, 2)).is_err());
+        // Renewing with the same incarnation keeps the token.
+        assert_eq!(
+            register(1, 11, Duration::ZERO),
+            Registered { fresh: false, ..a2 }
+        );
+        // It numbers its reports from 1 again, and they are taken.
+        LocalShard::idle_report(&shard, report(a2, 1)).unwrap();
+        assert_eq!(shard.idle_list_len(), 1);
+
+        // B's registration lapses; a minute later C, at a new address, takes its slot.
+        let b = register(2, 20, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(shard.live_workers(), 1);
+        let early = register(3, 30, Duration::ZERO);
+        assert_eq!(
+            early.worker,
+            MachineId(2),
+            "not reused before SLOT_REUSE_AFTER"
+        );
+        tokio::time::sleep(SLOT_REUSE_AFTER).await;
+        let c = register(4, 40, Duration::ZERO);
+        assert_eq!((c.worker, c.fresh), (b.worker, true));
+        let refused = LocalShard::idle_report(&shard, report(b, 1)).unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("another token"),
+            "{refused:?}"
+        );
+        // B comes back: a slot of its own again.
+        let b2 = register(2, 20, Duration::ZERO);
+        assert_eq!(b2.worker, MachineId(3));
+        assert_eq!(shard.live_workers(), 4);
     }
 
     #[tokio::test]

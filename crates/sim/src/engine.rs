@@ -693,7 +693,9 @@ impl<'a> Sim<'a> {
                         .collect();
                     dispatcher.handle_lengths(&lengths);
                 }
-                DispatcherOutput::Send(message) => action = Some(message),
+                DispatcherOutput::Send {
+                    action: message, ..
+                } => action = Some(message),
             }
         }
         match action {

@@ -17,8 +17,8 @@ use turnpike_policy::{ClassId, MachineId};
 
 use crate::body::Head;
 use crate::invocation::{
-    CallError, Cancellation, Failure, FailureKind, Invocation, Outcome, Registered, Registration,
-    Request, Response, Usage,
+    CallError, Cancellation, Failure, FailureKind, IdleReport, Invocation, Outcome, Registered,
+    Registration, Request, Response, Usage,
 };
 use crate::proto;
 
@@ -272,6 +272,11 @@ pub fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds, saturating.
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
     headers
         .iter()
@@ -316,6 +321,8 @@ impl From<Registration> for proto::WorkerInfo {
             address: r.address,
             memory_mb: r.memory_mb,
             cores: r.cores,
+            lease_ms: duration_ms(r.lease),
+            incarnation: r.incarnation,
         }
     }
 }
@@ -326,6 +333,8 @@ impl From<proto::WorkerInfo> for Registration {
             address: info.address,
             memory_mb: info.memory_mb,
             cores: info.cores,
+            lease: Duration::from_millis(info.lease_ms),
+            incarnation: info.incarnation,
         }
     }
 }
@@ -335,6 +344,7 @@ impl From<Registered> for proto::Registered {
         Self {
             worker: r.worker.0,
             fresh: r.fresh,
+            token: r.token,
         }
     }
 }
@@ -344,29 +354,52 @@ impl From<proto::Registered> for Registered {
         Self {
             worker: MachineId(r.worker),
             fresh: r.fresh,
+            token: r.token,
         }
     }
 }
 
-/// A worker's idle-list entry at a shard, as `Shard.IdleJoin` carries it.
-pub fn idle_entry_to_wire(worker: MachineId, entry: IdleEntry) -> proto::IdleEntry {
+/// A worker's idle-list join or update at a shard, as `Shard.IdleJoin` carries it.
+pub fn idle_join_to_wire(report: &IdleReport, entry: IdleEntry) -> proto::IdleEntry {
     proto::IdleEntry {
-        worker: worker.0,
+        worker: report.worker.0,
         free_mb: entry.free_mb,
         functions: entry.functions,
         idle_cores: entry.idle_cores,
+        token: report.token,
+        seq: report.seq,
     }
 }
 
-pub fn idle_entry_from_wire(e: &proto::IdleEntry) -> (MachineId, IdleEntry) {
-    (
-        MachineId(e.worker),
-        IdleEntry {
+pub fn idle_join_from_wire(e: &proto::IdleEntry) -> IdleReport {
+    IdleReport {
+        worker: MachineId(e.worker),
+        token: e.token,
+        seq: e.seq,
+        entry: Some(IdleEntry {
             free_mb: e.free_mb,
             functions: e.functions,
             idle_cores: e.idle_cores,
-        },
-    )
+        }),
+    }
+}
+
+/// A worker's idle-list leave, as `Shard.IdleLeave` carries it.
+pub fn idle_leave_to_wire(report: &IdleReport) -> proto::WorkerRef {
+    proto::WorkerRef {
+        worker: report.worker.0,
+        token: report.token,
+        seq: report.seq,
+    }
+}
+
+pub fn idle_leave_from_wire(r: &proto::WorkerRef) -> IdleReport {
+    IdleReport {
+        worker: MachineId(r.worker),
+        token: r.token,
+        seq: r.seq,
+        entry: None,
+    }
 }
 
 impl From<PollReply> for proto::PollReply {

@@ -26,12 +26,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::Channel;
-use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
-use turnpike_policy::{ClassId, MachineId};
+use turnpike_policy::ClassId;
 
 use crate::convert;
-use crate::invocation::{CallError, FailureKind, Invocation, Outcome, Registered, Registration};
+use crate::invocation::{
+    CallError, FailureKind, IdleReport, Invocation, Outcome, Registered, Registration,
+};
 use crate::link::{Handler, Link};
 use crate::proto;
 use crate::proto::shard_client::ShardClient;
@@ -47,9 +48,9 @@ pub trait LocalShard: Send + Sync + std::fmt::Debug + 'static {
     /// Places and runs one invocation (one message of `Shard.Invoke`).
     fn invoke(&self, invocation: Invocation) -> LocalFuture<Outcome>;
     fn register(&self, registration: Registration) -> Result<Registered, CallError>;
-    /// `worker` (its id at this shard) joins the idle list, or updates its entry there.
-    fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError>;
-    fn idle_leave(&self, worker: MachineId);
+    /// A worker joins the idle list, updates its entry there or leaves it; refused when its
+    /// registration token is not the shard's for its id (it must register again).
+    fn idle_report(&self, report: IdleReport) -> Result<(), CallError>;
     /// The length of its idle list.
     fn idle_len(&self) -> u64;
 }
@@ -180,29 +181,26 @@ impl ShardPeer {
         }
     }
 
-    pub async fn idle_join(&self, worker: MachineId, entry: IdleEntry) -> Result<(), CallError> {
+    pub async fn idle_report(&self, report: IdleReport) -> Result<(), CallError> {
         match self {
             Self::Rpc(client) => {
-                let message = convert::idle_entry_to_wire(worker, entry);
-                client.clone().idle_join(message).await?;
+                let mut client = client.clone();
+                match report.entry {
+                    Some(entry) => {
+                        client
+                            .idle_join(convert::idle_join_to_wire(&report, entry))
+                            .await?;
+                    }
+                    None => {
+                        client
+                            .idle_leave(convert::idle_leave_to_wire(&report))
+                            .await?;
+                    }
+                }
                 Ok(())
             }
             Self::InProcess(directory, address) => {
-                directory.shard_at(*address)?.idle_join(worker, entry)
-            }
-        }
-    }
-
-    pub async fn idle_leave(&self, worker: MachineId) -> Result<(), CallError> {
-        match self {
-            Self::Rpc(client) => {
-                let message = proto::WorkerRef { worker: worker.0 };
-                client.clone().idle_leave(message).await?;
-                Ok(())
-            }
-            Self::InProcess(directory, address) => {
-                directory.shard_at(*address)?.idle_leave(worker);
-                Ok(())
+                directory.shard_at(*address)?.idle_report(report)
             }
         }
     }

@@ -331,6 +331,14 @@ pub struct Registration {
     /// Memory for guests, MB (0: unlimited).
     pub memory_mb: u64,
     pub cores: u32,
+    /// How long the registration holds: the shard marks the worker lost when that long passes
+    /// without another registration from it (it registers again several times within it).
+    /// Zero: it never lapses.
+    pub lease: Duration,
+    /// The worker process's incarnation, random at its start: a registration from the same
+    /// address with another one is a restarted worker (its predecessor's idle-list entry and
+    /// unanswered invocations are gone with it).
+    pub incarnation: u64,
 }
 
 /// A shard's answer to a [`Registration`].
@@ -341,6 +349,25 @@ pub struct Registered {
     /// This registration created the entry: the shard had not known the worker (it restarted,
     /// or this is the first time), so the worker must re-join its idle list if it was on it.
     pub fresh: bool,
+    /// Names this registration in the worker's idle-list reports ([`IdleReport::token`]).
+    pub token: u64,
+}
+
+/// A worker's idle-list message to one shard (`Shard.IdleJoin` with an entry,
+/// `Shard.IdleLeave` without).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleReport {
+    /// Its id at the shard.
+    pub worker: MachineId,
+    /// The token of the registration that gave it the id: a report with another (from
+    /// before the shard restarted, or for an id since given to another worker) is refused,
+    /// and the worker registers again.
+    pub token: u64,
+    /// Above every earlier report's of this worker process: the shard takes none older than
+    /// one it took (`turnpike_policy::idle_list::IdleList::handle_report`).
+    pub seq: u64,
+    /// Its entry (it joins or updates), or `None` (it leaves).
+    pub entry: Option<turnpike_policy::idle_list::IdleEntry>,
 }
 
 /// Why a call to another role failed (an invocation's own failures are in its [`Outcome`]).
