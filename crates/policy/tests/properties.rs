@@ -46,12 +46,17 @@ use turnpike_policy::placement::{PlacementRule, PollReply};
 use turnpike_policy::shard::{Pending, Shard, ShardConfig, ShardDecision, Via};
 use turnpike_policy::{InvocationId, MachineId, ShardId};
 
-/// Fixed: the whole file runs in a few seconds in `cargo test --release`.
-/// Failing seeds are kept next to this file (`properties.proptest-regressions`) and replayed
-/// first on the next run.
+/// 256 cases a property: the whole file runs in a few seconds in `cargo test --release`;
+/// `TURNPIKE_FUZZ_CASES` sets another number (`scripts/fuzz.sh` runs many more). Failing
+/// seeds are kept next to this file (`properties.proptest-regressions`) and replayed first
+/// on the next run.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("TURNPIKE_FUZZ_CASES")
+        .ok()
+        .map(|c| c.parse().expect("TURNPIKE_FUZZ_CASES is a number"))
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         max_shrink_iters: 20_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
             "proptest-regressions",

@@ -173,9 +173,12 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     let before = text.get(..offset)?;
     let line = before.rsplit('\n').next()?;
     let line = line.trim_end().strip_suffix('=')?.trim_end();
+    // The key is ASCII: it starts after the last character that cannot be in one (which may
+    // be wider than a byte).
     let start = line
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rfind(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     Some(&line[start..]).filter(|k| !k.is_empty())
 }
 
@@ -588,5 +591,87 @@ over = "lower"
     fn a_missing_manifest_is_named() {
         let e = load(Path::new("/nonexistent/turnpike.toml")).expect_err("missing");
         assert!(e.contains("/nonexistent/turnpike.toml"), "{e}");
+    }
+
+    /// Found by the fuzzer below: a line whose text before `=` ended in a character wider
+    /// than a byte panicked the error message's key lookup.
+    #[test]
+    fn a_wide_character_before_an_equals_sign_is_an_error_not_a_panic() {
+        for text in [
+            "'\u{a1}=",
+            "app = \"shop\"\nspin\u{20ac} = 1\n",
+            "[functions]\nh\u{e9}= \"x\"\n",
+        ] {
+            let error = check(text).expect_err("refused");
+            assert!(error.starts_with("app/turnpike.toml: line "), "{error}");
+        }
+    }
+
+    /// Fuzzing (cases: `TURNPIKE_FUZZ_CASES`, default 2,000): any text, and the good
+    /// manifest with characters changed, gives a manifest or an error naming the file -
+    /// never a panic.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("TURNPIKE_FUZZ_CASES")
+                .ok()
+                .map(|c| c.parse().expect("TURNPIKE_FUZZ_CASES is a number"))
+                .unwrap_or(2_000);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// The components' directory, made once.
+        fn dir() -> &'static Path {
+            static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+            DIR.get_or_init(components).path()
+        }
+
+        fn parses_or_names_the_file(text: &str) -> Result<(), TestCaseError> {
+            if let Err(e) = parse(text, Path::new("app/turnpike.toml"), dir()) {
+                prop_assert!(e.starts_with("app/turnpike.toml: "), "{e}");
+            }
+            Ok(())
+        }
+
+        /// Characters that mean something to TOML or to the manifest, and some that are
+        /// wider than a byte.
+        const CHARACTERS: &[char] = &[
+            '=', '"', '\'', '[', ']', '{', '}', '\n', '#', ',', '.', '-', '0', '9', 'a', ' ', '/',
+            '\\', 'é', '€', '😀', '\u{0}',
+        ];
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_text(text in "\\PC{0,200}") {
+                parses_or_names_the_file(&text)?;
+            }
+
+            #[test]
+            fn the_good_manifest_changed(
+                edits in proptest::collection::vec(
+                    (any::<usize>(), proptest::sample::select(CHARACTERS), any::<bool>()),
+                    1..6,
+                ),
+            ) {
+                let mut text: Vec<char> = GOOD.chars().collect();
+                for (at, c, insert) in edits {
+                    let at = at % (text.len() + 1);
+                    if insert || at == text.len() {
+                        text.insert(at, c);
+                    } else {
+                        text[at] = c;
+                    }
+                }
+                parses_or_names_the_file(&text.into_iter().collect::<String>())?;
+            }
+        }
     }
 }

@@ -48,7 +48,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::netns::{create_tenant, enter_namespace, exchange, turnpike, Cluster, Unanswered};
+use common::netns::{enter_namespace, exchange, Cluster, Unanswered};
+use common::{create_tenant, turnpike};
 
 const FUNCTIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/functions/dist");
 

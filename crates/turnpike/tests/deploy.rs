@@ -7,51 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{status_of, Child, BIN};
-
-/// `turnpike up` on OS-chosen ports with a fresh data dir: the process, the gateway's address
-/// and the admin key it printed.
-fn up(data_dir: &Path) -> (Child, SocketAddr, String) {
-    let mut child = Child(
-        Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("`turnpike up` starts"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut gateway, mut key) = (None, None);
-    let mut printed = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("readable");
-        if let Some(url) = line.strip_prefix("Turnpike is up: gateway http://") {
-            gateway = Some(url.trim().parse().expect("the gateway's address"));
-        }
-        if let Some(k) = line.trim().strip_prefix("admin key: ") {
-            key = Some(k.trim().to_string());
-        }
-        let done = line.starts_with("Ctrl-C stops it");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    // Keep reading what it prints, so it never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let printed = printed.join("\n");
-    let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
-    let key = key.unwrap_or_else(|| panic!("no `admin key: tp_...` line in:\n{printed}"));
-    assert!(key.starts_with("tp_"), "{key}");
-    (child, gateway, key)
-}
+use common::{status_of, up, BIN};
 
 /// Runs `turnpike ARGS` against `gateway` with `key` (none from this process's environment).
 fn turnpike(gateway: &str, key: Option<&str>, args: &[&str]) -> Output {

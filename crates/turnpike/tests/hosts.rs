@@ -18,9 +18,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::{
-    create_tenant, enter_namespace, namespaces_available, namespaces_named, processes_of, quantile,
-    request, turnpike, Cluster, SCRIPT,
+    enter_namespace, namespaces_available, namespaces_named, processes_of, quantile, request,
+    Cluster, SCRIPT,
 };
+use common::{create_tenant, turnpike};
 
 const FUNCTIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/functions/dist");
 

@@ -22,7 +22,7 @@ use crate::common::serial;
 use crate::emulated::{body, invocation};
 
 /// Far beyond anything these calls need: only a hang reaches it.
-const HANG: Duration = Duration::from_secs(20);
+pub const HANG: Duration = Duration::from_secs(20);
 
 /// An emulated 4-core worker served on a loopback port for the rest of the test; its
 /// address.
@@ -31,7 +31,7 @@ async fn start_worker() -> SocketAddr {
 }
 
 /// [`start_worker`], and the worker, to look at its load.
-async fn start_worker_kept() -> (SocketAddr, EmulatedWorker) {
+pub async fn start_worker_kept() -> (SocketAddr, EmulatedWorker) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
@@ -50,7 +50,7 @@ async fn start_worker_kept() -> (SocketAddr, EmulatedWorker) {
 }
 
 /// Waits (at most [`HANG`]) until `worker` has nothing in flight.
-async fn drained(worker: &EmulatedWorker) {
+pub async fn drained(worker: &EmulatedWorker) {
     tokio::time::timeout(HANG, async {
         while worker.functions() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -97,7 +97,7 @@ async fn a_cancelled_call_ends_at_the_peer_and_is_answered_with_what_it_used() {
     drained(&worker).await;
 }
 
-fn link_to(address: SocketAddr) -> Link {
+pub fn link_to(address: SocketAddr) -> Link {
     let endpoint = Endpoint::from_shared(format!("http://{address}")).expect("an address is a URI");
     Link::to_worker(WorkerClient::new(rpc::channel(endpoint)))
 }

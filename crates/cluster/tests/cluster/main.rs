@@ -10,6 +10,7 @@ mod cancel;
 mod common;
 mod edge;
 mod emulated;
+mod fuzz;
 mod link;
 mod local;
 mod outage;

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,4 +102,69 @@ pub fn start_role_reading(
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr, metrics_url)
 }
+
+/// `turnpike up` on OS-chosen ports with a fresh data dir: the process, the gateway's address
+/// and the admin key it printed.
+pub fn up(data_dir: &Path) -> (Child, SocketAddr, String) {
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("`turnpike up` starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut gateway, mut key) = (None, None);
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("readable");
+        if let Some(url) = line.strip_prefix("Turnpike is up: gateway http://") {
+            gateway = Some(url.trim().parse().expect("the gateway's address"));
+        }
+        if let Some(k) = line.trim().strip_prefix("admin key: ") {
+            key = Some(k.trim().to_string());
+        }
+        let done = line.starts_with("Ctrl-C stops it");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep reading what it prints, so it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let printed = printed.join("\n");
+    let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
+    let key = key.unwrap_or_else(|| panic!("no `admin key: tp_...` line in:\n{printed}"));
+    assert!(key.starts_with("tp_"), "{key}");
+    (child, gateway, key)
+}
+
+/// `turnpike ARGS` against `gateway` with `key`: its stdout, or a failure naming its stderr.
+pub fn turnpike(gateway: SocketAddr, key: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("TURNPIKE_GATEWAY", format!("http://{gateway}"))
+        .env("TURNPIKE_KEY", key)
+        .output()
+        .expect("turnpike runs");
+    assert!(
+        out.status.success(),
+        "turnpike {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes tenant `name` through `gateway` with the admin's key: its API key.
+pub fn create_tenant(gateway: SocketAddr, admin: &str, name: &str) -> String {
+    let created = turnpike(gateway, admin, &["tenants", "create", name]);
+    created
+        .split_whitespace()
+        .find(|w| w.starts_with("tp_"))
+        .unwrap_or_else(|| panic!("no key in {created:?}"))
+        .to_string()
+}
+
 pub mod netns;

@@ -256,32 +256,6 @@ pub async fn request(
     (answer.status, answer.body)
 }
 
-/// `turnpike ARGS` against `gateway` with `key`: its stdout, or a failure naming its stderr.
-pub fn turnpike(gateway: SocketAddr, key: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("TURNPIKE_GATEWAY", format!("http://{gateway}"))
-        .env("TURNPIKE_KEY", key)
-        .output()
-        .expect("turnpike runs");
-    assert!(
-        out.status.success(),
-        "turnpike {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Makes tenant `name` through `gateway` with the admin's key: its API key.
-pub fn create_tenant(gateway: SocketAddr, admin: &str, name: &str) -> String {
-    let created = turnpike(gateway, admin, &["tenants", "create", name]);
-    created
-        .split_whitespace()
-        .find(|w| w.starts_with("tp_"))
-        .unwrap_or_else(|| panic!("no key in {created:?}"))
-        .to_string()
-}
-
 /// The `p`-quantile (nearest rank) of `values`, sorted here.
 pub fn quantile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
