@@ -63,8 +63,14 @@ use turnpike_wire::rpc;
 
 /// Default of [`ShardConfig::queue_invocations_max`].
 pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
-/// A poll that takes longer than this counts as no answer.
-const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// A poll that takes longer than this counts as no answer (default of
+/// [`ShardConfig::poll_timeout`]).
+pub const POLL_TIMEOUT: Duration = Duration::from_millis(250);
+/// Once one sampled worker has answered, a decision waits for the others at most as long
+/// again as that first answer took, and at least this: a slow or silent worker holds up a
+/// decision by at most that, not by [`POLL_TIMEOUT`]. Its poll goes on without the decision,
+/// and its answer (or its silence) still counts towards [`WORKER_SILENT_LOST_AFTER`].
+pub const POLL_GRACE_MIN: Duration = Duration::from_millis(1);
 /// A worker whose polls have gone unanswered (timed out or failed) for this long, with no
 /// answer between, is marked lost: it is polled no more and leaves the idle list until it
 /// registers again (a live worker's dispatcher registers every 500 ms, so a worker that was
@@ -106,6 +112,8 @@ pub struct ShardConfig {
     /// Times an invocation that came back unanswered (killed, or its worker lost) is placed
     /// again before it fails (the policy core's rule, `turnpike_policy::shard::AfterReturn`).
     pub requeue_max: u32,
+    /// A poll not answered within this counts as no answer. Default [`POLL_TIMEOUT`].
+    pub poll_timeout: Duration,
     /// `shard_queue_invocations_max`: invocations waiting for placement at most. One more is
     /// refused at once (`FailureKind::Overloaded`, which the gateway answers with 503 and
     /// `Retry-After`); invocations placed again after a kill or a lost worker are let in over
@@ -124,6 +132,7 @@ impl Default for ShardConfig {
             id: 0,
             requeue_max: REQUEUE_MAX_DEFAULT,
             queue_invocations_max: SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT,
+            poll_timeout: POLL_TIMEOUT,
         }
     }
 }
@@ -159,6 +168,7 @@ struct Inner {
     id: u32,
     requeue_max: u32,
     queue_invocations_max: usize,
+    poll_timeout: Duration,
     /// Workers in this process, reached without RPC.
     directory: Directory,
 }
@@ -211,14 +221,19 @@ enum Poller {
 }
 
 impl Poller {
-    /// The worker's answer, or `None` when it gave none within [`POLL_TIMEOUT`].
-    async fn poll(self, machine: MachineId, class: ClassId) -> Option<PollReply> {
+    /// The worker's answer, or `None` when it gave none within `timeout`.
+    async fn poll(
+        self,
+        machine: MachineId,
+        class: ClassId,
+        timeout: Duration,
+    ) -> Option<PollReply> {
         match self {
             Self::Rpc(mut client) => {
                 let request = proto::PollRequest {
                     class: u32::from(class.0),
                 };
-                let reply = tokio::time::timeout(POLL_TIMEOUT, client.poll(request))
+                let reply = tokio::time::timeout(timeout, client.poll(request))
                     .await
                     .ok()?
                     .ok()?
@@ -277,6 +292,7 @@ impl ShardService {
             id: config.id,
             requeue_max: config.requeue_max,
             queue_invocations_max: config.queue_invocations_max,
+            poll_timeout: config.poll_timeout,
             directory,
         });
         tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
@@ -494,8 +510,10 @@ async fn wait(inner: &Inner, at_most: Duration) {
     let _ = tokio::time::timeout(at_most, inner.wake.notified()).await;
 }
 
-/// Asks `machines` for their load, concurrently; those that do not answer in time are left
-/// out, and marked lost when they have not answered for [`WORKER_SILENT_LOST_AFTER`].
+/// Asks `machines` for their load, concurrently: the answers that came within the grace
+/// after the first ([`POLL_GRACE_MIN`]), or within the poll timeout if none came. Each poll
+/// runs to its end on its own task: a worker that answers late is not silent; one that does
+/// not answer at all is marked lost once it has been silent for [`WORKER_SILENT_LOST_AFTER`].
 async fn poll_workers(
     inner: &Arc<Inner>,
     machines: &[MachineId],
@@ -511,7 +529,7 @@ async fn poll_workers(
             })
             .collect()
     };
-    let polled: Vec<MachineId> = pollers.iter().map(|(m, _)| *m).collect();
+    let timeout = inner.poll_timeout;
     let mut replies = Vec::with_capacity(machines.len());
     if pollers
         .iter()
@@ -519,43 +537,68 @@ async fn poll_workers(
     {
         // Nothing to wait for: no tasks.
         for (machine, poller) in pollers {
-            replies.extend(poller.poll(machine, class).await);
+            let reply = poller.poll(machine, class, timeout).await;
+            heard(inner, machine, reply.is_some());
+            replies.extend(reply);
         }
     } else {
-        let mut polls = tokio::task::JoinSet::new();
+        // At most one answer per poll: bounded by the sample.
+        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        let started = tokio::time::Instant::now();
+        let polls = pollers.len();
         for (machine, poller) in pollers {
-            polls.spawn(poller.poll(machine, class));
+            let (inner, answers) = (inner.clone(), answers.clone());
+            tokio::spawn(async move {
+                let reply = poller.poll(machine, class, timeout).await;
+                heard(&inner, machine, reply.is_some());
+                let _ = answers.send(reply);
+            });
         }
-        while let Some(joined) = polls.join_next().await {
-            if let Ok(Some(reply)) = joined {
+        drop(answers);
+        let mut until: Option<tokio::time::Instant> = None;
+        for _ in 0..polls {
+            let next = match until {
+                None => answered.recv().await,
+                Some(until) => match tokio::time::timeout_at(until, answered.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some(reply) = next else { break };
+            if let Some(reply) = reply {
+                if until.is_none() {
+                    let first = started.elapsed();
+                    until = Some(tokio::time::Instant::now() + first.max(POLL_GRACE_MIN));
+                }
                 replies.push(reply);
             }
         }
     }
-    let now = tokio::time::Instant::now();
-    let mut state = inner.lock();
-    for machine in polled {
-        let answered = replies.iter().any(|r| r.machine == machine);
-        let Some(slot) = state.workers.get_mut(machine.0 as usize) else {
-            continue;
-        };
-        if answered {
-            slot.silent_since = None;
-            continue;
-        }
-        let since = *slot.silent_since.get_or_insert(now);
-        if now.duration_since(since) >= WORKER_SILENT_LOST_AFTER {
-            let why = format!(
-                "no answer to its polls for {} ms",
-                now.duration_since(since).as_millis()
-            );
-            mark_lost(inner, &mut state, machine, &why);
-        }
-    }
-    drop(state);
     // Keep the sample's order (ties go to the earlier machine in the core's rule).
     replies.sort_by_key(|r| machines.iter().position(|&m| m == r.machine));
     replies
+}
+
+/// Records whether `machine` answered a poll; one silent for [`WORKER_SILENT_LOST_AFTER`]
+/// with no answer between is marked lost.
+fn heard(inner: &Inner, machine: MachineId, answered: bool) {
+    let now = tokio::time::Instant::now();
+    let mut state = inner.lock();
+    let Some(slot) = state.workers.get_mut(machine.0 as usize) else {
+        return;
+    };
+    if answered {
+        slot.silent_since = None;
+        return;
+    }
+    let since = *slot.silent_since.get_or_insert(now);
+    if now.duration_since(since) >= WORKER_SILENT_LOST_AFTER {
+        let why = format!(
+            "no answer to its polls for {} ms",
+            now.duration_since(since).as_millis()
+        );
+        mark_lost(inner, &mut state, machine, &why);
+    }
 }
 
 /// Marks lost the live workers whose registration's lease has passed.
@@ -1338,6 +1381,104 @@ mod tests {
         let b2 = register(2, 20, Duration::ZERO);
         assert_eq!(b2.worker, MachineId(3));
         assert_eq!(shard.live_workers(), 4);
+    }
+
+    /// A `Worker` service whose polls never answer: it counts the polls it got and those
+    /// whose caller gave up on them (the call dropped).
+    #[derive(Debug, Default)]
+    struct SilentPolls {
+        started: Arc<AtomicU32>,
+        dropped: Arc<AtomicU32>,
+    }
+
+    struct CountDrop(Arc<AtomicU32>);
+
+    impl Drop for CountDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl proto::worker_server::Worker for SilentPolls {
+        type RunStream = link::OutcomeStream;
+
+        async fn run(
+            &self,
+            _request: tonic::Request<Streaming<proto::InvocationFrame>>,
+        ) -> Result<tonic::Response<Self::RunStream>, Status> {
+            Err(Status::unimplemented("runs nothing"))
+        }
+
+        async fn load(
+            &self,
+            _request: tonic::Request<proto::Component>,
+        ) -> Result<tonic::Response<proto::Loaded>, Status> {
+            Err(Status::unimplemented("loads nothing"))
+        }
+
+        async fn poll(
+            &self,
+            _request: tonic::Request<proto::PollRequest>,
+        ) -> Result<tonic::Response<proto::PollReply>, Status> {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            let _dropped = CountDrop(self.dropped.clone());
+            std::future::pending().await
+        }
+    }
+
+    /// A worker whose polls hang does not hold up a decision that sampled it: once the
+    /// other worker answers, the decision waits only its grace, not the poll timeout (30 s
+    /// here: the invocation is answered while the hung poll is still waited on, by its own
+    /// task, not by the decision).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_that_hangs_does_not_hold_up_the_decision() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow_address = listener.local_addr().unwrap();
+        let slow = SilentPolls::default();
+        let (started, dropped) = (slow.started.clone(), slow.dropped.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(proto::worker_server::WorkerServer::new(slow))
+                .serve_with_incoming(rpc::incoming(listener)),
+        );
+        let directory = Directory::new();
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig {
+                poll_timeout: Duration::from_secs(30),
+                ..ShardConfig::default()
+            },
+            directory.clone(),
+        );
+        directory.add_worker(([127, 0, 0, 1], 1).into(), Arc::new(FakeWorker::default()));
+        register_at(&shard, 1, 1, Duration::ZERO);
+        let registered = LocalShard::register(
+            &shard,
+            Registration {
+                address: format!("http://{slow_address}"),
+                memory_mb: 1024,
+                cores: 1,
+                lease: Duration::ZERO,
+                incarnation: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(registered.worker, MachineId(1));
+        // Both workers are sampled (k = 3 > 2): every decision polls the hung one.
+        for id in 0..3 {
+            let outcome = LocalShard::invoke(&shard, invocation(id, 3)).await;
+            assert_eq!(outcome.worker, MachineId(0), "{outcome:?}");
+        }
+        assert!(
+            started.load(Ordering::Relaxed) >= 1,
+            "the hung worker was polled"
+        );
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            0,
+            "a decision waited for a hung poll until its timeout"
+        );
     }
 
     #[tokio::test]

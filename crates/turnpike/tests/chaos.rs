@@ -26,6 +26,9 @@
 //!   connection), or an invocation with two rows. 0.
 //! - **Memory**: every role process's peak RSS, sampled every [`RSS_EVERY`], within its
 //!   bound ([`RSS_BOUND_MB`]).
+//! - **Detection**: a worker killed, cut off or moved is counted lost by a shard within
+//!   [`DETECTION_BOUND`] of the fault (the registration lease, 2 s, plus the shard's check
+//!   period and a poll; the metric is read every 50 ms).
 //! - **Recovery**: from the repair (the process listening again, the link up, the store
 //!   started) to the last request that did not get a result, at most [`RECOVERY_BOUND`];
 //!   and every shard counts all 3 workers live again within it.
@@ -68,6 +71,8 @@ const DEADLINE_MS: u64 = 5000;
 /// How long after its deadline an answer may take to arrive (the network, the gateway's
 /// answer to the cancellation).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// From a worker's fault to a shard counting it lost.
+const DETECTION_BOUND: Duration = Duration::from_millis(2500);
 /// From a repair to normal service.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 /// In a short run: the fault's start, and how long the load goes on after the repair.
@@ -179,6 +184,8 @@ struct Row {
     lost: usize,
     billed_twice: usize,
     recovery: Duration,
+    /// From the fault to a shard counting a worker lost, if one did.
+    detected: Option<Duration>,
     healthy: bool,
     rss_mb: BTreeMap<&'static str, u64>,
     problems: Vec<String>,
@@ -293,6 +300,18 @@ async fn ledger_of(store_url: &str, tenant: &str) -> Option<HashMap<u64, usize>>
     Some(ids)
 }
 
+/// Shard host `n`'s `turnpike_shard_workers_lost_total`, if it answers.
+async fn lost_total(cluster: &Cluster, n: u8) -> Option<f64> {
+    let answer = exchange(cluster.address(n, 9100), "GET", "/metrics", &[])
+        .await
+        .ok()?;
+    answer
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("turnpike_shard_workers_lost_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Whether every shard counts all 3 workers live (from its `/metrics`).
 async fn all_workers_live(cluster: &Cluster) -> bool {
     for n in [21, 22] {
@@ -373,11 +392,34 @@ async fn run_fault(
             tokio::task::spawn_blocking(move || fault.inject(&c))
                 .await
                 .expect("the fault");
+            let injected = start.elapsed();
             tokio::time::sleep(fault.outage()).await;
             tokio::task::spawn_blocking(move || fault.repair(&cluster))
                 .await
                 .expect("the repair");
-            start.elapsed()
+            (injected, start.elapsed())
+        })
+    };
+    // When a shard first counts a worker lost (`turnpike_shard_workers_lost_total` above
+    // where it was before the load), from the load's start.
+    let detected = {
+        let (cluster, running) = (cluster.clone(), running.clone());
+        tokio::spawn(async move {
+            let before = [
+                lost_total(&cluster, 21).await,
+                lost_total(&cluster, 22).await,
+            ];
+            while running.load(Ordering::Relaxed) {
+                for (i, n) in [21, 22].into_iter().enumerate() {
+                    if let (Some(now), Some(before)) = (lost_total(&cluster, n).await, before[i]) {
+                        if now > before {
+                            return Some(start.elapsed());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
         })
     };
     let host = format!("chaos{n}.localhost");
@@ -399,13 +441,18 @@ async fn run_fault(
     for task in tasks {
         sent.push(task.await.expect("a request task"));
     }
-    let repaired = repaired.await.expect("the fault's task");
+    let (injected, repaired) = repaired.await.expect("the fault's task");
     running.store(false, Ordering::Relaxed);
     let rss_mb = sampler.join().expect("the RSS sampler");
+    let detected = detected
+        .await
+        .expect("the watcher")
+        .map(|at| at.saturating_sub(injected));
 
     let mut row = Row {
         requests: sent.len(),
         rss_mb,
+        detected,
         ..Row::default()
     };
     let mut results = HashSet::new();
@@ -464,6 +511,16 @@ async fn run_fault(
         if !allowed {
             row.problems.push(format!("answers of kind `{kind}`"));
         }
+    }
+    if matches!(
+        fault,
+        Fault::KillWorker | Fault::CutWorker | Fault::WorkerNewPort
+    ) && row.detected.is_none_or(|d| d > DETECTION_BOUND)
+    {
+        row.problems.push(format!(
+            "the worker was counted lost after {:?} (bound {DETECTION_BOUND:?})",
+            row.detected
+        ));
     }
     row.recovery = last_failure.map_or(Duration::ZERO, |t| t.saturating_sub(repaired));
     if row.recovery > RECOVERY_BOUND {
@@ -535,7 +592,7 @@ async fn run_fault(
 
 fn print_table(rows: &[(Fault, Row)]) {
     eprintln!(
-        "\n{:<16} {:>8} {:>8} {:>7}  {:<34} {:>4} {:>12} {:>9}  {:<18} result",
+        "\n{:<16} {:>8} {:>8} {:>7}  {:<34} {:>4} {:>12} {:>9} {:>9}  {:<18} result",
         "fault",
         "requests",
         "answered",
@@ -543,6 +600,7 @@ fn print_table(rows: &[(Fault, Row)]) {
         "errors by kind",
         "lost",
         "billed twice",
+        "lost seen",
         "recovery",
         "peak RSS MiB g/s/w",
     );
@@ -565,7 +623,7 @@ fn print_table(rows: &[(Fault, Row)]) {
             format!("FAILED: {}", row.problems.join("; "))
         };
         eprintln!(
-            "{:<16} {:>8} {:>8} {:>7}  {:<34} {:>4} {:>12} {:>8.1}s  {:<18} {result}",
+            "{:<16} {:>8} {:>8} {:>7}  {:<34} {:>4} {:>12} {:>9} {:>8.1}s  {:<18} {result}",
             fault.name(),
             row.requests,
             row.answered,
@@ -573,6 +631,8 @@ fn print_table(rows: &[(Fault, Row)]) {
             errors,
             row.lost,
             row.billed_twice,
+            row.detected
+                .map_or("-".to_string(), |d| format!("{:.2}s", d.as_secs_f64())),
             row.recovery.as_secs_f64(),
             rss,
         );
