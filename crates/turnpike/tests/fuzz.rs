@@ -129,16 +129,22 @@ fn request() -> impl Strategy<Value = Fuzzed> {
         })
 }
 
+/// A new connection to `gw` with `raw` written to it. The gateway may answer (400, 413)
+/// before reading it all and close: a failed write leaves that answer to be read. (No
+/// half-close: a server takes that for the client gone.)
+async fn sent(gw: SocketAddr, raw: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(gw)
+        .await
+        .expect("the gateway takes connections");
+    let _ = stream.write_all(raw).await;
+    stream
+}
+
 /// Sends `raw` on its own connection: the whole answer, or `None` if the gateway closed
 /// without one. Fails the test if nothing happens within `within`.
 async fn exchange_within(gw: SocketAddr, raw: &[u8], within: Duration) -> Option<Vec<u8>> {
     let talk = async {
-        let mut stream = TcpStream::connect(gw)
-            .await
-            .expect("the gateway takes connections");
-        // It may answer (400, 413) before reading it all and close: the answer still counts.
-        // (No half-close: a server takes that for the client gone.)
-        let _ = stream.write_all(raw).await;
+        let mut stream = sent(gw, raw).await;
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer).await;
         (!answer.is_empty()).then_some(answer)
@@ -147,7 +153,7 @@ async fn exchange_within(gw: SocketAddr, raw: &[u8], within: Duration) -> Option
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "no answer within {ANSWER_WITHIN:?} to {:?}",
+                "no answer within {within:?} to {:?}",
                 String::from_utf8_lossy(raw)
             )
         })
@@ -183,10 +189,7 @@ async fn exchange(gw: SocketAddr, raw: &[u8]) -> Option<Vec<u8>> {
 /// (a gateway waiting for the rest of a request answers nothing until its header timeout).
 async fn send_garbage(gw: SocketAddr, raw: &[u8]) -> Option<Vec<u8>> {
     let talk = async {
-        let mut stream = TcpStream::connect(gw)
-            .await
-            .expect("the gateway takes connections");
-        let _ = stream.write_all(raw).await;
+        let mut stream = sent(gw, raw).await;
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(Ok(n)) = tokio::time::timeout(GARBAGE_WAIT, stream.read(&mut buf)).await {
