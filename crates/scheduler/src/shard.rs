@@ -542,16 +542,16 @@ async fn poll_workers(
             replies.extend(reply);
         }
     } else {
-        // At most one answer per poll: bounded by the sample.
-        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
-        let started = tokio::time::Instant::now();
+        // Bound: the sample. Each poll sends one answer, so no send ever waits.
         let polls = pollers.len();
+        let (answers, mut answered) = tokio::sync::mpsc::channel(polls.max(1));
+        let started = tokio::time::Instant::now();
         for (machine, poller) in pollers {
             let (inner, answers) = (inner.clone(), answers.clone());
             tokio::spawn(async move {
                 let reply = poller.poll(machine, class, timeout).await;
                 heard(&inner, machine, reply.is_some());
-                let _ = answers.send(reply);
+                let _ = answers.send(reply).await;
             });
         }
         drop(answers);
@@ -607,9 +607,9 @@ fn expire_leases(inner: &Inner, state: &mut State, now: tokio::time::Instant) {
         .workers
         .iter()
         .enumerate()
-        .filter(|(_, w)| w.alive && !w.lease.is_zero())
-        .map(|(m, w)| (m, now.duration_since(w.renewed)))
-        .filter(|&(m, since)| since > state.workers[m].lease)
+        .map(|(m, w)| (m, w, now.duration_since(w.renewed)))
+        .filter(|(_, w, since)| w.alive && !w.lease.is_zero() && *since > w.lease)
+        .map(|(m, _, since)| (m, since))
         .collect();
     for (machine, since) in lapsed {
         let why = format!("no registration for {} ms", since.as_millis());
