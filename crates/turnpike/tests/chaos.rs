@@ -300,30 +300,27 @@ async fn ledger_of(store_url: &str, tenant: &str) -> Option<HashMap<u64, usize>>
     Some(ids)
 }
 
-/// Shard host `n`'s `turnpike_shard_workers_lost_total`, if it answers.
-async fn lost_total(cluster: &Cluster, n: u8) -> Option<f64> {
+/// Metric `name` on shard host `n`'s `/metrics`, if it answers.
+async fn shard_metric(cluster: &Cluster, n: u8, name: &str) -> Option<f64> {
     let answer = exchange(cluster.address(n, 9100), "GET", "/metrics", &[])
         .await
         .ok()?;
     answer
         .body
         .lines()
-        .find_map(|l| l.strip_prefix("turnpike_shard_workers_lost_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Shard host `n`'s `turnpike_shard_workers_lost_total`, if it answers.
+async fn lost_total(cluster: &Cluster, n: u8) -> Option<f64> {
+    shard_metric(cluster, n, "turnpike_shard_workers_lost_total").await
 }
 
 /// Whether every shard counts all 3 workers live (from its `/metrics`).
 async fn all_workers_live(cluster: &Cluster) -> bool {
     for n in [21, 22] {
-        let Ok(answer) = exchange(cluster.address(n, 9100), "GET", "/metrics", &[]).await else {
-            return false;
-        };
-        let live = answer
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix("turnpike_shard_workers_live "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if live != Some(3.0) {
+        if shard_metric(cluster, n, "turnpike_shard_workers_live").await != Some(3.0) {
             return false;
         }
     }

@@ -35,6 +35,15 @@ fn cases() -> u32 {
         .unwrap_or(300)
 }
 
+/// A runner of [`cases`] cases that keeps no failures on disk (each replays a process).
+fn runner() -> TestRunner {
+    TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
 /// A request as generated: sent as HTTP/1.1 with `Connection: close`.
 #[derive(Clone, Debug)]
 struct Fuzzed {
@@ -275,11 +284,7 @@ impl Target {
 #[test]
 fn random_requests_get_clear_answers_and_leave_the_gateway_whole() {
     let target = target();
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner();
     let result = runner.run(&request(), |r| {
         let raw = target.raw(&r);
         let answer = target.runtime.block_on(exchange(target.gw, &raw));
@@ -307,11 +312,7 @@ fn random_requests_get_clear_answers_and_leave_the_gateway_whole() {
 #[test]
 fn bytes_that_are_not_http_are_refused_or_closed_and_leave_the_gateway_whole() {
     let target = target();
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner();
     let garbage = prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..512),
         // A request line, then anything.
