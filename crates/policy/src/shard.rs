@@ -98,7 +98,7 @@ pub enum ShardDecision {
     PassedOver,
     /// A top-class head would have waited behind its own class wherever the shard looked; it
     /// is back at the front of its queue. Decide again at once: the next decision polls
-    /// other machines (see [`ShardConfig::top_class_defers_max`]).
+    /// twice as many machines (see [`ShardConfig::top_class_defers_max`]).
     Deferred,
     /// Nothing is waiting.
     Idle,
@@ -123,7 +123,8 @@ pub struct ShardConfig {
     /// Machines it samples from when polling: ids `0..machines` (a real shard grows it as
     /// workers register).
     pub machines: u32,
-    /// Machines polled per decision when the idle list cannot help.
+    /// Machines polled per decision when the idle list cannot help (a deferred top-class
+    /// head's next decisions poll more: see `top_class_defers_max`).
     pub k: usize,
     /// `false` reverts to polling only (the paper's Figure 4 setting).
     pub use_idle_list: bool,
@@ -132,7 +133,9 @@ pub struct ShardConfig {
     /// because every polled machine would make it wait behind top-class work: the first
     /// time as [`ShardDecision::Deferred`] (poll others at once), then as
     /// [`ShardDecision::Blocked`] (retry after a delay); 0 binds it at once, as the paper
-    /// does.
+    /// does. Each time it is put back, its next sample doubles (`k`, `2k`, `4k`, ... up to
+    /// every machine the shard knows): a small cluster is soon seen whole, a large one costs
+    /// `log2(machines / k)` growing polls at most before it is.
     pub top_class_defers_max: u32,
 }
 
@@ -153,7 +156,8 @@ pub struct Shard {
     remembered: Vec<Option<MachineId>>,
     top_class: ClassId,
     top_class_defers_max: u32,
-    /// The top-class head last put back because it would have waited, and how many times.
+    /// The top-class head last put back because it would have waited, and how many times
+    /// (its next sample is `k << times`, see [`Shard::sample_size`]).
     deferred: Option<(InvocationId, u32)>,
     /// Share of recent top-class polls that found a machine where it starts at once.
     top_free_share: f64,
@@ -317,7 +321,8 @@ impl Shard {
             }
         }
         let mut machines = std::mem::take(&mut self.sample);
-        sample_machines(rng, self.machines, self.k, &mut machines);
+        let k = self.sample_size(pending.id);
+        sample_machines(rng, self.machines, k, &mut machines);
         if let Some(m) = self.remembered[class.index()].take() {
             if m.0 < self.machines && !machines.contains(&m) {
                 machines.push(m);
@@ -325,6 +330,23 @@ impl Shard {
         }
         self.polling = Some((class, enqueued_ns, pending));
         ShardStep::Poll { machines, class }
+    }
+
+    /// How many machines to poll for the head `id`: `k`, doubled for each time in a row it
+    /// was put back (capped at the machines known, which [`sample_machines`] also does).
+    fn sample_size(&self, id: InvocationId) -> usize {
+        let times = self.times_deferred(id);
+        let all = self.machines as usize;
+        // k << times, without overflow: past `all` the cap decides.
+        (0..times).fold(self.k.min(all), |k, _| k.saturating_mul(2).min(all))
+    }
+
+    /// How many times in a row the head `id` was put back.
+    fn times_deferred(&self, id: InvocationId) -> u32 {
+        match self.deferred {
+            Some((last, n)) if last == id => n,
+            _ => 0,
+        }
     }
 
     /// Whether a class that does not sit out has a head waiting.
@@ -336,21 +358,21 @@ impl Shard {
     }
 
     /// Whether to put a top-class head back rather than bind it to `chosen`, where it would
-    /// wait behind work of its own class: another poll (at once the first time, then a retry
-    /// delay later) is likely to find a machine where it starts at once, while waiting on
-    /// `chosen` costs a whole residual runtime. Only while recent top-class polls mostly
-    /// found a free core ([`TOP_FREE_SHARE_DEFER_MIN`]), at most `top_class_defers_max` times
-    /// in a row for one invocation, so a top class beyond the cluster's capacity is still
-    /// placed; never when every machine was polled (another poll could find nothing new).
-    fn defer(&mut self, id: InvocationId, chosen: Option<&PollReply>, polled: usize) -> bool {
-        if polled >= self.machines as usize {
+    /// wait behind work of its own class: another, larger poll (at once the first time, then
+    /// a retry delay later) is likely to find a machine where it starts at once, while
+    /// waiting on `chosen` costs a whole residual runtime. Only while recent top-class polls
+    /// mostly found a free core ([`TOP_FREE_SHARE_DEFER_MIN`]), at most
+    /// `top_class_defers_max` times in a row for one invocation, so a top class beyond the
+    /// cluster's capacity is still placed. Also when every machine was polled: a retry delay
+    /// later, the first core to free up anywhere takes the head, where binding now would
+    /// queue it behind one machine's own residual runtime. Never with a single machine, where
+    /// there is no other to wait for.
+    fn defer(&mut self, id: InvocationId, chosen: Option<&PollReply>) -> bool {
+        if self.machines <= 1 {
             return false;
         }
         let waits = chosen.is_some_and(|r| r.waits() > 0);
-        let times = match self.deferred {
-            Some((last, n)) if last == id => n,
-            _ => 0,
-        };
+        let times = self.times_deferred(id);
         // Each head's first poll only: a deferred head's next polls are not a fresh sample.
         if times == 0 {
             let found = if waits { 0.0 } else { 1.0 };
@@ -380,7 +402,7 @@ impl Shard {
             let (best, second) = class_aware_best_two(replies, pending.start_mb);
             chosen = best.map(|i| replies[i].machine);
             let best_reply = best.map(|i| &replies[i]);
-            if class == self.top_class && self.defer(pending.id, best_reply, replies.len()) {
+            if class == self.top_class && self.defer(pending.id, best_reply) {
                 (chosen, deferred) = (None, true);
             }
             // Remember the best machine not chosen: the runner-up, or the best if deferred.
@@ -399,8 +421,9 @@ impl Shard {
             None => {
                 self.queue.handle_push_front(class, enqueued_ns, pending);
                 if deferred {
-                    // The first time, poll other machines at once; after that, give the cores
-                    // polled a retry delay to free up.
+                    // The first time, poll twice as many machines at once; after that, give
+                    // the cores polled a retry delay to free up (each poll larger until it
+                    // covers every machine).
                     if self.deferred.is_some_and(|(_, n)| n == 1) {
                         ShardDecision::Deferred
                     } else {
@@ -671,6 +694,85 @@ mod tests {
         assert!(matches!(
             shard.poll_decision(4, &mut rng, busy),
             ShardDecision::Place { .. }
+        ));
+    }
+
+    #[test]
+    fn a_deferred_top_class_heads_sample_doubles_up_to_every_machine_and_it_still_waits() {
+        let classes = ClassSet::default_four();
+        let top = classes.top();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(11);
+        let mut shard = Shard::new(
+            &classes,
+            ShardConfig {
+                top_class_defers_max: 6,
+                ..config(20, 3, false)
+            },
+        );
+        shard.handle_invocation(0, pending(1, top.0));
+        // Every one-core machine already runs a top-class invocation.
+        let busy = |m: MachineId| PollReply {
+            machine: m,
+            functions: 2,
+            room_mb: 1000,
+            ahead: 1,
+            cores: 1,
+        };
+        let mut sizes = Vec::new();
+        let mut decisions = Vec::new();
+        for t in 0..7 {
+            let d = shard.poll_decision(t, &mut rng, |m, _| busy(m));
+            let polled = shard.sample.len();
+            sizes.push(polled);
+            decisions.push(d);
+        }
+        // k, then 2k and 4k (each plus the best machine of the last poll, unless drawn
+        // again), then all 20; seen whole, the head is still put back until its bound.
+        assert_eq!(sizes[0], 3, "{sizes:?}");
+        assert!((6..=7).contains(&sizes[1]), "{sizes:?}");
+        assert!((12..=13).contains(&sizes[2]), "{sizes:?}");
+        assert!(sizes[3..].iter().all(|&n| n == 20), "{sizes:?}");
+        assert_eq!(decisions[0], ShardDecision::Deferred);
+        assert!(
+            decisions[1..6].iter().all(|d| *d == ShardDecision::Blocked),
+            "{decisions:?}"
+        );
+        assert!(
+            matches!(decisions[6], ShardDecision::Place { .. }),
+            "{decisions:?}"
+        );
+        // The next head starts again from k.
+        shard.handle_invocation(8, pending(2, top.0));
+        let _ = shard.poll_decision(8, &mut rng, |m, _| busy(m));
+        assert!(shard.sample.len() <= 4, "{}", shard.sample.len());
+    }
+
+    #[test]
+    fn a_shard_that_knows_one_machine_binds_a_top_class_head_at_once() {
+        let classes = ClassSet::default_four();
+        let top = classes.top();
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(12);
+        let mut shard = Shard::new(
+            &classes,
+            ShardConfig {
+                top_class_defers_max: 32,
+                ..config(1, 3, false)
+            },
+        );
+        shard.handle_invocation(0, pending(1, top.0));
+        let busy = |m: MachineId, _| PollReply {
+            machine: m,
+            functions: 1,
+            room_mb: 1000,
+            ahead: 1,
+            cores: 1,
+        };
+        assert!(matches!(
+            shard.poll_decision(1, &mut rng, busy),
+            ShardDecision::Place {
+                machine: MachineId(0),
+                ..
+            }
         ));
     }
 

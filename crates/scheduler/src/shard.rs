@@ -499,7 +499,7 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
                 send(&inner, pending.id, machine, via);
             }
             ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,
-            // Decide again at once: the next decision polls other workers, or places a head
+            // Decide again at once: the next decision polls more workers, or places a head
             // of another class.
             ShardDecision::Deferred | ShardDecision::PassedOver => {}
         }
