@@ -8,7 +8,8 @@
 //! runtime), nothing of it unfinished, compute utilization at least 0.95, and every class's
 //! p99 slowdown at least the next higher class's. Every run is deterministic for its seed, so
 //! the tolerance is between the bound and the measured figure, not for noise; the margins
-//! measured on seed 1 are 1.23 against 2.0 (one core) and 1.00 against 1.5 (two cores).
+//! measured on seed 1 are 1.20 against 2.0 (one core) and 1.00 against 1.5 (two cores), and
+//! the smallest, exponential runtimes on one core, 1.89 against 2.0 (seed 3, 60 s).
 //! The paper's rule runs in the same sweep and misses these bounds, so the checks can fail.
 
 use turnpike_policy::placement::PlacementRule;
@@ -157,14 +158,40 @@ fn the_bound_holds_for_other_seeds_sizes_shards_k_and_runtimes() {
         }
     }
     // Exponential runtimes, whose many short invocations make any wait count: three seeds on
-    // two cores. On one core the goal is not met reliably: 1.82-1.91 over 120 s for seeds
-    // 1-3, 2.23 for seed 3 over the 60 s here (docs/results.md, "Overload").
+    // two cores, 1.00 each over the 60 s here.
     for seed in [1, 2, 3] {
         let (config, e) = variation(2, |c| {
             c.seed = seed;
             c.workload.service = Some(ServiceConfig::Exponential { mean_ms: 40.0 });
         });
         found.extend(report("2c, exponential runtimes", config.seed, &e, 2));
+    }
+    assert!(found.is_empty(), "misses:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_bound_holds_for_exponential_runtimes_on_one_core_machines() {
+    // The hardest shape (issue 21): one core, so a top-class invocation that waits behind its
+    // own class waits a whole residual runtime, and exponential runtimes, whose many short
+    // invocations turn any such wait into a large slowdown. Seeds 1-3, over the 60 s of the
+    // other variations and the preset's 120 s. Measured (docs/results.md, "Overload"):
+    // 1.30 / 1.66 / 1.89 over 60 s and 1.52 / 1.63 / 1.63 over 120 s against the bound of
+    // 2.0; before a deferred head's sample doubled, 1.46 / 2.19 / 2.04 and 1.75 / 2.05 /
+    // 1.96. Each run is deterministic for its seed, so the tolerance is the margin between
+    // the measured figure and the bound, at least 0.11 (seed 3 over 60 s); seeds 4-8 give
+    // 1.37-1.86 over 60 s and 1.46-1.76 over 120 s, so the margin is not one lucky seed's.
+    let mut found = Vec::new();
+    for seed in [1, 2, 3] {
+        for duration_s in [60.0, 120.0] {
+            let (config, e) = variation(1, |c| {
+                c.seed = seed;
+                c.workload.service = Some(ServiceConfig::Exponential { mean_ms: 40.0 });
+                c.workload.duration_s = duration_s;
+                c.workload.warmup_s = duration_s / 10.0;
+            });
+            let label = format!("1c, exponential runtimes, {duration_s} s");
+            found.extend(report(&label, config.seed, &e, 1));
+        }
     }
     assert!(found.is_empty(), "misses:\n{}", found.join("\n"));
 }
