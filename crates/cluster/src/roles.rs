@@ -37,6 +37,10 @@ pub struct Bounds {
     pub gateway_connections_max: usize,
     /// Usage rows in a gateway's on-disk ledger outbox (the store is down).
     pub ledger_outbox_rows_max: u64,
+    /// A tenant's asynchronous invocations queued or running (in the store).
+    pub async_queue_invocations_max: u64,
+    /// Asynchronous attempts a gateway runs at once.
+    pub gateway_async_runs_max: usize,
 }
 
 impl Default for Bounds {
@@ -51,6 +55,9 @@ impl Default for Bounds {
                 turnpike_node::node::WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT,
             gateway_connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
             ledger_outbox_rows_max: turnpike_gateway::outbox::LEDGER_OUTBOX_ROWS_MAX_DEFAULT,
+            async_queue_invocations_max:
+                turnpike_gateway::async_invocations::ASYNC_QUEUE_MAX_DEFAULT,
+            gateway_async_runs_max: turnpike_gateway::async_invocations::ASYNC_RUNS_MAX_DEFAULT,
         }
     }
 }
@@ -105,6 +112,9 @@ pub fn gateway_config(
         ledger_outbox_rows_max: Bounds::default().ledger_outbox_rows_max,
         header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
         body_read_timeout: turnpike_gateway::gateway::BODY_READ_TIMEOUT_DEFAULT,
+        async_queue_max: Bounds::default().async_queue_invocations_max,
+        async_runs_max: Bounds::default().gateway_async_runs_max,
+        async_retention: turnpike_gateway::async_invocations::ASYNC_RETENTION_DEFAULT,
     }
 }
 

@@ -439,6 +439,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
         ledger_queue_rows_max: config.bounds.ledger_queue_rows_max,
         connections_max: config.bounds.gateway_connections_max,
         ledger_outbox_rows_max: config.bounds.ledger_outbox_rows_max,
+        async_queue_max: config.bounds.async_queue_invocations_max,
+        async_runs_max: config.bounds.gateway_async_runs_max,
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
         ..roles::gateway_config(
@@ -512,6 +514,8 @@ fn demo_route(prefix: &str, functions: &[(String, String)], name: &str, class: C
             function: name.into(),
             hash,
             class,
+            asynchronous: false,
+            retries: 0,
         },
     }
 }

@@ -16,13 +16,18 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use turnpike_store::{
-    calendar::rfc3339, AppSpec, Budget, Day, StoreError, Tenant, UsageKey, UsageTotals,
+    calendar::rfc3339, AppSpec, AsyncState, Budget, Day, StoreError, Tenant, UsageKey, UsageTotals,
 };
 
+/// Asynchronous invocations a list shows without `limit`, and at most with it.
+const LIST_DEFAULT: usize = 100;
+const LIST_MAX: usize = 1000;
+
+use crate::async_invocations::{invocation_json, wants_async};
 use crate::billing::{allowance, over_budget};
 use crate::components::CheckError;
-use crate::gateway::{Body, Gateway, CLASS_HEADER};
-use crate::refusal::{refuse, Refusal};
+use crate::gateway::{Body, CallerBody, Gateway, BOUND_RETRY_AFTER_S, CLASS_HEADER};
+use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::Target;
 
 /// Creates the `admin` tenant if the store has no admin yet (a fresh store): its key, to be
@@ -67,6 +72,8 @@ fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Conflict(m) => refuse(Refusal::Conflict, m),
         StoreError::Invalid(m) => refuse(Refusal::Invalid, m),
+        StoreError::Unprocessable(m) => refuse(Refusal::Unprocessable, m),
+        StoreError::Full(m) => refuse_for(Refusal::OverBudget, m, Some(BOUND_RETRY_AFTER_S)),
         e => refuse(Refusal::Unavailable, format!("the store failed: {e}")),
     }
 }
@@ -106,6 +113,10 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
         (&Method::GET, ["functions"]) => api.list_functions().await,
         (&Method::GET, ["routes"]) => api.list_routes().await,
         (_, ["invoke", hash]) => api.invoke_hash(hash, parts, body).await,
+        (&Method::GET, ["invocations"]) => {
+            api.list_invocations(parts.uri.query().unwrap_or("")).await
+        }
+        (&Method::GET, ["invocations", id]) => api.show_invocation(id).await,
         (&Method::GET, ["usage"]) => api.usage(parts.uri.query().unwrap_or("")).await,
         (&Method::GET, ["budget"]) => api.budget().await,
         (&Method::PUT, ["budget"]) => api.set_budget(body).await,
@@ -465,8 +476,18 @@ impl Api<'_> {
             function: function.to_string(),
             hash,
             class,
+            asynchronous: false,
+            retries: 0,
         };
-        self.gateway.run(target, parts, body, path_and_query).await
+        if wants_async(&parts.headers) {
+            return self
+                .gateway
+                .submit_async(target, parts, body, path_and_query)
+                .await;
+        }
+        self.gateway
+            .run(target, parts, CallerBody::Http(body), path_and_query)
+            .await
     }
 
     /// `/v1/invoke/{hash}`: a component the caller uploaded (the admin: any function the
@@ -481,6 +502,12 @@ impl Api<'_> {
             Ok(class) => class,
             Err(refusal) => return refusal,
         };
+        if wants_async(&parts.headers) {
+            return refuse(
+                Refusal::Invalid,
+                "`Prefer: respond-async` works on a deployed function (/v1/apps/{app}/functions/{function}/invoke) or an async route, not on a component by hash",
+            );
+        }
         if !self.tenant.admin {
             match self
                 .gateway
@@ -503,8 +530,76 @@ impl Api<'_> {
             function: hash.to_string(),
             hash: hash.to_string(),
             class,
+            asynchronous: false,
+            retries: 0,
         };
-        self.gateway.run(target, parts, body, path_and_query).await
+        self.gateway
+            .run(target, parts, CallerBody::Http(body), path_and_query)
+            .await
+    }
+
+    /// `GET /v1/invocations/{id}`: one of the caller's asynchronous invocations.
+    async fn show_invocation(&self, id: &str) -> Response {
+        match self
+            .gateway
+            .store()
+            .async_invocation(&self.tenant.name, id)
+            .await
+        {
+            Ok(Some(invocation)) => json_response(StatusCode::OK, &invocation_json(&invocation)),
+            Ok(None) => not_found(&format!("asynchronous invocation `{id}`")),
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// `GET /v1/invocations?state=&function=&limit=`: the caller's asynchronous invocations,
+    /// newest first.
+    async fn list_invocations(&self, query: &str) -> Response {
+        let (mut state, mut function, mut limit) = (None, None, LIST_DEFAULT);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "state" => match AsyncState::parse(value) {
+                    Some(s) => state = Some(s),
+                    None => {
+                        return refuse(
+                            Refusal::Invalid,
+                            format!(
+                                "bad `state` `{value}`: use queued, running, succeeded or failed"
+                            ),
+                        )
+                    }
+                },
+                "function" if !value.is_empty() => function = Some(value.to_string()),
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=LIST_MAX).contains(&n) => limit = n,
+                    _ => {
+                        return refuse(
+                            Refusal::Invalid,
+                            format!("bad `limit` `{value}`: a number from 1 to {LIST_MAX}"),
+                        )
+                    }
+                },
+                _ => {
+                    return refuse(
+                        Refusal::Invalid,
+                        format!("unknown parameter `{name}`: use state, function, limit"),
+                    )
+                }
+            }
+        }
+        match self
+            .gateway
+            .store()
+            .async_invocations(&self.tenant.name, state, function.as_deref(), limit)
+            .await
+        {
+            Ok(list) => {
+                let list: Vec<Value> = list.iter().map(invocation_json).collect();
+                json_response(StatusCode::OK, &json!({ "invocations": list }))
+            }
+            Err(e) => store_error(e),
+        }
     }
 
     async fn usage(&self, query: &str) -> Response {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use turnpike_wire::http_server::{EdgeLimits, DRAIN_FOR};
 
-use crate::gateway::{Body, Gateway, BOUND_RETRY_AFTER_S};
+use crate::gateway::{Body, CallerBody, Gateway, BOUND_RETRY_AFTER_S};
 use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::Lookup;
 
@@ -22,6 +22,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let follower = tokio::spawn(self.clone().follow_store());
+        let async_runner = tokio::spawn(self.clone().run_async_queue());
         let serving = self.clone();
         let handler = move |request| {
             let gateway = serving.clone();
@@ -42,10 +43,15 @@ impl Gateway {
         };
         turnpike_wire::http_server::serve(listener, handler, shutdown, limits, over_limit).await;
         follower.abort();
+        // No more asynchronous attempts start; those running end and write their results
+        // (one that does not within the drain runs again elsewhere when its lease lapses).
+        async_runner.abort();
         // Invocations whose clients hung up run on apart from any connection (cancelled, so
         // briefly): their rows too.
         let until = std::time::Instant::now() + DRAIN_FOR;
-        while self.in_flight() > 0 && std::time::Instant::now() < until {
+        while (self.in_flight() > 0 || self.async_running.load(Ordering::Relaxed) > 0)
+            && std::time::Instant::now() < until
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // Every answered request's row, in the store before the gateway is gone.
@@ -88,6 +94,19 @@ impl Gateway {
             .uri
             .path_and_query()
             .map_or_else(|| path.to_string(), |p| p.as_str().to_string());
-        self.run(target, parts, body, path_and_query).await
+        if target.asynchronous {
+            return self.submit_async(target, parts, body, path_and_query).await;
+        }
+        if crate::async_invocations::wants_async(&parts.headers) {
+            return refuse(
+                Refusal::Invalid,
+                format!(
+                    "`Prefer: respond-async` on {} {path}: this route is not declared `async = true` in its app's manifest; ask for an asynchronous run with a direct invocation (/v1/apps/{{app}}/functions/{{function}}/invoke) or declare the route async",
+                    parts.method
+                ),
+            );
+        }
+        self.run(target, parts, CallerBody::Http(body), path_and_query)
+            .await
     }
 }

@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,15 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's whole body; a slower one gets 408.
     pub body_read_timeout: Duration,
+    /// `async_queue_invocations_max`: a tenant's asynchronous invocations queued or running
+    /// at once; one more submission gets 429 (default
+    /// [`crate::async_invocations::ASYNC_QUEUE_MAX_DEFAULT`]).
+    pub async_queue_max: u64,
+    /// `gateway_async_runs_max`: asynchronous attempts this gateway runs at once (default
+    /// [`crate::async_invocations::ASYNC_RUNS_MAX_DEFAULT`]).
+    pub async_runs_max: usize,
+    /// How long an ended asynchronous invocation's result (and idempotency key) is kept.
+    pub async_retention: Duration,
 }
 
 /// Default of [`GatewayConfig::body_read_timeout`]: the default 8 MiB body at 300 KB/s.
@@ -171,6 +180,10 @@ pub struct Gateway {
     class_values: Vec<Option<http::HeaderValue>>,
     /// Itself, for the tasks that run an invocation apart from its client's connection.
     me: Weak<Gateway>,
+    /// Wakes the asynchronous runner: a submission arrived, or an attempt ended.
+    pub(crate) async_queue: tokio::sync::Notify,
+    /// Asynchronous attempts running now (at most `async_runs_max`).
+    pub(crate) async_running: AtomicUsize,
 }
 
 /// One invocation counted in [`Gateway::in_flight`] while this lives: from admission until
@@ -191,6 +204,18 @@ struct CancelOnHangup(Option<Cancellation>);
 /// Default of the largest request body read whole before the invocation is sent: a body with
 /// a declared length up to this is; larger or unknown ones stream to the guest as they come.
 pub const WHOLE_REQUEST_BYTES_MAX: usize = 64 << 10;
+
+/// A request's body as the gateway has it: arriving from the client, or already whole (an
+/// asynchronous invocation's, read back from the store).
+#[derive(Debug)]
+pub(crate) enum CallerBody {
+    Http(Incoming),
+    Stored(bytes::Bytes),
+}
+
+/// Dropped once an invocation is over and its usage handed to the ledger (or known to have
+/// none): its receiver then learns that the invocation is settled.
+pub(crate) type Settled = tokio::sync::oneshot::Sender<()>;
 
 /// Why a streamed request body failed on its way in, if it did: the answer to give instead.
 type UploadRefusal = Arc<Mutex<Option<(Refusal, String)>>>;
@@ -252,6 +277,57 @@ async fn upload_body(
     cancel.cancel();
 }
 
+/// A client's request body as an invocation takes it: read whole when it is known to be small
+/// (the invocation can then be placed again after a lost worker), otherwise left to stream to
+/// the guest as it arrives; the answer to give when it is over `limit` bytes, too slow, or
+/// broken.
+async fn take_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(bytes::Bytes, Option<Incoming>), http::Response<Body>> {
+    let declared = hyper::body::Body::size_hint(&body);
+    if declared.lower() > limit as u64 {
+        return Err(refuse(
+            Refusal::TooLarge,
+            format!("request body over the limit of {limit} bytes"),
+        ));
+    }
+    if declared
+        .exact()
+        .is_none_or(|n| n > WHOLE_REQUEST_BYTES_MAX as u64)
+    {
+        return Ok((bytes::Bytes::new(), Some(body)));
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(collected) = collected else {
+        return Err(refuse(
+            Refusal::TimedOut,
+            format!("the request body did not arrive within {timeout:?}"),
+        ));
+    };
+    match collected {
+        Ok(collected) => Ok((collected.to_bytes(), None)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            Refusal::TooLarge,
+            format!("request body over the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(refuse(Refusal::Invalid, format!("reading the body: {e}"))),
+    }
+}
+
+/// The answer to a new invocation of `tenant` while it is over a throttling budget: 429,
+/// retry after `wait` seconds.
+pub(crate) fn over_budget(tenant: &str, wait: u64) -> http::Response<Body> {
+    refuse_for(
+        Refusal::OverBudget,
+        format!(
+            "over the monthly budget of `{tenant}`: retry in {wait} s, or raise the budget (turnpike budget)"
+        ),
+        Some(wait),
+    )
+}
+
 /// What an invocation's caller learns first: its streamed head (and how it ended, if that is
 /// known already), or (not streamed) how it ended.
 enum First {
@@ -299,7 +375,9 @@ const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// The request's [`DEADLINE_HEADER`], if it has one; the answer to give if it is malformed.
 #[allow(clippy::result_large_err)]
-fn deadline_after(headers: &http::HeaderMap) -> Result<Option<Duration>, http::Response<Body>> {
+pub(crate) fn deadline_after(
+    headers: &http::HeaderMap,
+) -> Result<Option<Duration>, http::Response<Body>> {
     let Some(value) = headers.get(DEADLINE_HEADER) else {
         return Ok(None);
     };
@@ -370,6 +448,8 @@ impl Gateway {
             shard_retries: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             class_values,
+            async_queue: tokio::sync::Notify::new(),
+            async_running: AtomicUsize::new(0),
         });
         gateway.reload_routing().await?;
         Ok(gateway)
@@ -527,8 +607,21 @@ impl Gateway {
         &self,
         target: Target,
         parts: http::request::Parts,
-        body: Incoming,
+        body: CallerBody,
         path_and_query: String,
+    ) -> http::Response<Body> {
+        self.run_settled(target, parts, body, path_and_query, None)
+            .await
+    }
+
+    /// [`Gateway::run`], dropping `settled` once the invocation's usage is with the ledger.
+    pub(crate) async fn run_settled(
+        &self,
+        target: Target,
+        parts: http::request::Parts,
+        body: CallerBody,
+        path_and_query: String,
+        settled: Option<Settled>,
     ) -> http::Response<Body> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
@@ -540,7 +633,7 @@ impl Gateway {
             class = tracing::field::Empty,
         );
         let mut response = self
-            .run_invocation(id, target, parts, body, path_and_query)
+            .run_invocation(id, target, parts, body, path_and_query, settled)
             .instrument(span)
             .await;
         response
@@ -554,8 +647,9 @@ impl Gateway {
         id: u64,
         target: Target,
         parts: http::request::Parts,
-        body: Incoming,
+        body: CallerBody,
         path_and_query: String,
+        settled: Option<Settled>,
     ) -> http::Response<Body> {
         let Some(me) = self.me.upgrade() else {
             return refuse(Refusal::Unavailable, "the gateway is shutting down");
@@ -587,19 +681,21 @@ impl Gateway {
                 Some(BOUND_RETRY_AFTER_S),
             )
         } else {
-            self.run_admitted(admitted, id, target, parts, body, path_and_query)
+            self.run_admitted(admitted, id, target, parts, body, path_and_query, settled)
                 .await
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_admitted(
         &self,
         admitted: Admitted,
         id: u64,
         target: Target,
         parts: http::request::Parts,
-        body: Incoming,
+        body: CallerBody,
         path_and_query: String,
+        settled: Option<Settled>,
     ) -> http::Response<Body> {
         let started = Instant::now();
         let mut target = target;
@@ -619,16 +715,7 @@ impl Gateway {
         };
         let (class, hold) = match self.billing.admit(&target.tenant, class).await {
             Ok((Admission::Run(class), hold)) => (class, hold),
-            Ok((Admission::Throttle(wait), _)) => {
-                return refuse_for(
-                    Refusal::OverBudget,
-                    format!(
-                        "over the monthly budget of `{}`: retry in {wait} s, or raise the budget (turnpike budget)",
-                        target.tenant
-                    ),
-                    Some(wait),
-                );
-            }
+            Ok((Admission::Throttle(wait), _)) => return over_budget(&target.tenant, wait),
             Err(e) => {
                 return refuse(
                     Refusal::Unavailable,
@@ -639,39 +726,12 @@ impl Gateway {
         tracing::Span::current().record("class", self.config.classes.get(class).name.as_str());
         let limit = self.config.max_request_bytes;
         let timeout = self.config.body_read_timeout;
-        let declared = hyper::body::Body::size_hint(&body);
-        if declared.lower() > limit as u64 {
-            return refuse(
-                Refusal::TooLarge,
-                format!("request body over the limit of {limit} bytes"),
-            );
-        }
-        // A body known to be small is read whole first (the invocation can then be placed
-        // again after a lost worker); any other streams to the guest as it arrives.
-        let (body, upload) = if declared
-            .exact()
-            .is_some_and(|n| n <= WHOLE_REQUEST_BYTES_MAX as u64)
-        {
-            let collected =
-                tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-            let Ok(collected) = collected else {
-                return refuse(
-                    Refusal::TimedOut,
-                    format!("the request body did not arrive within {timeout:?}"),
-                );
-            };
-            match collected {
-                Ok(collected) => (collected.to_bytes(), None),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return refuse(
-                        Refusal::TooLarge,
-                        format!("request body over the limit of {limit} bytes"),
-                    )
-                }
-                Err(e) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
-            }
-        } else {
-            (bytes::Bytes::new(), Some(body))
+        let (body, upload) = match body {
+            CallerBody::Stored(bytes) => (bytes, None),
+            CallerBody::Http(body) => match take_body(body, limit, timeout).await {
+                Ok(taken) => taken,
+                Err(refusal) => return refusal,
+            },
         };
         // The function sees the caller's headers without the platform's own and without the
         // caller's credentials.
@@ -739,6 +799,7 @@ impl Gateway {
                 // Its cost is in the tenant's spend now (if it ran): no longer expected.
                 drop(hold);
                 drop(admitted);
+                drop(settled);
             }
             .in_current_span(),
         );
@@ -899,7 +960,7 @@ impl Gateway {
     /// runs one level deeper); `None` for an outside request; an answer to send instead when
     /// the call may not go on.
     #[allow(clippy::result_large_err)]
-    fn chain_context(
+    pub(crate) fn chain_context(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<CallToken>, http::Response<Body>> {
@@ -1093,6 +1154,9 @@ mod tests {
             connections_max: turnpike_wire::http_server::CONNECTIONS_MAX_DEFAULT,
             header_read_timeout: turnpike_wire::http_server::HEADER_READ_TIMEOUT_DEFAULT,
             body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,
+            async_queue_max: crate::async_invocations::ASYNC_QUEUE_MAX_DEFAULT,
+            async_runs_max: crate::async_invocations::ASYNC_RUNS_MAX_DEFAULT,
+            async_retention: crate::async_invocations::ASYNC_RETENTION_DEFAULT,
         })
         .await
         .unwrap();

@@ -26,6 +26,9 @@ pub enum Refusal {
     Forbidden,
     /// The thing exists already (409).
     Conflict,
+    /// The request contradicts an earlier one: an idempotency key reused for another request
+    /// (422).
+    Unprocessable,
     /// The client did not send its request in time (408).
     TimedOut,
     /// A body over its limit: the request's, an upload's, or the function's response (413).
@@ -57,6 +60,7 @@ impl Refusal {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TimedOut => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::OverBudget => StatusCode::TOO_MANY_REQUESTS,
@@ -92,6 +96,8 @@ pub fn refuse_for(
     text.push('\n');
     let mut response = http::Response::new(Body::full(text));
     *response.status_mut() = status;
+    // For callers in this process (the asynchronous runner): which case it was.
+    response.extensions_mut().insert(case);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -124,5 +130,9 @@ mod tests {
         let response = refuse(Refusal::NotFound, "no route");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(response.headers().get(http::header::RETRY_AFTER).is_none());
+        assert_eq!(
+            response.extensions().get::<Refusal>(),
+            Some(&Refusal::NotFound)
+        );
     }
 }

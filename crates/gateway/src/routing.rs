@@ -40,6 +40,11 @@ pub struct Target {
     /// Its component's content hash.
     pub hash: String,
     pub class: ClassId,
+    /// Run asynchronously: the request is stored and answered `202 Accepted`, then run from
+    /// the store's queue (see [`crate::async_invocations`]).
+    pub asynchronous: bool,
+    /// An asynchronous run's retries after the function's own failure.
+    pub retries: u32,
 }
 
 /// A route: requests whose path starts with `prefix` (whole segments) go to `target`.
@@ -92,6 +97,8 @@ impl RoutingTable {
                                 function: function.name.clone(),
                                 hash: function.hash.clone(),
                                 class: classes.by_name(&r.class)?,
+                                asynchronous: r.asynchronous,
+                                retries: r.retries,
                             },
                         })
                     })
@@ -205,6 +212,8 @@ mod tests {
                     method: method.map(String::from),
                     function: function.to_string(),
                     class: class.to_string(),
+                    asynchronous: false,
+                    retries: 0,
                 })
                 .collect(),
         }
@@ -249,6 +258,8 @@ mod tests {
                 function: "hello".into(),
                 hash: "h".into(),
                 class: ClassId(3),
+                asynchronous: false,
+                retries: 0,
             },
         }];
         let table = RoutingTable::new(7, &apps, &classes, operator);

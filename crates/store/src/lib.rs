@@ -1,6 +1,7 @@
 //! Turnpike's durable store: only what must survive a restart - tenants and their API keys,
 //! components (by content hash), apps with their functions, function versions and routes,
-//! budgets, and the usage ledger. Placement state (queues, idle lists) is soft and lives in
+//! budgets, the usage ledger, and asynchronous invocations from their submission until their
+//! retention ends (the queue they wait in is a table, [`async_invocations`]). Placement state (queues, idle lists) is soft and lives in
 //! the control plane, never here.
 //!
 //! One implementation serves both databases through sqlx's `Any` driver: embedded SQLite
@@ -15,6 +16,7 @@
 //! leaves nothing half-written; each starts with a write, so that on SQLite it waits for the
 //! write lock rather than failing when another writer went first.
 
+pub mod async_invocations;
 pub mod calendar;
 mod migrations;
 mod model;
@@ -31,6 +33,9 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use async_invocations::{
+    AsyncAttempt, AsyncInvocation, AsyncResult, AsyncState, AsyncSubmission, Submitted,
+};
 pub use calendar::Day;
 pub use model::*;
 
@@ -44,6 +49,13 @@ pub enum StoreError {
     /// The request names something the store does not have or the tenant may not use.
     #[error("{0}")]
     Invalid(String),
+    /// A bound was reached (a tenant's queue of asynchronous invocations).
+    #[error("{0}")]
+    Full(String),
+    /// The request contradicts an earlier one (an idempotency key reused for another
+    /// request).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("store URL `{0}`: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
     BadUrl(String),
 }
@@ -371,13 +383,16 @@ impl Store {
         }
         for route in &spec.routes {
             sqlx::query(
-                "INSERT INTO routes (app, method, path, function, class) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO routes (app, method, path, function, class, asynchronous, retries) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(name)
             .bind(route.method.clone().unwrap_or_default())
             .bind(&route.path)
             .bind(&route.function)
             .bind(&route.class)
+            .bind(i64::from(route.asynchronous))
+            .bind(i64::from(route.retries))
             .execute(&mut *tx)
             .await?;
         }
@@ -487,7 +502,7 @@ impl Store {
             }
         }
         let routes = fetch(format!(
-            "SELECT r.app, r.method, r.path, r.function, r.class FROM routes r \
+            "SELECT r.app, r.method, r.path, r.function, r.class, r.asynchronous, r.retries FROM routes r \
              JOIN apps a ON a.name = r.app{filter} ORDER BY r.app, r.path, r.method"
         ))
         .await?;
@@ -499,6 +514,8 @@ impl Store {
                     path: r.try_get("path")?,
                     function: r.try_get("function")?,
                     class: r.try_get("class")?,
+                    asynchronous: r.try_get::<i64, _>("asynchronous")? != 0,
+                    retries: r.try_get::<i64, _>("retries")? as u32,
                 });
             }
         }

@@ -94,6 +94,51 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
                 SELECT tenant, day, SUM(cost) FROM ledger GROUP BY tenant, day",
         ],
     ),
+    (
+        3,
+        &[
+            // Routes may be asynchronous (every request answered 202 and run from the
+            // queue below) and retry the function's own failures.
+            "ALTER TABLE routes ADD COLUMN asynchronous BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE routes ADD COLUMN retries BIGINT NOT NULL DEFAULT 0",
+            // Asynchronous invocations (see `crate::async_invocations`): the queue itself.
+            // Times are Unix milliseconds.
+            "CREATE TABLE async_invocations (
+                id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                app TEXT NOT NULL,
+                function TEXT NOT NULL,
+                class TEXT NOT NULL,
+                priority BIGINT NOT NULL,
+                method TEXT NOT NULL,
+                path TEXT NOT NULL,
+                headers TEXT NOT NULL,
+                body BYTEA NOT NULL,
+                retries BIGINT NOT NULL,
+                idempotency_key TEXT,
+                request_digest TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts BIGINT NOT NULL,
+                guest_failures BIGINT NOT NULL,
+                platform_failures BIGINT NOT NULL,
+                not_before BIGINT NOT NULL,
+                lease_owner TEXT,
+                lease_until BIGINT,
+                created_at BIGINT NOT NULL,
+                started_at BIGINT,
+                finished_at BIGINT,
+                invocation BIGINT,
+                status BIGINT,
+                result_headers TEXT,
+                result_body BYTEA,
+                result_truncated BIGINT NOT NULL,
+                error TEXT)",
+            "CREATE UNIQUE INDEX async_by_key ON async_invocations (tenant, idempotency_key)",
+            "CREATE INDEX async_due ON async_invocations (class, state, not_before)",
+            "CREATE INDEX async_by_tenant ON async_invocations (tenant, state, created_at)",
+            "CREATE INDEX async_by_lease ON async_invocations (lease_owner)",
+        ],
+    ),
 ];
 
 /// Runs the migrations the store has not had yet, each in its own transaction.

@@ -37,6 +37,22 @@ pub struct RouteSpec {
     pub method: Option<String>,
     pub function: String,
     pub class: String,
+    /// Every request is an asynchronous invocation: answered `202 Accepted` once stored, run
+    /// from the store's queue.
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
+    /// How many times an asynchronous invocation is run again after the function's own
+    /// failure (a trap, a timeout, a 5xx response); at most [`RETRIES_MAX`]. The platform's
+    /// failures are always retried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+/// The most retries a route or an invocation may ask for.
+pub const RETRIES_MAX: u32 = 10;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A deployed app.
@@ -112,6 +128,12 @@ impl AppSpec {
                         route.path
                     )));
                 }
+            }
+            if route.retries > RETRIES_MAX {
+                return Err(StoreError::Invalid(format!(
+                    "route {i} ({}): `retries` is {}, over the most of {RETRIES_MAX}",
+                    route.path, route.retries
+                )));
             }
             let key = |r: &RouteSpec| (r.method.clone(), r.path.trim_end_matches('/').to_string());
             if let Some(j) = self.routes[..i].iter().position(|r| key(r) == key(route)) {

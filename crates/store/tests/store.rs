@@ -9,7 +9,8 @@ use std::future::Future;
 
 use sqlx::Connection;
 use turnpike_store::{
-    AppSpec, Budget, Day, OverBudget, RouteSpec, Store, StoreError, UsageEntry, UsageKey,
+    AppSpec, AsyncResult, AsyncState, AsyncSubmission, Budget, Day, OverBudget, RouteSpec, Store,
+    StoreError, Submitted, UsageEntry, UsageKey,
 };
 
 /// Runs `test` on SQLite and on PostgreSQL, each with a store of its own.
@@ -70,6 +71,8 @@ fn spec(functions: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> AppSpec {
                 method: None,
                 function: function.to_string(),
                 class: class.to_string(),
+                asynchronous: false,
+                retries: 0,
             })
             .collect(),
     }
@@ -411,4 +414,255 @@ async fn data_survives_reopening_and_concurrent_opens_migrate_once() {
         Store::open("mysql://nope").await,
         Err(StoreError::BadUrl(_))
     ));
+}
+
+fn submission(
+    id: &str,
+    tenant: &str,
+    key: Option<&str>,
+    body: &str,
+    at_ms: i64,
+) -> AsyncSubmission {
+    AsyncSubmission {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        app: "shop".into(),
+        function: "resize".into(),
+        class: "batch".into(),
+        priority: 0,
+        method: "POST".into(),
+        path_and_query: "/resize?w=10".into(),
+        headers: vec![("content-type".into(), b"image/png".to_vec())],
+        body: body.as_bytes().to_vec(),
+        retries: 1,
+        idempotency_key: key.map(String::from),
+        request_digest: format!("digest of {body}"),
+        at_ms,
+    }
+}
+
+fn succeeded(invocation: i64) -> AsyncResult {
+    AsyncResult {
+        state: AsyncState::Succeeded,
+        invocation: Some(invocation),
+        status: Some(200),
+        headers: vec![("x-done".into(), b"yes".to_vec())],
+        body: b"resized".to_vec(),
+        truncated: false,
+        error: None,
+    }
+}
+
+#[tokio::test]
+async fn an_async_invocation_is_run_by_one_runner_at_a_time() {
+    on_both("async_runs", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store.create_tenant("other", false).await.unwrap();
+        let new = submission("a1", "acme", None, "png", 1_000);
+        assert_eq!(
+            store.submit_async(&new, 10).await.unwrap(),
+            Submitted::New("a1".into())
+        );
+        let queued = store.async_invocation("acme", "a1").await.unwrap().unwrap();
+        assert_eq!((queued.state, queued.attempts), (AsyncState::Queued, 0));
+        assert!(store
+            .async_invocation("other", "a1")
+            .await
+            .unwrap()
+            .is_none());
+
+        // Only its class's claim finds it; one runner gets it, the next finds nothing.
+        let none = store
+            .claim_async("gw-b", "critical", 8, 1_001, 11_001)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        let a = store
+            .claim_async("gw-a", "batch", 8, 1_001, 11_001)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].attempt, 1);
+        assert_eq!(a[0].body, b"png");
+        assert_eq!(a[0].headers, new.headers);
+        assert_eq!(a[0].path_and_query, "/resize?w=10");
+        assert!(store
+            .claim_async("gw-b", "batch", 8, 1_002, 11_002)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A's lease lapses (it stopped renewing): B takes it over as attempt 2, a platform
+        // failure; A can no longer end it.
+        assert_eq!(store.renew_async_leases("gw-a", 12_000).await.unwrap(), 1);
+        assert!(store
+            .claim_async("gw-b", "batch", 8, 11_500, 21_500)
+            .await
+            .unwrap()
+            .is_empty());
+        let b = store
+            .claim_async("gw-b", "batch", 8, 12_001, 22_001)
+            .await
+            .unwrap();
+        assert_eq!((b[0].attempt, b[0].platform_failures), (2, 1));
+        assert!(!store
+            .finish_async("gw-a", "a1", 1, &succeeded(7), 12_002)
+            .await
+            .unwrap());
+        assert!(!store
+            .finish_async("gw-b", "a1", 1, &succeeded(7), 12_002)
+            .await
+            .unwrap());
+        assert!(store
+            .finish_async("gw-b", "a1", 2, &succeeded(8), 12_003)
+            .await
+            .unwrap());
+        let done = store.async_invocation("acme", "a1").await.unwrap().unwrap();
+        assert_eq!(done.state, AsyncState::Succeeded);
+        assert_eq!(done.attempts, 2);
+        assert_eq!(done.finished_ms, Some(12_003));
+        assert_eq!(done.result, Some(succeeded(8)));
+        // Ended: nobody claims it again, even with its lease long gone.
+        assert!(store
+            .claim_async("gw-a", "batch", 8, 99_000, 99_999)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn async_retries_wait_their_backoff_and_budget_waits_do_not_count() {
+    on_both("async_retries", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store
+            .submit_async(&submission("r1", "acme", None, "x", 0), 10)
+            .await
+            .unwrap();
+        let a = store
+            .claim_async("gw", "batch", 1, 1, 10_001)
+            .await
+            .unwrap();
+        assert!(store
+            .retry_async("gw", "r1", a[0].attempt, Some((true, "trapped")), 5_000)
+            .await
+            .unwrap());
+        let queued = store.async_invocation("acme", "r1").await.unwrap().unwrap();
+        assert_eq!(queued.state, AsyncState::Queued);
+        assert_eq!(queued.not_before_ms, 5_000);
+        assert_eq!(queued.error.as_deref(), Some("trapped"));
+        assert!(store
+            .claim_async("gw", "batch", 1, 4_999, 9_999)
+            .await
+            .unwrap()
+            .is_empty());
+        let b = store
+            .claim_async("gw", "batch", 1, 5_000, 15_000)
+            .await
+            .unwrap();
+        assert_eq!((b[0].attempt, b[0].guest_failures), (2, 1));
+        // Over budget: back in the queue without counting the attempt.
+        assert!(store.retry_async("gw", "r1", 2, None, 6_000).await.unwrap());
+        let c = store
+            .claim_async("gw", "batch", 1, 6_000, 16_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            (c[0].attempt, c[0].guest_failures, c[0].platform_failures),
+            (2, 1, 0)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_queue_limits_listing_and_retention() {
+    on_both("async_keys", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store.create_tenant("other", false).await.unwrap();
+        let first = submission("k1", "acme", Some("order-7"), "a", 10);
+        assert_eq!(
+            store.submit_async(&first, 2).await.unwrap(),
+            Submitted::New("k1".into())
+        );
+        // The same request again: the first one's id, nothing new stored.
+        let again = submission("k2", "acme", Some("order-7"), "a", 20);
+        assert_eq!(
+            store.submit_async(&again, 2).await.unwrap(),
+            Submitted::Existing("k1".into())
+        );
+        // The key with another request: refused, naming the key.
+        let other_body = submission("k3", "acme", Some("order-7"), "b", 30);
+        match store.submit_async(&other_body, 2).await {
+            Err(StoreError::Unprocessable(m)) => assert!(m.contains("order-7"), "{m}"),
+            other => panic!("a reused key was not refused: {other:?}"),
+        }
+        // Another tenant's key space is its own.
+        let theirs = submission("k4", "other", Some("order-7"), "b", 30);
+        assert_eq!(
+            store.submit_async(&theirs, 2).await.unwrap(),
+            Submitted::New("k4".into())
+        );
+        // The queue limit: acme has 1 waiting, may have 2.
+        store
+            .submit_async(&submission("k5", "acme", None, "c", 40), 2)
+            .await
+            .unwrap();
+        match store
+            .submit_async(&submission("k6", "acme", None, "d", 50), 2)
+            .await
+        {
+            Err(StoreError::Full(m)) => assert!(m.contains("async_queue_max"), "{m}"),
+            other => panic!("the queue limit did not hold: {other:?}"),
+        }
+        assert!(store
+            .async_invocation("acme", "k6")
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(store.async_waiting("acme").await.unwrap(), 2);
+
+        // Listing: newest first, by state and function, only the tenant's own.
+        let all = store
+            .async_invocations("acme", None, None, 10)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["k5", "k1"]);
+        let claimed = store
+            .claim_async("gw", "batch", 1, 100, 10_100)
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].id, "k1", "oldest first");
+        assert!(store
+            .finish_async("gw", "k1", 1, &succeeded(1), 200)
+            .await
+            .unwrap());
+        let done = store
+            .async_invocations("acme", Some(AsyncState::Succeeded), Some("shop/resize"), 10)
+            .await
+            .unwrap();
+        assert_eq!(done.len(), 1);
+        assert!(store
+            .async_invocations("acme", None, Some("shop/other"), 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Retention: ended rows older than the cut go, and their keys with them.
+        assert_eq!(store.purge_async(200).await.unwrap(), 0);
+        assert_eq!(store.purge_async(201).await.unwrap(), 1);
+        assert!(store
+            .async_invocation("acme", "k1")
+            .await
+            .unwrap()
+            .is_none());
+        let reused = submission("k7", "acme", Some("order-7"), "b", 300);
+        assert_eq!(
+            store.submit_async(&reused, 3).await.unwrap(),
+            Submitted::New("k7".into())
+        );
+    })
+    .await;
 }

@@ -1,5 +1,5 @@
 //! The developer's commands: `turnpike deploy`, `functions`, `routes`, `classes`, `invoke`,
-//! `usage`, `budget` and `tenants`, each a client of the gateway's `/v1/` API (docs/api.md)
+//! `invocations`, `usage`, `budget` and `tenants`, each a client of the gateway's `/v1/` API (docs/api.md)
 //! through [`crate::client`]. Read commands print a table, or the gateway's JSON with `--json`.
 //! Bad input exits with status 2 before any request; a failed request with status 1.
 
@@ -13,6 +13,9 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::Value;
 
+use turnpike_gateway::async_invocations::{
+    IDEMPOTENCY_KEY_HEADER, PREFER, RESPOND_ASYNC, RETRIES_HEADER,
+};
 use turnpike_gateway::gateway::CLASS_HEADER;
 use turnpike_store::{Day, UsageKey};
 
@@ -60,6 +63,31 @@ pub struct InvokeArgs {
     /// The request's method (default: POST with a body, GET without).
     #[arg(long, value_name = "M")]
     method: Option<String>,
+    /// Run it asynchronously: print the invocation's id once it is queued (`turnpike
+    /// invocations ID` shows its state and result).
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// With `--async`: retries after the function's own failure (0 to 10).
+    #[arg(long, value_name = "N", requires = "asynchronous")]
+    retries: Option<u32>,
+    /// With `--async`: a key that makes a repeated submission of this request return the
+    /// first one's id.
+    #[arg(long, value_name = "KEY", requires = "asynchronous")]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InvocationsArgs {
+    #[command(flatten)]
+    read: ReadArgs,
+    /// One invocation's id: its state, attempts and result.
+    id: Option<String>,
+    /// Only those in this state: queued, running, succeeded, failed.
+    #[arg(long, conflicts_with = "id")]
+    state: Option<String>,
+    /// Only those of this function, `APP/FUNCTION`.
+    #[arg(long, value_name = "APP/FUNCTION", conflicts_with = "id")]
+    function: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -300,13 +328,45 @@ pub fn invoke(args: InvokeArgs) -> Result<(), Error> {
         p if p == "/" || p.starts_with("/?") => &p[1..],
         p => p,
     };
+    if let Some(n) = args.retries {
+        if n > turnpike_store::RETRIES_MAX {
+            return Err(Error::Input(format!(
+                "--retries {n}: at most {}",
+                turnpike_store::RETRIES_MAX
+            )));
+        }
+    }
+    let retries = args.retries.map(|n| n.to_string());
+    let mut headers = vec![(CLASS_HEADER, args.class.as_str())];
+    if args.asynchronous {
+        headers.push((PREFER, RESPOND_ASYNC));
+    }
+    if let Some(n) = &retries {
+        headers.push((RETRIES_HEADER, n));
+    }
+    if let Some(key) = &args.idempotency_key {
+        headers.push((IDEMPOTENCY_KEY_HEADER, key));
+    }
     let client = Client::new(&args.api)?;
     let mut answer = client.send(
         method,
         &format!("/v1/apps/{app}/functions/{function}/invoke{rest}"),
-        &[(CLASS_HEADER, &args.class)],
+        &headers,
         body.unwrap_or_default(),
     )?;
+    if args.asynchronous {
+        let answer = answer.check()?;
+        let id = answer.json()?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        println!("{id}");
+        eprintln!(
+            "{}: queued; `turnpike invocations {id}` shows it",
+            answer.status
+        );
+        return Ok(());
+    }
     // The gateway names the class on the function's answers only: without it, a refusal of
     // the invocation (no such function, an unknown class, over budget) with its reason.
     let ran_at = answer
@@ -331,6 +391,88 @@ pub fn invoke(args: InvokeArgs) -> Result<(), Error> {
             answer.status
         )))
     }
+}
+
+/// `turnpike invocations [ID]`: the caller's asynchronous invocations, newest first, or one
+/// of them with its result.
+pub fn invocations(args: InvocationsArgs) -> Result<(), Error> {
+    if let Some(id) = &args.id {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(Error::Input(format!("`{id}` is not an invocation id")));
+        }
+        return read(&args.read, &format!("/v1/invocations/{id}"), |answer| {
+            for key in [
+                "id",
+                "function",
+                "class",
+                "state",
+                "attempts",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "error",
+            ] {
+                let value = match key {
+                    "function" => format!("{}/{}", text(answer, "app"), text(answer, "function")),
+                    _ => text(answer, key),
+                };
+                println!("{key:<12}{value}");
+            }
+            let result = &answer["result"];
+            if !result.is_null() {
+                println!("{:<12}{}", "status", text(result, "status"));
+                let body = match result["body"].as_str() {
+                    Some(body) => body.to_string(),
+                    None => format!("(base64) {}", text(result, "body_base64")),
+                };
+                let cut = if result["body_truncated"] == Value::Bool(true) {
+                    " (truncated)"
+                } else {
+                    ""
+                };
+                println!("{:<12}{}{cut}", "body", body.trim_end());
+            }
+        });
+    }
+    let mut query = Vec::new();
+    if let Some(state) = &args.state {
+        if turnpike_store::AsyncState::parse(state).is_none() {
+            return Err(Error::Input(format!(
+                "--state `{state}`: one of queued, running, succeeded, failed"
+            )));
+        }
+        query.push(format!("state={state}"));
+    }
+    if let Some(function) = &args.function {
+        query.push(format!("function={function}"));
+    }
+    let path = match query.is_empty() {
+        true => "/v1/invocations".to_string(),
+        false => format!("/v1/invocations?{}", query.join("&")),
+    };
+    read(&args.read, &path, |answer| {
+        let rows = list(answer, "invocations")
+            .map(|i| {
+                vec![
+                    text(i, "id"),
+                    format!("{}/{}", text(i, "app"), text(i, "function")),
+                    text(i, "class"),
+                    text(i, "state"),
+                    text(i, "attempts"),
+                    i["result"]["status"]
+                        .as_u64()
+                        .map_or("-".into(), |s| s.to_string()),
+                    text(i, "created_at"),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "ID", "FUNCTION", "CLASS", "STATE", "ATTEMPTS", "STATUS", "CREATED",
+            ],
+            rows,
+        );
+    })
 }
 
 /// `turnpike usage`: the caller's ledger, summed per `--by`.

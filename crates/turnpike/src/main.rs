@@ -88,8 +88,12 @@ enum Command {
     Routes(api_commands::ReadArgs),
     /// List the price classes and their prices.
     Classes(api_commands::ReadArgs),
-    /// Run a function of one of your apps at a price class.
+    /// Run a function of one of your apps at a price class (`--async`: queue it and print
+    /// its id).
     Invoke(api_commands::InvokeArgs),
+    /// List your asynchronous invocations, or show one (`turnpike invocations ID`) with its
+    /// state and result.
+    Invocations(api_commands::InvocationsArgs),
     /// Show your usage and its cost, summed by function, class, app or day.
     Usage(api_commands::UsageArgs),
     /// Show your monthly budget, or set it (`--monthly N --over throttle|lower`) or remove it
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         Command::Routes(args) => api_commands::exit(api_commands::routes(args)),
         Command::Classes(args) => api_commands::exit(api_commands::classes(args)),
         Command::Invoke(args) => api_commands::exit(api_commands::invoke(args)),
+        Command::Invocations(args) => api_commands::exit(api_commands::invocations(args)),
         Command::Usage(args) => api_commands::exit(api_commands::usage(args)),
         Command::Budget(args) => api_commands::exit(api_commands::budget(args)),
         Command::Tenants(cmd) => api_commands::exit(api_commands::tenants(cmd)),

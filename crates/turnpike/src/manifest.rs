@@ -13,6 +13,8 @@
 //! function = "hello"                # a key of [functions]
 //! class = "critical"                # a price class (the gateway checks it)
 //! method = "GET"                    # optional: every method without it
+//! async = true                      # optional: answer 202 and run from the queue
+//! retries = 2                       # optional, async only: retries of the function's failures
 //!
 //! [budget]                          # optional: the tenant's monthly budget
 //! monthly = 1000000                 # micro-cents a month
@@ -63,6 +65,10 @@ pub struct Route {
     pub class: String,
     /// `None`: every method.
     pub method: Option<String>,
+    /// Every request is queued and answered `202 Accepted` (`async = true`).
+    pub asynchronous: bool,
+    /// Retries of an asynchronous run after the function's own failure (0 to 10).
+    pub retries: u32,
 }
 
 /// A tenant's monthly budget (`[budget]`, and `turnpike budget --monthly`).
@@ -119,6 +125,12 @@ impl Manifest {
                 if let Some(method) = &r.method {
                     route["method"] = method.as_str().into();
                 }
+                if r.asynchronous {
+                    route["async"] = true.into();
+                }
+                if r.retries > 0 {
+                    route["retries"] = r.retries.into();
+                }
                 route
             })
             .collect();
@@ -144,6 +156,9 @@ struct RawRoute {
     function: Spanned<String>,
     class: Spanned<String>,
     method: Option<Spanned<String>>,
+    #[serde(rename = "async", default)]
+    asynchronous: bool,
+    retries: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -318,11 +333,37 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
                 ),
             ));
         }
+        let retries = match &r.retries {
+            None => 0,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if n <= turnpike_store::RETRIES_MAX => n,
+                _ => {
+                    return Err(at(
+                        n.span(),
+                        &field("retries"),
+                        format!(
+                            "{} is not a number of retries from 0 to {}",
+                            n.get_ref(),
+                            turnpike_store::RETRIES_MAX
+                        ),
+                    ))
+                }
+            },
+        };
+        if retries > 0 && !r.asynchronous {
+            return Err(at(
+                route.span(),
+                &field("retries"),
+                "retries apply to asynchronous runs: set `async = true` on this route too".into(),
+            ));
+        }
         routes.push(Route {
             path: path.clone(),
             function: function.clone(),
             class: class.clone(),
             method,
+            asynchronous: r.asynchronous,
+            retries,
         });
     }
 
@@ -444,13 +485,17 @@ over = "lower"
                     path: "/".into(),
                     function: "hello".into(),
                     class: "critical".into(),
-                    method: Some("GET".into())
+                    method: Some("GET".into()),
+                    asynchronous: false,
+                    retries: 0,
                 },
                 Route {
                     path: "/work".into(),
                     function: "spin".into(),
                     class: "batch".into(),
-                    method: None
+                    method: None,
+                    asynchronous: false,
+                    retries: 0,
                 }
             ]
         );
@@ -585,6 +630,39 @@ over = "lower"
     fn a_bad_method_is_refused() {
         let e = error("method = \"GET\"", "method = \"G T\"");
         assert_names(&e, 11, "`routes[0].method`");
+    }
+
+    #[test]
+    fn async_routes_and_their_retries() {
+        let m = check(&GOOD.replacen(
+            "path = \"/work\"",
+            "path = \"/work\"\nasync = true\nretries = 3",
+            1,
+        ))
+        .expect("an async route");
+        assert!(m.routes[1].asynchronous && m.routes[1].retries == 3);
+        assert!(!m.routes[0].asynchronous);
+        let json = m.app_json(&BTreeMap::new());
+        assert_eq!(json["routes"][1]["async"], true);
+        assert_eq!(json["routes"][1]["retries"], 3);
+        assert!(json["routes"][0].get("async").is_none());
+        let e = error(
+            "path = \"/work\"",
+            "path = \"/work\"\nasync = true\nretries = 11",
+        );
+        assert_names(&e, 16, "`routes[1].retries`");
+        let e = error(
+            "path = \"/work\"",
+            "path = \"/work\"\nasync = true\nretries = -1",
+        );
+        assert_names(&e, 16, "`routes[1].retries`");
+        let e = error("path = \"/work\"", "path = \"/work\"\nretries = 2");
+        assert!(
+            e.contains("`routes[1].retries`") && e.contains("async = true"),
+            "{e}"
+        );
+        let e = error("path = \"/work\"", "path = \"/work\"\nasync = \"yes\"");
+        assert!(e.contains("async"), "{e}");
     }
 
     #[test]

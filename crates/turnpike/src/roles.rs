@@ -100,6 +100,13 @@ pub struct GatewayArgs {
     /// Usage rows kept on disk while the store is down; at this many, new invocations get 503.
     #[arg(long, default_value_t = Bounds::default().ledger_outbox_rows_max)]
     ledger_outbox_rows_max: u64,
+    /// A tenant's asynchronous invocations queued or running (kept in the store); one more
+    /// submission gets 429.
+    #[arg(long, default_value_t = Bounds::default().async_queue_invocations_max)]
+    async_queue_invocations_max: u64,
+    /// Asynchronous attempts the gateway runs at once (claimed from the store's queue).
+    #[arg(long, default_value_t = Bounds::default().gateway_async_runs_max)]
+    gateway_async_runs_max: usize,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
@@ -206,6 +213,8 @@ fn parse_route(text: &str, classes: &ClassSet) -> Result<Route, String> {
             function: function.to_string(),
             hash: function.to_string(),
             class: class_id,
+            asynchronous: false,
+            retries: 0,
         },
     })
 }
@@ -253,6 +262,8 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
             ledger_queue_rows_max: args.ledger_queue_rows_max,
             connections_max: args.gateway_connections_max,
             ledger_outbox_rows_max: args.ledger_outbox_rows_max,
+            async_queue_max: args.async_queue_invocations_max,
+            async_runs_max: args.gateway_async_runs_max,
             ..roles::gateway_config(classes, store, args.shards, &args.data_dir)
         })
         .await;

@@ -71,6 +71,13 @@ pub struct UpArgs {
     /// Usage rows kept on disk while the store is down; at this many, new invocations get 503.
     #[arg(long, default_value_t = Bounds::default().ledger_outbox_rows_max)]
     ledger_outbox_rows_max: u64,
+    /// A tenant's asynchronous invocations queued or running (kept in the store); one more
+    /// submission gets 429.
+    #[arg(long, default_value_t = Bounds::default().async_queue_invocations_max)]
+    async_queue_invocations_max: u64,
+    /// Asynchronous attempts the gateway runs at once (claimed from the store's queue).
+    #[arg(long, default_value_t = Bounds::default().gateway_async_runs_max)]
+    gateway_async_runs_max: usize,
     /// Invocations waiting for placement at each shard; more get 503 with `Retry-After`.
     #[arg(long, default_value_t = Bounds::default().shard_queue_invocations_max)]
     shard_queue_invocations_max: usize,
@@ -110,6 +117,8 @@ async fn run(args: UpArgs) -> ExitCode {
         worker_in_flight_invocations_max: args.worker_in_flight_invocations_max,
         gateway_connections_max: args.gateway_connections_max,
         ledger_outbox_rows_max: args.ledger_outbox_rows_max,
+        async_queue_invocations_max: args.async_queue_invocations_max,
+        gateway_async_runs_max: args.gateway_async_runs_max,
     };
     config.max_response_bytes = args.max_body_bytes;
     if let Some(dir) = args.functions {

@@ -106,10 +106,20 @@ pub fn start_role_reading(
 /// `turnpike up` on OS-chosen ports with a fresh data dir: the process, the gateway's address
 /// and the admin key it printed.
 pub fn up(data_dir: &Path) -> (Child, SocketAddr, String) {
+    let (child, gateway, key) = up_with(data_dir, &[]);
+    let key = key.expect("`turnpike up` on a fresh data dir prints an admin key");
+    assert!(key.starts_with("tp_"), "{key}");
+    (child, gateway, key)
+}
+
+/// `turnpike up` on OS-chosen ports with `flags`: the process, the gateway's address and the
+/// admin key it printed (only the first start on a data dir prints one).
+pub fn up_with(data_dir: &Path, flags: &[&str]) -> (Child, SocketAddr, Option<String>) {
     let mut child = Child(
         Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .stdout(Stdio::piped())
             .spawn()
             .expect("`turnpike up` starts"),
@@ -136,8 +146,6 @@ pub fn up(data_dir: &Path) -> (Child, SocketAddr, String) {
     std::thread::spawn(move || lines.for_each(drop));
     let printed = printed.join("\n");
     let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
-    let key = key.unwrap_or_else(|| panic!("no `admin key: tp_...` line in:\n{printed}"));
-    assert!(key.starts_with("tp_"), "{key}");
     (child, gateway, key)
 }
 

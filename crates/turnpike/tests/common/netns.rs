@@ -206,10 +206,24 @@ pub async fn exchange(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Answer, Unanswered> {
+    exchange_with_body(addr, method, path, headers, b"").await
+}
+
+/// [`exchange`] with a request body.
+pub async fn exchange_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, Unanswered> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(Unanswered::Connect)?;
-    let mut text = format!("{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n");
+    let mut text = format!(
+        "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if !headers
         .iter()
         .any(|(name, _)| name.eq_ignore_ascii_case("host"))
@@ -220,10 +234,9 @@ pub async fn exchange(
         text.push_str(&format!("{name}: {value}\r\n"));
     }
     text.push_str("\r\n");
-    stream
-        .write_all(text.as_bytes())
-        .await
-        .map_err(Unanswered::Broken)?;
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.map_err(Unanswered::Broken)?;
     let mut answer = Vec::new();
     stream
         .read_to_end(&mut answer)

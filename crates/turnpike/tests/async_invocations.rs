@@ -1,0 +1,485 @@
+//! Asynchronous invocations end to end through the real `turnpike` binary: submitted with
+//! `Prefer: respond-async` or to an `async = true` route, answered 202 once stored, run
+//! through the cluster, their results read back; retries of the function's own failures as
+//! asked; idempotency keys; the per-tenant queue bound; another tenant's id is 404; and
+//! nothing accepted is lost when the whole system is killed and started again.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::netns::{exchange_with_body, Answer};
+use common::{create_tenant, turnpike, up_with};
+use serde_json::Value;
+
+/// An app of the example functions: `echo` and `spin` directly, `/` (hello) synchronous,
+/// `/jobs` (spin) asynchronous with one retry.
+const MANIFEST: &str = r#"app = "shop"
+
+[functions]
+hello = "dist/hello.wasm"
+echo = "dist/echo.wasm"
+spin = "dist/spin.wasm"
+
+[[routes]]
+path = "/"
+function = "hello"
+class = "critical"
+
+[[routes]]
+path = "/jobs"
+function = "spin"
+class = "batch"
+async = true
+retries = 1
+"#;
+
+/// A directory with the example components and [`MANIFEST`].
+fn app_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
+    for name in ["hello", "echo", "spin"] {
+        let built = turnpike_cluster::up::default_functions_dir().join(format!("{name}.wasm"));
+        std::fs::copy(&built, dir.path().join(format!("dist/{name}.wasm"))).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build it with scripts/build-examples.sh",
+                built.display()
+            )
+        });
+    }
+    std::fs::write(dir.path().join("turnpike.toml"), MANIFEST).expect("write");
+    dir
+}
+
+/// A tenant with the app deployed: its key.
+fn tenant_with_app(gateway: SocketAddr, admin: &str, name: &str) -> String {
+    let key = create_tenant(gateway, admin, name);
+    let dir = app_dir();
+    let manifest = dir.path().join("turnpike.toml");
+    turnpike(
+        gateway,
+        &key,
+        &["deploy", "--manifest", manifest.to_str().expect("utf-8")],
+    );
+    key
+}
+
+async fn send(
+    gateway: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    exchange_with_body(gateway, method, path, headers, body.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
+}
+
+fn json(answer: &Answer) -> Value {
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer:?}"))
+}
+
+/// Submits an asynchronous direct invocation of `shop/{function}`: the 202's id.
+async fn submit(
+    gateway: SocketAddr,
+    key: &str,
+    function: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("x-turnpike-class", "standard"),
+        ("Prefer", "respond-async"),
+    ];
+    headers.extend_from_slice(extra);
+    send(
+        gateway,
+        "POST",
+        &format!("/v1/apps/shop/functions/{function}/invoke{path}"),
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `GET /v1/invocations/{id}` as `key`.
+async fn show(gateway: SocketAddr, key: &str, id: &str) -> Answer {
+    let auth = format!("Bearer {key}");
+    send(
+        gateway,
+        "GET",
+        &format!("/v1/invocations/{id}"),
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await
+}
+
+/// Polls invocation `id` until it has ended (or `within` passes): its JSON.
+async fn ended(gateway: SocketAddr, key: &str, id: &str, within: Duration) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let answer = show(gateway, key, id).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let value = json(&answer);
+        if value["state"] == "succeeded" || value["state"] == "failed" {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "invocation {id} did not end within {within:?}: {value:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_invocations_queue_run_retry_and_keep_their_results() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (_up, gateway, admin) = common::up(data.path());
+    let key = tenant_with_app(gateway, &admin, "acme");
+    let other = create_tenant(gateway, &admin, "other");
+
+    // A direct invocation with `Prefer: respond-async`: 202 once stored, then run.
+    let accepted = submit(gateway, &key, "echo", "/x?y=1", &[], "hello async").await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let id = json(&accepted)["id"].as_str().expect("an id").to_string();
+    assert_eq!(
+        accepted.header("location"),
+        Some(format!("/v1/invocations/{id}").as_str())
+    );
+    let done = ended(gateway, &key, &id, Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["class"], "standard");
+    assert_eq!(done["result"]["status"], 200);
+    assert_eq!(done["result"]["body"], "hello async");
+    assert_eq!(done["result"]["headers"]["x-echo-method"], "POST");
+    assert!(done["result"]["invocation"].as_u64().is_some(), "{done:#}");
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(
+            done[field].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{done:#}"
+        );
+    }
+
+    // Another tenant sees no such invocation, exactly as a missing one.
+    assert_eq!(show(gateway, &other, &id).await.status, 404);
+    assert_eq!(show(gateway, &key, "0123456789abcdef").await.status, 404);
+
+    // An `async = true` route: 202 without asking.
+    let host = "shop.localhost";
+    let routed = send(gateway, "GET", "/jobs?ms=5", &[("Host", host)], "").await;
+    assert_eq!(routed.status, 202, "{routed:?}");
+    let routed_id = json(&routed)["id"].as_str().expect("an id").to_string();
+    let done = ended(gateway, &key, &routed_id, Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["class"], "batch");
+    assert!(
+        done["result"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("checksum="),
+        "{done:#}"
+    );
+    // Asking for an asynchronous run on a route that is not declared async: refused, named.
+    let refused = send(
+        gateway,
+        "GET",
+        "/",
+        &[("Host", host), ("Prefer", "respond-async")],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.contains("async = true"), "{refused:?}");
+
+    // The function's own failure (its deadline passes) is retried as asked, then failed.
+    let failing = submit(
+        gateway,
+        &key,
+        "spin",
+        "?ms=400",
+        &[
+            ("x-turnpike-deadline-ms", "30"),
+            ("x-turnpike-retries", "1"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(failing.status, 202, "{failing:?}");
+    let failing_id = json(&failing)["id"].as_str().expect("an id").to_string();
+    let done = ended(gateway, &key, &failing_id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(done["attempts"], 2, "one retry: {done:#}");
+    assert_eq!(done["result"]["status"], 504, "{done:#}");
+    assert!(
+        done["error"].as_str().unwrap_or("").contains("deadline"),
+        "{done:#}"
+    );
+
+    // Bad input: each a clear 4xx naming the field, nothing stored.
+    let before = list(gateway, &key, "").await.len();
+    let bad = submit(
+        gateway,
+        &key,
+        "echo",
+        "",
+        &[("x-turnpike-retries", "11")],
+        "",
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("x-turnpike-retries"), "{bad:?}");
+    let bad = submit(
+        gateway,
+        &key,
+        "echo",
+        "",
+        &[("x-turnpike-deadline-ms", "soon")],
+        "",
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(list(gateway, &key, "").await.len(), before);
+
+    // An idempotency key: the same request twice is one invocation; another request with
+    // the key is refused.
+    let key_header = [("Idempotency-Key", "order-7")];
+    let first = submit(gateway, &key, "echo", "", &key_header, "one").await;
+    let again = submit(gateway, &key, "echo", "", &key_header, "one").await;
+    assert_eq!((first.status, again.status), (202, 202), "{again:?}");
+    assert_eq!(json(&first)["id"], json(&again)["id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let reused = submit(gateway, &key, "echo", "", &key_header, "two").await;
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert!(reused.body.contains("order-7"), "{reused:?}");
+
+    // Listing: by state and function, the caller's own only.
+    let first_id = json(&first)["id"].as_str().expect("an id").to_string();
+    ended(gateway, &key, &first_id, Duration::from_secs(20)).await;
+    let echoes = list(gateway, &key, "?state=succeeded&function=shop/echo").await;
+    let ids: BTreeSet<&str> = echoes.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, BTreeSet::from([id.as_str(), first_id.as_str()]));
+    assert!(list(gateway, &other, "").await.is_empty());
+    let bad = send_get(gateway, &key, "/v1/invocations?state=done").await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+
+    // The CLI: `invoke --async` prints the id, `invocations ID` shows it.
+    let printed = turnpike(
+        gateway,
+        &key,
+        &[
+            "invoke",
+            "shop/echo",
+            "--class",
+            "batch",
+            "--async",
+            "--data",
+            "from the cli",
+        ],
+    );
+    let cli_id = printed.trim().to_string();
+    let done = ended(gateway, &key, &cli_id, Duration::from_secs(20)).await;
+    assert_eq!(done["result"]["body"], "from the cli");
+    let shown = turnpike(gateway, &key, &["invocations", &cli_id]);
+    assert!(
+        shown.contains("succeeded") && shown.contains("from the cli"),
+        "{shown}"
+    );
+    let table = turnpike(gateway, &key, &["invocations", "--state", "failed"]);
+    assert!(
+        table.contains(&failing_id) && !table.contains(&cli_id),
+        "{table}"
+    );
+
+    // Every attempt that ran is in the usage ledger, once: echo 3 times (the first, the
+    // idempotent one - its replay ran nothing - and the CLI's), spin 3 times (the route's and
+    // the failing one's 2 attempts).
+    let usage = turnpike(gateway, &key, &["usage", "--json"]);
+    let usage: Value = serde_json::from_str(&usage).expect("usage JSON");
+    let by_function: BTreeMap<&str, u64> = usage["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["function"].as_str().unwrap_or("?"),
+                r["invocations"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_function,
+        BTreeMap::from([("echo", 3), ("spin", 3)]),
+        "{usage:#}"
+    );
+}
+
+async fn send_get(gateway: SocketAddr, key: &str, path: &str) -> Answer {
+    let auth = format!("Bearer {key}");
+    send(gateway, "GET", path, &[("Authorization", &auth)], "").await
+}
+
+/// `GET /v1/invocations{query}`: the list.
+async fn list(gateway: SocketAddr, key: &str, query: &str) -> Vec<Value> {
+    let answer = send_get(gateway, key, &format!("/v1/invocations{query}")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    json(&answer)["invocations"]
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_queue_is_bounded() {
+    let data = tempfile::tempdir().expect("temp dir");
+    // One runner slot, so the first submission holds it and the next ones wait.
+    let (_up, gateway, admin) = up_with(
+        data.path(),
+        &[
+            "--async-queue-invocations-max",
+            "2",
+            "--gateway-async-runs-max",
+            "1",
+        ],
+    );
+    let admin = admin.expect("an admin key");
+    let key = tenant_with_app(gateway, &admin, "acme");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(submit(gateway, &key, "spin", "?ms=1500", &[], "").await);
+    }
+    assert_eq!(statuses[0].status, 202, "{:?}", statuses[0]);
+    assert_eq!(statuses[1].status, 202, "{:?}", statuses[1]);
+    assert_eq!(statuses[2].status, 429, "{:?}", statuses[2]);
+    assert!(
+        statuses[2].body.contains("async_queue_max"),
+        "{:?}",
+        statuses[2]
+    );
+    assert_eq!(
+        list(gateway, &key, "").await.len(),
+        2,
+        "nothing stored for the refused one"
+    );
+}
+
+/// SIGKILL of the whole system while 1,000 asynchronous invocations are queued or running;
+/// started again on the same data, every one ends `succeeded`, and each succeeded one's last
+/// attempt is in the ledger once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_when_the_whole_system_is_killed() {
+    const SUBMISSIONS: usize = 1000;
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut first, gateway, admin) = common::up(data.path());
+    let key = tenant_with_app(gateway, &admin, "acme");
+    let started = Instant::now();
+    // 16 clients at once, each submitting its share one after another.
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let key = key.clone();
+        clients.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..SUBMISSIONS / 16 {
+                let answer = submit(gateway, &key, "spin", "?ms=3", &[], "").await;
+                assert_eq!(answer.status, 202, "{answer:?}");
+                ids.push(json(&answer)["id"].as_str().expect("an id").to_string());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::with_capacity(SUBMISSIONS);
+    while let Some(done) = clients.join_next().await {
+        ids.extend(done.expect("a client"));
+    }
+    while ids.len() < SUBMISSIONS {
+        let answer = submit(gateway, &key, "spin", "?ms=3", &[], "").await;
+        assert_eq!(answer.status, 202, "{answer:?}");
+        ids.push(json(&answer)["id"].as_str().expect("an id").to_string());
+    }
+    let submitting = started.elapsed();
+    let waiting = list(gateway, &key, "?state=queued&limit=1000").await.len()
+        + list(gateway, &key, "?state=running&limit=1000").await.len();
+    eprintln!("{SUBMISSIONS} submitted in {submitting:?}; {waiting} queued or running at the kill");
+    assert!(
+        waiting > 0,
+        "everything ran before the kill: the test proves nothing"
+    );
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+
+    let (_second, gateway, _) = up_with(data.path(), &[]);
+    let until = Instant::now() + Duration::from_secs(120);
+    let states = loop {
+        let all = list(gateway, &key, "?limit=1000").await;
+        let states: BTreeMap<String, usize> = all.iter().fold(BTreeMap::new(), |mut m, i| {
+            *m.entry(i["state"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+            m
+        });
+        let done = states.get("succeeded").copied().unwrap_or(0)
+            + states.get("failed").copied().unwrap_or(0);
+        if done == SUBMISSIONS || Instant::now() > until {
+            break (all, states);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (all, counts) = states;
+    assert_eq!(
+        counts.get("succeeded").copied(),
+        Some(SUBMISSIONS),
+        "after the restart: {counts:?}"
+    );
+    let listed: BTreeSet<&str> = all.iter().filter_map(|i| i["id"].as_str()).collect();
+    let submitted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(listed, submitted, "every accepted id, and no other");
+
+    // Each succeeded one's last attempt is billed, once; no attempt is billed twice (the
+    // ledger's key is the attempt's id), and no more rows than attempts.
+    let ledger = ledger_ids(data.path()).await;
+    let attempts: u64 = all
+        .iter()
+        .map(|i| i["attempts"].as_u64().unwrap_or(0))
+        .sum();
+    for invocation in &all {
+        let last = invocation["result"]["invocation"]
+            .as_u64()
+            .expect("its attempt's id");
+        assert!(
+            ledger.contains(&(last as i64)),
+            "attempt {last} not billed: {invocation:#}"
+        );
+    }
+    let spins = ledger.len() as u64;
+    assert!(
+        spins >= SUBMISSIONS as u64 && spins <= attempts,
+        "{spins} ledger rows for {SUBMISSIONS} invocations in {attempts} attempts"
+    );
+    eprintln!("{attempts} attempts, {spins} billed, {counts:?}");
+}
+
+/// The invocation ids in the ledger of the embedded store in `data_dir`.
+async fn ledger_ids(data_dir: &Path) -> BTreeSet<i64> {
+    use sqlx::Row;
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        data_dir.join("turnpike.db").display()
+    );
+    let pool = sqlx::sqlite::SqlitePool::connect(&url)
+        .await
+        .expect("open the store");
+    let rows = sqlx::query("SELECT invocation FROM ledger WHERE function = 'spin'")
+        .fetch_all(&pool)
+        .await
+        .expect("read the ledger");
+    pool.close().await;
+    rows.iter().map(|r| r.get::<i64, _>("invocation")).collect()
+}
