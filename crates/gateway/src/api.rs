@@ -113,6 +113,7 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
         (&Method::GET, ["functions"]) => api.list_functions().await,
         (&Method::GET, ["routes"]) => api.list_routes().await,
         (_, ["invoke", hash]) => api.invoke_hash(hash, parts, body).await,
+        (&Method::GET, ["schedules"]) => api.list_schedules().await,
         (&Method::GET, ["invocations"]) => {
             api.list_invocations(parts.uri.query().unwrap_or("")).await
         }
@@ -331,6 +332,24 @@ impl Api<'_> {
             Ok(spec) => spec,
             Err(refusal) => return refusal,
         };
+        for (i, schedule) in spec.schedules.iter().enumerate() {
+            if self
+                .gateway
+                .config
+                .classes
+                .by_name(&schedule.class)
+                .is_none()
+            {
+                return refuse(
+                    Refusal::Invalid,
+                    format!(
+                        "`schedules[{i}].class`: unknown class `{}`; classes: {}",
+                        schedule.class,
+                        self.gateway.class_names()
+                    ),
+                );
+            }
+        }
         for route in &spec.routes {
             if self.gateway.config.classes.by_name(&route.class).is_none() {
                 return refuse(
@@ -536,6 +555,26 @@ impl Api<'_> {
         self.gateway
             .run(target, parts, CallerBody::Http(body), path_and_query)
             .await
+    }
+
+    /// `GET /v1/schedules`: the schedules of the caller's apps with their next and last runs.
+    async fn list_schedules(&self) -> Response {
+        match self.gateway.store().schedules(&self.tenant.name).await {
+            Ok(schedules) => {
+                let time = |ms: Option<i64>| ms.map(|ms| rfc3339(ms.div_euclid(1000)));
+                let list: Vec<Value> = schedules
+                    .iter()
+                    .map(|s| {
+                        let mut shown = serde_json::to_value(s).unwrap_or_default();
+                        shown["next_at"] = json!(time(s.next_ms));
+                        shown["last_at"] = json!(time(s.last_ms));
+                        shown
+                    })
+                    .collect();
+                json_response(StatusCode::OK, &json!({ "schedules": list }))
+            }
+            Err(e) => store_error(e),
+        }
     }
 
     /// `GET /v1/invocations/{id}`: one of the caller's asynchronous invocations.

@@ -38,6 +38,10 @@
 //!   beyond); ended rows are deleted after `async_retention`. `GET /v1/invocations` lists
 //!   them. Another tenant's id is 404, as a missing one.
 //!
+//! **Schedules** (`[[schedules]]` of an app; `turnpike_store::schedules`) are fired here too:
+//! every [`SCHEDULE_CHECK`] the runner fires the due ones, each tick's invocation queued in
+//! the same transaction that claims the tick, so each tick fires once in the cluster.
+//!
 //! Calls from functions may be asynchronous too: the caller's tenant pays and the class is
 //! `max(caller, route)` as for a synchronous call, checked when the call is submitted; the
 //! chain's depth is not carried into the run (the queue limit bounds a function that keeps
@@ -93,6 +97,8 @@ pub const ASYNC_POLL: Duration = Duration::from_millis(100);
 pub const PLATFORM_RETRIES_MAX: u32 = 8;
 /// Rows a runner claims in one statement per class.
 const CLAIM_BATCH: usize = 32;
+/// How often a runner looks for due schedules: a tick fires within this of its time.
+pub const SCHEDULE_CHECK: Duration = Duration::from_millis(250);
 /// How often ended rows past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -453,6 +459,7 @@ impl Gateway {
             .collect();
         let runs_max = self.config.async_runs_max.max(1);
         let mut renewed = std::time::Instant::now();
+        let mut checked: Option<std::time::Instant> = None;
         let mut purged: Option<std::time::Instant> = None;
         loop {
             let now = now_ms();
@@ -477,6 +484,19 @@ impl Gateway {
                     Err(e) => tracing::warn!(
                         "deleting asynchronous invocations past their retention: {e}"
                     ),
+                }
+            }
+            if checked.is_none_or(|at| at.elapsed() >= SCHEDULE_CHECK) {
+                checked = Some(std::time::Instant::now());
+                let classes = &self.config.classes;
+                let priority = |name: &str| classes.by_name(name).map(|id| id.0);
+                match self.store().fire_due_schedules(now, priority).await {
+                    Ok(fired) => {
+                        for id in fired {
+                            tracing::debug!(id = %id, "a schedule fired");
+                        }
+                    }
+                    Err(e) => tracing::warn!("firing due schedules: {e}"),
                 }
             }
             let mut claimed_any = false;
@@ -517,7 +537,8 @@ impl Gateway {
                 }
             }
             if !claimed_any {
-                let _ = tokio::time::timeout(ASYNC_POLL, self.async_queue.notified()).await;
+                let wait = ASYNC_POLL.min(SCHEDULE_CHECK);
+                let _ = tokio::time::timeout(wait, self.async_queue.notified()).await;
             }
         }
     }

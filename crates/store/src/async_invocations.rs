@@ -186,6 +186,39 @@ fn decode_headers(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
         .collect()
 }
 
+/// Inserts a queued row for `new` unless its id (or its tenant's idempotency key) is there
+/// already; how many rows it inserted.
+pub(crate) async fn insert<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    new: &AsyncSubmission,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "INSERT INTO async_invocations (id, tenant, app, function, class, priority, method, path, \
+         headers, body, retries, idempotency_key, request_digest, state, attempts, \
+         guest_failures, platform_failures, not_before, created_at, result_truncated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', 0, 0, 0, $14, $15, 0) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&new.id)
+    .bind(&new.tenant)
+    .bind(&new.app)
+    .bind(&new.function)
+    .bind(&new.class)
+    .bind(i64::from(new.priority))
+    .bind(&new.method)
+    .bind(&new.path_and_query)
+    .bind(encode_headers(&new.headers))
+    .bind(new.body.clone())
+    .bind(i64::from(new.retries))
+    .bind(new.idempotency_key.clone())
+    .bind(&new.request_digest)
+    .bind(new.at_ms)
+    .bind(new.at_ms)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// The columns [`attempt_of`] reads.
 const ATTEMPT_COLUMNS: &str = "id, tenant, app, function, class, method, path, headers, body, \
      retries, attempts, guest_failures, platform_failures";
@@ -274,31 +307,7 @@ impl Store {
                 new.tenant
             )));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO async_invocations (id, tenant, app, function, class, priority, method, path, \
-             headers, body, retries, idempotency_key, request_digest, state, attempts, \
-             guest_failures, platform_failures, not_before, created_at, result_truncated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', 0, 0, 0, $14, $15, 0) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&new.id)
-        .bind(&new.tenant)
-        .bind(&new.app)
-        .bind(&new.function)
-        .bind(&new.class)
-        .bind(i64::from(new.priority))
-        .bind(&new.method)
-        .bind(&new.path_and_query)
-        .bind(encode_headers(&new.headers))
-        .bind(new.body.clone())
-        .bind(i64::from(new.retries))
-        .bind(new.idempotency_key.clone())
-        .bind(&new.request_digest)
-        .bind(new.at_ms)
-        .bind(new.at_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let inserted = insert(&self.pool, new).await?;
         if inserted == 1 {
             return Ok(Submitted::New(new.id.clone()));
         }

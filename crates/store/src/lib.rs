@@ -1,6 +1,6 @@
 //! Turnpike's durable store: only what must survive a restart - tenants and their API keys,
 //! components (by content hash), apps with their functions, function versions and routes,
-//! budgets, the usage ledger, and asynchronous invocations from their submission until their
+//! budgets, the usage ledger, apps' schedules ([`schedules`]), and asynchronous invocations from their submission until their
 //! retention ends (the queue they wait in is a table, [`async_invocations`]). Placement state (queues, idle lists) is soft and lives in
 //! the control plane, never here.
 //!
@@ -18,8 +18,10 @@
 
 pub mod async_invocations;
 pub mod calendar;
+pub mod cron;
 mod migrations;
 mod model;
+pub mod schedules;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -381,6 +383,7 @@ impl Store {
                 .await?;
             }
         }
+        schedules::replace(&mut tx, name, &spec.schedules, now * 1000).await?;
         for route in &spec.routes {
             sqlx::query(
                 "INSERT INTO routes (app, method, path, function, class, asynchronous, retries) \
@@ -424,7 +427,7 @@ impl Store {
         if owner_of(&mut *tx, name).await?.as_deref() != Some(tenant) {
             return Ok(false);
         }
-        for table in ["functions", "routes"] {
+        for table in ["functions", "routes", "schedules"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE app = $1"))
                 .bind(name)
                 .execute(&mut *tx)

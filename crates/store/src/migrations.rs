@@ -139,6 +139,26 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX async_by_lease ON async_invocations (lease_owner)",
         ],
     ),
+    (
+        4,
+        &[
+            // Apps' schedules (see `crate::schedules`): `next_at` is the compare-and-set
+            // that makes one gateway fire each tick. Unix milliseconds.
+            "CREATE TABLE schedules (
+                app TEXT NOT NULL REFERENCES apps (name),
+                key TEXT NOT NULL,
+                cron TEXT NOT NULL,
+                function TEXT NOT NULL,
+                path TEXT NOT NULL,
+                method TEXT NOT NULL,
+                class TEXT NOT NULL,
+                next_at BIGINT,
+                last_at BIGINT,
+                last_invocation TEXT,
+                PRIMARY KEY (app, key))",
+            "CREATE INDEX schedules_due ON schedules (next_at)",
+        ],
+    ),
 ];
 
 /// Runs the migrations the store has not had yet, each in its own transaction.

@@ -25,6 +25,56 @@ pub struct AppSpec {
     pub functions: BTreeMap<String, String>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+/// A schedule of an app: at each tick of `cron` (see [`crate::cron`]), one asynchronous
+/// invocation of `function` with `method` and `path` (and query) at `class`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    pub function: String,
+    #[serde(default = "root_path")]
+    pub path: String,
+    pub class: String,
+    #[serde(default = "get_method")]
+    pub method: String,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+fn get_method() -> String {
+    "GET".into()
+}
+
+impl ScheduleSpec {
+    /// What identifies a schedule across deploys: a redeployed app keeps the next and last
+    /// run of each schedule it still has.
+    pub fn key(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.method, self.path, self.function, self.class, self.cron
+        )
+    }
+}
+
+/// A schedule as deployed, with its runs: `GET /v1/schedules`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Schedule {
+    pub app: String,
+    #[serde(flatten)]
+    pub spec: ScheduleSpec,
+    /// Unix ms of the next tick (`None`: the expression never fires again).
+    #[serde(skip)]
+    pub next_ms: Option<i64>,
+    /// Unix ms of the last tick that fired, and the asynchronous invocation it made.
+    #[serde(skip)]
+    pub last_ms: Option<i64>,
+    pub last_invocation: Option<String>,
 }
 
 /// A route of an app: requests to `path` (a prefix on whole segments) with `method` (any if
@@ -141,6 +191,43 @@ impl AppSpec {
                     "routes {j} and {i} both claim {} {}",
                     route.method.as_deref().unwrap_or("every method on"),
                     route.path
+                )));
+            }
+        }
+        for (i, schedule) in self.schedules.iter().enumerate() {
+            let field = |name: &str| format!("schedules[{i}].{name}");
+            if let Err(e) = crate::cron::Cron::parse(&schedule.cron) {
+                return Err(StoreError::Invalid(format!("`{}`: {e}", field("cron"))));
+            }
+            if !self.functions.contains_key(&schedule.function) {
+                return Err(StoreError::Invalid(format!(
+                    "`{}`: the app has no function `{}`",
+                    field("function"),
+                    schedule.function
+                )));
+            }
+            if !schedule.path.starts_with('/') {
+                return Err(StoreError::Invalid(format!(
+                    "`{}`: `{}` must start with `/`",
+                    field("path"),
+                    schedule.path
+                )));
+            }
+            if schedule.method.is_empty()
+                || !schedule.method.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(StoreError::Invalid(format!(
+                    "`{}`: bad method `{}` (GET, POST, ...)",
+                    field("method"),
+                    schedule.method
+                )));
+            }
+            if let Some(j) = self.schedules[..i]
+                .iter()
+                .position(|s| s.key() == schedule.key())
+            {
+                return Err(StoreError::Conflict(format!(
+                    "schedules {j} and {i} are the same schedule: one would fire twice per tick"
                 )));
             }
         }

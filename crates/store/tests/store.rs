@@ -9,8 +9,8 @@ use std::future::Future;
 
 use sqlx::Connection;
 use turnpike_store::{
-    AppSpec, AsyncResult, AsyncState, AsyncSubmission, Budget, Day, OverBudget, RouteSpec, Store,
-    StoreError, Submitted, UsageEntry, UsageKey,
+    AppSpec, AsyncResult, AsyncState, AsyncSubmission, Budget, Day, OverBudget, RouteSpec,
+    ScheduleSpec, Store, StoreError, Submitted, UsageEntry, UsageKey,
 };
 
 /// Runs `test` on SQLite and on PostgreSQL, each with a store of its own.
@@ -75,6 +75,7 @@ fn spec(functions: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> AppSpec {
                 retries: 0,
             })
             .collect(),
+        schedules: Vec::new(),
     }
 }
 
@@ -663,6 +664,122 @@ async fn idempotency_keys_queue_limits_listing_and_retention() {
             store.submit_async(&reused, 3).await.unwrap(),
             Submitted::New("k7".into())
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_schedule_tick_fires_once_and_missed_ticks_fire_once() {
+    on_both("schedules", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store.put_component("acme", "aaaa", b"a").await.unwrap();
+        let mut with_schedule = spec(&[("tick", "aaaa")], &[]);
+        with_schedule.schedules = vec![ScheduleSpec {
+            cron: "@every 10s".into(),
+            function: "tick".into(),
+            path: "/tick?n=1".into(),
+            class: "batch".into(),
+            method: "POST".into(),
+        }];
+        let deployed_ms = (turnpike_store::unix_now() + 1) * 1000;
+        store
+            .deploy_app("acme", "jobs", &with_schedule)
+            .await
+            .unwrap();
+        let listed = store.schedules("acme").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let first = listed[0].next_ms.expect("a next tick");
+        assert!(
+            first % 10_000 == 0 && first <= deployed_ms + 10_000,
+            "{first}"
+        );
+        assert!(store.schedules("other").await.unwrap().is_empty());
+
+        let batch = |c: &str| (c == "batch").then_some(0);
+        assert!(store
+            .fire_due_schedules(first - 1, batch)
+            .await
+            .unwrap()
+            .is_empty());
+        // A gateway that does not know the class leaves the tick to one that does.
+        assert!(store
+            .fire_due_schedules(first, |_| None)
+            .await
+            .unwrap()
+            .is_empty());
+        let fired = store.fire_due_schedules(first, batch).await.unwrap();
+        assert_eq!(fired.len(), 1);
+        // A second gateway looking at the same instant finds the tick fired.
+        assert!(store
+            .fire_due_schedules(first, batch)
+            .await
+            .unwrap()
+            .is_empty());
+        let queued = store
+            .async_invocation("acme", &fired[0])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(queued.state, AsyncState::Queued);
+        assert_eq!(
+            (queued.function.as_str(), queued.class.as_str()),
+            ("tick", "batch")
+        );
+        let claimed = store
+            .claim_async("gw", "batch", 1, first, first + 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].path_and_query, "/tick?n=1");
+        assert_eq!(claimed[0].method, "POST");
+        assert_eq!(claimed[0].headers[0].0, "x-turnpike-schedule");
+
+        // Nine ticks missed: one invocation on recovery, the next tick after now.
+        let late = first + 95_000;
+        assert_eq!(
+            store.fire_due_schedules(late, batch).await.unwrap().len(),
+            1
+        );
+        let listed = store.schedules("acme").await.unwrap();
+        assert_eq!(listed[0].next_ms, Some(first + 100_000));
+        assert_eq!(listed[0].last_ms, Some(first + 10_000));
+
+        // A redeploy keeps the schedule's runs; a bad expression is refused whole.
+        store
+            .deploy_app("acme", "jobs", &with_schedule)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.schedules("acme").await.unwrap()[0].next_ms,
+            Some(first + 100_000)
+        );
+        let mut bad = with_schedule.clone();
+        bad.schedules[0].cron = "61 * * * *".into();
+        match store.deploy_app("acme", "jobs", &bad).await {
+            Err(StoreError::Invalid(m)) => assert!(m.contains("schedules[0].cron"), "{m}"),
+            other => panic!("a bad cron was not refused: {other:?}"),
+        }
+        let mut unknown = with_schedule.clone();
+        unknown.schedules[0].function = "nope".into();
+        match store.deploy_app("acme", "jobs", &unknown).await {
+            Err(StoreError::Invalid(m)) => assert!(m.contains("schedules[0].function"), "{m}"),
+            other => panic!("an unknown function was not refused: {other:?}"),
+        }
+        assert_eq!(
+            store.schedules("acme").await.unwrap()[0].next_ms,
+            Some(first + 100_000)
+        );
+        // Deployed without it, or deleted with its app: gone.
+        store
+            .deploy_app("acme", "jobs", &spec(&[("tick", "aaaa")], &[]))
+            .await
+            .unwrap();
+        assert!(store.schedules("acme").await.unwrap().is_empty());
+        store
+            .deploy_app("acme", "jobs", &with_schedule)
+            .await
+            .unwrap();
+        assert!(store.delete_app("acme", "jobs").await.unwrap());
+        assert!(store.schedules("acme").await.unwrap().is_empty());
     })
     .await;
 }

@@ -1,5 +1,5 @@
 //! The developer's commands: `turnpike deploy`, `functions`, `routes`, `classes`, `invoke`,
-//! `invocations`, `usage`, `budget` and `tenants`, each a client of the gateway's `/v1/` API (docs/api.md)
+//! `invocations`, `schedules`, `usage`, `budget` and `tenants`, each a client of the gateway's `/v1/` API (docs/api.md)
 //! through [`crate::client`]. Read commands print a table, or the gateway's JSON with `--json`.
 //! Bad input exits with status 2 before any request; a failed request with status 1.
 
@@ -469,6 +469,37 @@ pub fn invocations(args: InvocationsArgs) -> Result<(), Error> {
         print_table(
             &[
                 "ID", "FUNCTION", "CLASS", "STATE", "ATTEMPTS", "STATUS", "CREATED",
+            ],
+            rows,
+        );
+    })
+}
+
+/// `turnpike schedules`: the schedules of the caller's apps, with their next and last runs.
+pub fn schedules(args: ReadArgs) -> Result<(), Error> {
+    read(&args, "/v1/schedules", |answer| {
+        let rows = list(answer, "schedules")
+            .map(|s| {
+                vec![
+                    format!("{}/{}", text(s, "app"), text(s, "function")),
+                    text(s, "cron"),
+                    format!("{} {}", text(s, "method"), text(s, "path")),
+                    text(s, "class"),
+                    text(s, "next_at"),
+                    text(s, "last_at"),
+                    text(s, "last_invocation"),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "FUNCTION",
+                "CRON",
+                "REQUEST",
+                "CLASS",
+                "NEXT",
+                "LAST",
+                "LAST INVOCATION",
             ],
             rows,
         );

@@ -94,6 +94,8 @@ enum Command {
     /// List your asynchronous invocations, or show one (`turnpike invocations ID`) with its
     /// state and result.
     Invocations(api_commands::InvocationsArgs),
+    /// List the schedules of your apps with their next and last runs.
+    Schedules(api_commands::ReadArgs),
     /// Show your usage and its cost, summed by function, class, app or day.
     Usage(api_commands::UsageArgs),
     /// Show your monthly budget, or set it (`--monthly N --over throttle|lower`) or remove it
@@ -182,6 +184,7 @@ fn main() -> ExitCode {
         Command::Classes(args) => api_commands::exit(api_commands::classes(args)),
         Command::Invoke(args) => api_commands::exit(api_commands::invoke(args)),
         Command::Invocations(args) => api_commands::exit(api_commands::invocations(args)),
+        Command::Schedules(args) => api_commands::exit(api_commands::schedules(args)),
         Command::Usage(args) => api_commands::exit(api_commands::usage(args)),
         Command::Budget(args) => api_commands::exit(api_commands::budget(args)),
         Command::Tenants(cmd) => api_commands::exit(api_commands::tenants(cmd)),

@@ -16,6 +16,13 @@
 //! async = true                      # optional: answer 202 and run from the queue
 //! retries = 2                       # optional, async only: retries of the function's failures
 //!
+//! [[schedules]]                     # optional: one asynchronous invocation per tick (UTC)
+//! cron = "*/5 * * * *"              # five cron fields, @hourly/@daily/..., or "@every 30s"
+//! function = "hello"                # a key of [functions]
+//! class = "batch"                   # a price class
+//! path = "/report?kind=daily"       # optional, default "/"
+//! method = "POST"                   # optional, default GET
+//!
 //! [budget]                          # optional: the tenant's monthly budget
 //! monthly = 1000000                 # micro-cents a month
 //! over = "throttle"                 # or "lower"
@@ -46,6 +53,8 @@ pub struct Manifest {
     pub functions: Vec<Function>,
     /// In the file's order.
     pub routes: Vec<Route>,
+    /// In the file's order.
+    pub schedules: Vec<Schedule>,
     pub budget: Option<Budget>,
 }
 
@@ -69,6 +78,19 @@ pub struct Route {
     pub asynchronous: bool,
     /// Retries of an asynchronous run after the function's own failure (0 to 10).
     pub retries: u32,
+}
+
+/// A schedule: at each tick of `cron`, one asynchronous invocation of `function`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Five cron fields, `@hourly`-style, or `@every 30s` (UTC).
+    pub cron: String,
+    pub function: String,
+    /// The path and query the function sees (default `/`).
+    pub path: String,
+    pub class: String,
+    /// Default `GET`.
+    pub method: String,
 }
 
 /// A tenant's monthly budget (`[budget]`, and `turnpike budget --monthly`).
@@ -134,7 +156,24 @@ impl Manifest {
                 route
             })
             .collect();
-        serde_json::json!({ "functions": hashes, "routes": routes })
+        let schedules: Vec<serde_json::Value> = self
+            .schedules
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "cron": s.cron,
+                    "function": s.function,
+                    "path": s.path,
+                    "class": s.class,
+                    "method": s.method,
+                })
+            })
+            .collect();
+        let mut app = serde_json::json!({ "functions": hashes, "routes": routes });
+        if !schedules.is_empty() {
+            app["schedules"] = schedules.into();
+        }
+        app
     }
 }
 
@@ -146,6 +185,8 @@ struct RawManifest {
     functions: Spanned<BTreeMap<String, Spanned<String>>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    schedules: Vec<Spanned<RawSchedule>>,
     budget: Option<Spanned<RawBudget>>,
 }
 
@@ -159,6 +200,16 @@ struct RawRoute {
     #[serde(rename = "async", default)]
     asynchronous: bool,
     retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Spanned<String>,
+    function: Spanned<String>,
+    path: Option<Spanned<String>>,
+    class: Spanned<String>,
+    method: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -399,10 +450,69 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
         }
     };
 
+    let mut schedules = Vec::new();
+    for (i, schedule) in raw.schedules.iter().enumerate() {
+        let r = schedule.get_ref();
+        let field = |name: &str| format!("schedules[{i}].{name}");
+        let cron = r.cron.get_ref();
+        if let Err(e) = turnpike_store::cron::Cron::parse(cron) {
+            return Err(at(r.cron.span(), &field("cron"), e.to_string()));
+        }
+        let function = r.function.get_ref();
+        if !raw.functions.get_ref().contains_key(function) {
+            let known: Vec<&str> = raw.functions.get_ref().keys().map(String::as_str).collect();
+            return Err(at(
+                r.function.span(),
+                &field("function"),
+                format!(
+                    "no function `{function}` in [functions] (it has: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let path = match &r.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(at(
+                    p.span(),
+                    &field("path"),
+                    format!("`{}` must start with `/`", p.get_ref()),
+                ))
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_string(),
+        };
+        if r.class.get_ref().is_empty() {
+            return Err(at(
+                r.class.span(),
+                &field("class"),
+                "empty: name a price class (`turnpike classes` lists them)".into(),
+            ));
+        }
+        let method = match &r.method {
+            Some(m) if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() => {
+                return Err(at(
+                    m.span(),
+                    &field("method"),
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                ))
+            }
+            Some(m) => m.get_ref().clone(),
+            None => "GET".to_string(),
+        };
+        schedules.push(Schedule {
+            cron: cron.clone(),
+            function: function.clone(),
+            path,
+            class: r.class.get_ref().clone(),
+            method,
+        });
+    }
+
     Ok(Manifest {
         app: raw.app.into_inner(),
         functions,
         routes,
+        schedules,
         budget,
     })
 }
@@ -663,6 +773,58 @@ over = "lower"
         );
         let e = error("path = \"/work\"", "path = \"/work\"\nasync = \"yes\"");
         assert!(e.contains("async"), "{e}");
+    }
+
+    #[test]
+    fn schedules_are_checked_with_their_line() {
+        let with = |schedule: &str| {
+            GOOD.replacen(
+                "[budget]",
+                &format!("[[schedules]]\n{schedule}\n[budget]"),
+                1,
+            )
+        };
+        let m = check(&with(
+            "cron = \"@every 30s\"\nfunction = \"spin\"\nclass = \"batch\"",
+        ))
+        .expect("a schedule");
+        assert_eq!(
+            m.schedules,
+            [Schedule {
+                cron: "@every 30s".into(),
+                function: "spin".into(),
+                path: "/".into(),
+                class: "batch".into(),
+                method: "GET".into(),
+            }]
+        );
+        assert_eq!(
+            m.app_json(&BTreeMap::new())["schedules"][0]["cron"],
+            "@every 30s"
+        );
+        // Each bad schedule: the error names the field (and what is wrong).
+        let bad = [
+            (
+                "cron = \"61 * * * *\"\nfunction = \"spin\"\nclass = \"batch\"",
+                "`schedules[0].cron`",
+                "minute 61",
+            ),
+            (
+                "cron = \"@daily\"\nfunction = \"nope\"\nclass = \"batch\"",
+                "`schedules[0].function`",
+                "nope",
+            ),
+            (
+                "cron = \"@daily\"\nfunction = \"spin\"\nclass = \"batch\"\npath = \"x\"",
+                "`schedules[0].path`",
+                "`x`",
+            ),
+            ("cron = \"@daily\"\nfunction = \"spin\"", "class", "missing"),
+        ];
+        for (schedule, field, what) in bad {
+            let e = check(&with(schedule)).unwrap_err();
+            assert!(e.contains(field) && e.contains(what), "{schedule}: {e}");
+        }
     }
 
     #[test]

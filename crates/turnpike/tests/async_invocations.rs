@@ -37,8 +37,26 @@ async = true
 retries = 1
 "#;
 
+/// An app whose only trigger is a schedule, every second.
+const TICKS: &str = r#"app = "ticks"
+
+[functions]
+spin = "dist/spin.wasm"
+
+[[schedules]]
+cron = "@every 1s"
+function = "spin"
+path = "/?ms=1"
+class = "interactive"
+"#;
+
 /// A directory with the example components and [`MANIFEST`].
 fn app_dir() -> tempfile::TempDir {
+    app_dir_of(MANIFEST)
+}
+
+/// A directory with the example components and `manifest`.
+fn app_dir_of(manifest: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
     for name in ["hello", "echo", "spin"] {
@@ -50,7 +68,7 @@ fn app_dir() -> tempfile::TempDir {
             )
         });
     }
-    std::fs::write(dir.path().join("turnpike.toml"), MANIFEST).expect("write");
+    std::fs::write(dir.path().join("turnpike.toml"), manifest).expect("write");
     dir
 }
 
@@ -326,6 +344,64 @@ async fn asynchronous_invocations_queue_run_retry_and_keep_their_results() {
 async fn send_get(gateway: SocketAddr, key: &str, path: &str) -> Answer {
     let auth = format!("Bearer {key}");
     send(gateway, "GET", path, &[("Authorization", &auth)], "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_tick() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (_up, gateway, admin) = common::up(data.path());
+    let key = create_tenant(gateway, &admin, "acme");
+    let dir = app_dir_of(TICKS);
+    let manifest = dir.path().join("turnpike.toml");
+    let deployed = Instant::now();
+    turnpike(
+        gateway,
+        &key,
+        &["deploy", "--manifest", manifest.to_str().expect("utf-8")],
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let runs = list(gateway, &key, "?function=ticks/spin").await;
+    let elapsed = deployed.elapsed().as_secs_f64();
+    // One tick a second since the deploy, each fired once: about `elapsed` of them (the
+    // first tick comes up to a second after the deploy; a tick fires within 250 ms).
+    assert!(
+        runs.len() >= 2 && runs.len() as f64 <= elapsed.ceil(),
+        "{} runs in {elapsed:.1} s: {runs:#?}",
+        runs.len()
+    );
+    let created: BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|r| r["created_at"].as_str())
+        .collect();
+    assert_eq!(
+        created.len(),
+        runs.len(),
+        "two runs for one tick: {runs:#?}"
+    );
+    assert!(
+        runs.iter().all(|r| r["class"] == "interactive"),
+        "{runs:#?}"
+    );
+    let shown = turnpike(gateway, &key, &["schedules"]);
+    assert!(
+        shown.contains("@every 1s") && shown.contains("ticks/spin"),
+        "{shown}"
+    );
+    let ended = ended(
+        gateway,
+        &key,
+        runs[runs.len() - 1]["id"].as_str().expect("an id"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(ended["state"], "succeeded", "{ended:#}");
+    assert!(
+        ended["result"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("checksum="),
+        "{ended:#}"
+    );
 }
 
 /// `GET /v1/invocations{query}`: the list.
