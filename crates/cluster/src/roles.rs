@@ -115,6 +115,7 @@ pub fn gateway_config(
         async_queue_max: Bounds::default().async_queue_invocations_max,
         async_runs_max: Bounds::default().gateway_async_runs_max,
         async_retention: turnpike_gateway::async_invocations::ASYNC_RETENTION_DEFAULT,
+        key_cache_for: turnpike_gateway::gateway::KEY_CACHE_FOR_DEFAULT,
     }
 }
 

@@ -100,6 +100,8 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
         (&Method::POST, ["tenants"]) => api.create_tenant(body).await,
         (&Method::GET, ["tenants"]) => api.list_tenants().await,
         (&Method::POST, ["keys"]) => api.create_key().await,
+        (&Method::GET, ["keys"]) => api.list_keys().await,
+        (&Method::DELETE, ["keys", id]) => api.revoke_key(id).await,
         (&Method::POST, ["components"]) => api.upload(body).await,
         (&Method::GET, ["apps"]) => api.list_apps().await,
         (&Method::GET, ["apps", app]) => api.show_app(app).await,
@@ -246,10 +248,42 @@ impl Api<'_> {
 
     async fn create_key(&self) -> Response {
         match self.gateway.store().create_key(&self.tenant.name).await {
-            Ok(key) => json_response(
-                StatusCode::CREATED,
-                &json!({ "name": self.tenant.name, "key": key }),
-            ),
+            Ok(key) => {
+                let id = turnpike_store::key_id(&turnpike_store::key_hash(&key));
+                json_response(
+                    StatusCode::CREATED,
+                    &json!({ "name": self.tenant.name, "key": key, "id": id }),
+                )
+            }
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// `GET /v1/keys`: the caller's keys by id (never the keys themselves).
+    async fn list_keys(&self) -> Response {
+        match self.gateway.store().keys(&self.tenant.name).await {
+            Ok(keys) => {
+                let keys: Vec<Value> = keys
+                    .iter()
+                    .map(|k| json!({ "id": k.id, "created_at": rfc3339(k.created_at) }))
+                    .collect();
+                json_response(StatusCode::OK, &json!({ "keys": keys }))
+            }
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// `DELETE /v1/keys/{id}`: revokes one of the caller's keys - at this gateway at once, at
+    /// every other within its `key_cache_for`.
+    async fn revoke_key(&self, id: &str) -> Response {
+        match self.gateway.store().revoke_key(&self.tenant.name, id).await {
+            Ok(true) => {
+                self.gateway.forget_key(&id.to_ascii_lowercase());
+                let mut response = http::Response::new(Body::full(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            Ok(false) => not_found(&format!("key `{id}`")),
             Err(e) => store_error(e),
         }
     }

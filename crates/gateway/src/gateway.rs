@@ -140,7 +140,14 @@ pub struct GatewayConfig {
     pub async_runs_max: usize,
     /// How long an ended asynchronous invocation's result (and idempotency key) is kept.
     pub async_retention: Duration,
+    /// How long a key's tenant is kept once looked up (default [`KEY_CACHE_FOR_DEFAULT`]): a
+    /// key revoked at another gateway works here at most this long after; at this one, not
+    /// at all.
+    pub key_cache_for: Duration,
 }
+
+/// Default of [`GatewayConfig::key_cache_for`].
+pub const KEY_CACHE_FOR_DEFAULT: Duration = Duration::from_secs(5);
 
 /// Default of [`GatewayConfig::body_read_timeout`]: the default 8 MiB body at 300 KB/s.
 pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -161,8 +168,9 @@ pub struct Gateway {
     next_id: AtomicU64,
     pub(crate) billing: Billing,
     routing: RwLock<Arc<RoutingTable>>,
-    /// Tenants by key hash, once looked up (keys are never revoked today).
-    keys: Mutex<HashMap<String, Tenant>>,
+    /// Tenants by key hash, as looked up and when: kept for `key_cache_for`, so a key revoked
+    /// at another gateway stops working here within that.
+    keys: Mutex<HashMap<String, (Tenant, Instant)>>,
     /// Request to response, by class (routed and direct invocations).
     latency: ClassHistograms,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
@@ -507,16 +515,42 @@ impl Gateway {
     }
 
     /// The tenant a request's `Authorization: Bearer KEY` names.
+    /// Kept for [`GatewayConfig::key_cache_for`]; when that has passed and the store cannot
+    /// be read, the kept tenant serves on (the store being down must not lock every caller
+    /// out) and the failure is logged.
     pub(crate) async fn tenant_of(&self, key: &str) -> Result<Option<Tenant>, StoreError> {
         let hash = turnpike_store::key_hash(key);
-        if let Some(tenant) = turnpike_wire::lock(&self.keys).get(&hash) {
-            return Ok(Some(tenant.clone()));
+        let kept = turnpike_wire::lock(&self.keys).get(&hash).cloned();
+        if let Some((tenant, at)) = &kept {
+            if at.elapsed() < self.config.key_cache_for {
+                return Ok(Some(tenant.clone()));
+            }
         }
-        let tenant = self.config.store.tenant_by_key(key).await?;
-        if let Some(t) = &tenant {
-            turnpike_wire::lock(&self.keys).insert(hash, t.clone());
+        let tenant = match self.config.store.tenant_by_key(key).await {
+            Ok(tenant) => tenant,
+            Err(e) => match kept {
+                Some((tenant, _)) => {
+                    tracing::warn!("checking a key again: {e}; the tenant it named serves on");
+                    return Ok(Some(tenant));
+                }
+                None => return Err(e),
+            },
+        };
+        let mut keys = turnpike_wire::lock(&self.keys);
+        match &tenant {
+            Some(t) => {
+                keys.insert(hash, (t.clone(), Instant::now()));
+            }
+            None => {
+                keys.remove(&hash);
+            }
         }
         Ok(tenant)
+    }
+
+    /// Forgets the keys whose hashes start with `id` (a key revoked here stops at once).
+    pub(crate) fn forget_key(&self, id: &str) {
+        turnpike_wire::lock(&self.keys).retain(|hash, _| !hash.starts_with(id));
     }
 
     /// The gateway's metrics in Prometheus text format.
@@ -1157,6 +1191,7 @@ mod tests {
             async_queue_max: crate::async_invocations::ASYNC_QUEUE_MAX_DEFAULT,
             async_runs_max: crate::async_invocations::ASYNC_RUNS_MAX_DEFAULT,
             async_retention: crate::async_invocations::ASYNC_RETENTION_DEFAULT,
+            key_cache_for: KEY_CACHE_FOR_DEFAULT,
         })
         .await
         .unwrap();
@@ -1243,6 +1278,38 @@ mod tests {
         // Any platform header without a token is refused.
         let (status, _) = refusal(&g, &[(DEPTH_HEADER, "0")]).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_at_one_gateway_stops_at_another_within_its_cache_time() {
+        let (here, dir) = gateway(None).await;
+        let cache_for = Duration::from_millis(200);
+        let there = Gateway::new(GatewayConfig {
+            key_cache_for: cache_for,
+            ledger_outbox: dir.path().join("there-outbox.jsonl"),
+            ..here.config.clone()
+        })
+        .await
+        .unwrap();
+        let store = here.store().clone();
+        let (_, kept) = store.create_tenant("acme", false).await.unwrap();
+        let revoked = store.create_key("acme").await.unwrap();
+        for gateway in [&here, &there] {
+            assert!(gateway.tenant_of(&revoked).await.unwrap().is_some());
+        }
+        let id = turnpike_store::key_id(&turnpike_store::key_hash(&revoked));
+        assert!(store.revoke_key("acme", &id).await.unwrap());
+        here.forget_key(&id);
+        assert!(
+            here.tenant_of(&revoked).await.unwrap().is_none(),
+            "where it was revoked: at once"
+        );
+        tokio::time::sleep(cache_for + Duration::from_millis(50)).await;
+        assert!(
+            there.tenant_of(&revoked).await.unwrap().is_none(),
+            "elsewhere: once its cache time passed"
+        );
+        assert!(there.tenant_of(&kept).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -95,6 +95,15 @@ pub fn key_hash(key: &str) -> String {
         .collect()
 }
 
+/// How many hex digits of a key's hash name it ([`Store::keys`]): 64 bits, enough that two
+/// keys of one tenant never share an id.
+pub const KEY_ID_CHARS: usize = 16;
+
+/// A key's id: the start of its hash.
+pub fn key_id(hash: &str) -> String {
+    hash.chars().take(KEY_ID_CHARS).collect()
+}
+
 /// A fresh API key: `tp_` and 32 random bytes in hex.
 fn new_key() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -217,6 +226,59 @@ impl Store {
         insert_key(&mut tx, tenant, &key).await?;
         tx.commit().await?;
         Ok(key)
+    }
+
+    /// `tenant`'s keys, oldest first: each by its id (the first [`KEY_ID_CHARS`] hex digits
+    /// of its hash; the key itself is not kept) and creation time.
+    pub async fn keys(&self, tenant: &str) -> Result<Vec<KeyInfo>> {
+        let rows = sqlx::query(
+            "SELECT hash, created_at FROM api_keys WHERE tenant = $1 ORDER BY created_at, hash",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyInfo {
+                    id: key_id(&r.try_get::<String, _>("hash")?),
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes `tenant`'s key `id` (as [`Store::keys`] names it): whether it had one. A
+    /// tenant's last key is refused ([`StoreError::Conflict`]): it would lock itself out.
+    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<bool> {
+        if id.len() != KEY_ID_CHARS || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await?;
+        // A write first (see the module's note on SQLite's write lock): the delete, undone
+        // below if it took the last key.
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM api_keys WHERE tenant = $1 AND SUBSTR(hash, 1, {KEY_ID_CHARS}) = $2"
+        ))
+        .bind(tenant)
+        .bind(id.to_ascii_lowercase())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        let left = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("n")?;
+        if left == 0 {
+            return Err(StoreError::Conflict(format!(
+                "key {id} is the last key of `{tenant}`: create another first (turnpike keys create)"
+            )));
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The tenant a key belongs to.

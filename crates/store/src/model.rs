@@ -16,6 +16,15 @@ pub struct Tenant {
     pub admin: bool,
 }
 
+/// An API key as its tenant may see it (the key itself is shown only when made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// The first hex digits of its SHA-256 (`crate::KEY_ID_CHARS`).
+    pub id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
 /// An app as deployed: `PUT /v1/apps/{name}`'s body.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

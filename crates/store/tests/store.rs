@@ -91,7 +91,36 @@ async fn tenants_and_keys() {
         assert_eq!(store.tenant_by_key("tp_wrong").await.unwrap(), None);
         let second = store.create_key("acme").await.unwrap();
         assert_ne!(second, key);
-        assert_eq!(store.tenant_by_key(&second).await.unwrap(), Some(acme));
+        assert_eq!(
+            store.tenant_by_key(&second).await.unwrap(),
+            Some(acme.clone())
+        );
+        // Keys are listed by id, revoked by id, never another tenant's, never the last.
+        store.create_tenant("other", false).await.unwrap();
+        let ids: Vec<String> = store
+            .keys("acme")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        let second_id = turnpike_store::key_id(&turnpike_store::key_hash(&second));
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&second_id), "{ids:?}");
+        assert!(!store.revoke_key("other", &second_id).await.unwrap());
+        assert!(!store.revoke_key("acme", "not-an-id").await.unwrap());
+        assert!(store.revoke_key("acme", &second_id).await.unwrap());
+        assert_eq!(store.tenant_by_key(&second).await.unwrap(), None);
+        assert_eq!(store.tenant_by_key(&key).await.unwrap(), Some(acme));
+        let first_id = turnpike_store::key_id(&hash);
+        assert!(matches!(
+            store.revoke_key("acme", &first_id).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            store.tenant_by_key(&key).await.unwrap().is_some(),
+            "the last key stays"
+        );
         // A taken name and a bad name are refused and write nothing.
         assert!(matches!(
             store.create_tenant("acme", true).await,
@@ -102,7 +131,7 @@ async fn tenants_and_keys() {
             store.create_tenant("Bad Name", false).await,
             Err(StoreError::Invalid(_))
         ));
-        assert_eq!(store.tenants().await.unwrap().len(), 1);
+        assert_eq!(store.tenants().await.unwrap().len(), 2);
         store.create_tenant("root", true).await.unwrap();
         assert!(store.has_admin().await.unwrap());
     })

@@ -1,7 +1,7 @@
 //! The developer's commands: `turnpike deploy`, `functions`, `routes`, `classes`, `invoke`,
-//! `invocations`, `schedules`, `usage`, `budget` and `tenants`, each a client of the gateway's `/v1/` API (docs/api.md)
-//! through [`crate::client`]. Read commands print a table, or the gateway's JSON with `--json`.
-//! Bad input exits with status 2 before any request; a failed request with status 1.
+//! `invocations`, `schedules`, `usage`, `budget`, `keys`, `apps` and `tenants`, each a client
+//! of the gateway's `/v1/` API (docs/api.md) through [`crate::client`]. Read commands print a
+//! table, or the gateway's JSON with `--json`. Bad input exits with status 2 before any request; a failed request with status 1.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -144,6 +144,41 @@ pub enum TenantsCommand {
     Create(CreateTenantArgs),
     /// List the tenants (admin only).
     List(ReadArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make another API key for yourself and print it, shown only this once.
+    Create(ApiOnly),
+    /// List your keys by id (the keys themselves are never shown again).
+    List(ReadArgs),
+    /// Revoke one of your keys by id (`turnpike keys list`): refused at once where asked,
+    /// everywhere within the gateways' key cache time (5 s by default).
+    Revoke(NamedArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// List your apps.
+    List(ReadArgs),
+    /// Delete one of your apps: its functions, routes and schedules (its usage stays).
+    Delete(NamedArgs),
+}
+
+/// A command with only the gateway's flags.
+#[derive(Args, Debug)]
+pub struct ApiOnly {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// A command naming one thing.
+#[derive(Args, Debug)]
+pub struct NamedArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The key's id or the app's name.
+    name: String,
 }
 
 #[derive(Args, Debug)]
@@ -632,6 +667,86 @@ pub fn budget(args: BudgetArgs) -> Result<(), Error> {
 }
 
 /// `turnpike tenants create` and `turnpike tenants list`.
+/// `turnpike keys create|list|revoke`.
+pub fn keys(command: KeysCommand) -> Result<(), Error> {
+    match command {
+        KeysCommand::Create(args) => {
+            let answer = Client::new(&args.api)?
+                .send(Method::POST, "/v1/keys", &[], Bytes::new())?
+                .check()?
+                .json()?;
+            eprintln!(
+                "a new key {} of {}, shown only this once:",
+                text(&answer, "id"),
+                text(&answer, "name")
+            );
+            println!("{}", text(&answer, "key"));
+            Ok(())
+        }
+        KeysCommand::List(args) => read(&args, "/v1/keys", |answer| {
+            let rows = list(answer, "keys")
+                .map(|k| vec![text(k, "id"), text(k, "created_at")])
+                .collect();
+            print_table(&["ID", "CREATED"], rows);
+        }),
+        KeysCommand::Revoke(args) => {
+            if args.name.len() != turnpike_store::KEY_ID_CHARS
+                || !args.name.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(Error::Input(format!(
+                    "`{}` is not a key id: `turnpike keys list` shows them ({} hex digits)",
+                    args.name,
+                    turnpike_store::KEY_ID_CHARS
+                )));
+            }
+            Client::new(&args.api)?
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/keys/{}", args.name),
+                    &[],
+                    Bytes::new(),
+                )?
+                .check()?;
+            eprintln!("revoked key {}", args.name);
+            Ok(())
+        }
+    }
+}
+
+/// `turnpike apps list|delete`.
+pub fn apps(command: AppsCommand) -> Result<(), Error> {
+    match command {
+        AppsCommand::List(args) => read(&args, "/v1/apps", |answer| {
+            let rows = list(answer, "apps")
+                .map(|a| {
+                    let functions = list(a, "functions").count();
+                    let routes = list(a, "routes").count();
+                    vec![
+                        text(a, "name"),
+                        text(a, "host"),
+                        functions.to_string(),
+                        routes.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["APP", "HOST", "FUNCTIONS", "ROUTES"], rows);
+        }),
+        AppsCommand::Delete(args) => {
+            manifest::check_dns_label("app", &args.name).map_err(Error::Input)?;
+            Client::new(&args.api)?
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/apps/{}", args.name),
+                    &[],
+                    Bytes::new(),
+                )?
+                .check()?;
+            eprintln!("deleted app {}", args.name);
+            Ok(())
+        }
+    }
+}
+
 pub fn tenants(command: TenantsCommand) -> Result<(), Error> {
     match command {
         TenantsCommand::Create(args) => {

@@ -101,6 +101,12 @@ enum Command {
     /// Show your monthly budget, or set it (`--monthly N --over throttle|lower`) or remove it
     /// (`--none`).
     Budget(api_commands::BudgetArgs),
+    /// Create, list and revoke your API keys.
+    #[command(subcommand)]
+    Keys(api_commands::KeysCommand),
+    /// List or delete your apps.
+    #[command(subcommand)]
+    Apps(api_commands::AppsCommand),
     /// Create and list tenants (admin only).
     #[command(subcommand)]
     Tenants(api_commands::TenantsCommand),
@@ -188,5 +194,7 @@ fn main() -> ExitCode {
         Command::Usage(args) => api_commands::exit(api_commands::usage(args)),
         Command::Budget(args) => api_commands::exit(api_commands::budget(args)),
         Command::Tenants(cmd) => api_commands::exit(api_commands::tenants(cmd)),
+        Command::Keys(cmd) => api_commands::exit(api_commands::keys(cmd)),
+        Command::Apps(cmd) => api_commands::exit(api_commands::apps(cmd)),
     }
 }

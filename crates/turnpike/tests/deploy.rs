@@ -256,6 +256,82 @@ fn a_tenant_deploys_an_app_invokes_it_and_sees_its_usage() {
 }
 
 #[test]
+fn keys_are_revoked_and_apps_deleted_only_by_their_tenant() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (_up, addr, admin) = up(data.path());
+    let gw = format!("http://{addr}");
+    let acme = ok(turnpike(&gw, Some(&admin), &["tenants", "create", "acme"]));
+    let acme = acme.trim();
+    let other = ok(turnpike(&gw, Some(&admin), &["tenants", "create", "other"]));
+    let other = other.trim();
+    let created = turnpike(&gw, Some(acme), &["keys", "create"]);
+    let second = ok(created.clone());
+    let second = second.trim();
+    assert!(second.starts_with("tp_"), "{second}");
+    // Its id is on stderr: "a new key ID of acme, ...".
+    let told = stderr(&created);
+    let second_id = told
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no id in {told:?}"))
+        .to_string();
+    let listed = ok(turnpike(&gw, Some(second), &["keys", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert!(ids.contains(&second_id.as_str()), "{listed}");
+    assert!(
+        !listed.to_string().contains("tp_"),
+        "a key shown again: {listed}"
+    );
+    // Revoked by another tenant: unknown. By acme: it stops at once; acme's first key works.
+    let theirs = turnpike(&gw, Some(other), &["keys", "revoke", &second_id]);
+    assert!(stderr(&theirs).contains("404"), "{}", stderr(&theirs));
+    ok(turnpike(&gw, Some(acme), &["keys", "revoke", &second_id]));
+    let refused = turnpike(&gw, Some(second), &["functions"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+    ok(turnpike(&gw, Some(acme), &["functions"]));
+    // Revoked already, or another tenant's: unknown. The last key: refused, kept.
+    let again = turnpike(&gw, Some(acme), &["keys", "revoke", &second_id]);
+    assert!(stderr(&again).contains("404"), "{}", stderr(&again));
+    let last = ok(turnpike(&gw, Some(acme), &["keys", "list", "--json"]));
+    let last: serde_json::Value = serde_json::from_str(&last).expect("JSON");
+    let last_id = last["keys"][0]["id"].as_str().expect("an id").to_string();
+    let theirs = turnpike(&gw, Some(other), &["keys", "revoke", &last_id]);
+    assert!(stderr(&theirs).contains("404"), "{}", stderr(&theirs));
+    let alone = turnpike(&gw, Some(acme), &["keys", "revoke", &last_id]);
+    assert!(
+        stderr(&alone).contains("409") && stderr(&alone).contains("last key"),
+        "{}",
+        stderr(&alone)
+    );
+    let bad = turnpike(&gw, Some(acme), &["keys", "revoke", "nothex"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+
+    // Apps: another tenant cannot delete acme's; acme can.
+    let dir = app_dir(SHOP);
+    let manifest = dir.path().join("turnpike.toml");
+    ok(turnpike(
+        &gw,
+        Some(acme),
+        &["deploy", "--manifest", manifest.to_str().expect("utf-8")],
+    ));
+    assert!(ok(turnpike(&gw, Some(acme), &["apps", "list"])).contains("shop.localhost"));
+    let theirs = turnpike(&gw, Some(other), &["apps", "delete", "shop"]);
+    assert!(stderr(&theirs).contains("404"), "{}", stderr(&theirs));
+    assert_eq!(get(addr, "shop.localhost", "/").0, 200);
+    ok(turnpike(&gw, Some(acme), &["apps", "delete", "shop"]));
+    assert!(!ok(turnpike(&gw, Some(acme), &["apps", "list"])).contains("shop"));
+    assert_eq!(get(addr, "shop.localhost", "/").0, 404);
+}
+
+#[test]
 fn a_bad_manifest_is_refused_naming_the_line_before_any_request() {
     let app = app_dir(&SHOP.replace("path = \"/\"", "path = \"shop\""));
     // No gateway listens there: the manifest is refused first.
