@@ -617,12 +617,22 @@ impl Gateway {
 
     /// Runs an attempt: how it ended and its result; `Err` when it cannot run at all.
     async fn attempt(&self, attempt: &AsyncAttempt) -> Result<(Ending, AsyncResult), String> {
-        // The function as deployed now: a deleted one is not run.
-        let Some(hash) = self
-            .routing()
-            .function(&attempt.tenant, &attempt.app, &attempt.function)
-            .map(str::to_string)
-        else {
+        // The function as deployed now: a deleted one is not run. One this gateway does not
+        // know may have been deployed through another gateway since its last routing poll.
+        let deployed = |gateway: &Self| {
+            gateway
+                .routing()
+                .function(&attempt.tenant, &attempt.app, &attempt.function)
+                .map(str::to_string)
+        };
+        let mut hash = deployed(self);
+        if hash.is_none() {
+            if let Err(e) = self.reload_routing().await {
+                return Err(format!("reading the deployed functions: {e}"));
+            }
+            hash = deployed(self);
+        }
+        let Some(hash) = hash else {
             return Err(format!(
                 "the function `{}/{}` no longer exists",
                 attempt.app, attempt.function

@@ -453,18 +453,109 @@ async fn a_tenants_queue_is_bounded() {
 /// attempt is in the ledger once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_accepted_is_lost_when_the_whole_system_is_killed() {
-    const SUBMISSIONS: usize = 1000;
     let data = tempfile::tempdir().expect("temp dir");
-    let (mut first, gateway, admin) = common::up(data.path());
+    let (first, gateway, admin) = common::up(data.path());
     let key = tenant_with_app(gateway, &admin, "acme");
+    let restart = || vec![up_with(data.path(), &[])];
+    let store = format!("sqlite://{}", data.path().join("turnpike.db").display());
+    survives_a_kill(vec![(first, gateway, None)], &key, restart, &store).await;
+}
+
+/// The same with two gateways (two `turnpike up`s, each with its own shards and workers) on
+/// one PostgreSQL database: each takes submissions and runs the queue; after the kill both
+/// start again. An attempt run by both at once would be two ledger rows for one attempt, so
+/// the ledger may never hold more rows than attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_with_two_gateways_on_postgres() {
+    let Some(store) = fresh_postgres("async_kill").await else {
+        return;
+    };
+    let (one, two) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let start = |dir: &Path| up_with(dir, &["--store", &store]);
+    let (first, gateway, admin) = start(one.path());
+    let admin = admin.expect("the first start on a fresh store prints the admin key");
+    let second = start(two.path());
+    let key = tenant_with_app(gateway, &admin, "acme");
+    // The second gateway learns of the deploy at its next routing poll (every second).
+    let auth = format!("Bearer {key}");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("x-turnpike-class", "batch"),
+        ];
+        let path = "/v1/apps/shop/functions/echo/invoke";
+        let answer = send(second.1, "POST", path, &headers, "").await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the second gateway never saw the app: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restart = || vec![start(one.path()), start(two.path())];
+    survives_a_kill(vec![(first, gateway, None), second], &key, restart, &store).await;
+}
+
+/// A new database on the PostgreSQL server of `TURNPIKE_POSTGRES_URL` (`None`, with a note,
+/// without one unless `TURNPIKE_REQUIRE_POSTGRES=1`): its URL.
+async fn fresh_postgres(name: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("TURNPIKE_POSTGRES_URL") else {
+        assert_ne!(
+            std::env::var("TURNPIKE_REQUIRE_POSTGRES").as_deref(),
+            Ok("1"),
+            "TURNPIKE_POSTGRES_URL is not set"
+        );
+        eprintln!("{name}: skipped (set TURNPIKE_POSTGRES_URL)");
+        return None;
+    };
+    let db = format!("turnpike_{name}_{}", std::process::id());
+    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to TURNPIKE_POSTGRES_URL");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut admin)
+            .await
+            .expect(&statement);
+    }
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a URL ending in /DATABASE");
+    Some(format!("{base}/{db}"))
+}
+
+/// Submits 1,000 asynchronous invocations through `systems`' gateways in turn, SIGKILLs
+/// every system while some are queued or running, starts them again with `restart`, and
+/// checks that every one ends `succeeded` and is billed (the ledger read at `store`).
+async fn survives_a_kill(
+    systems: Vec<(common::Child, SocketAddr, Option<String>)>,
+    key: &str,
+    restart: impl FnOnce() -> Vec<(common::Child, SocketAddr, Option<String>)>,
+    store: &str,
+) {
+    const SUBMISSIONS: usize = 1000;
+    const CLIENTS: usize = 16;
+    let gateways: Vec<SocketAddr> = systems.iter().map(|s| s.1).collect();
     let started = Instant::now();
-    // 16 clients at once, each submitting its share one after another.
+    // 16 clients at once, each submitting its share one after another, the gateways in turn.
     let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..16 {
-        let key = key.clone();
+    for client in 0..CLIENTS {
+        let key = key.to_string();
+        let gateway = gateways[client % gateways.len()];
+        let share = SUBMISSIONS / CLIENTS + usize::from(client < SUBMISSIONS % CLIENTS);
         clients.spawn(async move {
             let mut ids = Vec::new();
-            for _ in 0..SUBMISSIONS / 16 {
+            for _ in 0..share {
                 let answer = submit(gateway, &key, "spin", "?ms=3", &[], "").await;
                 assert_eq!(answer.status, 202, "{answer:?}");
                 ids.push(json(&answer)["id"].as_str().expect("an id").to_string());
@@ -476,39 +567,43 @@ async fn nothing_accepted_is_lost_when_the_whole_system_is_killed() {
     while let Some(done) = clients.join_next().await {
         ids.extend(done.expect("a client"));
     }
-    while ids.len() < SUBMISSIONS {
-        let answer = submit(gateway, &key, "spin", "?ms=3", &[], "").await;
-        assert_eq!(answer.status, 202, "{answer:?}");
-        ids.push(json(&answer)["id"].as_str().expect("an id").to_string());
-    }
     let submitting = started.elapsed();
-    let waiting = list(gateway, &key, "?state=queued&limit=1000").await.len()
-        + list(gateway, &key, "?state=running&limit=1000").await.len();
-    eprintln!("{SUBMISSIONS} submitted in {submitting:?}; {waiting} queued or running at the kill");
+    let waiting = list(gateways[0], key, "?state=queued&limit=1000")
+        .await
+        .len()
+        + list(gateways[0], key, "?state=running&limit=1000")
+            .await
+            .len();
+    eprintln!(
+        "{SUBMISSIONS} submitted in {submitting:?} through {} gateways; {waiting} queued or running at the kill",
+        gateways.len()
+    );
     assert!(
         waiting > 0,
         "everything ran before the kill: the test proves nothing"
     );
-    let _ = first.0.kill();
-    let _ = first.0.wait();
+    for (mut child, ..) in systems {
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+    }
 
-    let (_second, gateway, _) = up_with(data.path(), &[]);
+    let systems = restart();
+    let gateway = systems[0].1;
     let until = Instant::now() + Duration::from_secs(120);
-    let states = loop {
-        let all = list(gateway, &key, "?limit=1000").await;
-        let states: BTreeMap<String, usize> = all.iter().fold(BTreeMap::new(), |mut m, i| {
+    let (all, counts) = loop {
+        let all = list(gateway, key, "?limit=1000").await;
+        let counts: BTreeMap<String, usize> = all.iter().fold(BTreeMap::new(), |mut m, i| {
             *m.entry(i["state"].as_str().unwrap_or("?").to_string())
                 .or_default() += 1;
             m
         });
-        let done = states.get("succeeded").copied().unwrap_or(0)
-            + states.get("failed").copied().unwrap_or(0);
+        let done = counts.get("succeeded").copied().unwrap_or(0)
+            + counts.get("failed").copied().unwrap_or(0);
         if done == SUBMISSIONS || Instant::now() > until {
-            break (all, states);
+            break (all, counts);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let (all, counts) = states;
     assert_eq!(
         counts.get("succeeded").copied(),
         Some(SUBMISSIONS),
@@ -518,9 +613,9 @@ async fn nothing_accepted_is_lost_when_the_whole_system_is_killed() {
     let submitted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(listed, submitted, "every accepted id, and no other");
 
-    // Each succeeded one's last attempt is billed, once; no attempt is billed twice (the
-    // ledger's key is the attempt's id), and no more rows than attempts.
-    let ledger = ledger_ids(data.path()).await;
+    // Each succeeded one's last attempt is billed, once (the ledger's key is the attempt's
+    // id); no more rows than attempts (none billed twice, none run twice at once).
+    let ledger = ledger_ids(store).await;
     let attempts: u64 = all
         .iter()
         .map(|i| i["attempts"].as_u64().unwrap_or(0))
@@ -534,24 +629,20 @@ async fn nothing_accepted_is_lost_when_the_whole_system_is_killed() {
             "attempt {last} not billed: {invocation:#}"
         );
     }
-    let spins = ledger.len() as u64;
+    let billed = ledger.len() as u64;
     assert!(
-        spins >= SUBMISSIONS as u64 && spins <= attempts,
-        "{spins} ledger rows for {SUBMISSIONS} invocations in {attempts} attempts"
+        billed >= SUBMISSIONS as u64 && billed <= attempts,
+        "{billed} ledger rows for {SUBMISSIONS} invocations in {attempts} attempts"
     );
-    eprintln!("{attempts} attempts, {spins} billed, {counts:?}");
+    eprintln!("{attempts} attempts, {billed} billed, {counts:?}");
+    drop(systems);
 }
 
-/// The invocation ids in the ledger of the embedded store in `data_dir`.
-async fn ledger_ids(data_dir: &Path) -> BTreeSet<i64> {
+/// The invocation ids of `spin` in the ledger of the store at `url` (SQLite or PostgreSQL).
+async fn ledger_ids(url: &str) -> BTreeSet<i64> {
     use sqlx::Row;
-    let url = format!(
-        "sqlite://{}?mode=ro",
-        data_dir.join("turnpike.db").display()
-    );
-    let pool = sqlx::sqlite::SqlitePool::connect(&url)
-        .await
-        .expect("open the store");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("open the store");
     let rows = sqlx::query("SELECT invocation FROM ledger WHERE function = 'spin'")
         .fetch_all(&pool)
         .await
