@@ -650,3 +650,143 @@ async fn ledger_ids(url: &str) -> BTreeSet<i64> {
     pool.close().await;
     rows.iter().map(|r| r.get::<i64, _>("invocation")).collect()
 }
+
+/// The asynchronous path's figures, printed (never asserted: a measurement, not a test).
+/// `cargo test --release -p turnpike --test async_invocations -- --ignored --nocapture
+/// measure_the_async_path` (with `TURNPIKE_POSTGRES_URL` set, PostgreSQL too): on one `turnpike
+/// up`, 16 clients; the baseline is the same hello run synchronously in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name with --ignored"]
+async fn measure_the_async_path() {
+    let data = tempfile::tempdir().expect("temp dir");
+    measure_on(data.path(), &[], "SQLite").await;
+    if let Some(store) = fresh_postgres("async_measure").await {
+        let data = tempfile::tempdir().expect("temp dir");
+        measure_on(data.path(), &["--store", &store], "PostgreSQL").await;
+    }
+}
+
+async fn measure_on(data: &Path, flags: &[&str], label: &str) {
+    const N: usize = 2000;
+    const CLIENTS: usize = 16;
+    let (_up, gateway, admin) = up_with(data, flags);
+    let key = tenant_with_app(gateway, &admin.expect("an admin key"), "acme");
+    // N requests from 16 clients at once: the seconds they took.
+    async fn load(
+        gateway: SocketAddr,
+        key: &str,
+        extra: &[(&'static str, &'static str)],
+    ) -> (f64, Vec<String>) {
+        let started = Instant::now();
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..CLIENTS {
+            let (key, extra) = (key.to_string(), extra.to_vec());
+            clients.spawn(async move {
+                let auth = format!("Bearer {key}");
+                let mut ids = Vec::new();
+                for _ in 0..N / CLIENTS {
+                    let mut headers = vec![
+                        ("Authorization", auth.as_str()),
+                        ("x-turnpike-class", "standard"),
+                    ];
+                    headers.extend(extra.iter().copied());
+                    let answer = send(
+                        gateway,
+                        "POST",
+                        "/v1/apps/shop/functions/echo/invoke",
+                        &headers,
+                        "x",
+                    )
+                    .await;
+                    assert!(answer.status == 200 || answer.status == 202, "{answer:?}");
+                    if answer.status == 202 {
+                        ids.push(json(&answer)["id"].as_str().expect("an id").to_string());
+                    }
+                }
+                ids
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(done) = clients.join_next().await {
+            ids.extend(done.expect("a client"));
+        }
+        (started.elapsed().as_secs_f64(), ids)
+    }
+    let (sync_s, _) = load(gateway, &key, &[]).await;
+    let submitted_at = Instant::now();
+    let (submit_s, ids) = load(gateway, &key, &[("Prefer", "respond-async")]).await;
+    // Until every one has run.
+    loop {
+        let left = list(gateway, &key, "?state=queued&limit=1").await.len()
+            + list(gateway, &key, "?state=running&limit=1").await.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_s = submitted_at.elapsed().as_secs_f64();
+    let sync_rate = N as f64 / sync_s;
+    let submit_rate = N as f64 / submit_s;
+    let run_rate = ids.len() as f64 / all_s;
+    println!(
+        "{label}: sync echo {sync_rate:.0}/s; async submissions {submit_rate:.0}/s ({:.2}x sync); submitted and run {run_rate:.0}/s ({:.2}x sync)",
+        submit_rate / sync_rate,
+        run_rate / sync_rate
+    );
+
+    // Queue-to-start by class under load: 200 of each class of 10 ms of CPU submitted at
+    // once (8 s of CPU on this machine's cores), the wait from submission to first start.
+    let mut by_class: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for class in ["batch", "standard", "interactive", "critical"] {
+        for _ in 0..200 {
+            let auth = format!("Bearer {key}");
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("x-turnpike-class", class),
+                ("Prefer", "respond-async"),
+            ];
+            let answer = send(
+                gateway,
+                "POST",
+                "/v1/apps/shop/functions/spin/invoke?ms=10",
+                &headers,
+                "",
+            )
+            .await;
+            assert_eq!(answer.status, 202, "{answer:?}");
+            by_class
+                .entry(class)
+                .or_default()
+                .push(json(&answer)["id"].as_str().expect("an id").to_string());
+        }
+    }
+    for (class, ids) in &by_class {
+        let mut waits = Vec::new();
+        for id in ids {
+            let done = ended(gateway, &key, id, Duration::from_secs(120)).await;
+            let ms = |field: &str| {
+                let text = done[field].as_str().expect("a time");
+                // `...:SS.mmmZ`: seconds of the minute and milliseconds are enough within a run.
+                let (rest, frac) = text.trim_end_matches('Z').rsplit_once('.').expect("ms");
+                let (hm, sec) = rest.rsplit_once(':').expect("seconds");
+                let (_, min) = hm.rsplit_once(':').expect("minutes");
+                (min.parse::<f64>().unwrap() * 60.0 + sec.parse::<f64>().unwrap()) * 1000.0
+                    + frac.parse::<f64>().unwrap()
+            };
+            let mut wait = ms("started_at") - ms("created_at");
+            if wait < 0.0 {
+                wait += 3_600_000.0; // across an hour
+            }
+            waits.push(wait);
+        }
+        waits.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| waits[((q * waits.len() as f64).ceil() as usize).clamp(1, waits.len()) - 1];
+        println!(
+            "{label}: {class:<12} queue to start p50 {:7.1} ms  p99 {:7.1} ms  (n={})",
+            at(0.5),
+            at(0.99),
+            waits.len()
+        );
+    }
+}
