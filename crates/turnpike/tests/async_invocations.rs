@@ -638,6 +638,20 @@ async fn survives_a_kill(
     drop(systems);
 }
 
+/// Unix milliseconds of an API time, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn unix_ms(time: &Value) -> f64 {
+    let text = time.as_str().expect("a time");
+    let (date, clock) = text.split_once('T').expect("a date and a time");
+    let day = turnpike_store::Day::parse(date).expect("a date");
+    let clock: Vec<f64> = clock
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|part| part.parse().expect("a number"))
+        .collect();
+    let seconds = day.start_unix() as f64 + clock[0] * 3600.0 + clock[1] * 60.0 + clock[2];
+    seconds * 1000.0
+}
+
 /// The invocation ids of `spin` in the ledger of the store at `url` (SQLite or PostgreSQL).
 async fn ledger_ids(url: &str) -> BTreeSet<i64> {
     use sqlx::Row;
@@ -764,19 +778,7 @@ async fn measure_on(data: &Path, flags: &[&str], label: &str) {
         let mut waits = Vec::new();
         for id in ids {
             let done = ended(gateway, &key, id, Duration::from_secs(120)).await;
-            let ms = |field: &str| {
-                let text = done[field].as_str().expect("a time");
-                // `...:SS.mmmZ`: seconds of the minute and milliseconds are enough within a run.
-                let (rest, frac) = text.trim_end_matches('Z').rsplit_once('.').expect("ms");
-                let (hm, sec) = rest.rsplit_once(':').expect("seconds");
-                let (_, min) = hm.rsplit_once(':').expect("minutes");
-                (min.parse::<f64>().unwrap() * 60.0 + sec.parse::<f64>().unwrap()) * 1000.0
-                    + frac.parse::<f64>().unwrap()
-            };
-            let mut wait = ms("started_at") - ms("created_at");
-            if wait < 0.0 {
-                wait += 3_600_000.0; // across an hour
-            }
+            let wait = unix_ms(&done["started_at"]) - unix_ms(&done["created_at"]);
             waits.push(wait);
         }
         waits.sort_by(f64::total_cmp);
