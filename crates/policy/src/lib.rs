@@ -14,6 +14,7 @@
 //! - [`shard`]: one scheduler shard: multi-queue, idle list and placement together, and the
 //!   requeue rule for invocations that came back unanswered.
 //! - [`shard_choice`]: the gateway's choice of a shard for each invocation.
+//! - [`concurrency`]: concurrency limits, the gate a shard keeps in front of its queues.
 //! - [`dispatcher`]: a machine's decisions about idle-list membership.
 //! - [`machine`]: the preemptive priority machine scheduler, with its [`memory`] manager.
 //! - [`baseline`]: Hermod (processor sharing) and EDF, the paper's comparison points.
@@ -22,6 +23,7 @@
 
 pub mod baseline;
 pub mod class;
+pub mod concurrency;
 pub mod dispatcher;
 pub mod idle_list;
 pub mod machine;

@@ -29,6 +29,14 @@
 //! The link to each worker carries only placed invocations, so it is bounded by what the
 //! workers accept (`worker_in_flight_invocations_max`).
 //!
+//! Concurrency limits: an invocation that carries limits (`Invocation::concurrency_limits`)
+//! first passes this shard's [`Gate`] (`turnpike_policy::concurrency`): while one of its keys
+//! is at its limit it waits there, by class, and counts against
+//! `shard_queue_invocations_max`; cancelled (its caller gone, its deadline passed) it leaves
+//! unbilled. It holds its slots until its outcome is answered, across placements again. The
+//! gateway sends every limited invocation of a key to the key's home shard, so this gate sees
+//! them all.
+//!
 //! Logs: each invocation's events are in a span with its id (the gateway's), class and this
 //! shard's id; a lost worker and a give-up are logged at `warn`, a placement again at
 //! `info`.
@@ -43,6 +51,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
+use turnpike_policy::concurrency::{Entry, Gate, GateId, Limit};
 use turnpike_policy::placement::{PlacementRule, PollReply};
 use turnpike_policy::shard::{
     self as policy, AfterReturn, Pending, Shard, ShardDecision, ShardStep, Via,
@@ -171,6 +180,46 @@ struct Inner {
     poll_timeout: Duration,
     /// Workers in this process, reached without RPC.
     directory: Directory,
+    /// Invocations with concurrency limits pass here before the queue.
+    gate: Mutex<GateState>,
+}
+
+/// The concurrency gate and how to wake each invocation waiting at it.
+#[derive(Debug, Default)]
+struct GateState {
+    gate: Gate,
+    wakers: HashMap<GateId, oneshot::Sender<()>>,
+}
+
+impl GateState {
+    fn wake(&mut self, passed: Vec<GateId>) {
+        for id in passed {
+            // A waiter gone without leaving (its task dropped) gives its slots back when its
+            // `GatePass` drops, which finds it passed.
+            if let Some(waker) = self.wakers.remove(&id) {
+                let _ = waker.send(());
+            }
+        }
+    }
+}
+
+/// An invocation's place at the gate, waiting or passed; dropped, it leaves the gate or
+/// gives its slots back.
+struct GatePass {
+    inner: Arc<Inner>,
+    id: GateId,
+    limits: Vec<Limit>,
+}
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        let mut gate = turnpike_wire::lock(&self.inner.gate);
+        gate.wakers.remove(&self.id);
+        if !gate.gate.handle_leave(self.id) {
+            let passed = gate.gate.handle_finish(&self.limits);
+            gate.wake(passed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -294,6 +343,7 @@ impl ShardService {
             queue_invocations_max: config.queue_invocations_max,
             poll_timeout: config.poll_timeout,
             directory,
+            gate: Mutex::new(GateState::default()),
         });
         tokio::spawn(place_forever(Arc::downgrade(&inner), config.seed));
         Self { inner }
@@ -322,6 +372,16 @@ impl ShardService {
         self.inner.lock().shard.queued()
     }
 
+    /// Invocations waiting at the concurrency gate.
+    pub fn gate_waiting(&self) -> usize {
+        turnpike_wire::lock(&self.inner.gate).gate.waiting()
+    }
+
+    /// Invocations of concurrency key `key` past the gate and not answered.
+    pub fn gate_in_flight(&self, key: &str) -> u32 {
+        turnpike_wire::lock(&self.inner.gate).gate.in_flight(key)
+    }
+
     /// This shard's metrics in Prometheus text format.
     pub fn metrics(&self) -> String {
         let inner = &self.inner;
@@ -331,7 +391,25 @@ impl ShardService {
             let live = state.workers.iter().filter(|w| w.alive).count();
             (queues, state.shard.idle_list().len(), live, state.counters)
         };
+        let (gate_waiting, gate_keys) = {
+            let gate = turnpike_wire::lock(&inner.gate);
+            (gate.gate.waiting(), gate.gate.keys())
+        };
         let mut out = String::new();
+        metrics::family(
+            &mut out,
+            "turnpike_shard_concurrency_waiting",
+            "gauge",
+            "Invocations waiting at the concurrency gate (a key at its limit).",
+            &metrics::single(gate_waiting as f64),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_shard_concurrency_keys",
+            "gauge",
+            "Concurrency keys with an invocation in flight or waiting here.",
+            &metrics::single(gate_keys as f64),
+        );
         metrics::family(
             &mut out,
             "turnpike_shard_queue_length",
@@ -749,7 +827,8 @@ impl ShardService {
             class = invocation.class.0,
             shard = self.inner.id,
         );
-        let queued = self.inner.lock().waiting.len();
+        let queued =
+            self.inner.lock().waiting.len() + turnpike_wire::lock(&self.inner.gate).gate.waiting();
         if queued >= self.inner.queue_invocations_max {
             let _entered = span.enter();
             let message = format!(
@@ -759,9 +838,26 @@ impl ShardService {
             tracing::warn!("refused: {message}");
             return Outcome::failure(FailureKind::Overloaded, message);
         }
-        let (reply, answer) = oneshot::channel();
         let id = InvocationId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let cancel = invocation.cancel.clone();
+        // Held until the outcome is answered.
+        let _pass = if invocation.concurrency_limits.is_empty() {
+            None
+        } else {
+            match self.pass_gate(id, &invocation).await {
+                Some(pass) => Some(pass),
+                None => {
+                    let _entered = span.enter();
+                    tracing::info!("cancelled while waiting at the concurrency gate");
+                    self.inner.lock().counters.cancelled_queued += 1;
+                    return Outcome::failure(
+                        FailureKind::Cancelled,
+                        "cancelled while waiting at a shard for a concurrency limit",
+                    );
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
         self.inner.enqueue(
             id,
             Waiting {
@@ -787,6 +883,36 @@ impl ShardService {
             return outcome;
         }
         answer.await.unwrap_or_else(shutting_down)
+    }
+}
+
+impl ShardService {
+    /// Waits at the concurrency gate until every one of `invocation`'s keys has room: its
+    /// pass, or `None` when it was cancelled first (it then holds nothing).
+    async fn pass_gate(&self, id: InvocationId, invocation: &Invocation) -> Option<GatePass> {
+        let (waker, woken) = oneshot::channel();
+        let pass = GatePass {
+            inner: self.inner.clone(),
+            id: id.0,
+            limits: invocation.concurrency_limits.clone(),
+        };
+        {
+            let mut gate = turnpike_wire::lock(&self.inner.gate);
+            let (entry, passed) =
+                gate.gate
+                    .handle_arrival(id.0, invocation.class, &invocation.concurrency_limits);
+            gate.wake(passed);
+            if entry == Entry::Passed {
+                return Some(pass);
+            }
+            gate.wakers.insert(id.0, waker);
+        }
+        tokio::select! {
+            biased;
+            _ = woken => Some(pass),
+            // Dropping the pass leaves the gate (or gives back the slots it got meanwhile).
+            () = invocation.cancel.cancelled() => None,
+        }
     }
 }
 
@@ -1515,6 +1641,77 @@ mod tests {
         assert!(format!("{refused:?}").contains("shard_queue_invocations_max"));
         assert_eq!(shard.queued(), 2);
         assert!(waiting.iter().all(|w| !w.is_finished()));
+    }
+
+    #[tokio::test]
+    async fn past_a_concurrency_limit_invocations_wait_at_the_gate_and_pass_by_class() {
+        // No worker: an invocation past the gate waits in the placement queue, holding its
+        // slot until it is answered (here: cancelled).
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig::default(),
+            Directory::new(),
+        );
+        let limited = |id, class| Invocation {
+            concurrency_limits: vec![Limit {
+                key: "function:app/f".into(),
+                max: 1,
+            }],
+            ..invocation(id, class)
+        };
+        let (first, low, high) = (limited(1, 0), limited(2, 0), limited(3, 3));
+        let cancels = [
+            first.cancel.clone(),
+            low.cancel.clone(),
+            high.cancel.clone(),
+        ];
+        let first = tokio::spawn(LocalShard::invoke(&shard, first));
+        while shard.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let low = tokio::spawn(LocalShard::invoke(&shard, low));
+        let high = tokio::spawn(LocalShard::invoke(&shard, high));
+        while shard.gate_waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            shard.queued(),
+            1,
+            "the others wait at the gate, not in the queue"
+        );
+        assert_eq!(shard.gate_in_flight("function:app/f"), 1);
+        // The first is answered: the higher class passes, the other keeps waiting.
+        cancels[0].cancel();
+        assert_eq!(
+            first.await.unwrap().failure_kind(),
+            Some(FailureKind::Cancelled)
+        );
+        while shard.gate_waiting() > 1 || shard.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        cancels[1].cancel();
+        let outcome = low.await.unwrap();
+        assert_eq!(outcome.failure_kind(), Some(FailureKind::Cancelled));
+        assert!(
+            format!("{outcome:?}").contains("concurrency limit"),
+            "the low class was the one still waiting at the gate: {outcome:?}"
+        );
+        assert_eq!((shard.gate_waiting(), shard.queued()), (0, 1));
+        assert_eq!(
+            shard.gate_in_flight("function:app/f"),
+            1,
+            "the high class holds the slot"
+        );
+        assert!(!high.is_finished());
+        cancels[2].cancel();
+        assert_eq!(
+            high.await.unwrap().failure_kind(),
+            Some(FailureKind::Cancelled)
+        );
+        assert_eq!(shard.gate_in_flight("function:app/f"), 0);
+        assert!(shard
+            .metrics()
+            .contains("turnpike_shard_concurrency_waiting 0"));
     }
 
     #[tokio::test]

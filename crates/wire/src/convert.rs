@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use turnpike_policy::concurrency::Limit;
 use turnpike_policy::idle_list::IdleEntry;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, MachineId};
@@ -38,6 +39,7 @@ impl From<Invocation> for proto::Invocation {
             response_bytes_max,
             // The link sending it marks `request_streamed` when it takes the body to send.
             request_body: _,
+            concurrency_limits,
         } = invocation;
         Self {
             id,
@@ -54,6 +56,13 @@ impl From<Invocation> for proto::Invocation {
             streamed: respond.is_some(),
             response_bytes_max: response_bytes_max.unwrap_or(0),
             request_streamed: false,
+            concurrency_limits: concurrency_limits
+                .into_iter()
+                .map(|l| proto::ConcurrencyLimit {
+                    key: l.key,
+                    max: l.max,
+                })
+                .collect(),
         }
     }
 }
@@ -102,6 +111,14 @@ impl TryFrom<proto::Invocation> for Invocation {
                 .then_some(message.response_bytes_max),
             // The receiving link makes one when `message.request_streamed`.
             request_body: None,
+            concurrency_limits: message
+                .concurrency_limits
+                .into_iter()
+                .map(|l| Limit {
+                    key: l.key,
+                    max: l.max,
+                })
+                .collect(),
         })
     }
 }
@@ -470,6 +487,16 @@ mod tests {
             start_mb: 5,
             call_token: Some("v1.payload.signature".into()),
             response_bytes_max: Some(1 << 20),
+            concurrency_limits: vec![
+                Limit {
+                    key: "tenant:t".into(),
+                    max: 10,
+                },
+                Limit {
+                    key: "function:shop/f".into(),
+                    max: 2,
+                },
+            ],
             ..Invocation::new(7, "ab".repeat(32), ClassId(3), request)
         }
     }

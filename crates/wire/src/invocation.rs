@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use turnpike_policy::concurrency::Limit;
 use turnpike_policy::{ClassId, ClassSet, MachineId};
 
 use crate::body::{BodyWriter, RequestBody};
@@ -53,6 +54,10 @@ pub struct Invocation {
     /// Its request body, streamed as the client sends it (`request.body` is then empty);
     /// `None`: the body is whole in `request.body`.
     pub request_body: Option<RequestBody>,
+    /// Its concurrency limits (its function's and its tenant's, when they have one): the
+    /// shard holds it at its gate until every key has room (`turnpike_policy::concurrency`);
+    /// the gateway sends it to the home shard of its first key.
+    pub concurrency_limits: Vec<Limit>,
 }
 
 impl Invocation {
@@ -72,6 +77,7 @@ impl Invocation {
             respond: None,
             response_bytes_max: None,
             request_body: None,
+            concurrency_limits: Vec::new(),
         }
     }
 
