@@ -99,6 +99,7 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts, body: Incomi
     match (&method, segments.as_slice()) {
         (&Method::POST, ["tenants"]) => api.create_tenant(body).await,
         (&Method::GET, ["tenants"]) => api.list_tenants().await,
+        (&Method::PUT, ["tenants", name]) => api.update_tenant(name, body).await,
         (&Method::POST, ["keys"]) => api.create_key().await,
         (&Method::GET, ["keys"]) => api.list_keys().await,
         (&Method::DELETE, ["keys", id]) => api.revoke_key(id).await,
@@ -242,6 +243,46 @@ impl Api<'_> {
         }
         match self.gateway.store().tenants().await {
             Ok(tenants) => json_response(StatusCode::OK, &json!({ "tenants": tenants })),
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// `PUT /v1/tenants/{name}` (admins): sets the tenant's concurrency limit,
+    /// `{"concurrency_max": N}`, or lifts it with `null`. Every gateway applies it within its
+    /// routing poll.
+    async fn update_tenant(&self, name: &str, body: Incoming) -> Response {
+        if let Err(refusal) = self.admin_only() {
+            return refusal;
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TenantUpdate {
+            concurrency_max: Option<i64>,
+        }
+        let update: TenantUpdate = match read_json(self.gateway, body).await {
+            Ok(update) => update,
+            Err(refusal) => return refusal,
+        };
+        let max = match update
+            .concurrency_max
+            .map(|n| turnpike_store::check_concurrency_max("concurrency_max", n))
+            .transpose()
+        {
+            Ok(max) => max,
+            Err(e) => return store_error(e),
+        };
+        let store = self.gateway.store();
+        match store.set_tenant_concurrency_max(name, max).await {
+            Ok(true) => {}
+            Ok(false) => return not_found(&format!("tenant `{name}`")),
+            Err(e) => return store_error(e),
+        }
+        if let Err(e) = self.gateway.reload_routing().await {
+            tracing::warn!("reloading the routes after a tenant's limit changed: {e}");
+        }
+        match store.tenant(name).await {
+            Ok(Some(tenant)) => json_response(StatusCode::OK, &json!(tenant)),
+            Ok(None) => not_found(&format!("tenant `{name}`")),
             Err(e) => store_error(e),
         }
     }
@@ -811,7 +852,12 @@ impl Api<'_> {
 }
 
 fn function_json(f: &turnpike_store::Function) -> Value {
-    json!({ "name": f.name, "hash": f.hash, "deployed_at": rfc3339(f.deployed_at) })
+    let mut function =
+        json!({ "name": f.name, "hash": f.hash, "deployed_at": rfc3339(f.deployed_at) });
+    if let Some(max) = f.concurrency_max {
+        function["concurrency_max"] = max.into();
+    }
+    function
 }
 
 fn totals_json(totals: &UsageTotals) -> Value {

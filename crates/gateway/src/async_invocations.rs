@@ -38,6 +38,13 @@
 //!   beyond); ended rows are deleted after `async_retention`. `GET /v1/invocations` lists
 //!   them. Another tenant's id is 404, as a missing one.
 //!
+//! - **Concurrency limits.** An invocation of a function at its concurrency limit waits in
+//!   the store: a runner claims none of a key (a function, or a tenant's apps) while it runs
+//!   as many of it as the key's limit, and puts back one it claimed in the same batch past
+//!   that. Each runner counts its own runs, so with several gateways more than the limit may
+//!   be claimed at once; the shard's gate (`turnpike_policy::concurrency`) holds the extra
+//!   ones, each still under its runner's renewed lease.
+//!
 //! **Schedules** (`[[schedules]]` of an app; `turnpike_store::schedules`) are fired here too:
 //! every [`SCHEDULE_CHECK`] the runner fires the due ones, each tick's invocation queued in
 //! the same transaction that claims the tick, so each tick fires once in the cluster.
@@ -58,9 +65,10 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
+use turnpike_policy::concurrency::Limit;
 use turnpike_store::{
-    AsyncAttempt, AsyncInvocation, AsyncResult, AsyncState, AsyncSubmission, StoreError, Submitted,
-    RETRIES_MAX,
+    AsyncAttempt, AsyncInvocation, AsyncResult, AsyncState, AsyncSubmission, ClaimSkip, StoreError,
+    Submitted, RETRIES_MAX,
 };
 use turnpike_wire::chain;
 
@@ -507,9 +515,10 @@ impl Gateway {
                 if free == 0 {
                     continue;
                 }
+                let skip = self.async_skip();
                 let attempts = match self
                     .store()
-                    .claim_async(&runner, name, free, now, now + ms(ASYNC_LEASE))
+                    .claim_async(&runner, name, free, (now, now + ms(ASYNC_LEASE)), &skip)
                     .await
                 {
                     Ok(attempts) => attempts,
@@ -520,6 +529,18 @@ impl Gateway {
                 };
                 claimed_any |= !attempts.is_empty();
                 for attempt in attempts {
+                    let Some(limits) = self.take_async_slots(&attempt) else {
+                        // Claimed in the same batch as others of its key: it waits in the
+                        // store until this runner has room for it.
+                        if let Err(e) = self
+                            .store()
+                            .unclaim_async(&runner, &attempt.id, attempt.attempt, now)
+                            .await
+                        {
+                            tracing::warn!(id = %attempt.id, "putting back an invocation past its concurrency limit: {e}");
+                        }
+                        continue;
+                    };
                     self.async_running.fetch_add(1, Ordering::Relaxed);
                     let gateway = self.clone();
                     let runner = runner.clone();
@@ -531,6 +552,7 @@ impl Gateway {
                             tenant = %attempt.tenant,
                         );
                         gateway.run_attempt(&runner, attempt).instrument(span).await;
+                        gateway.give_async_slots(&limits);
                         gateway.async_running.fetch_sub(1, Ordering::Relaxed);
                         gateway.async_queue.notify_one();
                     });
@@ -539,6 +561,64 @@ impl Gateway {
             if !claimed_any {
                 let wait = ASYNC_POLL.min(SCHEDULE_CHECK);
                 let _ = tokio::time::timeout(wait, self.async_queue.notified()).await;
+            }
+        }
+    }
+
+    /// What this runner's claims leave in the store: the functions, and tenants' apps, whose
+    /// concurrency key it runs as many of as the key's limit.
+    fn async_skip(&self) -> ClaimSkip {
+        let limited = turnpike_wire::lock(&self.async_limited);
+        let mut skip = ClaimSkip::default();
+        let routing = self.routing();
+        for (key, (running, max)) in limited.iter() {
+            if running < max {
+                continue;
+            }
+            if let Some(tenant) = key.strip_prefix("tenant:") {
+                skip.apps.extend(routing.apps_of(tenant).map(String::from));
+            } else if let Some((app, function)) = key
+                .strip_prefix("function:")
+                .and_then(|f| f.split_once('/'))
+            {
+                skip.functions.push((app.into(), function.into()));
+            }
+        }
+        skip
+    }
+
+    /// Takes a slot of each of `attempt`'s concurrency keys for a run by this runner: its
+    /// limits, or `None` (nothing taken) when one of them is at its limit here.
+    fn take_async_slots(&self, attempt: &AsyncAttempt) -> Option<Vec<Limit>> {
+        let limits = self
+            .routing()
+            .limits(&attempt.app, &attempt.function)
+            .to_vec();
+        let mut limited = turnpike_wire::lock(&self.async_limited);
+        let full = limits.iter().any(|l| {
+            limited
+                .get(&l.key)
+                .is_some_and(|(running, _)| *running >= l.max)
+        });
+        if full {
+            return None;
+        }
+        for limit in &limits {
+            let entry = limited.entry(limit.key.clone()).or_insert((0, limit.max));
+            *entry = (entry.0 + 1, limit.max);
+        }
+        Some(limits)
+    }
+
+    /// Gives back the slots [`Gateway::take_async_slots`] took.
+    fn give_async_slots(&self, limits: &[Limit]) {
+        let mut limited = turnpike_wire::lock(&self.async_limited);
+        for limit in limits {
+            if let Some(entry) = limited.get_mut(&limit.key) {
+                entry.0 = entry.0.saturating_sub(1);
+                if entry.0 == 0 {
+                    limited.remove(&limit.key);
+                }
             }
         }
     }

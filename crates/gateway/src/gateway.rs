@@ -14,6 +14,14 @@
 //!   load as evenly as asking all of them at the cost of two counter reads, and skips a shard
 //!   that failed at the transport level for [`SHARD_DOWN_FOR`]; the request that met the
 //!   failure is tried once on another shard.
+//! - Concurrency limits: an invocation of a function with a limit (its own, or its tenant's)
+//!   goes instead to the home shard of its first key (`turnpike_policy::shard_choice::home_shard`,
+//!   rendezvous hashing over the shards' addresses among those not marked down), whose gate
+//!   holds it while the key is at its limit. Gateways configured with the same shards agree
+//!   on every key's home, so one gate sees all of a key's invocations and the limit is exact.
+//!   While they disagree - a shard marked down at one gateway and not at another, for at most
+//!   [`SHARD_DOWN_FOR`] after the failure one of them saw - a key can have two homes, each
+//!   admitting up to the limit: at most twice the limit in flight, and only then.
 //! - Calls from functions (see [`crate::chain`]) carry the caller's class and the chain's
 //!   depth in headers vouched for by a call token signed with the cluster's chain key: the
 //!   callee runs at `max(caller class, route class)`; a chain deeper than `max_chain_depth`
@@ -40,7 +48,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
-use turnpike_policy::shard_choice::choose_shard;
+use turnpike_policy::shard_choice::{choose_shard, home_shard};
 use turnpike_policy::ClassSet;
 use turnpike_store::{Store, StoreError, Tenant, UsageEntry};
 use turnpike_wire::body::{self as streaming, Head, Part, RequestBody};
@@ -192,6 +200,9 @@ pub struct Gateway {
     pub(crate) async_queue: tokio::sync::Notify,
     /// Asynchronous attempts running now (at most `async_runs_max`).
     pub(crate) async_running: AtomicUsize,
+    /// This gateway's asynchronous runs in flight by concurrency key, with the key's limit:
+    /// a key at its limit is left in the store's queue (`crate::async_invocations`).
+    pub(crate) async_limited: Mutex<HashMap<String, (u32, u32)>>,
 }
 
 /// One invocation counted in [`Gateway::in_flight`] while this lives: from admission until
@@ -353,6 +364,8 @@ impl Drop for CancelOnHangup {
 
 #[derive(Debug)]
 struct ShardHandle {
+    /// Its address as configured: the name concurrency keys' homes are hashed with.
+    name: String,
     link: Link,
     in_flight: AtomicU64,
     down_until: Mutex<Option<Instant>>,
@@ -431,6 +444,7 @@ impl Gateway {
             .shards
             .iter()
             .map(|a| ShardHandle {
+                name: a.to_string(),
                 link: config.directory.shard_link(*a),
                 in_flight: AtomicU64::new(0),
                 down_until: Mutex::new(None),
@@ -458,6 +472,7 @@ impl Gateway {
             class_values,
             async_queue: tokio::sync::Notify::new(),
             async_running: AtomicUsize::new(0),
+            async_limited: Mutex::new(HashMap::new()),
         });
         gateway.reload_routing().await?;
         Ok(gateway)
@@ -486,9 +501,11 @@ impl Gateway {
         let store = &self.config.store;
         let version = store.routing_version().await?;
         let apps = store.all_apps().await?;
+        let tenant_limits = store.tenant_concurrency_limits().await?;
         let table = RoutingTable::new(
             version,
             &apps,
+            &tenant_limits,
             &self.config.classes,
             self.config.routes.clone(),
         );
@@ -789,6 +806,10 @@ impl Gateway {
                 })
             }),
             response_bytes_max: Some(self.config.max_response_bytes as u64),
+            concurrency_limits: self
+                .routing()
+                .limits(&target.app, &target.function)
+                .to_vec(),
             ..Invocation::new(
                 id,
                 target.hash.clone(),
@@ -1055,11 +1076,20 @@ impl Gateway {
             .join(", ")
     }
 
-    /// The shard for the next invocation: the policy core's rule
-    /// (`turnpike_policy::shard_choice`) among the shards not marked down and not in `tried`.
-    fn pick_shard(&self, tried: &[usize]) -> Option<usize> {
+    /// The shard for the next invocation among those not marked down and not in `tried`:
+    /// the policy core's rule (`turnpike_policy::shard_choice`), or for an invocation with
+    /// concurrency limits the home shard of its first key.
+    fn pick_shard(&self, invocation: &Invocation, tried: &[usize]) -> Option<usize> {
+        let usable = |i: &usize| !tried.contains(i) && !self.shards[*i].is_down();
+        if let Some(limit) = invocation.concurrency_limits.first() {
+            let candidates: Vec<(usize, &str)> = (0..self.shards.len())
+                .filter(usable)
+                .map(|i| (i, self.shards[i].name.as_str()))
+                .collect();
+            return home_shard(&limit.key, &candidates);
+        }
         let candidates: Vec<(usize, u64)> = (0..self.shards.len())
-            .filter(|i| !tried.contains(i) && !self.shards[*i].is_down())
+            .filter(usable)
             .map(|i| (i, self.shards[i].in_flight.load(Ordering::Relaxed)))
             .collect();
         choose_shard(&candidates, &mut rand::rng())
@@ -1077,7 +1107,7 @@ impl Gateway {
                     "cancelled before a shard answered",
                 ));
             }
-            let Some(s) = self.pick_shard(&tried) else {
+            let Some(s) = self.pick_shard(&invocation, &tried) else {
                 break;
             };
             if !tried.is_empty() {

@@ -13,14 +13,18 @@
 //!   `/work/batch`, not `/workshop`), the longest match wins, and a route with a method wins
 //!   over one without at the same length.
 //!
+//! - **Concurrency limits** ([`RoutingTable::limits`]): a function's own, and its app's
+//!   tenant's (the owner's, whoever pays for a call between functions), read with the apps.
+//!
 //! The table is rebuilt from the store whenever its routing version changes (after every
 //! deploy or delete, by this gateway at once and by others within [`crate::gateway`]'s poll
 //! period), and swapped in whole: a request routes on one consistent table, and one that
 //! is running keeps the function version it started with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use http::Method;
+use turnpike_policy::concurrency::Limit;
 use turnpike_policy::{ClassId, ClassSet};
 use turnpike_store::App;
 
@@ -61,9 +65,27 @@ pub struct RoutingTable {
     /// The store's routing version this table was built from.
     pub version: i64,
     apps: HashMap<String, Vec<Route>>,
-    /// Each app's tenant and its functions' hashes by name (direct invocations).
-    functions: HashMap<String, (String, HashMap<String, String>)>,
+    /// Each app's tenant and its functions by name (direct invocations).
+    functions: HashMap<String, (String, HashMap<String, FunctionEntry>)>,
     operator: Vec<Route>,
+}
+
+/// A deployed function as the table keeps it.
+#[derive(Debug)]
+struct FunctionEntry {
+    hash: String,
+    /// Its tenant's limit first (the key its invocations are routed by), then its own.
+    limits: Vec<Limit>,
+}
+
+/// The concurrency key of a tenant's functions.
+pub fn tenant_key(tenant: &str) -> String {
+    format!("tenant:{tenant}")
+}
+
+/// The concurrency key of one function (app names are unique across tenants).
+pub fn function_key(app: &str, function: &str) -> String {
+    format!("function:{app}/{function}")
 }
 
 /// What a request's host and path lead to.
@@ -77,9 +99,16 @@ pub enum Lookup<'a> {
 }
 
 impl RoutingTable {
-    /// A table of the store's `apps` and the operator's routes. A stored route whose class
-    /// this gateway does not know (a gateway configured with other classes) is left out.
-    pub fn new(version: i64, apps: &[App], classes: &ClassSet, operator: Vec<Route>) -> Self {
+    /// A table of the store's `apps`, its tenants' concurrency limits and the operator's
+    /// routes. A stored route whose class this gateway does not know (a gateway configured
+    /// with other classes) is left out.
+    pub fn new(
+        version: i64,
+        apps: &[App],
+        tenant_limits: &BTreeMap<String, u32>,
+        classes: &ClassSet,
+        operator: Vec<Route>,
+    ) -> Self {
         let routes = apps
             .iter()
             .map(|app| {
@@ -106,7 +135,7 @@ impl RoutingTable {
                 (app.name.clone(), routes)
             })
             .collect();
-        let functions = apps_functions(apps);
+        let functions = apps_functions(apps, tenant_limits);
         Self {
             version,
             apps: routes,
@@ -118,8 +147,25 @@ impl RoutingTable {
     /// The hash of `tenant`'s function `app/function`; `None` if there is none, or the app is
     /// another tenant's.
     pub fn function(&self, tenant: &str, app: &str, function: &str) -> Option<&str> {
-        let (owner, hashes) = self.functions.get(app)?;
-        (owner == tenant).then(|| hashes.get(function).map(String::as_str))?
+        let (owner, functions) = self.functions.get(app)?;
+        (owner == tenant).then(|| functions.get(function).map(|f| f.hash.as_str()))?
+    }
+
+    /// The apps of `tenant`.
+    pub fn apps_of<'t>(&'t self, tenant: &'t str) -> impl Iterator<Item = &'t str> + 't {
+        self.functions
+            .iter()
+            .filter(move |(_, (owner, _))| owner == tenant)
+            .map(|(app, _)| app.as_str())
+    }
+
+    /// The concurrency limits of `app/function` (empty when it has none, or is not an app's:
+    /// an operator route's, a component invoked by hash).
+    pub fn limits(&self, app: &str, function: &str) -> &[Limit] {
+        self.functions
+            .get(app)
+            .and_then(|(_, functions)| functions.get(function))
+            .map_or(&[], |f| f.limits.as_slice())
     }
 
     /// Where a request for `host` (the `Host` header or the URI's authority), `method` and
@@ -147,15 +193,33 @@ impl RoutingTable {
     }
 }
 
-fn apps_functions(apps: &[App]) -> HashMap<String, (String, HashMap<String, String>)> {
+fn apps_functions(
+    apps: &[App],
+    tenant_limits: &BTreeMap<String, u32>,
+) -> HashMap<String, (String, HashMap<String, FunctionEntry>)> {
     apps.iter()
         .map(|app| {
-            let hashes = app
+            let tenant_limit = tenant_limits.get(&app.tenant).map(|&max| Limit {
+                key: tenant_key(&app.tenant),
+                max,
+            });
+            let functions = app
                 .functions
                 .iter()
-                .map(|f| (f.name.clone(), f.hash.clone()))
+                .map(|f| {
+                    let own = f.concurrency_max.map(|max| Limit {
+                        key: function_key(&app.name, &f.name),
+                        max,
+                    });
+                    let limits = tenant_limit.iter().cloned().chain(own).collect();
+                    let entry = FunctionEntry {
+                        hash: f.hash.clone(),
+                        limits,
+                    };
+                    (f.name.clone(), entry)
+                })
                 .collect();
-            (app.name.clone(), (app.tenant.clone(), hashes))
+            (app.name.clone(), (app.tenant.clone(), functions))
         })
         .collect()
 }
@@ -198,11 +262,13 @@ mod tests {
                     name: "home".into(),
                     hash: format!("{name}-home"),
                     deployed_at: 0,
+                    concurrency_max: None,
                 },
                 Function {
                     name: "api".into(),
                     hash: format!("{name}-api"),
                     deployed_at: 0,
+                    concurrency_max: Some(3),
                 },
             ],
             routes: routes
@@ -262,7 +328,8 @@ mod tests {
                 retries: 0,
             },
         }];
-        let table = RoutingTable::new(7, &apps, &classes, operator);
+        let tenant_limits = BTreeMap::from([("other".to_string(), 10)]);
+        let table = RoutingTable::new(7, &apps, &tenant_limits, &classes, operator);
         let get = Method::GET;
         let found =
             |host, method: &Method, path| match table.lookup("localhost", Some(host), method, path)
@@ -305,5 +372,26 @@ mod tests {
             table.lookup("localhost", Some("localhost"), &get, "/helloworld"),
             Lookup::NoRoute
         );
+    }
+
+    #[test]
+    fn a_functions_limits_are_its_owners_then_its_own() {
+        let classes = ClassSet::default_four();
+        let apps = [app("shop", "acme", &[]), app("blog", "other", &[])];
+        let tenant_limits = BTreeMap::from([("other".to_string(), 10)]);
+        let table = RoutingTable::new(1, &apps, &tenant_limits, &classes, Vec::new());
+        let limit = |key: &str, max| Limit {
+            key: key.into(),
+            max,
+        };
+        assert_eq!(table.limits("shop", "home"), []);
+        assert_eq!(table.limits("shop", "api"), [limit("function:shop/api", 3)]);
+        assert_eq!(table.limits("blog", "home"), [limit("tenant:other", 10)]);
+        assert_eq!(
+            table.limits("blog", "api"),
+            [limit("tenant:other", 10), limit("function:blog/api", 3)]
+        );
+        assert_eq!(table.limits("nope", "api"), []);
+        assert_eq!(table.limits("shop", "nope"), []);
     }
 }

@@ -821,6 +821,15 @@ impl ShardService {
                 ),
             );
         }
+        if let Some(zero) = invocation.concurrency_limits.iter().find(|l| l.max == 0) {
+            return Outcome::failure(
+                FailureKind::BadRequest,
+                format!(
+                    "concurrency limit `{}` is 0: nothing could ever run",
+                    zero.key
+                ),
+            );
+        }
         let span = tracing::info_span!(
             "invocation",
             invocation = invocation.id,

@@ -289,6 +289,15 @@ fn invocation_of(row: &AnyRow) -> Result<AsyncInvocation> {
     })
 }
 
+/// What a claim leaves in the queue ([`Store::claim_async`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimSkip {
+    /// Every invocation of these apps.
+    pub apps: Vec<String>,
+    /// Invocations of these `(app, function)`s.
+    pub functions: Vec<(String, String)>,
+}
+
 impl Store {
     /// Queues an asynchronous invocation, unless `tenant` has `queue_max` or more queued or
     /// running already ([`StoreError::Full`]). The count and the insert are not one atomic
@@ -367,30 +376,49 @@ impl Store {
     /// Claims at most `limit` due invocations of `class` for `runner` until `lease_until_ms`:
     /// queued ones whose `not_before` has come, oldest first, then running ones whose lease
     /// lapsed before `now_ms` (their runner is gone; that counts as a platform failure).
+    ///
+    /// `skip` leaves out the invocations of some apps (every function) or functions: those
+    /// at their concurrency limit, which wait here rather than in a runner's memory.
     pub async fn claim_async(
         &self,
         runner: &str,
         class: &str,
         limit: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
+        (now_ms, lease_until_ms): (i64, i64),
+        skip: &ClaimSkip,
     ) -> Result<Vec<AsyncAttempt>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let candidates: Vec<String> = sqlx::query(
+        let mut sql = String::from(
             "SELECT id FROM async_invocations WHERE class = $1 AND \
-             ((state = 'queued' AND not_before <= $2) OR (state = 'running' AND lease_until < $2)) \
-             ORDER BY not_before, created_at LIMIT $3",
-        )
-        .bind(class)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?;
+             ((state = 'queued' AND not_before <= $2) OR (state = 'running' AND lease_until < $2))",
+        );
+        let mut values: Vec<&str> = Vec::new();
+        for app in &skip.apps {
+            values.push(app);
+            sql.push_str(&format!(" AND app <> ${}", values.len() + 3));
+        }
+        for (app, function) in &skip.functions {
+            values.push(app);
+            values.push(function);
+            let n = values.len() + 3;
+            sql.push_str(&format!(" AND NOT (app = ${} AND function = ${n})", n - 1));
+        }
+        sql.push_str(" ORDER BY not_before, created_at LIMIT $3");
+        let mut query = sqlx::query(&sql)
+            .bind(class)
+            .bind(now_ms)
+            .bind(limit as i64);
+        for value in values {
+            query = query.bind(value);
+        }
+        let candidates: Vec<String> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
         let mut claimed = Vec::new();
         for id in candidates {
             // The compare and set: it matches only while no one holds the row.
@@ -413,6 +441,19 @@ impl Store {
             }
         }
         Ok(claimed)
+    }
+
+    /// Puts attempt `attempt` of `id`, just claimed by `runner` and not started, back in the
+    /// queue as it was (its attempt uncounted): a runner that claimed more of a function than
+    /// its concurrency limit lets run. Whether it still held it.
+    pub async fn unclaim_async(
+        &self,
+        runner: &str,
+        id: &str,
+        attempt: u32,
+        now_ms: i64,
+    ) -> Result<bool> {
+        self.retry_async(runner, id, attempt, None, now_ms).await
     }
 
     /// Extends every lease `runner` holds to `lease_until_ms`; how many it holds.

@@ -36,7 +36,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use async_invocations::{
-    AsyncAttempt, AsyncInvocation, AsyncResult, AsyncState, AsyncSubmission, Submitted,
+    AsyncAttempt, AsyncInvocation, AsyncResult, AsyncState, AsyncSubmission, ClaimSkip, Submitted,
 };
 pub use calendar::Day;
 pub use model::*;
@@ -213,6 +213,7 @@ impl Store {
         insert_key(&mut tx, name, &key).await?;
         tx.commit().await?;
         let tenant = Tenant {
+            concurrency_max: None,
             name: name.to_string(),
             admin,
         };
@@ -284,7 +285,7 @@ impl Store {
     /// The tenant a key belongs to.
     pub async fn tenant_by_key(&self, key: &str) -> Result<Option<Tenant>> {
         let row = sqlx::query(
-            "SELECT t.name, t.admin FROM api_keys k JOIN tenants t ON t.name = k.tenant WHERE k.hash = $1",
+            "SELECT t.name, t.admin, t.concurrency_max FROM api_keys k JOIN tenants t ON t.name = k.tenant WHERE k.hash = $1",
         )
         .bind(key_hash(key))
         .fetch_optional(&self.pool)
@@ -293,7 +294,7 @@ impl Store {
     }
 
     pub async fn tenant(&self, name: &str) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT name, admin FROM tenants WHERE name = $1")
+        let row = sqlx::query("SELECT name, admin, concurrency_max FROM tenants WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -301,10 +302,45 @@ impl Store {
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT name, admin FROM tenants ORDER BY name")
+        let rows = sqlx::query("SELECT name, admin, concurrency_max FROM tenants ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(tenant_of).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (or with `None` lifts) `tenant`'s concurrency limit; whether the tenant exists.
+    /// Gateways pick it up with their routing table (it changes the routing version).
+    pub async fn set_tenant_concurrency_max(&self, tenant: &str, max: Option<u32>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        bump_routing_version(&mut tx).await?;
+        let updated = sqlx::query("UPDATE tenants SET concurrency_max = $1 WHERE name = $2")
+            .bind(max.map(i64::from))
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every tenant's concurrency limit, of those that have one: what a gateway routes by.
+    pub async fn tenant_concurrency_limits(&self) -> Result<BTreeMap<String, u32>> {
+        let rows = sqlx::query(
+            "SELECT name, concurrency_max FROM tenants WHERE concurrency_max IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    r.try_get::<i64, _>("concurrency_max")? as u32,
+                ))
+            })
+            .collect()
     }
 
     /// Whether an admin tenant exists (`turnpike up` creates one on an empty store).
@@ -425,12 +461,13 @@ impl Store {
             let unchanged = old.iter().find(|(n, h, _)| n == function && h == hash);
             let deployed_at = unchanged.map_or(now, |(_, _, at)| *at);
             sqlx::query(
-                "INSERT INTO functions (app, name, hash, deployed_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO functions (app, name, hash, deployed_at, concurrency_max) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(name)
             .bind(function)
             .bind(hash)
             .bind(deployed_at)
+            .bind(spec.concurrency_max.get(function).copied())
             .execute(&mut *tx)
             .await?;
             if unchanged.is_none() {
@@ -553,7 +590,7 @@ impl Store {
             apps.insert(name, app);
         }
         let functions = fetch(format!(
-            "SELECT f.app, f.name, f.hash, f.deployed_at FROM functions f \
+            "SELECT f.app, f.name, f.hash, f.deployed_at, f.concurrency_max FROM functions f \
              JOIN apps a ON a.name = f.app{filter} ORDER BY f.app, f.name"
         ))
         .await?;
@@ -563,6 +600,9 @@ impl Store {
                     name: r.try_get("name")?,
                     hash: r.try_get("hash")?,
                     deployed_at: r.try_get("deployed_at")?,
+                    concurrency_max: r
+                        .try_get::<Option<i64>, _>("concurrency_max")?
+                        .map(|n| n as u32),
                 });
             }
         }
@@ -860,6 +900,9 @@ fn tenant_of(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
     Ok(Tenant {
         name: row.try_get("name")?,
         admin: row.try_get::<i64, _>("admin")? != 0,
+        concurrency_max: row
+            .try_get::<Option<i64>, _>("concurrency_max")?
+            .map(|n| n as u32),
     })
 }
 

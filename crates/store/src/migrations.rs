@@ -159,6 +159,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX schedules_due ON schedules (next_at)",
         ],
     ),
+    (
+        5,
+        &[
+            // Concurrency limits (`turnpike_policy::concurrency`): NULL for none.
+            "ALTER TABLE functions ADD COLUMN concurrency_max BIGINT",
+            "ALTER TABLE tenants ADD COLUMN concurrency_max BIGINT",
+        ],
+    ),
 ];
 
 /// Runs the migrations the store has not had yet, each in its own transaction.

@@ -14,6 +14,26 @@ pub struct Tenant {
     /// May create tenants and invoke any component.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    /// The most invocations of its functions in flight at once (set by an admin); `None`:
+    /// no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_max: Option<u32>,
+}
+
+/// The largest concurrency limit a function or tenant may have (a larger one is refused as a
+/// likely mistake; no limit is the way to ask for none).
+pub const CONCURRENCY_MAX_LIMIT: i64 = 1_000_000;
+
+/// Checks a concurrency limit as given (`field` names it in the error): 1 to
+/// [`CONCURRENCY_MAX_LIMIT`].
+pub fn check_concurrency_max(field: &str, value: i64) -> Result<u32, StoreError> {
+    if (1..=CONCURRENCY_MAX_LIMIT).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(StoreError::Invalid(format!(
+            "`{field}` is {value}: a concurrency limit is 1 to {CONCURRENCY_MAX_LIMIT} (leave it out for no limit)"
+        )))
+    }
 }
 
 /// An API key as its tenant may see it (the key itself is shown only when made).
@@ -36,6 +56,11 @@ pub struct AppSpec {
     pub routes: Vec<RouteSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleSpec>,
+    /// Function name to its concurrency limit (the most of its invocations in flight at
+    /// once); a function not named has none. Signed, so that a negative one is refused by
+    /// [`AppSpec::check`] with its field named.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub concurrency_max: BTreeMap<String, i64>,
 }
 
 /// A schedule of an app: at each tick of `cron` (see [`crate::cron`]), one asynchronous
@@ -131,6 +156,9 @@ pub struct Function {
     pub hash: String,
     /// Unix seconds when this version went live.
     pub deployed_at: i64,
+    /// The most of its invocations in flight at once; `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_max: Option<u32>,
 }
 
 impl App {
@@ -202,6 +230,15 @@ impl AppSpec {
                     route.path
                 )));
             }
+        }
+        for (function, max) in &self.concurrency_max {
+            let field = format!("concurrency_max.{function}");
+            if !self.functions.contains_key(function) {
+                return Err(StoreError::Invalid(format!(
+                    "`{field}`: the app has no function `{function}`"
+                )));
+            }
+            check_concurrency_max(&field, *max)?;
         }
         for (i, schedule) in self.schedules.iter().enumerate() {
             let field = |name: &str| format!("schedules[{i}].{name}");

@@ -9,8 +9,8 @@ use std::future::Future;
 
 use sqlx::Connection;
 use turnpike_store::{
-    AppSpec, AsyncResult, AsyncState, AsyncSubmission, Budget, Day, OverBudget, RouteSpec,
-    ScheduleSpec, Store, StoreError, Submitted, UsageEntry, UsageKey,
+    AppSpec, AsyncResult, AsyncState, AsyncSubmission, Budget, ClaimSkip, Day, OverBudget,
+    RouteSpec, ScheduleSpec, Store, StoreError, Submitted, UsageEntry, UsageKey,
 };
 
 /// Runs `test` on SQLite and on PostgreSQL, each with a store of its own.
@@ -76,6 +76,7 @@ fn spec(functions: &[(&str, &str)], routes: &[(&str, &str, &str)]) -> AppSpec {
             })
             .collect(),
         schedules: Vec::new(),
+        concurrency_max: BTreeMap::new(),
     }
 }
 
@@ -503,12 +504,18 @@ async fn an_async_invocation_is_run_by_one_runner_at_a_time() {
 
         // Only its class's claim finds it; one runner gets it, the next finds nothing.
         let none = store
-            .claim_async("gw-b", "critical", 8, 1_001, 11_001)
+            .claim_async(
+                "gw-b",
+                "critical",
+                8,
+                (1_001, 11_001),
+                &ClaimSkip::default(),
+            )
             .await
             .unwrap();
         assert!(none.is_empty());
         let a = store
-            .claim_async("gw-a", "batch", 8, 1_001, 11_001)
+            .claim_async("gw-a", "batch", 8, (1_001, 11_001), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!(a.len(), 1);
@@ -517,7 +524,7 @@ async fn an_async_invocation_is_run_by_one_runner_at_a_time() {
         assert_eq!(a[0].headers, new.headers);
         assert_eq!(a[0].path_and_query, "/resize?w=10");
         assert!(store
-            .claim_async("gw-b", "batch", 8, 1_002, 11_002)
+            .claim_async("gw-b", "batch", 8, (1_002, 11_002), &ClaimSkip::default())
             .await
             .unwrap()
             .is_empty());
@@ -526,12 +533,12 @@ async fn an_async_invocation_is_run_by_one_runner_at_a_time() {
         // failure; A can no longer end it.
         assert_eq!(store.renew_async_leases("gw-a", 12_000).await.unwrap(), 1);
         assert!(store
-            .claim_async("gw-b", "batch", 8, 11_500, 21_500)
+            .claim_async("gw-b", "batch", 8, (11_500, 21_500), &ClaimSkip::default())
             .await
             .unwrap()
             .is_empty());
         let b = store
-            .claim_async("gw-b", "batch", 8, 12_001, 22_001)
+            .claim_async("gw-b", "batch", 8, (12_001, 22_001), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!((b[0].attempt, b[0].platform_failures), (2, 1));
@@ -554,7 +561,7 @@ async fn an_async_invocation_is_run_by_one_runner_at_a_time() {
         assert_eq!(done.result, Some(succeeded(8)));
         // Ended: nobody claims it again, even with its lease long gone.
         assert!(store
-            .claim_async("gw-a", "batch", 8, 99_000, 99_999)
+            .claim_async("gw-a", "batch", 8, (99_000, 99_999), &ClaimSkip::default())
             .await
             .unwrap()
             .is_empty());
@@ -571,7 +578,7 @@ async fn async_retries_wait_their_backoff_and_budget_waits_do_not_count() {
             .await
             .unwrap();
         let a = store
-            .claim_async("gw", "batch", 1, 1, 10_001)
+            .claim_async("gw", "batch", 1, (1, 10_001), &ClaimSkip::default())
             .await
             .unwrap();
         assert!(store
@@ -583,19 +590,19 @@ async fn async_retries_wait_their_backoff_and_budget_waits_do_not_count() {
         assert_eq!(queued.not_before_ms, 5_000);
         assert_eq!(queued.error.as_deref(), Some("trapped"));
         assert!(store
-            .claim_async("gw", "batch", 1, 4_999, 9_999)
+            .claim_async("gw", "batch", 1, (4_999, 9_999), &ClaimSkip::default())
             .await
             .unwrap()
             .is_empty());
         let b = store
-            .claim_async("gw", "batch", 1, 5_000, 15_000)
+            .claim_async("gw", "batch", 1, (5_000, 15_000), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!((b[0].attempt, b[0].guest_failures), (2, 1));
         // Over budget: back in the queue without counting the attempt.
         assert!(store.retry_async("gw", "r1", 2, None, 6_000).await.unwrap());
         let c = store
-            .claim_async("gw", "batch", 1, 6_000, 16_000)
+            .claim_async("gw", "batch", 1, (6_000, 16_000), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!(
@@ -661,7 +668,7 @@ async fn idempotency_keys_queue_limits_listing_and_retention() {
         let ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["k5", "k1"]);
         let claimed = store
-            .claim_async("gw", "batch", 1, 100, 10_100)
+            .claim_async("gw", "batch", 1, (100, 10_100), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!(claimed[0].id, "k1", "oldest first");
@@ -755,7 +762,7 @@ async fn each_schedule_tick_fires_once_and_missed_ticks_fire_once() {
             ("tick", "batch")
         );
         let claimed = store
-            .claim_async("gw", "batch", 1, first, first + 1)
+            .claim_async("gw", "batch", 1, (first, first + 1), &ClaimSkip::default())
             .await
             .unwrap();
         assert_eq!(claimed[0].path_and_query, "/tick?n=1");
@@ -809,6 +816,124 @@ async fn each_schedule_tick_fires_once_and_missed_ticks_fire_once() {
             .unwrap();
         assert!(store.delete_app("acme", "jobs").await.unwrap());
         assert!(store.schedules("acme").await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrency_limits_are_kept_with_functions_and_tenants_and_bad_ones_refused() {
+    on_both("concurrency", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        store.put_component("acme", "aaaa", b"a").await.unwrap();
+        let mut limited = spec(&[("resize", "aaaa"), ("home", "aaaa")], &[]);
+        limited.concurrency_max.insert("resize".into(), 4);
+        let app = store.deploy_app("acme", "shop", &limited).await.unwrap();
+        assert_eq!(app.function("resize").unwrap().concurrency_max, Some(4));
+        assert_eq!(app.function("home").unwrap().concurrency_max, None);
+
+        // Bad limits: each refused with its field named, the deployed app unchanged.
+        for (function, max, named) in [
+            ("resize", -1, "concurrency_max.resize"),
+            ("resize", 0, "concurrency_max.resize"),
+            ("resize", 1 << 40, "concurrency_max.resize"),
+            ("nope", 2, "no function `nope`"),
+        ] {
+            let mut bad = spec(&[("resize", "aaaa")], &[]);
+            bad.concurrency_max.insert(function.into(), max);
+            match store.deploy_app("acme", "shop", &bad).await {
+                Err(StoreError::Invalid(message)) => {
+                    assert!(message.contains(named), "{message}")
+                }
+                other => panic!("{function} = {max}: {other:?}"),
+            }
+        }
+        assert_eq!(store.app("acme", "shop").await.unwrap(), Some(app));
+
+        let v0 = store.routing_version().await.unwrap();
+        assert!(store
+            .set_tenant_concurrency_max("acme", Some(10))
+            .await
+            .unwrap());
+        assert!(
+            store.routing_version().await.unwrap() > v0,
+            "gateways reload"
+        );
+        assert!(!store
+            .set_tenant_concurrency_max("nobody", Some(1))
+            .await
+            .unwrap());
+        let limits = store.tenant_concurrency_limits().await.unwrap();
+        assert_eq!(
+            limits.into_iter().collect::<Vec<_>>(),
+            [("acme".to_string(), 10)]
+        );
+        assert_eq!(
+            store.tenant("acme").await.unwrap().unwrap().concurrency_max,
+            Some(10)
+        );
+        assert!(store
+            .set_tenant_concurrency_max("acme", None)
+            .await
+            .unwrap());
+        assert!(store.tenant_concurrency_limits().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claim_skips_functions_and_apps_at_their_limit_and_an_unclaim_restores_the_row() {
+    on_both("async_skip", |store| async move {
+        store.create_tenant("acme", false).await.unwrap();
+        let of = |id: &str, app: &str, function: &str, at| AsyncSubmission {
+            app: app.into(),
+            function: function.into(),
+            ..submission(id, "acme", None, id, at)
+        };
+        for new in [
+            of("r1", "shop", "resize", 1),
+            of("c1", "shop", "crop", 2),
+            of("b1", "blog", "resize", 3),
+        ] {
+            store.submit_async(&new, 10).await.unwrap();
+        }
+        let ids = |attempts: &[turnpike_store::AsyncAttempt]| {
+            attempts.iter().map(|a| a.id.clone()).collect::<Vec<_>>()
+        };
+        let skip_resize = ClaimSkip {
+            functions: vec![("shop".into(), "resize".into())],
+            ..ClaimSkip::default()
+        };
+        let claimed = store
+            .claim_async("gw", "batch", 1, (10, 10_010), &skip_resize)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&claimed),
+            ["c1"],
+            "shop/resize is skipped, not blog/resize"
+        );
+        // Put back as it was: attempts uncounted, claimable again.
+        assert!(store.unclaim_async("gw", "c1", 1, 10).await.unwrap());
+        let row = store.async_invocation("acme", "c1").await.unwrap().unwrap();
+        assert_eq!((row.state, row.attempts), (AsyncState::Queued, 0));
+        let skip_shop = ClaimSkip {
+            apps: vec!["shop".into()],
+            functions: vec![("blog".into(), "nothing".into())],
+        };
+        let claimed = store
+            .claim_async("gw", "batch", 8, (11, 10_011), &skip_shop)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["b1"]);
+        let claimed = store
+            .claim_async("gw", "batch", 8, (12, 10_012), &ClaimSkip::default())
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["r1", "c1"]);
+        assert_eq!(
+            claimed[1].attempt, 1,
+            "the unclaimed attempt was not counted"
+        );
     })
     .await;
 }

@@ -144,6 +144,9 @@ pub enum TenantsCommand {
     Create(CreateTenantArgs),
     /// List the tenants (admin only).
     List(ReadArgs),
+    /// Set or lift a tenant's concurrency limit: the most invocations of its functions in
+    /// flight at once (admin only).
+    Limit(TenantLimitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +190,26 @@ pub struct CreateTenantArgs {
     api: ApiArgs,
     /// The new tenant's name, a DNS label (`[a-z0-9-]`, 1-63 characters).
     name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TenantLimitArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The tenant.
+    name: String,
+    /// The most invocations of its functions in flight at once; more wait by class
+    /// (asynchronous ones in the store).
+    #[arg(
+        long,
+        value_name = "N",
+        required_unless_present = "none",
+        allow_negative_numbers = true
+    )]
+    concurrency_max: Option<i64>,
+    /// Lift its limit.
+    #[arg(long, conflicts_with = "concurrency_max")]
+    none: bool,
 }
 
 /// The exit status of a command's result, its error reported.
@@ -666,7 +689,6 @@ pub fn budget(args: BudgetArgs) -> Result<(), Error> {
     })
 }
 
-/// `turnpike tenants create` and `turnpike tenants list`.
 /// `turnpike keys create|list|revoke`.
 pub fn keys(command: KeysCommand) -> Result<(), Error> {
     match command {
@@ -747,6 +769,7 @@ pub fn apps(command: AppsCommand) -> Result<(), Error> {
     }
 }
 
+/// `turnpike tenants create|list|limit`.
 pub fn tenants(command: TenantsCommand) -> Result<(), Error> {
     match command {
         TenantsCommand::Create(args) => {
@@ -766,10 +789,34 @@ pub fn tenants(command: TenantsCommand) -> Result<(), Error> {
         }
         TenantsCommand::List(args) => read(&args, "/v1/tenants", |answer| {
             let rows = list(answer, "tenants")
-                .map(|t| vec![text(t, "name")])
+                .map(|t| {
+                    let limit = t["concurrency_max"].as_u64();
+                    vec![text(t, "name"), limit.map_or("-".into(), |n| n.to_string())]
+                })
                 .collect();
-            print_table(&["TENANT"], rows);
+            print_table(&["TENANT", "CONCURRENCY MAX"], rows);
         }),
+        TenantsCommand::Limit(args) => {
+            manifest::check_dns_label("tenant", &args.name).map_err(Error::Input)?;
+            if let Some(max) = args.concurrency_max {
+                turnpike_store::check_concurrency_max("--concurrency-max", max)
+                    .map_err(|e| Error::Input(e.to_string()))?;
+            }
+            let client = Client::new(&args.api)?;
+            let answer = client.json(
+                Method::PUT,
+                &format!("/v1/tenants/{}", args.name),
+                Some(&serde_json::json!({ "concurrency_max": args.concurrency_max })),
+            )?;
+            match answer["concurrency_max"].as_u64() {
+                Some(n) => eprintln!(
+                    "tenant {}: at most {n} invocations in flight",
+                    text(&answer, "name")
+                ),
+                None => eprintln!("tenant {}: no concurrency limit", text(&answer, "name")),
+            }
+            Ok(())
+        }
     }
 }
 

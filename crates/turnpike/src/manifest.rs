@@ -7,6 +7,9 @@
 //!
 //! [functions]
 //! hello = "dist/hello.wasm"         # a component, relative to this file's directory
+//! resize = { component = "dist/resize.wasm", concurrency_max = 4 }
+//!                                   # optional: the most invocations in flight at once
+//!                                   # (more wait, by class; asynchronous ones in the store)
 //!
 //! [[routes]]
 //! path = "/"                        # a path prefix, starting with '/'
@@ -65,6 +68,8 @@ pub struct Function {
     pub path: PathBuf,
     /// The component's bytes.
     pub bytes: Vec<u8>,
+    /// The most of its invocations in flight at once; `None`: no limit.
+    pub concurrency_max: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +178,14 @@ impl Manifest {
         if !schedules.is_empty() {
             app["schedules"] = schedules.into();
         }
+        let limits: BTreeMap<&str, u32> = self
+            .functions
+            .iter()
+            .filter_map(|f| Some((f.name.as_str(), f.concurrency_max?)))
+            .collect();
+        if !limits.is_empty() {
+            app["concurrency_max"] = serde_json::json!(limits);
+        }
         app
     }
 }
@@ -182,7 +195,8 @@ impl Manifest {
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     app: Spanned<String>,
-    functions: Spanned<BTreeMap<String, Spanned<String>>>,
+    /// A component path, or a table `{ component = ..., concurrency_max = N }`.
+    functions: Spanned<BTreeMap<String, Spanned<toml::Value>>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
@@ -279,6 +293,66 @@ pub fn check_non_negative(v: f64) -> Result<f64, String> {
     }
 }
 
+/// What is wrong with a `[functions]` entry: the sub-field at fault (`None`: the entry
+/// itself) and why.
+type EntryError<'v> = (Option<&'v str>, String);
+
+/// A `[functions]` entry's component path and concurrency limit.
+fn function_entry(value: &toml::Value) -> Result<(&str, Option<u32>), EntryError<'_>> {
+    let table = match value {
+        toml::Value::String(path) => return Ok((path, None)),
+        toml::Value::Table(table) => table,
+        other => {
+            return Err((
+                None,
+                format!(
+                    "{} is not a function: give a component path, or a table `{{ component = \"dist/f.wasm\", concurrency_max = 4 }}`",
+                    a_type(other)
+                ),
+            ))
+        }
+    };
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !matches!(k.as_str(), "component" | "concurrency_max"))
+    {
+        return Err((
+            Some(unknown),
+            "unknown field: a function has `component` and `concurrency_max`".into(),
+        ));
+    }
+    let component = match table.get("component") {
+        Some(toml::Value::String(path)) => path.as_str(),
+        Some(other) => return Err((Some("component"), format!("{}, not a path", a_type(other)))),
+        None => return Err((None, "no `component`: name the component file".into())),
+    };
+    let concurrency_max = match table.get("concurrency_max") {
+        None => None,
+        Some(toml::Value::Integer(n)) => Some(
+            turnpike_store::check_concurrency_max("concurrency_max", *n)
+                .map_err(|e| (Some("concurrency_max"), e.to_string()))?,
+        ),
+        Some(other) => {
+            return Err((
+                Some("concurrency_max"),
+                format!("{}, not a whole number", a_type(other)),
+            ))
+        }
+    };
+    Ok((component, concurrency_max))
+}
+
+/// A TOML value's type with its article: "an integer".
+fn a_type(value: &toml::Value) -> String {
+    let name = value.type_str();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
+}
+
 /// Checks the manifest text read from `file` (named in errors); component paths are relative
 /// to `dir`.
 fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
@@ -310,13 +384,22 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
         ));
     }
     let mut functions = Vec::new();
-    for (name, component) in raw.functions.get_ref() {
+    for (name, entry) in raw.functions.get_ref() {
         let field = format!("functions.{name}");
-        check_function_name(name).map_err(|e| at(component.span(), &field, e))?;
-        let path = dir.join(component.get_ref());
+        let span = entry.span();
+        check_function_name(name).map_err(|e| at(span.clone(), &field, e))?;
+        let (component, concurrency_max) =
+            function_entry(entry.get_ref()).map_err(|(sub, e)| {
+                let field = match sub {
+                    Some(sub) => format!("{field}.{sub}"),
+                    None => field.clone(),
+                };
+                at(span.clone(), &field, e)
+            })?;
+        let path = dir.join(component);
         let bytes = std::fs::read(&path).map_err(|e| {
             at(
-                component.span(),
+                span.clone(),
                 &field,
                 format!("cannot read the component {}: {e}", path.display()),
             )
@@ -325,6 +408,7 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
             name: name.clone(),
             path,
             bytes,
+            concurrency_max,
         });
     }
 
@@ -678,7 +762,7 @@ over = "lower"
         let e = error("monthly = 1000000", "monthly = \"lots\"");
         assert_names(&e, 19, "`monthly`");
         let e = error("hello = \"dist/hello.wasm\"", "hello = 3");
-        assert_names(&e, 4, "`hello`");
+        assert_names(&e, 4, "`functions.hello`");
     }
 
     #[test]
@@ -706,6 +790,62 @@ over = "lower"
             e.contains("`functions`") && e.contains("no functions"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_function_may_have_a_concurrency_limit_and_a_bad_one_names_its_field() {
+        let m = check(&GOOD.replacen(
+            "spin = \"dist/spin.wasm\"",
+            "spin = { component = \"dist/spin.wasm\", concurrency_max = 4 }",
+            1,
+        ))
+        .expect("good");
+        assert_eq!(m.functions[1].concurrency_max, Some(4));
+        assert_eq!(m.functions[0].concurrency_max, None);
+        let hashes = BTreeMap::from([
+            ("hello".to_string(), "h1".to_string()),
+            ("spin".to_string(), "h2".to_string()),
+        ]);
+        assert_eq!(
+            m.app_json(&hashes)["concurrency_max"],
+            serde_json::json!({"spin": 4})
+        );
+        for (bad, field, says) in [
+            (
+                "concurrency_max = -1",
+                "`functions.spin.concurrency_max`",
+                "1 to",
+            ),
+            (
+                "concurrency_max = 0",
+                "`functions.spin.concurrency_max`",
+                "1 to",
+            ),
+            (
+                "concurrency_max = 1e9",
+                "`functions.spin.concurrency_max`",
+                "whole number",
+            ),
+            (
+                "concurrency_max = 2, memory = 3",
+                "`functions.spin.memory`",
+                "unknown field",
+            ),
+        ] {
+            let e = error(
+                "spin = \"dist/spin.wasm\"",
+                &format!("spin = {{ component = \"dist/spin.wasm\", {bad} }}"),
+            );
+            assert_names(&e, 5, field);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = error(
+            "spin = \"dist/spin.wasm\"",
+            "spin = { concurrency_max = 2 }",
+        );
+        assert_names(&e, 5, "no `component`");
+        let e = error("spin = \"dist/spin.wasm\"", "spin = 3");
+        assert_names(&e, 5, "`functions.spin`");
     }
 
     #[test]

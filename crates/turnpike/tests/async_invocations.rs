@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::netns::{exchange_with_body, Answer};
-use common::{create_tenant, turnpike, up_with};
+use common::netns::{send, Answer};
+use common::{create_tenant, fresh_postgres, turnpike, up_with};
 use serde_json::Value;
 
 /// An app of the example functions: `echo` and `spin` directly, `/` (hello) synchronous,
@@ -57,19 +57,7 @@ fn app_dir() -> tempfile::TempDir {
 
 /// A directory with the example components and `manifest`.
 fn app_dir_of(manifest: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
-    for name in ["hello", "echo", "spin"] {
-        let built = turnpike_cluster::up::default_functions_dir().join(format!("{name}.wasm"));
-        std::fs::copy(&built, dir.path().join(format!("dist/{name}.wasm"))).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; build it with scripts/build-examples.sh",
-                built.display()
-            )
-        });
-    }
-    std::fs::write(dir.path().join("turnpike.toml"), manifest).expect("write");
-    dir
+    common::app_dir(manifest, &["hello", "echo", "spin"])
 }
 
 /// A tenant with the app deployed: its key.
@@ -83,18 +71,6 @@ fn tenant_with_app(gateway: SocketAddr, admin: &str, name: &str) -> String {
         &["deploy", "--manifest", manifest.to_str().expect("utf-8")],
     );
     key
-}
-
-async fn send(
-    gateway: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    exchange_with_body(gateway, method, path, headers, body.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
 }
 
 fn json(answer: &Answer) -> Value {
@@ -500,38 +476,6 @@ async fn nothing_accepted_is_lost_with_two_gateways_on_postgres() {
     }
     let restart = || vec![start(one.path()), start(two.path())];
     survives_a_kill(vec![(first, gateway, None), second], &key, restart, &store).await;
-}
-
-/// A new database on the PostgreSQL server of `TURNPIKE_POSTGRES_URL` (`None`, with a note,
-/// without one unless `TURNPIKE_REQUIRE_POSTGRES=1`): its URL.
-async fn fresh_postgres(name: &str) -> Option<String> {
-    use sqlx::Connection;
-    let Ok(admin_url) = std::env::var("TURNPIKE_POSTGRES_URL") else {
-        assert_ne!(
-            std::env::var("TURNPIKE_REQUIRE_POSTGRES").as_deref(),
-            Ok("1"),
-            "TURNPIKE_POSTGRES_URL is not set"
-        );
-        eprintln!("{name}: skipped (set TURNPIKE_POSTGRES_URL)");
-        return None;
-    };
-    let db = format!("turnpike_{name}_{}", std::process::id());
-    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to TURNPIKE_POSTGRES_URL");
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {db}"),
-        format!("CREATE DATABASE {db}"),
-    ] {
-        sqlx::query(&statement)
-            .execute(&mut admin)
-            .await
-            .expect(&statement);
-    }
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("a URL ending in /DATABASE");
-    Some(format!("{base}/{db}"))
 }
 
 /// Submits 1,000 asynchronous invocations through `systems`' gateways in turn, SIGKILLs

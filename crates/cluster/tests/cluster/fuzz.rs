@@ -65,13 +65,14 @@ fn wire_invocation() -> impl Strategy<Value = proto::Invocation> {
             any::<bool>(),
             prop_oneof![Just(0u64), 1u64..100_000],
             any::<bool>(),
+            proptest::collection::vec(("[a-z:/]{0,12}", 0u32..4), 0..3),
         ),
     )
         .prop_map(
             |(
                 (id, function, class, method, path_and_query),
                 (headers, body, depth, start_mb, deadline_ms_left),
-                (streamed, response_bytes_max, request_streamed),
+                (streamed, response_bytes_max, request_streamed, limits),
             )| proto::Invocation {
                 id,
                 function,
@@ -87,6 +88,10 @@ fn wire_invocation() -> impl Strategy<Value = proto::Invocation> {
                 streamed,
                 response_bytes_max,
                 request_streamed,
+                concurrency_limits: limits
+                    .into_iter()
+                    .map(|(key, max)| proto::ConcurrencyLimit { key, max })
+                    .collect(),
             },
         )
 }

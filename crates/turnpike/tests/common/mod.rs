@@ -176,3 +176,53 @@ pub fn create_tenant(gateway: SocketAddr, admin: &str, name: &str) -> String {
 }
 
 pub mod netns;
+
+/// A new database on the PostgreSQL server of `TURNPIKE_POSTGRES_URL` (`None`, with a note,
+/// without one unless `TURNPIKE_REQUIRE_POSTGRES=1`): its URL.
+pub async fn fresh_postgres(name: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("TURNPIKE_POSTGRES_URL") else {
+        assert_ne!(
+            std::env::var("TURNPIKE_REQUIRE_POSTGRES").as_deref(),
+            Ok("1"),
+            "TURNPIKE_POSTGRES_URL is not set"
+        );
+        eprintln!("{name}: skipped (set TURNPIKE_POSTGRES_URL)");
+        return None;
+    };
+    let db = format!("turnpike_{name}_{}", std::process::id());
+    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to TURNPIKE_POSTGRES_URL");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut admin)
+            .await
+            .expect(&statement);
+    }
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a URL ending in /DATABASE");
+    Some(format!("{base}/{db}"))
+}
+
+/// A directory with the example components `functions` (built by scripts/build-examples.sh)
+/// in `dist/` and `manifest` as `turnpike.toml`.
+pub fn app_dir(manifest: &str, functions: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("dist")).expect("mkdir");
+    for name in functions {
+        let built = turnpike_cluster::up::default_functions_dir().join(format!("{name}.wasm"));
+        std::fs::copy(&built, dir.path().join(format!("dist/{name}.wasm"))).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build it with scripts/build-examples.sh",
+                built.display()
+            )
+        });
+    }
+    std::fs::write(dir.path().join("turnpike.toml"), manifest).expect("write");
+    dir
+}

@@ -275,3 +275,17 @@ pub fn quantile(values: &mut [f64], p: f64) -> f64 {
     let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
     values[rank - 1]
 }
+
+/// [`exchange_with_body`] with a text body, panicking (naming the request) when there is no
+/// answer.
+pub async fn send(
+    gateway: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    exchange_with_body(gateway, method, path, headers, body.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
+}
