@@ -670,9 +670,9 @@ impl Api<'_> {
     /// newest first.
     async fn list_invocations(&self, query: &str) -> Response {
         let (mut state, mut function, mut limit) = (None, None, LIST_DEFAULT);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.as_ref();
+            match name.as_ref() {
                 "state" => match AsyncState::parse(value) {
                     Some(s) => state = Some(s),
                     None => {
@@ -719,9 +719,9 @@ impl Api<'_> {
     async fn usage(&self, query: &str) -> Response {
         let today = Day::of_unix(self.gateway.billing.clock().now());
         let (mut by, mut from, mut to) = (vec![UsageKey::Function], today.month_start(), today);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.as_ref();
+            match name.as_ref() {
                 "by" => {
                     let mut keys = Vec::new();
                     for key in value.split(',').filter(|k| !k.is_empty()) {

@@ -73,7 +73,9 @@ use turnpike_store::{
 use turnpike_wire::chain;
 
 use crate::billing::Admission;
-use crate::gateway::{Body, CallerBody, Gateway, BOUND_RETRY_AFTER_S, INVOCATION_HEADER};
+use crate::gateway::{
+    read_whole, Body, CallerBody, Gateway, BOUND_RETRY_AFTER_S, INVOCATION_HEADER,
+};
 use crate::refusal::{refuse, refuse_for, Refusal};
 use crate::routing::Target;
 
@@ -133,9 +135,7 @@ pub fn wants_async(headers: &http::HeaderMap) -> bool {
 
 /// Now, Unix milliseconds.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    crate::gateway::unix_ms() as i64
 }
 
 fn ms(d: Duration) -> i64 {
@@ -354,30 +354,10 @@ impl Gateway {
                     return refuse(Refusal::Unavailable, format!("the store is unavailable: {e}"))
                 }
             }
-            let limit = self.config.max_request_bytes;
-            let read = tokio::time::timeout(
-                self.config.body_read_timeout,
-                http_body_util::Limited::new(body, limit).collect(),
-            )
-            .await;
-            let body = match read {
-                Err(_) => {
-                    return refuse(
-                        Refusal::TimedOut,
-                        format!(
-                            "the request body did not arrive within {:?}",
-                            self.config.body_read_timeout
-                        ),
-                    )
-                }
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return refuse(
-                        Refusal::TooLarge,
-                        format!("request body over the limit of {limit} bytes"),
-                    )
-                }
-                Ok(Err(e)) => return refuse(Refusal::Invalid, format!("reading the body: {e}")),
-                Ok(Ok(collected)) => collected.to_bytes(),
+            let (limit, timeout) = (self.config.max_request_bytes, self.config.body_read_timeout);
+            let body = match read_whole(body, limit, timeout).await {
+                Ok(body) => body,
+                Err(refusal) => return refusal,
             };
             // What the function will see: the caller's headers without the platform's, the
             // caller's credentials, and the preference it was asked with.

@@ -318,6 +318,16 @@ async fn take_body(
     {
         return Ok((bytes::Bytes::new(), Some(body)));
     }
+    Ok((read_whole(body, limit, timeout).await?, None))
+}
+
+/// A request body read whole: at most `limit` bytes (413 beyond), within `timeout` (408).
+#[allow(clippy::result_large_err)]
+pub(crate) async fn read_whole(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, http::Response<Body>> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
     let Ok(collected) = collected else {
         return Err(refuse(
@@ -326,7 +336,7 @@ async fn take_body(
         ));
     };
     match collected {
-        Ok(collected) => Ok((collected.to_bytes(), None)),
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
             Refusal::TooLarge,
             format!("request body over the limit of {limit} bytes"),
@@ -384,8 +394,8 @@ impl ShardHandle {
 
 pub use crate::refusal::Body;
 
-/// Now, in Unix milliseconds (call tokens' expiry).
-fn unix_ms() -> u64 {
+/// Now, in Unix milliseconds (call tokens' expiry, the asynchronous queue's times).
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

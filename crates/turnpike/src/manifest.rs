@@ -293,6 +293,18 @@ pub fn check_non_negative(v: f64) -> Result<f64, String> {
     }
 }
 
+/// Whether `function` is a key of `[functions]`; if not, the error names those it has.
+fn check_known<V>(functions: &BTreeMap<String, V>, function: &str) -> Result<(), String> {
+    if functions.contains_key(function) {
+        return Ok(());
+    }
+    let known: Vec<&str> = functions.keys().map(String::as_str).collect();
+    Err(format!(
+        "no function `{function}` in [functions] (it has: {})",
+        known.join(", ")
+    ))
+}
+
 /// What is wrong with a `[functions]` entry: the sub-field at fault (`None`: the entry
 /// itself) and why.
 type EntryError<'v> = (Option<&'v str>, String);
@@ -426,17 +438,8 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
             ));
         }
         let function = r.function.get_ref();
-        if !raw.functions.get_ref().contains_key(function) {
-            let known: Vec<&str> = raw.functions.get_ref().keys().map(String::as_str).collect();
-            return Err(at(
-                r.function.span(),
-                &field("function"),
-                format!(
-                    "no function `{function}` in [functions] (it has: {})",
-                    known.join(", ")
-                ),
-            ));
-        }
+        check_known(raw.functions.get_ref(), function)
+            .map_err(|e| at(r.function.span(), &field("function"), e))?;
         let class = r.class.get_ref();
         if class.is_empty() {
             return Err(at(
@@ -543,17 +546,8 @@ fn parse(text: &str, file: &Path, dir: &Path) -> Result<Manifest, String> {
             return Err(at(r.cron.span(), &field("cron"), e.to_string()));
         }
         let function = r.function.get_ref();
-        if !raw.functions.get_ref().contains_key(function) {
-            let known: Vec<&str> = raw.functions.get_ref().keys().map(String::as_str).collect();
-            return Err(at(
-                r.function.span(),
-                &field("function"),
-                format!(
-                    "no function `{function}` in [functions] (it has: {})",
-                    known.join(", ")
-                ),
-            ));
-        }
+        check_known(raw.functions.get_ref(), function)
+            .map_err(|e| at(r.function.span(), &field("function"), e))?;
         let path = match &r.path {
             Some(p) if !p.get_ref().starts_with('/') => {
                 return Err(at(

@@ -218,6 +218,21 @@ async fn limits_hold_waiters_leave_by_class_and_bad_limits_are_refused() {
         }
     }
     assert!(most_at_once(&runs) <= 2, "{runs:?}");
+    // A percent-encoded query value is decoded: `shop%2Fsleep` is `shop/sleep`.
+    let listed = send(
+        gateway,
+        "GET",
+        "/v1/invocations?state=succeeded&function=shop%2Fsleep",
+        &[("Authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    let listed: Value = serde_json::from_str(&listed.body).expect("JSON");
+    assert_eq!(
+        listed["invocations"].as_array().map_or(0, Vec::len),
+        ids.len(),
+        "{listed:#}"
+    );
 
     // Bad limits: refused naming the field, nothing changed.
     let bad = Command::new(common::BIN)
