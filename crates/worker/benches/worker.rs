@@ -5,7 +5,8 @@
 //! - hello, one at a time, run directly on the calling task (`run_unscheduled`: new store and
 //!   instance, request in, response collected), with the worker's swappable memories against
 //!   wasmtime's pooling allocator (whose memories cannot be swapped; slots kept resident and
-//!   reset with `PAGEMAP_SCAN`);
+//!   reset with `PAGEMAP_SCAN`), and with swappable memories releasing every page on reuse
+//!   (`pagemap_scan` off: how they were before issue 19);
 //! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
 //!   threads, the result sent back) against direct;
 //! - hello throughput of one worker, 1 slot and C slots, 16 in flight, and with all classes
@@ -18,7 +19,7 @@
 //!   1-slot worker with 280 MB of memory), against writing and reading 256 MB through the same
 //!   directory from a plain buffer.
 //!
-//! `SWAP_ONLY=1` runs only the last.
+//! `SWAP_ONLY=1` runs only the last, `HELLO_ONLY=1` only the first two.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -79,15 +80,34 @@ async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration
     assert!(ok);
 }
 
-async fn hello_latency(hello: &Arc<Function>, pooled: &Arc<Function>, w: &Worker, n: usize) {
+async fn hello_latency(
+    hello: &Arc<Function>,
+    pooled: &Arc<Function>,
+    released: &Arc<Function>,
+    w: &Worker,
+    n: usize,
+) {
     let opts = InvokeOptions::class(ClassId(1));
     let (mut swappable, mut pooling, mut scheduled) = (Vec::new(), Vec::new(), Vec::new());
+    let mut releasing = Vec::new();
     for round in 0..n + n / 10 {
-        let (a, b, c) = if round < n / 10 {
-            (&mut Vec::new(), &mut Vec::new(), &mut Vec::new()) // warm-up
+        let (a, b, c, r) = if round < n / 10 {
+            // warm-up
+            (
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut Vec::new(),
+            )
         } else {
-            (&mut swappable, &mut pooling, &mut scheduled)
+            (&mut swappable, &mut pooling, &mut scheduled, &mut releasing)
         };
+        timed(r, async {
+            run_unscheduled(released, Request::get("/"), CAP_BYTES)
+                .await
+                .is_ok()
+        })
+        .await;
         timed(a, async {
             run_unscheduled(hello, Request::get("/"), CAP_BYTES)
                 .await
@@ -110,10 +130,12 @@ async fn hello_latency(hello: &Arc<Function>, pooled: &Arc<Function>, w: &Worker
     }
     let p = summary("hello direct, wasmtime pooling allocator", pooling);
     let d = summary("hello direct, swappable memory (the default)", swappable);
+    let r = summary("hello direct, swappable, every page released", releasing);
     let s = summary("hello through a 1-slot worker", scheduled);
     println!(
-        "  p50 ratios: swappable/pooling {:.2}, worker/direct {:.2}",
+        "  p50 ratios: swappable/pooling {:.2}, swappable released/pooling {:.2}, worker/direct {:.2}",
         d.as_secs_f64() / p.as_secs_f64(),
+        r.as_secs_f64() / p.as_secs_f64(),
         s.as_secs_f64() / d.as_secs_f64()
     );
 }
@@ -331,6 +353,11 @@ fn main() {
     pooled_config.swappable_memory = false;
     let pooled = Runtime::new(pooled_config).expect("runtime starts");
     let pooled_hello = pooled.load(&guest("hello")).expect("hello loads");
+    // Swappable memory as before keeping pages resident: every page released on reuse.
+    let mut released_config = RuntimeConfig::new(&dir);
+    released_config.pagemap_scan = false;
+    let released = Runtime::new(released_config).expect("runtime starts");
+    let released_hello = released.load(&guest("hello")).expect("hello loads");
     let mut unchecked_config = RuntimeConfig::new(&dir);
     unchecked_config.epoch_interruption = false;
     let unchecked = Runtime::new(unchecked_config).expect("runtime starts");
@@ -348,8 +375,11 @@ fn main() {
             swap_bandwidth(5).await;
             return;
         }
-        hello_latency(&hello, &pooled_hello, &w, 5000).await;
+        hello_latency(&hello, &pooled_hello, &released_hello, &w, 5000).await;
         drop(w);
+        if std::env::var_os("HELLO_ONLY").is_some() {
+            return;
+        }
         hello_throughput(&runtime, &hello, 1, 20_000).await;
         hello_throughput(&runtime, &hello, cores, 20_000).await;
         mixed_throughput(&runtime, &hello, &spin, cores, 20_000).await;
@@ -364,6 +394,6 @@ fn main() {
         epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
         swap_bandwidth(5).await;
     });
-    drop((runtime, pooled, unchecked));
+    drop((runtime, pooled, released, unchecked));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,12 +24,13 @@ pub struct RuntimeConfig {
     pub instances_max: u32,
     /// Largest linear memory any invocation may have; per-invocation caps must not exceed it.
     pub memory_max_mb: u64,
-    /// When a pool slot is reused, this much of its linear memory, async stack and tables is
-    /// reset in place (only the pages the last invocation dirtied, found with the kernel's
-    /// `PAGEMAP_SCAN`) instead of being released to the kernel and faulted back in, so small
-    /// invocations start without page faults or TLB shootdowns. Applies only where the kernel
-    /// has `PAGEMAP_SCAN` (Linux 6.7+) and `pagemap_scan` is on: without it every reuse would
-    /// clear the whole kept region, which measured slower than releasing it.
+    /// When a pool slot is reused (or, with swappable memory, a linear-memory reservation),
+    /// this much of its linear memory (and with the pooling allocator its async stack and
+    /// tables) is reset in place (only the pages the last invocation dirtied, found with the
+    /// kernel's `PAGEMAP_SCAN`) instead of being released to the kernel and faulted back in,
+    /// so small invocations start without page faults or TLB shootdowns. Applies only where
+    /// the kernel has `PAGEMAP_SCAN` (Linux 6.7+) and `pagemap_scan` is on: without it every
+    /// reuse would clear the whole kept region, which measured slower than releasing it.
     pub keep_resident_kb: u64,
     /// Use `PAGEMAP_SCAN` when the kernel has it (see `keep_resident_kb`).
     pub pagemap_scan: bool,

@@ -288,7 +288,12 @@ fn engine_config(config: &RuntimeConfig) -> Config {
     if config.swappable_memory {
         let max_bytes = usize::try_from(config.memory_max_mb.saturating_mul(BYTES_PER_MB))
             .unwrap_or(usize::MAX);
-        let pool = RegionPool::new(config.instances_max as usize);
+        let keep_resident =
+            usize::try_from(config.keep_resident_kb.saturating_mul(1024)).unwrap_or(usize::MAX);
+        let pool = RegionPool::new(
+            config.instances_max as usize,
+            config.pagemap_scan.then_some(keep_resident),
+        );
         // Copy-on-write memory images need wasmtime's own mmap memories; data segments are
         // copied in at instantiation instead (a few KiB for typical guests).
         c.allocation_strategy(InstanceAllocationStrategy::OnDemand)
