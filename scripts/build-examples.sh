@@ -77,7 +77,7 @@ build_component() {
   shift 3
   local out="$dir/dist/$name.wasm" stamp="$dir/dist/$name.stamp"
   local inputs
-  inputs=$({ cat "$dir/$name/$source" "$dir"/wit/*.wit "$dir"/wit/deps/*.wit; echo "$*"; } | sha256sum | cut -d' ' -f1)
+  inputs=$({ cat "$dir/$name/$source" "$WIT"/*.wit "$WIT"/deps/*.wit; echo "$*"; } | sha256sum | cut -d' ' -f1)
   if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
     printf '  %-8s %8d bytes  %s (up to date)\n' "$name" "$(wc -c <"$out")" "$out"
     return
@@ -95,16 +95,19 @@ build_component() {
 }
 
 TOOLS=$(pwd)/.tools
+# Both languages build against the same world: wasi:http/proxy 0.2.12 (the WIT vendored from
+# wasmtime-wasi-http 48, the worker's own).
+WIT=$(pwd)/examples/functions-python/wit
 echo
 echo "Python components (componentize-py):"
 for app in examples/functions-python/*/app.py; do
   name=$(basename "$(dirname "$app")")
   build_component examples/functions-python "$name" app.py \
-    "$TOOLS/componentize-py/bin/componentize-py" --quiet -d ../wit -w function componentize app
+    "$TOOLS/componentize-py/bin/componentize-py" --quiet -d "$WIT" -w function componentize app
 done
 echo "JavaScript components (ComponentizeJS):"
 for app in examples/functions-js/*/app.js; do
   name=$(basename "$(dirname "$app")")
   build_component examples/functions-js "$name" app.js \
-    "$TOOLS/componentize-js/node_modules/.bin/componentize-js" app.js --wit ../wit --world-name function
+    "$TOOLS/componentize-js/node_modules/.bin/componentize-js" app.js --wit "$WIT" --world-name function
 done
