@@ -222,6 +222,8 @@ impl Region {
     /// The byte ranges of `[0, size)` that hold data (dirty pages), in order; all of it
     /// where the kernel cannot tell.
     fn dirty_ranges(&self, size: usize) -> Vec<Range<usize>> {
+        // Whole pages, as `O_DIRECT` wants them (the region's accessible bytes are too).
+        let size = round_up_to_page(size).min(self.accessible);
         match crate::pagemap::dirty_ranges(self.base, self.base + size) {
             Some(ranges) => ranges
                 .into_iter()
@@ -270,6 +272,25 @@ impl Region {
         // SAFETY: the range is read-write (inside `accessible`), and the region's owner (the
         // pool, after its memory died) guarantees no one else uses it.
         unsafe { std::ptr::write_bytes(self.ptr(offset).cast::<u8>(), 0, len) };
+    }
+
+    /// Allocates the pages of `range` (`MADV_POPULATE_WRITE`), ahead of writing all of them.
+    fn populate(&self, range: Range<usize>) -> std::io::Result<()> {
+        use rustix::mm::{madvise, Advice};
+        assert!(range.end <= self.accessible, "populating accessible bytes");
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: inside this reservation's accessible bytes; populating changes no contents
+        // (released pages read as zeros either way), and the caller is about to overwrite them.
+        unsafe {
+            madvise(
+                self.ptr(range.start),
+                range.len(),
+                Advice::LinuxPopulateWrite,
+            )
+        }?;
+        Ok(())
     }
 
     fn unmap(&self) {
@@ -544,7 +565,7 @@ impl InvocationMemory {
         let memories: Vec<Arc<MemoryShared>> =
             state.memories.iter().filter_map(Weak::upgrade).collect();
         let started = std::time::Instant::now();
-        let mut file = File::create(&self.path)?;
+        let mut file = create_direct(&self.path)?;
         let mut swapped = Vec::with_capacity(memories.len());
         let mut bytes = 0u64;
         for memory in memories {
@@ -581,11 +602,14 @@ impl InvocationMemory {
             message: e.to_string(),
         };
         let started = std::time::Instant::now();
-        let mut file = File::open(&self.path).map_err(error)?;
+        let mut file = open_direct(&self.path).map_err(error)?;
         for s in std::mem::take(&mut state.swapped) {
             let region = s.memory.region();
             for range in s.ranges {
                 state.totals.swapped_in_bytes += range.len() as u64;
+                // Fault the pages in with one call rather than one fault per page inside the
+                // read (a failure only loses that speed-up: the read faults them instead).
+                let _ = region.populate(range.clone());
                 read_region(&mut file, &region, range).map_err(error)?;
             }
         }
@@ -618,6 +642,33 @@ impl Drop for Running {
         self.memory.lock().running = false;
         self.memory.idle.notify_all();
     }
+}
+
+/// Swap files bypass the page cache (`O_DIRECT`) where the file system allows it: a swapped-out
+/// memory must leave RAM, not move into dirty page cache that the kernel writes back at its
+/// own pace (and throttles writers on), and a swap file read once needs no caching. Page-
+/// aligned memory, offsets and lengths meet `O_DIRECT`'s alignment. Where it is refused
+/// (tmpfs), the ordinary path.
+fn create_direct(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    options
+        .clone()
+        .custom_flags(direct)
+        .open(path)
+        .or_else(|_| options.open(path))
+}
+
+fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(direct)
+        .open(path)
+        .or_else(|_| File::open(path))
 }
 
 /// Writes the bytes `range` of a region.
