@@ -19,7 +19,11 @@
 //!   1-slot worker with 280 MB of memory), against writing and reading 256 MB through the same
 //!   directory from a plain buffer.
 //!
-//! `SWAP_ONLY=1` runs only the last, `HELLO_ONLY=1` only the first two.
+//! - the Python and JavaScript hellos, direct, swappable memory against the pooling allocator,
+//!   and with no warm reservations (`warm_memories_max` 0: each new instance faults its
+//!   interpreter's image in page by page).
+//!
+//! `SWAP_ONLY=1` runs only the swap figures, `HELLO_ONLY=1` only the hello latencies.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -138,6 +142,48 @@ async fn hello_latency(
         r.as_secs_f64() / p.as_secs_f64(),
         s.as_secs_f64() / d.as_secs_f64()
     );
+}
+
+/// The Python and JavaScript hellos (examples/functions-python, examples/functions-js), direct,
+/// swappable memory against the pooling allocator (whose memories map the component's
+/// initial image copy-on-write), interleaved. Skipped, with a note, where they are not built.
+async fn real_hellos(runtime: &Runtime, pooled: &Runtime, cold: &Runtime, n: usize) {
+    for language in ["python", "js"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "../../examples/functions-{language}/dist/hello.wasm"
+        ));
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("{language} hello: not built ({}), skipped", path.display());
+            continue;
+        };
+        let swappable = runtime.load(&bytes).expect("loads");
+        let pooling = pooled.load(&bytes).expect("loads");
+        let no_warm = cold.load(&bytes).expect("loads");
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..n + n / 10 {
+            let (a, b, c) = if round < n / 10 {
+                (&mut Vec::new(), &mut Vec::new(), &mut Vec::new())
+            } else {
+                (&mut a, &mut b, &mut c)
+            };
+            for (f, samples) in [(&swappable, a), (&pooling, b), (&no_warm, c)] {
+                timed(samples, async {
+                    run_unscheduled(f, Request::get("/"), CAP_BYTES)
+                        .await
+                        .is_ok()
+                })
+                .await;
+            }
+        }
+        let p = summary(&format!("{language} hello direct, pooling allocator"), b);
+        let d = summary(&format!("{language} hello direct, swappable memory"), a);
+        let w = summary(&format!("{language} hello direct, swappable, none warm"), c);
+        println!(
+            "  p50 ratios swappable/pooling {:.2}, none warm/pooling {:.2}",
+            d.as_secs_f64() / p.as_secs_f64(),
+            w.as_secs_f64() / p.as_secs_f64()
+        );
+    }
 }
 
 async fn hello_throughput(runtime: &Arc<Runtime>, hello: &Arc<Function>, cores: u32, n: usize) {
@@ -400,6 +446,10 @@ fn main() {
     released_config.pagemap_scan = false;
     let released = Runtime::new(released_config).expect("runtime starts");
     let released_hello = released.load(&guest("hello")).expect("hello loads");
+    // Swappable memory keeping only `keep_resident_kb` of every free reservation resident.
+    let mut cold_config = RuntimeConfig::new(&dir);
+    cold_config.warm_memories_max = 0;
+    let cold = Runtime::new(cold_config).expect("runtime starts");
     let mut unchecked_config = RuntimeConfig::new(&dir);
     unchecked_config.epoch_interruption = false;
     let unchecked = Runtime::new(unchecked_config).expect("runtime starts");
@@ -419,6 +469,7 @@ fn main() {
         }
         hello_latency(&hello, &pooled_hello, &released_hello, &w, 5000).await;
         drop(w);
+        real_hellos(&runtime, &pooled, &cold, 300).await;
         if std::env::var_os("HELLO_ONLY").is_some() {
             return;
         }
@@ -436,6 +487,6 @@ fn main() {
         epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
         swap_bandwidth(rounds()).await;
     });
-    drop((runtime, pooled, released, unchecked));
+    drop((runtime, pooled, released, cold, unchecked));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,6 +62,21 @@ struct Region {
     base: usize,
     len: usize,
     accessible: usize,
+    /// Free and holding up to `Residency::warm_keep_resident` bytes resident.
+    warm: bool,
+}
+
+/// How much of a free reservation stays resident (cleared in place, found by `PAGEMAP_SCAN`).
+#[derive(Clone, Copy, Debug)]
+pub struct Residency {
+    /// Bytes at the start of every free reservation.
+    pub keep_resident: usize,
+    /// Bytes at the start of a warm one: enough for a language runtime's initialized image
+    /// (CPython, SpiderMonkey: tens of MB), which the next instance then copies into resident
+    /// pages instead of faulting in one page at a time.
+    pub warm_keep_resident: usize,
+    /// Warm free reservations at most, bounding the resident memory they hold.
+    pub warm_max: usize,
 }
 
 /// Free reservations, reused by later memories of the same reservation size.
@@ -70,19 +85,19 @@ pub struct RegionPool {
     free: Mutex<Vec<Region>>,
     /// Free reservations kept at most; more are unmapped.
     keep: usize,
-    /// Bytes at the start of a free reservation that stay resident, cleared in place; `None`:
-    /// release every page, without scanning (`RuntimeConfig::pagemap_scan` off).
-    keep_resident: Option<usize>,
+    /// What stays resident; `None`: release every page, without scanning
+    /// (`RuntimeConfig::pagemap_scan` off).
+    residency: Option<Residency>,
 }
 
 impl RegionPool {
-    /// `keep`: free reservations kept for reuse; `keep_resident`: bytes at the start of each
-    /// kept resident (dirty pages cleared instead of released), `None` to release them all.
-    pub fn new(keep: usize, keep_resident: Option<usize>) -> Arc<Self> {
+    /// `keep`: free reservations kept for reuse; `residency`: how much of them stays resident
+    /// (dirty pages cleared instead of released), `None` to release them all.
+    pub fn new(keep: usize, residency: Option<Residency>) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             keep,
-            keep_resident: keep_resident.map(round_up_to_page),
+            residency,
         })
     }
 
@@ -95,8 +110,10 @@ impl RegionPool {
     fn take(&self, len: usize, accessible: usize) -> std::io::Result<Region> {
         let reused = {
             let mut free = self.lock();
+            // A warm one first: its pages are resident.
             free.iter()
-                .rposition(|r| r.len == len)
+                .rposition(|r| r.len == len && r.warm)
+                .or_else(|| free.iter().rposition(|r| r.len == len))
                 .map(|at| free.swap_remove(at))
         };
         let mut region = match reused {
@@ -105,6 +122,7 @@ impl RegionPool {
                 base: reserve(len)?,
                 len,
                 accessible: 0,
+                warm: false,
             },
         };
         if let Err(e) = region.set_accessible(accessible) {
@@ -116,9 +134,17 @@ impl RegionPool {
 
     /// Takes back a reservation whose contents are dead: releases its pages (so the next user
     /// sees zeros) and keeps it for reuse, or unmaps it.
-    fn give_back(&self, region: Region) {
-        let reset = match self.keep_resident {
-            Some(keep_resident) => region.reset(keep_resident),
+    fn give_back(&self, mut region: Region) {
+        let reset = match self.residency {
+            Some(residency) => {
+                let warm = self.lock().iter().filter(|r| r.warm).count();
+                region.warm = warm < residency.warm_max;
+                region.reset(if region.warm {
+                    residency.warm_keep_resident
+                } else {
+                    residency.keep_resident
+                })
+            }
             None => region.release(0, region.accessible),
         };
         if reset.is_err() {
@@ -325,6 +351,7 @@ impl Drop for MemoryShared {
                 base: 0,
                 len: 0,
                 accessible: 0,
+                warm: false,
             },
         );
         if region.len > 0 {
@@ -732,7 +759,12 @@ mod tests {
     #[test]
     fn a_recycled_memory_is_zero_wherever_it_was_dirtied() {
         for keep_resident in [None, Some(64 * KIB)] {
-            let creator = SwappableMemoryCreator::new(RegionPool::new(4, keep_resident), 1 << 30);
+            let residency = keep_resident.map(|keep_resident| Residency {
+                keep_resident,
+                warm_keep_resident: keep_resident,
+                warm_max: 1,
+            });
+            let creator = SwappableMemoryCreator::new(RegionPool::new(4, residency), 1 << 30);
             let first = new_memory(&creator, 1024 * KIB);
             let base = first.as_ptr() as usize;
             let offsets = [0, 5 * 4096 + 17, 64 * KIB - 1, 64 * KIB, 700 * KIB + 3];
@@ -757,12 +789,55 @@ mod tests {
         }
     }
 
+    /// Up to `warm_max` free reservations keep `warm_keep_resident` bytes resident (cleared),
+    /// the others only `keep_resident`; a warm one is reused first.
+    #[test]
+    fn only_warm_reservations_keep_their_larger_part_resident() {
+        if !crate::pagemap::available() {
+            eprintln!("skipped: this kernel has no PAGEMAP_SCAN (Linux 6.7+)");
+            return;
+        }
+        let residency = Residency {
+            keep_resident: 64 * KIB,
+            warm_keep_resident: 512 * KIB,
+            warm_max: 1,
+        };
+        let creator = SwappableMemoryCreator::new(RegionPool::new(4, Some(residency)), 1 << 30);
+        let (a, b) = (
+            new_memory(&creator, 1024 * KIB),
+            new_memory(&creator, 1024 * KIB),
+        );
+        let at = 300 * KIB;
+        set(&*a, at, 1);
+        set(&*b, at, 2);
+        let resident = |base: usize| {
+            let dirty = crate::pagemap::dirty_ranges(base, base + 1024 * KIB).expect("scan");
+            dirty.iter().any(|r| r.contains(&(base + at)))
+        };
+        let (a_base, b_base) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        drop(a); // warm: the page at 300 KiB is cleared and stays
+        drop(b); // cold: it is released
+        assert!(resident(a_base) && !resident(b_base));
+        let again = new_memory(&creator, 1024 * KIB);
+        assert_eq!(
+            again.as_ptr() as usize,
+            a_base,
+            "the warm one is reused first"
+        );
+        assert_eq!(byte(&*again, at), 0);
+    }
+
     /// A swap-out writes only the dirty pages and a swap-in puts each back where it was, with
     /// the untouched bytes between them still zero.
     #[test]
     fn a_sparse_memory_swaps_out_its_dirty_pages_and_back_in_place() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let creator = SwappableMemoryCreator::new(RegionPool::new(4, Some(64 * KIB)), 1 << 30);
+        let residency = Residency {
+            keep_resident: 64 * KIB,
+            warm_keep_resident: 64 * KIB,
+            warm_max: 1,
+        };
+        let creator = SwappableMemoryCreator::new(RegionPool::new(4, Some(residency)), 1 << 30);
         let invocation = InvocationMemory::new(dir.path().join("swap"));
         let running = invocation.enter().expect("resident");
         let memory = new_memory(&creator, 4096 * KIB);
