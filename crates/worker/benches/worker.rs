@@ -334,17 +334,25 @@ async fn swap_bandwidth(rounds: usize) {
         let rss_idle = rss_bytes();
         let low = w.submit(
             &grow,
-            Request::get(format!("/?mb={MB}&hold_ms=300")),
+            Request::get(format!("/?mb={MB}&hold_ms=2000")),
             InvokeOptions::class(ClassId(0)).memory_cap_mb(512),
         );
         while w.used_mb() < MB {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Let the guest write its pages before it is parked.
+        // Let the guest write its pages before it is parked: until the process's RSS has
+        // grown by half of them (part may reuse pages a warm reservation kept) and then
+        // stopped growing (the guest holds; it holds for longer than this can take).
         let written = Instant::now();
-        while rss_bytes() < rss_idle + bytes * 15 / 16 && written.elapsed() < Duration::from_secs(5)
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let rss = rss_bytes();
+            let grown = rss >= rss_idle + bytes / 2;
+            if (grown && rss == last) || written.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            last = rss;
         }
         let top = w
             .invoke(
