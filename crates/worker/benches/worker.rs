@@ -5,7 +5,8 @@
 //! - hello, one at a time, run directly on the calling task (`run_unscheduled`: new store and
 //!   instance, request in, response collected), with the worker's swappable memories against
 //!   wasmtime's pooling allocator (whose memories cannot be swapped; slots kept resident and
-//!   reset with `PAGEMAP_SCAN`);
+//!   reset with `PAGEMAP_SCAN`), and with swappable memories releasing every page on reuse
+//!   (`pagemap_scan` off: how they were before issue 19);
 //! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
 //!   threads, the result sent back) against direct;
 //! - hello throughput of one worker, 1 slot and C slots, 16 in flight, and with all classes
@@ -18,7 +19,11 @@
 //!   1-slot worker with 280 MB of memory), against writing and reading 256 MB through the same
 //!   directory from a plain buffer.
 //!
-//! `SWAP_ONLY=1` runs only the last.
+//! - the Python and JavaScript hellos, direct, swappable memory against the pooling allocator,
+//!   and with no warm reservations (`warm_memories_max` 0: each new instance faults its
+//!   interpreter's image in page by page).
+//!
+//! `SWAP_ONLY=1` runs only the swap figures, `HELLO_ONLY=1` only the hello latencies.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -79,15 +84,34 @@ async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration
     assert!(ok);
 }
 
-async fn hello_latency(hello: &Arc<Function>, pooled: &Arc<Function>, w: &Worker, n: usize) {
+async fn hello_latency(
+    hello: &Arc<Function>,
+    pooled: &Arc<Function>,
+    released: &Arc<Function>,
+    w: &Worker,
+    n: usize,
+) {
     let opts = InvokeOptions::class(ClassId(1));
     let (mut swappable, mut pooling, mut scheduled) = (Vec::new(), Vec::new(), Vec::new());
+    let mut releasing = Vec::new();
     for round in 0..n + n / 10 {
-        let (a, b, c) = if round < n / 10 {
-            (&mut Vec::new(), &mut Vec::new(), &mut Vec::new()) // warm-up
+        let (a, b, c, r) = if round < n / 10 {
+            // warm-up
+            (
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut Vec::new(),
+            )
         } else {
-            (&mut swappable, &mut pooling, &mut scheduled)
+            (&mut swappable, &mut pooling, &mut scheduled, &mut releasing)
         };
+        timed(r, async {
+            run_unscheduled(released, Request::get("/"), CAP_BYTES)
+                .await
+                .is_ok()
+        })
+        .await;
         timed(a, async {
             run_unscheduled(hello, Request::get("/"), CAP_BYTES)
                 .await
@@ -110,12 +134,56 @@ async fn hello_latency(hello: &Arc<Function>, pooled: &Arc<Function>, w: &Worker
     }
     let p = summary("hello direct, wasmtime pooling allocator", pooling);
     let d = summary("hello direct, swappable memory (the default)", swappable);
+    let r = summary("hello direct, swappable, every page released", releasing);
     let s = summary("hello through a 1-slot worker", scheduled);
     println!(
-        "  p50 ratios: swappable/pooling {:.2}, worker/direct {:.2}",
+        "  p50 ratios: swappable/pooling {:.2}, swappable released/pooling {:.2}, worker/direct {:.2}",
         d.as_secs_f64() / p.as_secs_f64(),
+        r.as_secs_f64() / p.as_secs_f64(),
         s.as_secs_f64() / d.as_secs_f64()
     );
+}
+
+/// The Python and JavaScript hellos (examples/functions-python, examples/functions-js), direct,
+/// swappable memory against the pooling allocator (whose memories map the component's
+/// initial image copy-on-write), interleaved. Skipped, with a note, where they are not built.
+async fn real_hellos(runtime: &Runtime, pooled: &Runtime, cold: &Runtime, n: usize) {
+    for language in ["python", "js"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "../../examples/functions-{language}/dist/hello.wasm"
+        ));
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("{language} hello: not built ({}), skipped", path.display());
+            continue;
+        };
+        let swappable = runtime.load(&bytes).expect("loads");
+        let pooling = pooled.load(&bytes).expect("loads");
+        let no_warm = cold.load(&bytes).expect("loads");
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..n + n / 10 {
+            let (a, b, c) = if round < n / 10 {
+                (&mut Vec::new(), &mut Vec::new(), &mut Vec::new())
+            } else {
+                (&mut a, &mut b, &mut c)
+            };
+            for (f, samples) in [(&swappable, a), (&pooling, b), (&no_warm, c)] {
+                timed(samples, async {
+                    run_unscheduled(f, Request::get("/"), CAP_BYTES)
+                        .await
+                        .is_ok()
+                })
+                .await;
+            }
+        }
+        let p = summary(&format!("{language} hello direct, pooling allocator"), b);
+        let d = summary(&format!("{language} hello direct, swappable memory"), a);
+        let w = summary(&format!("{language} hello direct, swappable, none warm"), c);
+        println!(
+            "  p50 ratios swappable/pooling {:.2}, none warm/pooling {:.2}",
+            d.as_secs_f64() / p.as_secs_f64(),
+            w.as_secs_f64() / p.as_secs_f64()
+        );
+    }
 }
 
 async fn hello_throughput(runtime: &Arc<Runtime>, hello: &Arc<Function>, cores: u32, n: usize) {
@@ -263,16 +331,29 @@ async fn swap_bandwidth(rounds: usize) {
     let buffer: Vec<u8> = (0..bytes as usize).map(|i| (i * 31) as u8).collect();
     let mut readback = vec![0u8; bytes as usize];
     for _ in 0..rounds {
+        let rss_idle = rss_bytes();
         let low = w.submit(
             &grow,
-            Request::get(format!("/?mb={MB}&hold_ms=300")),
+            Request::get(format!("/?mb={MB}&hold_ms=2000")),
             InvokeOptions::class(ClassId(0)).memory_cap_mb(512),
         );
         while w.used_mb() < MB {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Let the guest write its pages before it is parked.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Let the guest write its pages before it is parked: until the process's RSS has
+        // grown by half of them (part may reuse pages a warm reservation kept) and then
+        // stopped growing (the guest holds; it holds for longer than this can take).
+        let written = Instant::now();
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let rss = rss_bytes();
+            let grown = rss >= rss_idle + bytes / 2;
+            if (grown && rss == last) || written.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            last = rss;
+        }
         let top = w
             .invoke(
                 &spin,
@@ -284,9 +365,11 @@ async fn swap_bandwidth(rounds: usize) {
         let low = low.await;
         assert_eq!(low.result.expect("grow finishes").status, 200);
         let u = low.usage;
-        assert!(u.swap.swapped_out_bytes >= bytes, "not swapped: {u:?}");
-        out.push(gbps(u.swap.swap_out_time));
-        back.push(gbps(u.swap.swap_in_time));
+        // What it had dirtied when parked: nearly all of it.
+        assert!(u.swap.swapped_out_bytes >= bytes / 2, "not swapped: {u:?}");
+        let gbps_of = |b: u64, d: Duration| b as f64 / d.as_secs_f64() / 1e9;
+        out.push(gbps_of(u.swap.swapped_out_bytes, u.swap.swap_out_time));
+        back.push(gbps_of(u.swap.swapped_in_bytes, u.swap.swap_in_time));
 
         let path = dir.join("plain.bin");
         let t = Instant::now();
@@ -298,22 +381,57 @@ async fn swap_bandwidth(rounds: usize) {
         file_back.push(gbps(t.elapsed()));
         std::fs::remove_file(&path).expect("remove");
     }
+    let rounds_of = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "swap-out GB/s by round: {}; plain write: {}",
+        rounds_of(&out),
+        rounds_of(&file_out)
+    );
+    println!(
+        "swap-in  GB/s by round: {}; plain read:  {}",
+        rounds_of(&back),
+        rounds_of(&file_back)
+    );
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[v.len() / 2], v[0])
     };
-    let (o, b) = (median(out), median(back));
-    let (fo, fb) = (median(file_out), median(file_back));
+    let ((o, o_min), (b, b_min)) = (median(out), median(back));
+    let ((fo, _), (fb, _)) = (median(file_out), median(file_back));
     println!(
-        "swap-out of a parked {MB} MB instance: {o:.2} GB/s (plain file write {fo:.2} GB/s, ratio {:.2})",
+        "swap-out of a parked {MB} MB instance: {o:.2} GB/s, slowest round {o_min:.2} (plain file write {fo:.2} GB/s, ratio {:.2})",
         o / fo
     );
     println!(
-        "swap-in  of a parked {MB} MB instance: {b:.2} GB/s (plain file read  {fb:.2} GB/s, ratio {:.2})",
+        "swap-in  of a parked {MB} MB instance: {b:.2} GB/s, slowest round {b_min:.2} (plain file read  {fb:.2} GB/s, ratio {:.2})",
         b / fb
     );
     drop(w);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Swap rounds: `SWAP_ROUNDS`, default 5.
+fn rounds() -> usize {
+    std::env::var("SWAP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// The process's resident set, bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS line")
+        * 1024
 }
 
 fn bench_dir(what: &str) -> PathBuf {
@@ -331,6 +449,15 @@ fn main() {
     pooled_config.swappable_memory = false;
     let pooled = Runtime::new(pooled_config).expect("runtime starts");
     let pooled_hello = pooled.load(&guest("hello")).expect("hello loads");
+    // Swappable memory as before keeping pages resident: every page released on reuse.
+    let mut released_config = RuntimeConfig::new(&dir);
+    released_config.pagemap_scan = false;
+    let released = Runtime::new(released_config).expect("runtime starts");
+    let released_hello = released.load(&guest("hello")).expect("hello loads");
+    // Swappable memory keeping only `keep_resident_kb` of every free reservation resident.
+    let mut cold_config = RuntimeConfig::new(&dir);
+    cold_config.warm_memories_max = 0;
+    let cold = Runtime::new(cold_config).expect("runtime starts");
     let mut unchecked_config = RuntimeConfig::new(&dir);
     unchecked_config.epoch_interruption = false;
     let unchecked = Runtime::new(unchecked_config).expect("runtime starts");
@@ -345,11 +472,15 @@ fn main() {
     client.block_on(async {
         let w = worker(&runtime, 1);
         if std::env::var_os("SWAP_ONLY").is_some() {
-            swap_bandwidth(5).await;
+            swap_bandwidth(rounds()).await;
             return;
         }
-        hello_latency(&hello, &pooled_hello, &w, 5000).await;
+        hello_latency(&hello, &pooled_hello, &released_hello, &w, 5000).await;
         drop(w);
+        real_hellos(&runtime, &pooled, &cold, 300).await;
+        if std::env::var_os("HELLO_ONLY").is_some() {
+            return;
+        }
         hello_throughput(&runtime, &hello, 1, 20_000).await;
         hello_throughput(&runtime, &hello, cores, 20_000).await;
         mixed_throughput(&runtime, &hello, &spin, cores, 20_000).await;
@@ -362,8 +493,8 @@ fn main() {
         )
         .await;
         epoch_cost("fib?n=30", &fib, &unchecked_fib, "/?n=30").await;
-        swap_bandwidth(5).await;
+        swap_bandwidth(rounds()).await;
     });
-    drop((runtime, pooled, unchecked));
+    drop((runtime, pooled, released, cold, unchecked));
     let _ = std::fs::remove_dir_all(&dir);
 }

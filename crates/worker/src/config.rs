@@ -24,15 +24,24 @@ pub struct RuntimeConfig {
     pub instances_max: u32,
     /// Largest linear memory any invocation may have; per-invocation caps must not exceed it.
     pub memory_max_mb: u64,
-    /// When a pool slot is reused, this much of its linear memory, async stack and tables is
-    /// reset in place (only the pages the last invocation dirtied, found with the kernel's
-    /// `PAGEMAP_SCAN`) instead of being released to the kernel and faulted back in, so small
-    /// invocations start without page faults or TLB shootdowns. Applies only where the kernel
-    /// has `PAGEMAP_SCAN` (Linux 6.7+) and `pagemap_scan` is on: without it every reuse would
-    /// clear the whole kept region, which measured slower than releasing it.
+    /// When a pool slot is reused (or, with swappable memory, a linear-memory reservation),
+    /// this much of its linear memory (and with the pooling allocator its async stack and
+    /// tables) is reset in place (only the pages the last invocation dirtied, found with the
+    /// kernel's `PAGEMAP_SCAN`) instead of being released to the kernel and faulted back in,
+    /// so small invocations start without page faults or TLB shootdowns. Applies only where
+    /// the kernel has `PAGEMAP_SCAN` (Linux 6.7+) and `pagemap_scan` is on: without it every
+    /// reuse would clear the whole kept region, which measured slower than releasing it.
     pub keep_resident_kb: u64,
     /// Use `PAGEMAP_SCAN` when the kernel has it (see `keep_resident_kb`).
     pub pagemap_scan: bool,
+    /// With swappable memory and `PAGEMAP_SCAN`: up to `warm_memories_max` free linear-memory
+    /// reservations keep this much resident instead of `keep_resident_kb`, so a Python or
+    /// JavaScript component's initialized image (tens of MB, copied into every new instance)
+    /// lands in resident pages rather than being faulted in page by page. Costs up to
+    /// `warm_memories_max * warm_memory_keep_resident_mb` of resident memory while idle.
+    pub warm_memory_keep_resident_mb: u64,
+    /// See `warm_memory_keep_resident_mb`.
+    pub warm_memories_max: u32,
     /// Compile epoch checks into guest code. Always on for a worker (it is how guests are
     /// preempted and timed out; [`crate::Worker::new`] refuses a runtime without it); off
     /// only to measure what the checks cost.
@@ -53,6 +62,8 @@ impl RuntimeConfig {
             memory_max_mb: 4096,
             keep_resident_kb: 2048,
             pagemap_scan: true,
+            warm_memory_keep_resident_mb: 64,
+            warm_memories_max: 4,
             epoch_interruption: true,
             swappable_memory: true,
         }

@@ -43,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod guest;
 pub mod meter;
+mod pagemap;
 pub mod runtime;
 pub mod stacks;
 pub mod swap;

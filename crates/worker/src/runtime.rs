@@ -17,7 +17,7 @@ use crate::error::LoadError;
 use crate::guest::Host;
 use crate::meter::BYTES_PER_MB;
 use crate::stacks::StackPool;
-use crate::swap::{RegionPool, SwappableMemoryCreator};
+use crate::swap::{RegionPool, Residency, SwappableMemoryCreator};
 
 /// The export that makes a component a Turnpike function (any 0.2.x version).
 const HANDLER_EXPORT: &str = "wasi:http/incoming-handler";
@@ -288,7 +288,22 @@ fn engine_config(config: &RuntimeConfig) -> Config {
     if config.swappable_memory {
         let max_bytes = usize::try_from(config.memory_max_mb.saturating_mul(BYTES_PER_MB))
             .unwrap_or(usize::MAX);
-        let pool = RegionPool::new(config.instances_max as usize);
+        let keep_resident =
+            usize::try_from(config.keep_resident_kb.saturating_mul(1024)).unwrap_or(usize::MAX);
+        let residency = Residency {
+            keep_resident,
+            warm_keep_resident: usize::try_from(
+                config
+                    .warm_memory_keep_resident_mb
+                    .saturating_mul(BYTES_PER_MB),
+            )
+            .unwrap_or(usize::MAX),
+            warm_max: config.warm_memories_max as usize,
+        };
+        let pool = RegionPool::new(
+            config.instances_max as usize,
+            config.pagemap_scan.then_some(residency),
+        );
         // Copy-on-write memory images need wasmtime's own mmap memories; data segments are
         // copied in at instantiation instead (a few KiB for typical guests).
         c.allocation_strategy(InstanceAllocationStrategy::OnDemand)

@@ -8,16 +8,21 @@
 //! region), read-write up to the memory's size and inaccessible beyond, so the guard-page
 //! bounds checks of compiled code work as they do with wasmtime's own memories. Reservations
 //! are recycled through a free list ([`RegionPool`]) so an invocation does not pay for `mmap`
-//! and `munmap` of gigabytes of address space; a recycled one is released with
-//! `madvise(MADV_DONTNEED)`, which zeroes it and returns its pages to the kernel.
+//! and `munmap` of gigabytes of address space. A recycled one is reset to zeros by what its
+//! last user dirtied (found with the kernel's `PAGEMAP_SCAN`, see [`crate::pagemap`]): dirty
+//! pages among its first `keep_resident` bytes are cleared in place and stay resident, so the
+//! next instance starts without page faults, and dirty pages beyond are released with
+//! `madvise(MADV_DONTNEED)`. Without `PAGEMAP_SCAN` all of it is released.
 //!
 //! Which memory belongs to which invocation: the worker's gate marks the thread that polls an
 //! invocation's guest ([`InvocationMemory::enter`]); a memory created during that poll (at
 //! instantiation) registers with that invocation.
 //!
 //! Swapping follows the policy core's decisions ([`turnpike_policy::machine::MachineAction`]):
-//! - `SwapOut`: the worker's swap thread writes each memory's bytes to the invocation's swap
-//!   file and releases the pages (`MADV_DONTNEED`: the process's RSS really drops). It does so
+//! - `SwapOut`: the worker's swap thread writes each memory's dirty pages (the rest are zeros,
+//!   found with `PAGEMAP_SCAN` where the kernel has it) to the invocation's swap file and
+//!   releases the pages (`MADV_DONTNEED`: the process's RSS really drops), so a swap-out and a
+//!   swap-in cost what the guest dirtied, not the memory's size. It does so
 //!   only while the guest is not being polled, under the invocation's lock, which the gate
 //!   also holds when it starts a poll, so the guest never runs while its memory moves. If the
 //!   machine changed its mind before the swap thread got there (a `SwapIn` for it came first),
@@ -35,6 +40,7 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -56,6 +62,21 @@ struct Region {
     base: usize,
     len: usize,
     accessible: usize,
+    /// Free and holding up to `Residency::warm_keep_resident` bytes resident.
+    warm: bool,
+}
+
+/// How much of a free reservation stays resident (cleared in place, found by `PAGEMAP_SCAN`).
+#[derive(Clone, Copy, Debug)]
+pub struct Residency {
+    /// Bytes at the start of every free reservation.
+    pub keep_resident: usize,
+    /// Bytes at the start of a warm one: enough for a language runtime's initialized image
+    /// (CPython, SpiderMonkey: tens of MB), which the next instance then copies into resident
+    /// pages instead of faulting in one page at a time.
+    pub warm_keep_resident: usize,
+    /// Warm free reservations at most, bounding the resident memory they hold.
+    pub warm_max: usize,
 }
 
 /// Free reservations, reused by later memories of the same reservation size.
@@ -64,13 +85,19 @@ pub struct RegionPool {
     free: Mutex<Vec<Region>>,
     /// Free reservations kept at most; more are unmapped.
     keep: usize,
+    /// What stays resident; `None`: release every page, without scanning
+    /// (`RuntimeConfig::pagemap_scan` off).
+    residency: Option<Residency>,
 }
 
 impl RegionPool {
-    pub fn new(keep: usize) -> Arc<Self> {
+    /// `keep`: free reservations kept for reuse; `residency`: how much of them stays resident
+    /// (dirty pages cleared instead of released), `None` to release them all.
+    pub fn new(keep: usize, residency: Option<Residency>) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             keep,
+            residency,
         })
     }
 
@@ -83,8 +110,10 @@ impl RegionPool {
     fn take(&self, len: usize, accessible: usize) -> std::io::Result<Region> {
         let reused = {
             let mut free = self.lock();
+            // A warm one first: its pages are resident.
             free.iter()
-                .rposition(|r| r.len == len)
+                .rposition(|r| r.len == len && r.warm)
+                .or_else(|| free.iter().rposition(|r| r.len == len))
                 .map(|at| free.swap_remove(at))
         };
         let mut region = match reused {
@@ -93,6 +122,7 @@ impl RegionPool {
                 base: reserve(len)?,
                 len,
                 accessible: 0,
+                warm: false,
             },
         };
         if let Err(e) = region.set_accessible(accessible) {
@@ -104,8 +134,20 @@ impl RegionPool {
 
     /// Takes back a reservation whose contents are dead: releases its pages (so the next user
     /// sees zeros) and keeps it for reuse, or unmaps it.
-    fn give_back(&self, region: Region) {
-        if region.release(0, region.accessible).is_err() {
+    fn give_back(&self, mut region: Region) {
+        let reset = match self.residency {
+            Some(residency) => {
+                let warm = self.lock().iter().filter(|r| r.warm).count();
+                region.warm = warm < residency.warm_max;
+                region.reset(if region.warm {
+                    residency.warm_keep_resident
+                } else {
+                    residency.keep_resident
+                })
+            }
+            None => region.release(0, region.accessible),
+        };
+        if reset.is_err() {
             // Pages that could not be released must not be handed out again as zeros.
             region.unmap();
             return;
@@ -203,6 +245,80 @@ impl Region {
         Ok(())
     }
 
+    /// The byte ranges of `[0, size)` that hold data (dirty pages), in order; all of it
+    /// where the kernel cannot tell.
+    fn dirty_ranges(&self, size: usize) -> Vec<Range<usize>> {
+        // Whole pages, as `O_DIRECT` wants them (the region's accessible bytes are too).
+        let size = round_up_to_page(size).min(self.accessible);
+        match crate::pagemap::dirty_ranges(self.base, self.base + size) {
+            Some(ranges) => ranges
+                .into_iter()
+                .map(|r| r.start - self.base..r.end.min(self.base + size) - self.base)
+                .collect(),
+            None if size > 0 => std::iter::once(0..size).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Zeroes the accessible bytes by what was dirtied: dirty pages in the first
+    /// `keep_resident` bytes are cleared in place (they stay resident), dirty pages beyond are
+    /// released. Without `PAGEMAP_SCAN`, releases everything.
+    fn reset(&self, keep_resident: usize) -> std::io::Result<()> {
+        let Some(dirty) = crate::pagemap::dirty_ranges(self.base, self.base + self.accessible)
+        else {
+            return self.release(0, self.accessible);
+        };
+        let keep_end = self.base + keep_resident.min(self.accessible);
+        let mut release_from = usize::MAX;
+        let mut release_to = 0;
+        for range in dirty {
+            let clear = range.start..range.end.min(keep_end);
+            if clear.start < clear.end {
+                self.clear(clear.start - self.base, clear.len());
+            }
+            let release = range.start.max(keep_end)..range.end;
+            if release.start < release.end {
+                release_from = release_from.min(release.start);
+                release_to = release_to.max(release.end);
+            }
+        }
+        if release_from < release_to {
+            // One call over the span of dirty pages beyond the kept ones.
+            self.release(release_from - self.base, release_to - release_from)?;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros over `[offset, offset + len)`.
+    fn clear(&self, offset: usize, len: usize) {
+        assert!(
+            offset + len <= self.accessible,
+            "clearing inside the accessible bytes"
+        );
+        // SAFETY: the range is read-write (inside `accessible`), and the region's owner (the
+        // pool, after its memory died) guarantees no one else uses it.
+        unsafe { std::ptr::write_bytes(self.ptr(offset).cast::<u8>(), 0, len) };
+    }
+
+    /// Allocates the pages of `range` (`MADV_POPULATE_WRITE`), ahead of writing all of them.
+    fn populate(&self, range: Range<usize>) -> std::io::Result<()> {
+        use rustix::mm::{madvise, Advice};
+        assert!(range.end <= self.accessible, "populating accessible bytes");
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: inside this reservation's accessible bytes; populating changes no contents
+        // (released pages read as zeros either way), and the caller is about to overwrite them.
+        unsafe {
+            madvise(
+                self.ptr(range.start),
+                range.len(),
+                Advice::LinuxPopulateWrite,
+            )
+        }?;
+        Ok(())
+    }
+
     fn unmap(&self) {
         // SAFETY: the whole reservation, no longer referenced by anyone. A failure leaks
         // address space only.
@@ -235,6 +351,7 @@ impl Drop for MemoryShared {
                 base: 0,
                 len: 0,
                 accessible: 0,
+                warm: false,
             },
         );
         if region.len > 0 {
@@ -389,13 +506,22 @@ pub struct InvocationMemory {
     path: PathBuf,
 }
 
+/// One swapped-out memory: its size, and the byte ranges of it that were written to the swap
+/// file one after the other (its dirty pages; every other byte is zero).
+#[derive(Debug)]
+struct Swapped {
+    memory: Arc<MemoryShared>,
+    size: usize,
+    ranges: Vec<Range<usize>>,
+}
+
 #[derive(Debug, Default)]
 struct SwapState {
     memories: Vec<Weak<MemoryShared>>,
     /// A poll of the guest is in progress.
     running: bool,
-    /// `(memory, bytes)` written to the swap file, in file order; empty when resident.
-    swapped: Vec<(Arc<MemoryShared>, usize)>,
+    /// The memories written to the swap file, in file order; empty when resident.
+    swapped: Vec<Swapped>,
     totals: SwapTotals,
 }
 
@@ -466,19 +592,30 @@ impl InvocationMemory {
         let memories: Vec<Arc<MemoryShared>> =
             state.memories.iter().filter_map(Weak::upgrade).collect();
         let started = std::time::Instant::now();
-        let mut file = File::create(&self.path)?;
+        let mut file = create_direct(&self.path)?;
         let mut swapped = Vec::with_capacity(memories.len());
+        let mut bytes = 0u64;
         for memory in memories {
             let size = memory.size.load(Ordering::Acquire);
-            write_region(&mut file, &memory.region(), size)?;
-            swapped.push((memory, size));
+            let region = memory.region();
+            // Only what the guest dirtied; the rest reads as zeros and comes back as zeros.
+            let ranges = region.dirty_ranges(size);
+            for range in &ranges {
+                write_region(&mut file, &region, range.clone())?;
+                bytes += range.len() as u64;
+            }
+            drop(region);
+            swapped.push(Swapped {
+                memory,
+                size,
+                ranges,
+            });
         }
         // Nothing is released until every byte is written: a failed write keeps the memory
         // resident, as if the swap-out had not been asked for.
-        for (memory, size) in &swapped {
-            memory.region().release(0, *size)?;
+        for s in &swapped {
+            s.memory.region().release(0, s.size)?;
         }
-        let bytes: u64 = swapped.iter().map(|&(_, size)| size as u64).sum();
         state.totals.swap_outs += 1;
         state.totals.swapped_out_bytes += bytes;
         state.totals.swap_out_time += started.elapsed();
@@ -492,10 +629,16 @@ impl InvocationMemory {
             message: e.to_string(),
         };
         let started = std::time::Instant::now();
-        let mut file = File::open(&self.path).map_err(error)?;
-        for (memory, size) in std::mem::take(&mut state.swapped) {
-            read_region(&mut file, &memory.region(), size).map_err(error)?;
-            state.totals.swapped_in_bytes += size as u64;
+        let mut file = open_direct(&self.path).map_err(error)?;
+        for s in std::mem::take(&mut state.swapped) {
+            let region = s.memory.region();
+            for range in s.ranges {
+                state.totals.swapped_in_bytes += range.len() as u64;
+                // Fault the pages in with one call rather than one fault per page inside the
+                // read (a failure only loses that speed-up: the read faults them instead).
+                let _ = region.populate(range.clone());
+                read_region(&mut file, &region, range).map_err(error)?;
+            }
         }
         drop(file);
         state.totals.swap_in_time += started.elapsed();
@@ -528,28 +671,200 @@ impl Drop for Running {
     }
 }
 
-/// Writes the first `size` bytes of a region.
+/// Swap files bypass the page cache (`O_DIRECT`) where the file system allows it: a swapped-out
+/// memory must leave RAM, not move into dirty page cache that the kernel writes back at its
+/// own pace (and throttles writers on), and a swap file read once needs no caching. Page-
+/// aligned memory, offsets and lengths meet `O_DIRECT`'s alignment. Where it is refused
+/// (tmpfs), the ordinary path.
+fn create_direct(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    options
+        .clone()
+        .custom_flags(direct)
+        .open(path)
+        .or_else(|_| options.open(path))
+}
+
+fn open_direct(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(direct)
+        .open(path)
+        .or_else(|_| File::open(path))
+}
+
+/// Writes the bytes `range` of a region.
 #[allow(unsafe_code)]
-fn write_region(file: &mut File, region: &Region, size: usize) -> std::io::Result<()> {
+fn write_region(file: &mut File, region: &Region, range: Range<usize>) -> std::io::Result<()> {
     assert!(
-        size <= region.accessible,
-        "a memory's size is inside its region"
+        range.start <= range.end && range.end <= region.accessible,
+        "a memory's bytes are inside its region"
     );
-    // SAFETY: `[base, base + size)` is read-write (accessible) and, under the invocation's
-    // lock with its guest not running, nothing writes it while this slice lives.
-    let bytes = unsafe { std::slice::from_raw_parts(region.base as *const u8, size) };
+    // SAFETY: the range is read-write (accessible) and, under the invocation's lock with its
+    // guest not running, nothing writes it while this slice lives.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(region.ptr(range.start) as *const u8, range.len()) };
     file.write_all(bytes)
 }
 
-/// Reads `size` bytes back into the start of a region.
+/// Reads the bytes `range` of a region back.
 #[allow(unsafe_code)]
-fn read_region(file: &mut File, region: &Region, size: usize) -> std::io::Result<()> {
+fn read_region(file: &mut File, region: &Region, range: Range<usize>) -> std::io::Result<()> {
     assert!(
-        size <= region.accessible,
-        "a memory's size is inside its region"
+        range.start <= range.end && range.end <= region.accessible,
+        "a memory's bytes are inside its region"
     );
     // SAFETY: as in `write_region`; the guest is about to run but has not started, and this
     // slice is the only access until it ends.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(region.base as *mut u8, size) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(region.ptr(range.start) as *mut u8, range.len()) };
     file.read_exact(bytes)
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+
+    const KIB: usize = 1024;
+
+    /// Reads byte `offset` of a memory.
+    fn byte(memory: &dyn LinearMemory, offset: usize) -> u8 {
+        assert!(offset < memory.byte_size());
+        // SAFETY: inside the memory's accessible bytes; nothing else uses it in these tests.
+        unsafe { memory.as_ptr().add(offset).read_volatile() }
+    }
+
+    /// Writes `value` at byte `offset` of a memory.
+    fn set(memory: &dyn LinearMemory, offset: usize, value: u8) {
+        assert!(offset < memory.byte_size());
+        // SAFETY: as in `byte`.
+        unsafe { memory.as_ptr().add(offset).write_volatile(value) }
+    }
+
+    fn new_memory(creator: &SwappableMemoryCreator, bytes: usize) -> Box<dyn LinearMemory> {
+        let pages = u32::try_from(bytes / 65536).expect("small");
+        creator
+            .new_memory(MemoryType::new(pages, None), bytes, None, Some(64 << 20), 0)
+            .expect("memory")
+    }
+
+    /// Pages written anywhere, inside the part kept resident or beyond it, read as zeros in the
+    /// next memory that reuses the reservation.
+    #[test]
+    fn a_recycled_memory_is_zero_wherever_it_was_dirtied() {
+        for keep_resident in [None, Some(64 * KIB)] {
+            let residency = keep_resident.map(|keep_resident| Residency {
+                keep_resident,
+                warm_keep_resident: keep_resident,
+                warm_max: 1,
+            });
+            let creator = SwappableMemoryCreator::new(RegionPool::new(4, residency), 1 << 30);
+            let first = new_memory(&creator, 1024 * KIB);
+            let base = first.as_ptr() as usize;
+            let offsets = [0, 5 * 4096 + 17, 64 * KIB - 1, 64 * KIB, 700 * KIB + 3];
+            for &at in &offsets {
+                set(&*first, at, 0xab);
+            }
+            drop(first);
+            let second = new_memory(&creator, 1024 * KIB);
+            assert_eq!(second.as_ptr() as usize, base, "the reservation is reused");
+            for &at in &offsets {
+                assert_eq!(byte(&*second, at), 0, "byte {at}, keep {keep_resident:?}");
+            }
+            if keep_resident.is_some() && crate::pagemap::available() {
+                // Kept pages stay resident (cleared in place); those beyond were released.
+                let dirty = crate::pagemap::dirty_ranges(base, base + 1024 * KIB).expect("scan");
+                assert!(dirty.iter().any(|r| r.contains(&base)), "{dirty:x?}");
+                assert!(
+                    !dirty.iter().any(|r| r.contains(&(base + 700 * KIB))),
+                    "{dirty:x?}"
+                );
+            }
+        }
+    }
+
+    /// Up to `warm_max` free reservations keep `warm_keep_resident` bytes resident (cleared),
+    /// the others only `keep_resident`; a warm one is reused first.
+    #[test]
+    fn only_warm_reservations_keep_their_larger_part_resident() {
+        if !crate::pagemap::available() {
+            eprintln!("skipped: this kernel has no PAGEMAP_SCAN (Linux 6.7+)");
+            return;
+        }
+        let residency = Residency {
+            keep_resident: 64 * KIB,
+            warm_keep_resident: 512 * KIB,
+            warm_max: 1,
+        };
+        let creator = SwappableMemoryCreator::new(RegionPool::new(4, Some(residency)), 1 << 30);
+        let (a, b) = (
+            new_memory(&creator, 1024 * KIB),
+            new_memory(&creator, 1024 * KIB),
+        );
+        let at = 300 * KIB;
+        set(&*a, at, 1);
+        set(&*b, at, 2);
+        let resident = |base: usize| {
+            let dirty = crate::pagemap::dirty_ranges(base, base + 1024 * KIB).expect("scan");
+            dirty.iter().any(|r| r.contains(&(base + at)))
+        };
+        let (a_base, b_base) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        drop(a); // warm: the page at 300 KiB is cleared and stays
+        drop(b); // cold: it is released
+        assert!(resident(a_base) && !resident(b_base));
+        let again = new_memory(&creator, 1024 * KIB);
+        assert_eq!(
+            again.as_ptr() as usize,
+            a_base,
+            "the warm one is reused first"
+        );
+        assert_eq!(byte(&*again, at), 0);
+    }
+
+    /// A swap-out writes only the dirty pages and a swap-in puts each back where it was, with
+    /// the untouched bytes between them still zero.
+    #[test]
+    fn a_sparse_memory_swaps_out_its_dirty_pages_and_back_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let residency = Residency {
+            keep_resident: 64 * KIB,
+            warm_keep_resident: 64 * KIB,
+            warm_max: 1,
+        };
+        let creator = SwappableMemoryCreator::new(RegionPool::new(4, Some(residency)), 1 << 30);
+        let invocation = InvocationMemory::new(dir.path().join("swap"));
+        let running = invocation.enter().expect("resident");
+        let memory = new_memory(&creator, 4096 * KIB);
+        drop(running);
+        let written: Vec<usize> = vec![3, 4096 + 1, 3 * 4096, 200 * 4096 + 9, 1023 * 4096];
+        for (i, &at) in written.iter().enumerate() {
+            set(&*memory, at, i as u8 + 1);
+        }
+        invocation.request_out();
+        let bytes = invocation.swap_out().expect("swap-out");
+        if crate::pagemap::available() {
+            assert_eq!(bytes, 5 * 4096, "pages 0, 1, 3, 200 and 1023");
+        } else {
+            assert_eq!(bytes, 4096 * KIB as u64);
+        }
+        for &at in &written {
+            assert_eq!(byte(&*memory, at), 0, "released at {at}");
+        }
+        let running = invocation.enter().expect("swapped back in");
+        for (i, &at) in written.iter().enumerate() {
+            assert_eq!(byte(&*memory, at), i as u8 + 1, "byte {at}");
+        }
+        assert_eq!(byte(&*memory, 2 * 4096), 0);
+        assert_eq!(byte(&*memory, 100 * 4096), 0);
+        drop(running);
+        let totals = invocation.totals();
+        assert_eq!(totals.swapped_in_bytes, totals.swapped_out_bytes);
+        assert_eq!(totals.swap_outs, 1);
+    }
 }

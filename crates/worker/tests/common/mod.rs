@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use turnpike_policy::ClassId;
 use turnpike_worker::{Function, Runtime, RuntimeConfig, Worker, WorkerConfig};
@@ -150,3 +151,26 @@ pub const NEEDS_UNKNOWN_IMPORT: &str = r#"
   (export "wasi:http/incoming-handler@0.2.0" (instance $handler))
 )
 "#;
+
+/// The process's resident set, bytes, from `/proc/self/status`.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line");
+    kb * 1024
+}
+
+/// Polls `cond` every 5 ms for up to 20 s; returns whether it became true.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
