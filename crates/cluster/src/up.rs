@@ -516,6 +516,7 @@ fn demo_route(prefix: &str, functions: &[(String, String)], name: &str, class: C
             class,
             asynchronous: false,
             retries: 0,
+            concurrency_limits: Vec::new(),
         },
     }
 }

@@ -547,11 +547,11 @@ impl Api<'_> {
             Err(refusal) => return refusal,
         };
         // From the routing table, not the store: no database read per invocation.
-        let Some(hash) = self
+        let Some((hash, concurrency_limits)) = self
             .gateway
             .routing()
             .function(&self.tenant.name, app, function)
-            .map(str::to_string)
+            .map(|f| (f.hash.clone(), f.limits.clone()))
         else {
             return not_found(&format!("function `{app}/{function}`"));
         };
@@ -572,6 +572,7 @@ impl Api<'_> {
             class,
             asynchronous: false,
             retries: 0,
+            concurrency_limits,
         };
         if wants_async(&parts.headers) {
             return self
@@ -626,6 +627,7 @@ impl Api<'_> {
             class,
             asynchronous: false,
             retries: 0,
+            concurrency_limits: Vec::new(),
         };
         self.gateway
             .run(target, parts, CallerBody::Http(body), path_and_query)

@@ -683,16 +683,16 @@ impl Gateway {
             gateway
                 .routing()
                 .function(&attempt.tenant, &attempt.app, &attempt.function)
-                .map(str::to_string)
+                .map(|f| (f.hash.clone(), f.limits.clone()))
         };
-        let mut hash = deployed(self);
-        if hash.is_none() {
+        let mut found = deployed(self);
+        if found.is_none() {
             if let Err(e) = self.reload_routing().await {
                 return Err(format!("reading the deployed functions: {e}"));
             }
-            hash = deployed(self);
+            found = deployed(self);
         }
-        let Some(hash) = hash else {
+        let Some((hash, concurrency_limits)) = found else {
             return Err(format!(
                 "the function `{}/{}` no longer exists",
                 attempt.app, attempt.function
@@ -723,6 +723,7 @@ impl Gateway {
             class,
             asynchronous: false,
             retries: attempt.retries,
+            concurrency_limits,
         };
         let (settled, settling) = tokio::sync::oneshot::channel();
         let response = self
@@ -907,6 +908,7 @@ mod tests {
             class: turnpike_policy::ClassId(1),
             asynchronous: true,
             retries: 0,
+            concurrency_limits: Vec::new(),
         };
         let base = request_digest(&target, "POST", "/a", b"body");
         assert_eq!(base, request_digest(&target, "POST", "/a", b"body"));

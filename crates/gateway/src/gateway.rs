@@ -816,10 +816,7 @@ impl Gateway {
                 })
             }),
             response_bytes_max: Some(self.config.max_response_bytes as u64),
-            concurrency_limits: self
-                .routing()
-                .limits(&target.app, &target.function)
-                .to_vec(),
+            concurrency_limits: std::mem::take(&mut target.concurrency_limits),
             ..Invocation::new(
                 id,
                 target.hash.clone(),

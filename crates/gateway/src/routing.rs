@@ -49,6 +49,9 @@ pub struct Target {
     pub asynchronous: bool,
     /// An asynchronous run's retries after the function's own failure.
     pub retries: u32,
+    /// Its concurrency limits ([`RoutingTable::limits`]): read with the route, so an
+    /// invocation looks the table up once.
+    pub concurrency_limits: Vec<Limit>,
 }
 
 /// A route: requests whose path starts with `prefix` (whole segments) go to `target`.
@@ -66,16 +69,16 @@ pub struct RoutingTable {
     pub version: i64,
     apps: HashMap<String, Vec<Route>>,
     /// Each app's tenant and its functions by name (direct invocations).
-    functions: HashMap<String, (String, HashMap<String, FunctionEntry>)>,
+    functions: HashMap<String, (String, HashMap<String, Deployed>)>,
     operator: Vec<Route>,
 }
 
 /// A deployed function as the table keeps it.
 #[derive(Debug)]
-struct FunctionEntry {
-    hash: String,
+pub struct Deployed {
+    pub hash: String,
     /// Its tenant's limit first (the key its invocations are routed by), then its own.
-    limits: Vec<Limit>,
+    pub limits: Vec<Limit>,
 }
 
 /// The concurrency key of a tenant's functions.
@@ -109,6 +112,7 @@ impl RoutingTable {
         classes: &ClassSet,
         operator: Vec<Route>,
     ) -> Self {
+        let functions = apps_functions(apps, tenant_limits);
         let routes = apps
             .iter()
             .map(|app| {
@@ -128,6 +132,11 @@ impl RoutingTable {
                                 class: classes.by_name(&r.class)?,
                                 asynchronous: r.asynchronous,
                                 retries: r.retries,
+                                concurrency_limits: functions
+                                    .get(&app.name)
+                                    .and_then(|(_, fs)| fs.get(&function.name))
+                                    .map(|f| f.limits.clone())
+                                    .unwrap_or_default(),
                             },
                         })
                     })
@@ -135,7 +144,6 @@ impl RoutingTable {
                 (app.name.clone(), routes)
             })
             .collect();
-        let functions = apps_functions(apps, tenant_limits);
         Self {
             version,
             apps: routes,
@@ -144,11 +152,11 @@ impl RoutingTable {
         }
     }
 
-    /// The hash of `tenant`'s function `app/function`; `None` if there is none, or the app is
-    /// another tenant's.
-    pub fn function(&self, tenant: &str, app: &str, function: &str) -> Option<&str> {
+    /// `tenant`'s function `app/function` as deployed (its hash and limits); `None` if there
+    /// is none, or the app is another tenant's.
+    pub fn function(&self, tenant: &str, app: &str, function: &str) -> Option<&Deployed> {
         let (owner, functions) = self.functions.get(app)?;
-        (owner == tenant).then(|| functions.get(function).map(|f| f.hash.as_str()))?
+        (owner == tenant).then(|| functions.get(function))?
     }
 
     /// The apps of `tenant`.
@@ -196,7 +204,7 @@ impl RoutingTable {
 fn apps_functions(
     apps: &[App],
     tenant_limits: &BTreeMap<String, u32>,
-) -> HashMap<String, (String, HashMap<String, FunctionEntry>)> {
+) -> HashMap<String, (String, HashMap<String, Deployed>)> {
     apps.iter()
         .map(|app| {
             let tenant_limit = tenant_limits.get(&app.tenant).map(|&max| Limit {
@@ -212,7 +220,7 @@ fn apps_functions(
                         max,
                     });
                     let limits = tenant_limit.iter().cloned().chain(own).collect();
-                    let entry = FunctionEntry {
+                    let entry = Deployed {
                         hash: f.hash.clone(),
                         limits,
                     };
@@ -326,6 +334,7 @@ mod tests {
                 class: ClassId(3),
                 asynchronous: false,
                 retries: 0,
+                concurrency_limits: Vec::new(),
             },
         }];
         let tenant_limits = BTreeMap::from([("other".to_string(), 10)]);

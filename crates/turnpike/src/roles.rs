@@ -215,6 +215,7 @@ fn parse_route(text: &str, classes: &ClassSet) -> Result<Route, String> {
             class: class_id,
             asynchronous: false,
             retries: 0,
+            concurrency_limits: Vec::new(),
         },
     })
 }

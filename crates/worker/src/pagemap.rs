@@ -132,7 +132,9 @@ mod tests {
     #[test]
     fn finds_written_pages_and_not_read_ones() {
         if !available() {
-            eprintln!("skipped: this kernel has no PAGEMAP_SCAN (Linux 6.7+)");
+            // No PAGEMAP_SCAN (before Linux 6.7): the answer is "cannot tell", on which
+            // callers release every page.
+            assert_eq!(dirty_ranges(0, 4096), None);
             return;
         }
         let mut pages = vec![0u8; 64 * 4096 + 4096];
