@@ -17,6 +17,10 @@ scripts/build-examples.sh
 # The guests' own unit tests (argument parsing), on the host.
 cargo test --manifest-path examples/functions/Cargo.toml --workspace --locked --quiet
 
+# The dashboard's test drives a real browser (headless Chromium).
+TURNPIKE_BROWSER=$(scripts/install-browser.sh)
+export TURNPIKE_BROWSER
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 

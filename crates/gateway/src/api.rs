@@ -149,7 +149,10 @@ fn catalogue(gateway: &Gateway) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-async fn authenticate(gateway: &Gateway, headers: &http::HeaderMap) -> Result<Tenant, Response> {
+pub(crate) async fn authenticate(
+    gateway: &Gateway,
+    headers: &http::HeaderMap,
+) -> Result<Tenant, Response> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(refuse(
             Refusal::Unauthenticated,

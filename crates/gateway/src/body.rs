@@ -24,6 +24,9 @@ use turnpike_wire::invocation::Cancellation;
 pub enum Body {
     Full(Full<Bytes>),
     Streamed(Streamed),
+    /// Server-sent events, as their writer sends them (the dashboard's); ends when the
+    /// writer is gone.
+    Events(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl Body {
@@ -86,6 +89,7 @@ impl hyper::body::Body for Body {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
             Body::Streamed(streamed) => streamed.poll_part(cx),
+            Body::Events(events) => events.poll_recv(cx).map(|e| e.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -93,13 +97,14 @@ impl hyper::body::Body for Body {
         match self {
             Body::Full(full) => full.is_end_stream(),
             Body::Streamed(streamed) => streamed.done,
+            Body::Events(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(full) => full.size_hint(),
-            Body::Streamed(_) => SizeHint::default(),
+            Body::Streamed(_) | Body::Events(_) => SizeHint::default(),
         }
     }
 }

@@ -41,6 +41,13 @@ impl Gateway {
                 Some(BOUND_RETRY_AFTER_S),
             )
         };
+        // Dashboard streams never end by themselves: they end when the gateway stops, so
+        // the drain does not wait on them.
+        let stopping = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.dashboard.stop();
+        };
         turnpike_wire::http_server::serve(listener, handler, shutdown, limits, over_limit).await;
         follower.abort();
         // No more asynchronous attempts start; those running end and write their results
@@ -71,6 +78,9 @@ impl Gateway {
         let path = parts.uri.path();
         if path == "/v1" || path.starts_with("/v1/") {
             return crate::api::handle(self, parts, body).await;
+        }
+        if path == "/dashboard" || path.starts_with("/dashboard/") {
+            return crate::dashboard::handle(self, parts).await;
         }
         let host = parts
             .headers

@@ -181,6 +181,8 @@ pub struct Gateway {
     keys: Mutex<HashMap<String, (Tenant, Instant)>>,
     /// Request to response, by class (routed and direct invocations).
     latency: ClassHistograms,
+    /// The live dashboard's state: per-app traffic, snapshots while someone watches.
+    pub(crate) dashboard: crate::dashboard::Dashboard,
     /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
     pub(crate) responses: [AtomicU64; 4],
     /// Invocations sent to a second shard after the first failed: the first attempt's
@@ -461,6 +463,7 @@ impl Gateway {
             })
             .collect();
         let latency = ClassHistograms::new(&config.classes);
+        let dashboard = crate::dashboard::Dashboard::new(&config.classes);
         let class_values = config
             .classes
             .iter()
@@ -474,6 +477,7 @@ impl Gateway {
             billing,
             routing: RwLock::new(Arc::new(RoutingTable::default())),
             keys: Mutex::new(HashMap::new()),
+            dashboard,
             latency,
             responses: Default::default(),
             in_flight: AtomicU64::new(0),
@@ -573,6 +577,16 @@ impl Gateway {
             }
         }
         Ok(tenant)
+    }
+
+    /// Itself, shared (`None` once it is being dropped).
+    pub(crate) fn me(&self) -> Option<Arc<Gateway>> {
+        self.me.upgrade()
+    }
+
+    /// The shards' addresses, as configured.
+    pub(crate) fn shard_addresses(&self) -> Vec<SocketAddr> {
+        self.config.shards.clone()
     }
 
     /// Forgets the keys whose hashes start with `id` (a key revoked here stops at once).
@@ -850,6 +864,7 @@ impl Gateway {
             );
             refused
         });
+        let app_stats = self.dashboard.app(&target.tenant, &target.app);
         let mut hangup = CancelOnHangup(Some(invocation.cancel.clone()));
         let (answer, answered) = tokio::sync::oneshot::channel();
         tokio::spawn(
@@ -872,7 +887,11 @@ impl Gateway {
             )
         });
         hangup.0 = None;
-        self.latency.observe(class.index(), started.elapsed());
+        let took = started.elapsed();
+        self.latency.observe(class.index(), took);
+        if let Some(stats) = app_stats {
+            stats.observe(class, took);
+        }
         if let Some(value) = &self.class_values[class.index()] {
             response.headers_mut().insert(CLASS_HEADER, value.clone());
         }

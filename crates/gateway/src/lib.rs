@@ -12,6 +12,7 @@ pub mod async_invocations;
 pub mod billing;
 pub mod body;
 pub mod components;
+pub mod dashboard;
 mod edge;
 pub mod gateway;
 pub mod outbox;

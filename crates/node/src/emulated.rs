@@ -40,6 +40,7 @@ use turnpike_policy::machine::{Machine, MachineAction, MachineConfig};
 use turnpike_policy::memory::MemoryConfig;
 use turnpike_policy::placement::PollReply;
 use turnpike_policy::{ClassId, ClassSet, InvocationId, MachineId};
+use turnpike_wire::convert;
 use turnpike_wire::directory::{Directory, LocalWorker};
 use turnpike_wire::invocation::{
     self, known_class, CallError, Cancellation, Failure, FailureKind, Invocation, Outcome, Usage,
@@ -511,6 +512,15 @@ impl proto::worker_server::Worker for EmulatedWorker {
         }))
     }
 
+    async fn metrics(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::RoleMetrics>, Status> {
+        Ok(Response::new(convert::worker_metrics_reply(
+            LocalWorker::metrics_text(self),
+        )))
+    }
+
     async fn poll(
         &self,
         request: Request<proto::PollRequest>,
@@ -525,6 +535,12 @@ impl proto::worker_server::Worker for EmulatedWorker {
 impl LocalWorker for EmulatedWorker {
     fn handler(&self) -> link::Handler {
         link::handler(self.clone(), Self::run_one)
+    }
+
+    /// An emulated worker keeps no metrics (it stands in for a machine in placement
+    /// benchmarks): an empty exposition.
+    fn metrics_text(&self) -> String {
+        String::new()
     }
 
     fn poll(&self, class: ClassId) -> Result<PollReply, CallError> {

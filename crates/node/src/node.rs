@@ -192,6 +192,27 @@ impl NodeService {
         );
         metrics::family(
             &mut out,
+            "turnpike_worker_preempted_total",
+            "counter",
+            "Preemptions by the preempted invocation's class.",
+            &by_class(&w.preemptions_by_class()),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_slots",
+            "gauge",
+            "Core slots for guests.",
+            &metrics::single(f64::from(w.config().cores)),
+        );
+        metrics::family(
+            &mut out,
+            "turnpike_worker_slots_busy",
+            "gauge",
+            "Slots an invocation holds now.",
+            &metrics::single(w.running().len() as f64),
+        );
+        metrics::family(
+            &mut out,
             "turnpike_worker_swap_outs_total",
             "counter",
             "Swap-outs by class.",
@@ -379,6 +400,15 @@ impl proto::worker_server::Worker for NodeService {
         }
     }
 
+    async fn metrics(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::RoleMetrics>, Status> {
+        Ok(Response::new(turnpike_wire::convert::worker_metrics_reply(
+            LocalWorker::metrics_text(self),
+        )))
+    }
+
     async fn poll(
         &self,
         request: Request<proto::PollRequest>,
@@ -393,6 +423,10 @@ impl proto::worker_server::Worker for NodeService {
 impl LocalWorker for NodeService {
     fn handler(&self) -> link::Handler {
         link::handler(self.clone(), Self::run_one)
+    }
+
+    fn metrics_text(&self) -> String {
+        NodeService::metrics(self)
     }
 
     fn poll(&self, class: ClassId) -> Result<PollReply, CallError> {

@@ -99,6 +99,10 @@ pub const LEASE_CHECK_EVERY: Duration = Duration::from_millis(100);
 pub const DEFAULT_K: usize = 3;
 /// A blocked shard (no room anywhere it looked) retries after this, or at the next idle-list
 /// join, whichever comes first.
+/// How long a shard waits for a worker's metrics when asked for its workers' (the dashboard
+/// asks about once a second).
+pub const METRICS_TIMEOUT: Duration = Duration::from_millis(500);
+
 const RETRY_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Clone, Copy, Debug)]
@@ -293,6 +297,21 @@ impl Poller {
                 machine,
                 ..worker.poll(class).ok()?
             }),
+        }
+    }
+
+    /// The worker's metrics text, or `None` when it gave none within `timeout`.
+    async fn metrics(self, timeout: Duration) -> Option<String> {
+        match self {
+            Self::Rpc(mut client) => {
+                let reply = tokio::time::timeout(timeout, client.metrics(proto::Empty {}))
+                    .await
+                    .ok()?
+                    .ok()?
+                    .into_inner();
+                reply.roles.into_iter().next().map(|r| r.text)
+            }
+            Self::InProcess(worker) => Some(worker.metrics_text()),
         }
     }
 }
@@ -969,6 +988,14 @@ impl proto::shard_server::Shard for ShardService {
         let len = LocalShard::idle_len(self);
         Ok(Response::new(proto::IdleLenReply { len }))
     }
+
+    async fn metrics(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::RoleMetrics>, Status> {
+        let roles = LocalShard::metrics(self).await;
+        Ok(Response::new(proto::RoleMetrics { roles }))
+    }
 }
 
 /// The shard's answers to gateways and workers, of this process (`turnpike_wire::directory`)
@@ -1122,6 +1149,47 @@ impl LocalShard for ShardService {
     fn idle_len(&self) -> u64 {
         self.inner.lock().shard.idle_list().len() as u64
     }
+
+    /// Its own metrics first (its address left empty: the caller knows it), then each live
+    /// worker's, all asked at once; a worker that gives none within [`METRICS_TIMEOUT`] is
+    /// left out.
+    fn metrics(&self) -> LocalFuture<Vec<proto::RoleText>> {
+        let own = proto::RoleText {
+            role: "shard".into(),
+            address: String::new(),
+            text: ShardService::metrics(self),
+        };
+        let workers: Vec<(String, Poller)> = self
+            .inner
+            .lock()
+            .workers
+            .iter()
+            .filter(|w| w.alive)
+            .map(|w| (w.address.clone(), w.poller.clone()))
+            .collect();
+        Box::pin(async move {
+            let mut asked = tokio::task::JoinSet::new();
+            for (i, (address, poller)) in workers.into_iter().enumerate() {
+                asked.spawn(async move {
+                    let text = poller.metrics(METRICS_TIMEOUT).await?;
+                    Some((
+                        i,
+                        proto::RoleText {
+                            role: "worker".into(),
+                            address,
+                            text,
+                        },
+                    ))
+                });
+            }
+            let mut answered: Vec<(usize, proto::RoleText)> =
+                asked.join_all().await.into_iter().flatten().collect();
+            answered.sort_by_key(|(i, _)| *i);
+            std::iter::once(own)
+                .chain(answered.into_iter().map(|(_, r)| r))
+                .collect()
+        })
+    }
 }
 
 /// The shard's service logic without sockets: workers are fakes in the directory, called in
@@ -1185,6 +1253,10 @@ mod tests {
                     }
                 })
             })
+        }
+
+        fn metrics_text(&self) -> String {
+            "fake_worker 1\n".into()
         }
 
         fn poll(&self, _class: ClassId) -> Result<PollReply, CallError> {
@@ -1550,6 +1622,13 @@ mod tests {
             _request: tonic::Request<proto::Component>,
         ) -> Result<tonic::Response<proto::Loaded>, Status> {
             Err(Status::unimplemented("loads nothing"))
+        }
+
+        async fn metrics(
+            &self,
+            _request: tonic::Request<proto::Empty>,
+        ) -> Result<tonic::Response<proto::RoleMetrics>, Status> {
+            std::future::pending().await
         }
 
         async fn poll(

@@ -151,6 +151,10 @@ async fn run(args: UpArgs) -> ExitCode {
         println!("  admin key: {key}");
         println!("    (shown once: keep it. `TURNPIKE_KEY=<key> turnpike tenants create NAME` makes a tenant;");
         println!("     a tenant deploys with `turnpike deploy` - see docs/api.md)");
+        // The key travels in the fragment, which the browser keeps to itself.
+        println!("  dashboard: {url}/dashboard#key={key}");
+    } else {
+        println!("  dashboard: {url}/dashboard (it asks for an API key)");
     }
     for (role, addr) in &cluster.metrics {
         println!("  metrics of {role}: http://{addr}/metrics");

@@ -275,6 +275,37 @@ async fn every_role_in_its_own_process() {
         text.contains("\r\n\r\ncalled /hello: 200, ran at critical\n"),
         "{text}"
     );
+    // The dashboard's numbers come over the same mutual-TLS RPCs: the gateway asks each
+    // shard (`Shard.Metrics`), which asks its workers (`Worker.Metrics`).
+    let store = turnpike_store::Store::open(&turnpike_store::Store::sqlite_url(gateway_dir.path()))
+        .await
+        .expect("the gateway's store");
+    let (_, key) = store
+        .create_tenant("watcher", true)
+        .await
+        .expect("an admin");
+    let snapshot = common::dashboard_event(gw, &key).await;
+    assert_eq!(snapshot["shards_missing"], 0, "{snapshot}");
+    let workers = snapshot["workers"].as_array().expect("workers");
+    assert_eq!(
+        workers.len(),
+        1,
+        "one worker, counted once though at two shards: {snapshot}"
+    );
+    assert!(
+        workers[0]["slots"].as_f64().is_some_and(|s| s >= 1.0),
+        "{snapshot}"
+    );
+    let critical = snapshot["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .find(|c| c["name"] == "critical")
+        .expect("the critical class");
+    assert!(
+        critical["requests_total"].as_u64().is_some_and(|n| n >= 2),
+        "{snapshot}"
+    );
     drop(children);
 }
 

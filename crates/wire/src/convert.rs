@@ -468,6 +468,17 @@ impl From<CallError> for tonic::Status {
     }
 }
 
+/// A worker's answer to `Worker.Metrics`: its exposition, as the one entry.
+pub fn worker_metrics_reply(text: String) -> proto::RoleMetrics {
+    proto::RoleMetrics {
+        roles: vec![proto::RoleText {
+            role: "worker".into(),
+            address: String::new(),
+            text,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

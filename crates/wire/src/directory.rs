@@ -53,6 +53,8 @@ pub trait LocalShard: Send + Sync + std::fmt::Debug + 'static {
     fn idle_report(&self, report: IdleReport) -> Result<(), CallError>;
     /// The length of its idle list.
     fn idle_len(&self) -> u64;
+    /// Its metrics and its live workers' (its `Shard.Metrics`).
+    fn metrics(&self) -> LocalFuture<Vec<proto::RoleText>>;
 }
 
 /// A worker as a shard in the same process uses it.
@@ -62,6 +64,8 @@ pub trait LocalWorker: Send + Sync + std::fmt::Debug + 'static {
     /// Its load as seen by an invocation of `class` (its `Worker.Poll`); the reply's
     /// `machine` is meaningless here (the worker does not know its id at the asking shard).
     fn poll(&self, class: ClassId) -> Result<PollReply, CallError>;
+    /// Its metrics in the Prometheus text format (its `Worker.Metrics`).
+    fn metrics_text(&self) -> String;
 }
 
 /// The shards and workers of this process, by address. Cheap to clone (shared).
@@ -214,6 +218,21 @@ impl ShardPeer {
                 .into_inner()
                 .len),
             Self::InProcess(directory, address) => Ok(directory.shard_at(*address)?.idle_len()),
+        }
+    }
+
+    /// The shard's metrics and its live workers' (`Shard.Metrics`).
+    pub async fn metrics(&self) -> Result<Vec<proto::RoleText>, CallError> {
+        match self {
+            Self::Rpc(client) => Ok(client
+                .clone()
+                .metrics(proto::Empty {})
+                .await?
+                .into_inner()
+                .roles),
+            Self::InProcess(directory, address) => {
+                Ok(directory.shard_at(*address)?.metrics().await)
+            }
         }
     }
 }

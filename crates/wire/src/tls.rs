@@ -74,11 +74,11 @@ impl std::str::FromStr for Role {
 /// is allowed to nobody.
 pub fn allowed_roles(path: &str) -> &'static [Role] {
     match path.rsplit_once('/') {
-        Some(("/turnpike.v1.Shard", "Invoke")) => &[Role::Gateway],
+        Some(("/turnpike.v1.Shard", "Invoke" | "Metrics")) => &[Role::Gateway],
         Some(("/turnpike.v1.Shard", "Register" | "IdleJoin" | "IdleLeave" | "IdleLen")) => {
             &[Role::Worker]
         }
-        Some(("/turnpike.v1.Worker", "Run" | "Load" | "Poll")) => &[Role::Shard],
+        Some(("/turnpike.v1.Worker", "Run" | "Load" | "Poll" | "Metrics")) => &[Role::Shard],
         _ => &[],
     }
 }

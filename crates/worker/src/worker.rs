@@ -186,8 +186,8 @@ struct Sched {
     invocations: HashMap<InvocationId, GateState>,
     /// Swap-outs for the swap thread.
     swap_jobs: mpsc::Sender<Arc<InvocationMemory>>,
-    /// Preemptions so far.
-    preemptions: u64,
+    /// Preemptions so far, by the preempted invocation's class.
+    preemptions: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +224,7 @@ struct GateState {
     /// Its memory meter, told at every phase change whether its memory is billed.
     meter: Arc<MemoryMeter>,
     memory: Arc<InvocationMemory>,
+    class: ClassId,
     parks: u32,
     blocks: u32,
     /// [`InvocationHandle::cancel`] was called: its gate ends it at the next poll, whatever
@@ -270,8 +271,10 @@ impl Sched {
                     }
                 }
                 MachineAction::Preempt(id) => {
-                    self.preemptions += 1;
                     if let Some(g) = self.invocations.get_mut(&id) {
+                        if let Some(n) = self.preemptions.get_mut(g.class.index()) {
+                            *n += 1;
+                        }
                         g.set_phase(Phase::Waiting, now);
                         g.parks += 1;
                         bump = true;
@@ -364,7 +367,7 @@ impl Worker {
                 machine,
                 invocations: HashMap::new(),
                 swap_jobs,
-                preemptions: 0,
+                preemptions: vec![0; config.classes.len()],
             }),
             engine: runtime.engine().clone(),
             swap_failures: AtomicU64::new(0),
@@ -449,7 +452,12 @@ impl Worker {
 
     /// Preemptions by the machine scheduler so far.
     pub fn preemptions(&self) -> u64 {
-        self.shared.lock().preemptions
+        self.shared.lock().preemptions.iter().sum()
+    }
+
+    /// Preemptions so far by the preempted invocation's class, lowest class first.
+    pub fn preemptions_by_class(&self) -> Vec<u64> {
+        self.shared.lock().preemptions.clone()
     }
 
     /// Swap-outs that failed (disk full, say); the memory stayed resident.
@@ -519,6 +527,7 @@ impl Worker {
                     mem_mb: start_mb,
                     meter: meter.clone(),
                     memory: memory.clone(),
+                    class,
                     parks: 0,
                     blocks: 0,
                     cancelled: false,

@@ -115,6 +115,15 @@ pub fn up(data_dir: &Path) -> (Child, SocketAddr, String) {
 /// `turnpike up` on OS-chosen ports with `flags`: the process, the gateway's address and the
 /// admin key it printed (only the first start on a data dir prints one).
 pub fn up_with(data_dir: &Path, flags: &[&str]) -> (Child, SocketAddr, Option<String>) {
+    let (child, gateway, key, _) = up_printing(data_dir, flags);
+    (child, gateway, key)
+}
+
+/// [`up_with`], and every line it printed up to `Ctrl-C stops it`.
+pub fn up_printing(
+    data_dir: &Path,
+    flags: &[&str],
+) -> (Child, SocketAddr, Option<String>, Vec<String>) {
     let mut child = Child(
         Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -144,9 +153,40 @@ pub fn up_with(data_dir: &Path, flags: &[&str]) -> (Child, SocketAddr, Option<St
     }
     // Keep reading what it prints, so it never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    let printed = printed.join("\n");
-    let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
-    (child, gateway, key)
+    let gateway =
+        gateway.unwrap_or_else(|| panic!("no gateway address in:\n{}", printed.join("\n")));
+    (child, gateway, key, printed)
+}
+
+/// The first snapshot of the gateway's dashboard stream with `key`.
+pub async fn dashboard_event(gateway: SocketAddr, key: &str) -> serde_json::Value {
+    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+    let request =
+        format!("GET /dashboard/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let read = async {
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(
+                n > 0,
+                "the stream ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            if let Some((_, data)) = text.split_once("data: ") {
+                if let Some((line, _)) = data.split_once('\n') {
+                    return serde_json::from_str(line).expect("a JSON snapshot");
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("a snapshot within 30 s")
 }
 
 /// `turnpike ARGS` against `gateway` with `key`: its stdout, or a failure naming its stderr.
