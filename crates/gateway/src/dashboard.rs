@@ -406,7 +406,8 @@ async fn budget_json(gateway: &Gateway, tenant: &Tenant) -> Value {
 }
 
 /// What one viewer is shown: the newest point, with rates and percentiles against the
-/// earlier ones, and a series of each class's requests per second and p99 over the history.
+/// earlier ones, and a series of each class's requests per second and p99: over the whole
+/// history in a viewer's first event (`seq` 0, `series_full`), then the newest point.
 fn view(
     classes: &ClassSet,
     history: &[Arc<Point>],
@@ -451,7 +452,14 @@ fn view(
     let latency_now = class_latency(now);
     let latency_before = before.map(|p| class_latency(p));
     let latency_window = window_start.map(&class_latency);
-    let series: Vec<Vec<Value>> = history
+    // The first event carries the whole history's series, later ones only their newest
+    // point (the page appends it): a viewer's event stays small, and cheap to make.
+    let first_pair = if seq == 0 {
+        0
+    } else {
+        history.len().saturating_sub(2)
+    };
+    let series: Vec<Vec<Value>> = history[first_pair..]
         .windows(2)
         .map(|pair| {
             let (a, b) = (class_latency(&pair[0]), class_latency(&pair[1]));
@@ -546,6 +554,8 @@ fn view(
     };
     json!({
         "seq": seq,
+        "series_full": seq == 0,
+        "history_points": HISTORY_POINTS,
         "unix_ms": now.unix_ms,
         "scope": if admin { "cluster" } else { "tenant" },
         "tenant": tenant.name,
