@@ -153,18 +153,13 @@ pub(crate) async fn authenticate(
     gateway: &Gateway,
     headers: &http::HeaderMap,
 ) -> Result<Tenant, Response> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+    if !headers.contains_key(http::header::AUTHORIZATION) {
         return Err(refuse(
             Refusal::Unauthenticated,
             "this call needs an API key: send `Authorization: Bearer <key>`",
         ));
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
+    }
+    let key = bearer_key(headers);
     match gateway.tenant_of(key).await {
         Ok(Some(tenant)) => Ok(tenant),
         Ok(None) => Err(refuse(
@@ -176,6 +171,16 @@ pub(crate) async fn authenticate(
             format!("the store failed: {e}"),
         )),
     }
+}
+
+/// The key of an `Authorization: Bearer KEY` header ("" if there is none).
+pub(crate) fn bearer_key(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
 }
 
 /// Reads a body of at most `limit` bytes.

@@ -220,7 +220,10 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts) -> http::Res
             response
         }
         "/dashboard/events" => match crate::api::authenticate(gateway, &parts.headers).await {
-            Ok(tenant) => events(gateway, tenant),
+            Ok(tenant) => {
+                let key = crate::api::bearer_key(&parts.headers).to_string();
+                events(gateway, tenant, key)
+            }
             Err(refusal) => refusal,
         },
         path => refuse(
@@ -230,8 +233,10 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts) -> http::Res
     }
 }
 
-/// A `text/event-stream` of `snapshot` events for `tenant`, one per [`SNAPSHOT_EVERY`].
-fn events(gateway: &Gateway, tenant: Tenant) -> http::Response<Body> {
+/// A `text/event-stream` of `snapshot` events for `tenant`, one per [`SNAPSHOT_EVERY`]. The
+/// key is checked again before each (as any request's is, through the gateway's key cache):
+/// a revoked key's stream ends.
+fn events(gateway: &Gateway, tenant: Tenant, key: String) -> http::Response<Body> {
     let Some(gateway) = gateway.me() else {
         return refuse(Refusal::Unavailable, "the gateway is shutting down");
     };
@@ -246,6 +251,9 @@ fn events(gateway: &Gateway, tenant: Tenant) -> http::Response<Body> {
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = stopping.changed() => break,
+            }
+            if sent > 0 && !matches!(gateway.tenant_of(&key).await, Ok(Some(_))) {
+                break;
             }
             let history = snapshot(&gateway).await;
             let budget = budget_json(&gateway, &tenant).await;

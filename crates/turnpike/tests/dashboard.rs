@@ -425,6 +425,42 @@ async fn a_tenant_sees_its_own_traffic_and_no_cluster() {
         );
     }
     assert!(own["budget"]["spent"].is_number(), "{own}");
+
+    // A stream whose key is revoked ends (the key is checked before each event).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway)
+        .await
+        .expect("connect");
+    let opening = format!(
+        "GET /dashboard/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {viewer}\r\n\r\n"
+    );
+    stream.write_all(opening.as_bytes()).await.expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = stream.read(&mut buffer).await.expect("read");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    // A tenant's last key cannot be revoked: another first.
+    let (status, _, body) = request(gateway, "POST", "/v1/keys", Some(&viewer));
+    assert_eq!(status, 201, "{body}");
+    let id = turnpike_store::key_id(&turnpike_store::key_hash(&viewer));
+    let (status, _, body) = request(gateway, "DELETE", &format!("/v1/keys/{id}"), Some(&viewer));
+    assert_eq!(status, 204, "{body}");
+    let ended = async {
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read");
+            seen.extend_from_slice(&buffer[..n]);
+            // The chunked body's last chunk, or the connection closed.
+            if n == 0 || seen.ends_with(b"0\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the revoked key's stream ends within 10 s");
 }
 
 #[test]
