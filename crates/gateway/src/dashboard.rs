@@ -475,11 +475,16 @@ fn view(
             (0..classes.len())
                 .map(|c| {
                     let diff = sub_buckets(&b[c], &a[c]);
-                    json!({
+                    let mut point = json!({
                         "t": pair[1].unix_ms,
                         "rps": rate(total(&b[c]), total(&a[c]), dt),
+                        "p50_ms": quantile(&diff, 0.5).map(|s| s * 1e3),
                         "p99_ms": quantile(&diff, 0.99).map(|s| s * 1e3),
-                    })
+                    });
+                    if admin {
+                        point["queued"] = json!(pair[1].classes[c].queued);
+                    }
+                    point
                 })
                 .collect()
         })
