@@ -808,6 +808,94 @@ mod tests {
         assert_eq!(total(&add_buckets(&now, &before)), 40);
     }
 
+    fn buckets(counts: &[(f64, u64)]) -> Buckets {
+        counts.to_vec()
+    }
+
+    /// Two snapshots a second apart: the cluster's gateway histogram, one worker, and two
+    /// tenants' apps.
+    fn history() -> Vec<Arc<Point>> {
+        let start = Instant::now();
+        let point = |at: Duration, n: u64| {
+            let mut classes = vec![ClassPoint::default(); 4];
+            classes[3].latency = buckets(&[(0.001, n), (0.01, 2 * n), (f64::INFINITY, 2 * n)]);
+            classes[0].queued = 7.0;
+            classes[0].preempted = 3.0;
+            let by_class = |k: u64| {
+                let mut b = vec![Vec::new(); 4];
+                b[3] = buckets(&[(0.001, k), (f64::INFINITY, k)]);
+                b
+            };
+            Arc::new(Point {
+                at: Some(start + at),
+                unix_ms: 1_000 + at.as_millis() as u64,
+                classes,
+                workers: vec![WorkerPoint {
+                    address: "http://w".into(),
+                    slots: 2.0,
+                    ..WorkerPoint::default()
+                }],
+                apps: vec![
+                    ("acme".into(), "shop".into(), by_class(n)),
+                    ("zed".into(), "blog".into(), by_class(5)),
+                ],
+                shards_missing: 0,
+            })
+        };
+        vec![
+            point(Duration::ZERO, 10),
+            point(Duration::from_secs(1), 110),
+        ]
+    }
+
+    fn tenant(name: &str, admin: bool) -> Tenant {
+        Tenant {
+            name: name.into(),
+            admin,
+            concurrency_max: None,
+        }
+    }
+
+    #[test]
+    fn an_admin_sees_the_cluster_with_rates_and_percentiles() {
+        let classes = ClassSet::default_four();
+        let v = view(&classes, &history(), &tenant("root", true), json!({}), 0);
+        assert_eq!(v["scope"], "cluster");
+        let critical = &v["classes"][3];
+        assert_eq!(critical["name"], "critical");
+        assert_eq!(critical["requests_total"], 220);
+        // 200 more requests in one second.
+        assert_eq!(critical["rps"], 200.0);
+        // Of the 200 new ones, half within 1 ms, half in (1 ms, 10 ms].
+        let p50 = critical["p50_ms"].as_f64().unwrap();
+        assert!((p50 - 1.0).abs() < 1e-9, "{p50}");
+        assert_eq!(v["classes"][0]["queued"], 7.0);
+        assert_eq!(v["classes"][0]["preempted_total"], 3.0);
+        assert_eq!(v["workers"][0]["slots"], 2.0);
+        assert_eq!(v["apps"].as_array().unwrap().len(), 2);
+        // The first event carries the whole series; a later one only its newest point.
+        assert_eq!(v["series_full"], true);
+        assert_eq!(critical["series"].as_array().unwrap().len(), 1);
+        let later = view(&classes, &history(), &tenant("root", true), json!({}), 5);
+        assert_eq!(later["series_full"], false);
+    }
+
+    #[test]
+    fn a_tenant_sees_only_its_own_apps_and_no_cluster() {
+        let classes = ClassSet::default_four();
+        let v = view(&classes, &history(), &tenant("acme", false), json!({}), 0);
+        assert_eq!(v["scope"], "tenant");
+        assert_eq!(v["workers"], json!([]));
+        let apps = v["apps"].as_array().unwrap();
+        assert_eq!(apps.len(), 1, "{v}");
+        assert_eq!(apps[0]["app"], "shop");
+        // Its classes are its apps' traffic: 110 requests, 100 in the last second.
+        let critical = &v["classes"][3];
+        assert_eq!(critical["requests_total"], 110);
+        assert_eq!(critical["rps"], 100.0);
+        assert!(critical.get("queued").is_none(), "{v}");
+    }
+
     #[test]
     fn app_stats_count_by_class_and_bucket() {
         let dashboard = Dashboard::new(&ClassSet::default_four());
