@@ -4,8 +4,12 @@
 #   bash scripts/bench-hello.sh                 # every setup below, 3 alternating rounds
 #   SETUPS="wasmtime up roles-tls" ROUNDS=5 DURATION=10 CONNECTIONS=1 bash scripts/bench-hello.sh
 #   BEFORE=/path/to/older/turnpike bash scripts/bench-hello.sh   # adds `up-before`: an A/B of builds
+#   FUNCTION=examples/functions-python/dist/hello.wasm bash scripts/bench-hello.sh
+#                                               # another component (any wasi:http handler)
 #
-# Setups (each serving examples/functions/dist/hello.wasm on loopback):
+# Setups (each serving $FUNCTION, by default examples/functions/dist/hello.wasm, on loopback;
+# `turnpike up` serves it as the only function of an app `bench`, deployed with the admin key
+# it prints, at the top class, requested with `Host: bench.localhost`):
 #   wasmtime        `wasmtime serve -Scli` (scripts/install-wasmtime.sh; skipped if absent)
 #   up              `turnpike up` (roles in one process)
 #   up-before       `turnpike up` of the binary in $BEFORE
@@ -28,13 +32,16 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-16}
 FUNCTIONS=examples/functions/dist
+FUNCTION=${FUNCTION:-$FUNCTIONS/hello.wasm}
+FUNCTION=$(realpath "$FUNCTION")
 DEFAULT_SETUPS="wasmtime up up-rpc up-rpc-plain roles-tls roles-plain"
 [ -n "${BEFORE:-}" ] && DEFAULT_SETUPS="wasmtime up up-before up-rpc up-rpc-plain roles-tls roles-plain"
 SETUPS=${SETUPS:-$DEFAULT_SETUPS}
 
 command -v wrk >/dev/null || bash scripts/install-wrk.sh
 [ -x "$TURNPIKE" ] || cargo build --release -p turnpike --bin turnpike
-[ -f "$FUNCTIONS/hello.wasm" ] || bash scripts/build-examples.sh
+[ -f "$FUNCTION" ] || bash scripts/build-examples.sh
+[ -f "$FUNCTION" ] || { echo "no component at $FUNCTION" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/turnpike-bench-hello.XXXXXX)
 PIDS=()
@@ -48,10 +55,12 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 # A free loopback port (bound and released by python; the race is harmless here).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits for `URL` to answer 200, at most 30 s.
+# Waits for `URL` to answer 200 (with `Host: HOST` if given), at most 30 s.
 wait_ok() {
+  local host=()
+  [ -n "${2:-}" ] && host=(-H "Host: $2")
   for _ in $(seq 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "${host[@]}" "$1" || true)" = 200 ] && return 0
     sleep 0.1
   done
   echo "no 200 from $1 in 30 s" >&2
@@ -82,22 +91,45 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 hash_of() { sha256sum "$1" | awk '{print $1}'; }
 
-# Starts SETUP; sets URL and ROLES ("name:pid ..." of processes whose CPU is reported).
+# Deploys $FUNCTION as app `bench` on the `turnpike up` whose output is LOG, at GATEWAY.
+deploy_bench() {
+  local key
+  key=$(address_in "$1" "admin key: ")
+  mkdir -p "$WORK/bench-app"
+  cat >"$WORK/bench-app/turnpike.toml" <<TOML
+app = "bench"
+[functions]
+f = "$FUNCTION"
+[[routes]]
+path = "/"
+function = "f"
+class = "critical"
+TOML
+  TURNPIKE_GATEWAY="$2" TURNPIKE_KEY="$key" "$TURNPIKE" deploy --manifest "$WORK/bench-app/turnpike.toml" >/dev/null
+}
+
+# Starts SETUP; sets URL, HOST (the Host header to send) and ROLES ("name:pid ..." of
+# processes whose CPU is reported).
 start_setup() {
   local setup=$1 port
   port=$(free_port)
   ROLES=""
+  HOST="127.0.0.1:$port"
   case $setup in
     wasmtime)
-      start wasmtime "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$FUNCTIONS/hello.wasm"
+      start wasmtime "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$FUNCTION"
       URL="http://127.0.0.1:$port/" ;;
     up | up-rpc | up-rpc-plain | up-before)
       local bin=$TURNPIKE extra=()
       [ "$setup" = up-before ] && bin=$BEFORE
       [ "$setup" = up-rpc ] && extra=(--loopback-rpc)
       [ "$setup" = up-rpc-plain ] && extra=(--loopback-rpc --insecure-internal)
+      rm -rf "$WORK/up-$setup"
       start up "$bin" up --listen "127.0.0.1:$port" --data-dir "$WORK/up-$setup" "${extra[@]}"
-      URL="http://127.0.0.1:$port/hello" ;;
+      wait_ok "http://127.0.0.1:$port/v1/classes"
+      deploy_bench "$WORK/up.log" "http://127.0.0.1:$port"
+      HOST="bench.localhost:$port"
+      URL="http://127.0.0.1:$port/" ;;
     roles-tls | roles-plain)
       local internal=(--insecure-internal)
       if [ "$setup" = roles-tls ]; then
@@ -111,21 +143,21 @@ start_setup() {
       local shard_pid=$LAST_PID shard
       shard=$(address_in "$WORK/shard.log" "shard listening on ")
       start gateway "$TURNPIKE" gateway "${internal[@]}" --listen "127.0.0.1:$port" --data-dir "$WORK/gw-$setup" \
-        --shard "$shard" --route "/hello=$(hash_of "$FUNCTIONS/hello.wasm")@critical"
+        --shard "$shard" --route "/hello=$(hash_of "$FUNCTION")@critical"
       local gateway_pid=$LAST_PID
       start worker "$TURNPIKE" worker "${internal[@]}" --cores 2 --data-dir "$WORK/wk-$setup" \
-        --shard "$shard" --load "$FUNCTIONS/hello.wasm"
+        --shard "$shard" --load "$FUNCTION"
       ROLES="gateway:$gateway_pid shard:$shard_pid worker:$LAST_PID"
       URL="http://127.0.0.1:$port/hello" ;;
     *) echo "unknown setup $setup" >&2; exit 2 ;;
   esac
-  wait_ok "$URL"
+  wait_ok "$URL" "$HOST"
 }
 
 RESULTS=$WORK/results
 : >"$RESULTS"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-echo "hello, wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds; setups: $SETUPS"
+echo "$(basename "$FUNCTION"), wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds; setups: $SETUPS"
 for round in $(seq "$ROUNDS"); do
   for setup in $SETUPS; do
     if [ "$setup" = wasmtime ] && [ ! -x "$WASMTIME" ]; then
@@ -133,10 +165,10 @@ for round in $(seq "$ROUNDS"); do
       continue
     fi
     start_setup "$setup"
-    wrk -t1 -c"$CONNECTIONS" -d2s "$URL" >/dev/null
+    wrk -t1 -c"$CONNECTIONS" -d2s -H "Host: $HOST" "$URL" >/dev/null
     declare -A before=()
     for role in $ROLES; do before[${role%%:*}]=$(cpu_ticks "${role#*:}"); done
-    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$URL")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Host: $HOST" "$URL")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
