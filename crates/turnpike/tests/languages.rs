@@ -290,7 +290,7 @@ async fn python_and_javascript_functions_run_at_two_classes_chain_and_are_preemp
     let answer = invoke(gateway, &key, "py-hold", "batch", "?mb=1&ms=0", "").await;
     assert_eq!(answer.status, 200, "hold compiles and runs: {answer:?}");
     let preemptions = counter(worker_metrics, "turnpike_worker_preemptions_total").await;
-    let low = tokio::spawn({
+    let mut low = tokio::spawn({
         let key = key.clone();
         async move { invoke(gateway, &key, "py-hold", "batch", "?mb=8&ms=6000", "").await }
     });
@@ -300,6 +300,12 @@ async fn python_and_javascript_functions_run_at_two_classes_chain_and_are_preemp
         if functions >= 1.0 {
             break;
         }
+        // It cannot end unseen before its 6 s of spinning; if it did, say how.
+        assert!(
+            !low.is_finished(),
+            "the batch hold ended before the worker showed it: {:?}",
+            (&mut low).await
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let high = invoke(gateway, &key, "py-stats", "critical", "", STATS_BODY).await;
