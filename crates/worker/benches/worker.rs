@@ -23,7 +23,16 @@
 //!   and with no warm reservations (`warm_memories_max` 0: each new instance faults its
 //!   interpreter's image in page by page).
 //!
-//! `SWAP_ONLY=1` runs only the swap figures, `HELLO_ONLY=1` only the hello latencies.
+//! - what a function in Python or JavaScript costs against the Rust hello (issue 17): component
+//!   size, first-invocation compile time (and a load from the compile cache, what a restarted
+//!   worker pays), the first invocation, per-invocation instantiation p50 (a new instance per
+//!   request, run directly; the hellos do nothing else) with its ratio to the Rust hello's in
+//!   the same run, and an instance's memory.
+//!
+//! `SWAP_ONLY=1` runs only the swap figures, `HELLO_ONLY=1` only the hello latencies,
+//! `LANGUAGES_ONLY=1` only the language costs (`LANGUAGE_ROUNDS=N`, default 300;
+//! `LANGUAGE_EXTRA="PATH ..."` adds other components to them, e.g. a build of an example
+//! without part of its pre-initialization; one whose name has `stats` gets the stats body).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -184,6 +193,163 @@ async fn real_hellos(runtime: &Runtime, pooled: &Runtime, cold: &Runtime, n: usi
             w.as_secs_f64() / p.as_secs_f64()
         );
     }
+}
+
+/// A component the language cost compares: its name, bytes, and the request it gets.
+struct Subject {
+    name: String,
+    bytes: Vec<u8>,
+    request: fn() -> Request,
+    /// From `LANGUAGE_EXTRA`: a variant that may not work (then skipped, saying why).
+    extra: bool,
+}
+
+/// The JSON body `stats` gets in the language cost.
+const STATS_BODY: &str = r#"{"text": "the cat saw the cat in the hat", "numbers": [4, 1, 3, 2]}"#;
+
+/// The Rust hello, then the Python and JavaScript `hello` and `stats` that are built.
+fn language_subjects() -> Vec<Subject> {
+    let get = || Request::get("/");
+    let post = || Request::post("/", STATS_BODY);
+    let mut subjects = vec![Subject {
+        name: "rust hello".into(),
+        bytes: guest("hello"),
+        request: get,
+        extra: false,
+    }];
+    for language in ["python", "js"] {
+        for (name, request) in [("hello", get as fn() -> Request), ("stats", post)] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "../../examples/functions-{language}/dist/{name}.wasm"
+            ));
+            match std::fs::read(&path) {
+                Ok(bytes) => subjects.push(Subject {
+                    name: format!("{language} {name}"),
+                    bytes,
+                    request,
+                    extra: false,
+                }),
+                Err(e) => println!(
+                    "{language} {name}: not built ({}: {e}), skipped",
+                    path.display()
+                ),
+            }
+        }
+    }
+    // Extra components to compare, by path.
+    let extra = std::env::var("LANGUAGE_EXTRA").unwrap_or_default();
+    for path in extra.split_whitespace() {
+        let name = PathBuf::from(path)
+            .file_stem()
+            .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned());
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("LANGUAGE_EXTRA {path}: {e}"));
+        let request = if name.contains("stats") { post } else { get };
+        subjects.push(Subject {
+            name,
+            bytes,
+            request,
+            extra: true,
+        });
+    }
+    subjects
+}
+
+/// Issue 17's cost table: per subject, its size; compiling it on a runtime with an empty
+/// cache (the first invocation on a worker) and loading it from that cache (a restarted
+/// worker); its first invocation; then `n` rounds of one invocation of each, interleaved,
+/// each a new instance run directly: p50 and p99, and the p50's ratio to the Rust hello's.
+async fn language_cost(n: usize) {
+    let subjects = language_subjects();
+    let dir = bench_dir("languages");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (mut loaded, mut skipped) = (Vec::new(), Vec::new());
+    println!(
+        "{:<14} {:>9} {:>11} {:>12} {:>11} {:>10}",
+        "language cost", "size MB", "compile ms", "from cache", "first ms", "memory MB"
+    );
+    for (i, s) in subjects.iter().enumerate() {
+        let cache = dir.join(format!("cache-{i}"));
+        let runtime = Runtime::new(RuntimeConfig::new(&cache)).expect("runtime");
+        let t = Instant::now();
+        runtime.load(&s.bytes).expect("compiles");
+        let compile = t.elapsed();
+        // A second runtime on the same cache: deserialized, not compiled.
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::new(&cache)).expect("runtime"));
+        let t = Instant::now();
+        let function = runtime.load(&s.bytes).expect("loads from the cache");
+        let from_cache = t.elapsed();
+        assert_eq!(runtime.stats().compiled, 0, "{} was compiled again", s.name);
+        let t = Instant::now();
+        let first = run_unscheduled(&function, (s.request)(), CAP_BYTES).await;
+        let first_ms = ms(t.elapsed());
+        match first {
+            Ok(r) if r.status == 200 => {}
+            failed if s.extra => {
+                println!(
+                    "{}: its first invocation failed, skipped: {failed:?}",
+                    s.name
+                );
+                skipped.push(i);
+                continue;
+            }
+            failed => panic!("{}: {failed:?}", s.name),
+        }
+        // An instance's linear memory at its peak (the initialized interpreter's image, for
+        // Python and JavaScript), through a worker, which meters it.
+        let w = worker(&runtime, 1);
+        let o = w
+            .invoke(&function, (s.request)(), InvokeOptions::class(ClassId(1)))
+            .await;
+        assert!(o.result.is_ok(), "{}: {:?}", s.name, o.result);
+        println!(
+            "{:<14} {:>9.2} {:>11.0} {:>12.1} {:>11.1} {:>10.1}",
+            s.name,
+            s.bytes.len() as f64 / 1e6,
+            ms(compile),
+            ms(from_cache),
+            first_ms,
+            o.usage.peak_memory_bytes as f64 / f64::from(1 << 20)
+        );
+        drop(w);
+        loaded.push((runtime, function));
+    }
+    let subjects: Vec<Subject> = subjects
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !skipped.contains(i))
+        .map(|(_, s)| s)
+        .collect();
+    let mut samples = vec![Vec::new(); subjects.len()];
+    for round in 0..n + n / 10 {
+        for (i, (s, (_, function))) in subjects.iter().zip(&loaded).enumerate() {
+            let mut warm_up = Vec::new();
+            let into = if round < n / 10 {
+                &mut warm_up
+            } else {
+                &mut samples[i]
+            };
+            timed(into, async {
+                run_unscheduled(function, (s.request)(), CAP_BYTES)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            })
+            .await;
+        }
+    }
+    let p50s: Vec<Duration> = subjects
+        .iter()
+        .zip(samples)
+        .map(|(s, v)| summary(&format!("{} per invocation (new instance)", s.name), v))
+        .collect();
+    for (s, p50) in subjects.iter().zip(&p50s) {
+        println!(
+            "  {:<14} p50/rust hello p50 {:>6.1}",
+            s.name,
+            p50.as_secs_f64() / p50s[0].as_secs_f64()
+        );
+    }
+    drop(loaded);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn hello_throughput(runtime: &Arc<Runtime>, hello: &Arc<Function>, cores: u32, n: usize) {
@@ -470,6 +636,14 @@ fn main() {
         .build()
         .expect("client runtime");
     client.block_on(async {
+        if std::env::var_os("LANGUAGES_ONLY").is_some() {
+            let rounds = std::env::var("LANGUAGE_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300);
+            language_cost(rounds).await;
+            return;
+        }
         let w = worker(&runtime, 1);
         if std::env::var_os("SWAP_ONLY").is_some() {
             swap_bandwidth(rounds()).await;
@@ -481,6 +655,7 @@ fn main() {
         if std::env::var_os("HELLO_ONLY").is_some() {
             return;
         }
+        language_cost(300).await;
         hello_throughput(&runtime, &hello, 1, 20_000).await;
         hello_throughput(&runtime, &hello, cores, 20_000).await;
         mixed_throughput(&runtime, &hello, &spin, cores, 20_000).await;

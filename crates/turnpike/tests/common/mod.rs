@@ -266,3 +266,63 @@ pub fn app_dir(manifest: &str, functions: &[&str]) -> tempfile::TempDir {
     std::fs::write(dir.path().join("turnpike.toml"), manifest).expect("write");
     dir
 }
+
+/// [`up_with`], run on one CPU of this machine (so `turnpike up` makes one worker with one
+/// slot), also returning the `/metrics` URL of every role it printed, by role (`worker 0`).
+pub fn up_on_one_cpu(
+    data_dir: &Path,
+    flags: &[&str],
+) -> (Child, SocketAddr, Option<String>, Vec<(String, String)>) {
+    let data_dir = data_dir.to_path_buf();
+    let flags: Vec<String> = flags.iter().map(ToString::to_string).collect();
+    // A thread of its own: the child inherits the CPU mask of the thread that forks it.
+    std::thread::spawn(move || {
+        let mask = rustix::thread::sched_getaffinity(None).expect("this thread's CPUs");
+        let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+            .find(|&c| mask.is_set(c))
+            .expect("a CPU");
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(cpu);
+        rustix::thread::sched_setaffinity(None, &one).expect("pin to one CPU");
+        let mut child = Child(
+            Command::new(BIN)
+                .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&data_dir)
+                .args(&flags)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("`turnpike up` starts"),
+        );
+        let stdout = child.0.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut gateway, mut key, mut metrics) = (None, None, Vec::new());
+        let mut printed = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.expect("readable");
+            if let Some(url) = line.strip_prefix("Turnpike is up: gateway http://") {
+                gateway = Some(url.trim().parse().expect("the gateway's address"));
+            }
+            if let Some(k) = line.trim().strip_prefix("admin key: ") {
+                key = Some(k.trim().to_string());
+            }
+            if let Some((role, url)) = line
+                .trim()
+                .strip_prefix("metrics of ")
+                .and_then(|r| r.split_once(": "))
+            {
+                metrics.push((role.to_string(), url.trim().to_string()));
+            }
+            let done = line.starts_with("Ctrl-C stops it");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        let printed = printed.join("\n");
+        let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
+        (child, gateway, key, metrics)
+    })
+    .join()
+    .expect("`turnpike up` started")
+}
