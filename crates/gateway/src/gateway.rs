@@ -56,6 +56,7 @@ use turnpike_wire::chain::{self, CallToken, CALL_TOKEN_TTL};
 use turnpike_wire::invocation::{Cancellation, FailureKind, Invocation, Outcome, Request};
 use turnpike_wire::link::Link;
 use turnpike_wire::metrics::{self, ClassHistograms};
+use turnpike_wire::telemetry;
 
 use crate::billing::{Admission, Billing, Clock};
 use crate::body::Streamed;
@@ -706,7 +707,29 @@ impl Gateway {
             app = %target.app,
             function = %target.function,
             class = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            faas.invocation_id = tracing::field::Empty,
+            faas.trigger = tracing::field::Empty,
+            faas.invoked_name = tracing::field::Empty,
         );
+        if telemetry::enabled() {
+            // Its parent: the caller's trace (a client's, or a function's call).
+            let parent = parts.headers.get(telemetry::TRACEPARENT);
+            telemetry::set_parent(&span, parent.and_then(|v| v.to_str().ok()));
+            span.record("otel.name", "gateway");
+            span.record("otel.kind", "server");
+            span.record("faas.invocation_id", id.to_string());
+            // Run from the store's queue (submitted, or fired by a schedule): a message.
+            span.record(
+                "faas.trigger",
+                if settled.is_some() { "pubsub" } else { "http" },
+            );
+            span.record(
+                "faas.invoked_name",
+                format!("{}/{}", target.app, target.function),
+            );
+        }
         let mut response = self
             .run_invocation(id, target, parts, body, path_and_query, settled)
             .instrument(span)
@@ -831,6 +854,9 @@ impl Gateway {
             }),
             response_bytes_max: Some(self.config.max_response_bytes as u64),
             concurrency_limits: std::mem::take(&mut target.concurrency_limits),
+            traceparent: telemetry::enabled()
+                .then(|| telemetry::traceparent(&tracing::Span::current()))
+                .flatten(),
             ..Invocation::new(
                 id,
                 target.hash.clone(),

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use turnpike_wire::chain::{PLATFORM_HEADERS, TOKEN_HEADER};
 use turnpike_wire::rpc;
+use turnpike_wire::telemetry::TRACEPARENT;
 use turnpike_worker::calls::{
     CallError as HttpError, CallFuture, Caller, Platform, WasiBody, PLATFORM_AUTHORITY,
 };
@@ -81,6 +82,12 @@ impl GatewayLink {
             }
         }
         headers.insert(TOKEN_HEADER, value(token)?);
+        // The calling invocation's trace, unless the guest carries its own.
+        if let Some(traceparent) = &caller.traceparent {
+            if !headers.contains_key(TRACEPARENT) {
+                headers.insert(TRACEPARENT, value(traceparent)?);
+            }
+        }
         Ok(out)
     }
 }
@@ -119,6 +126,7 @@ mod tests {
             class: ClassId(0),
             depth: 3,
             token: token.map(Arc::from),
+            traceparent: None,
         }
     }
 
@@ -172,5 +180,29 @@ mod tests {
             matches!(denied, Err(HttpError::HttpRequestDenied)),
             "{denied:?}"
         );
+    }
+
+    #[test]
+    fn a_call_carries_the_invocations_trace_unless_the_guest_set_its_own() {
+        let link = GatewayLink::new(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let ours = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let traced = Caller {
+            traceparent: Some(Arc::from(ours)),
+            ..caller(Some("t"))
+        };
+        let out = link
+            .to_gateway(&traced, parts("http://turnpike/x"), Bytes::new())
+            .unwrap();
+        assert_eq!(out.headers()[TRACEPARENT], ours);
+        let guests = "00-11111111111111111111111111111111-2222222222222222-01";
+        let mut own = parts("http://turnpike/x");
+        own.headers.insert(TRACEPARENT, guests.parse().unwrap());
+        let out = link.to_gateway(&traced, own, Bytes::new()).unwrap();
+        let values: Vec<_> = out.headers().get_all(TRACEPARENT).iter().collect();
+        assert_eq!(values, vec![guests]);
+        let untraced = link
+            .to_gateway(&caller(Some("t")), parts("http://turnpike/x"), Bytes::new())
+            .unwrap();
+        assert!(untraced.headers().get(TRACEPARENT).is_none());
     }
 }

@@ -31,6 +31,7 @@ use turnpike_wire::metrics::{self, ClassHistograms};
 use turnpike_wire::proto;
 use turnpike_wire::proto::worker_server::WorkerServer;
 use turnpike_wire::rpc;
+use turnpike_wire::telemetry;
 use turnpike_worker::{
     Function, InvokeError, InvokeOptions, LoadError, Platform, Runtime, RuntimeConfig, StartError,
     Worker, WorkerConfig,
@@ -83,6 +84,9 @@ pub struct NodeService {
     /// Invocations accepted and not answered, and their bound
     /// (`worker_in_flight_invocations_max`).
     in_flight: Arc<InFlight>,
+    /// Functions invoked here so far, when traces are exported: an invocation of one not
+    /// among them is a cold start (`faas.coldstart`).
+    invoked: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Why a worker node could not start or load a function.
@@ -135,6 +139,7 @@ impl NodeService {
             cancelled: Arc::new(AtomicU64::new(0)),
             label: Arc::from("worker"),
             in_flight: Arc::new(InFlight::new(WORKER_IN_FLIGHT_INVOCATIONS_MAX_DEFAULT)),
+            invoked: Arc::default(),
         }
     }
 
@@ -302,7 +307,25 @@ impl NodeService {
             invocation = inv.id,
             class = inv.class.0,
             worker = %self.label,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            faas.invocation_id = tracing::field::Empty,
+            faas.coldstart = tracing::field::Empty,
+            turnpike.queued_ms = tracing::field::Empty,
+            turnpike.parks = tracing::field::Empty,
+            turnpike.parked_ms = tracing::field::Empty,
+            turnpike.swap_outs = tracing::field::Empty,
+            turnpike.swapped_ms = tracing::field::Empty,
         );
+        if telemetry::enabled() {
+            // The shard's span is its parent.
+            telemetry::set_parent(&span, inv.traceparent.as_deref());
+            span.record("otel.name", "worker");
+            span.record("otel.kind", "server");
+            span.record("faas.invocation_id", inv.id.to_string());
+            let cold = turnpike_wire::lock(&self.invoked).insert(inv.function.clone());
+            span.record("faas.coldstart", cold);
+        }
         let in_flight = self.in_flight.clone();
         let label = self.label.clone();
         in_flight
@@ -337,10 +360,20 @@ impl NodeService {
                 "its streamed request body went to an earlier placement; it cannot run again",
             );
         }
-        let request = convert::to_worker_request(inv.request, upload);
+        let mut request = inv.request;
         let mut options = InvokeOptions::class(class)
             .depth(inv.depth)
             .start_mb(inv.start_mb);
+        if telemetry::enabled() {
+            // The guest sees this span's context, and its calls carry it.
+            if let Some(traceparent) = telemetry::traceparent(&tracing::Span::current()) {
+                if let Ok(value) = http::HeaderValue::from_str(&traceparent) {
+                    request.headers.insert(telemetry::TRACEPARENT, value);
+                }
+                options = options.traceparent(traceparent.into());
+            }
+        }
+        let request = convert::to_worker_request(request, upload);
         if let Some(token) = inv.call_token {
             options = options.call_token(token.into());
         }
@@ -360,6 +393,18 @@ impl NodeService {
             }
         };
         self.latency.observe(class.index(), outcome.usage.wall);
+        if telemetry::enabled() {
+            let usage = &outcome.usage;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let span = tracing::Span::current();
+            span.record("turnpike.queued_ms", ms(usage.queued));
+            span.record("turnpike.parks", usage.parks);
+            // After its first slot, time without one: preempted, or waiting on its own I/O.
+            let off_core = usage.wall.saturating_sub(usage.on_core + usage.queued);
+            span.record("turnpike.parked_ms", ms(off_core));
+            span.record("turnpike.swap_outs", usage.swap.swap_outs);
+            span.record("turnpike.swapped_ms", ms(usage.swap.swap_in_time));
+        }
         if let Err(e) = &outcome.result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             // The guest's failure is the function's owner's to see (in the response); the

@@ -69,6 +69,7 @@ use turnpike_wire::proto;
 use turnpike_wire::proto::shard_server::ShardServer;
 use turnpike_wire::proto::worker_client::WorkerClient;
 use turnpike_wire::rpc;
+use turnpike_wire::telemetry;
 
 /// Default of [`ShardConfig::queue_invocations_max`].
 pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
@@ -593,6 +594,11 @@ async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
                     pending.class.index()
                 };
                 inner.waits.observe(class, Duration::from_nanos(waited));
+                if telemetry::enabled() {
+                    if let Some(w) = inner.lock().waiting.get(&pending.id) {
+                        w.span.record("turnpike.queued_ms", waited as f64 / 1e6);
+                    }
+                }
                 send(&inner, pending.id, machine, via);
             }
             ShardDecision::Blocked | ShardDecision::Idle => wait(&inner, RETRY_DELAY).await,
@@ -829,7 +835,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
 impl ShardService {
     /// Queues one invocation and waits for its outcome (placement, the worker's answer, any
     /// retries).
-    pub(crate) async fn invoke_one(self, invocation: Invocation) -> Outcome {
+    pub(crate) async fn invoke_one(self, mut invocation: Invocation) -> Outcome {
         if invocation.class.index() >= self.inner.classes.len() {
             return Outcome::failure(
                 FailureKind::BadRequest,
@@ -854,7 +860,17 @@ impl ShardService {
             invocation = invocation.id,
             class = invocation.class.0,
             shard = self.inner.id,
+            otel.name = tracing::field::Empty,
+            faas.invocation_id = tracing::field::Empty,
+            turnpike.queued_ms = tracing::field::Empty,
         );
+        if telemetry::enabled() {
+            // The gateway's span is its parent; its own, the worker's.
+            telemetry::set_parent(&span, invocation.traceparent.as_deref());
+            span.record("otel.name", "shard");
+            span.record("faas.invocation_id", invocation.id.to_string());
+            invocation.traceparent = telemetry::traceparent(&span);
+        }
         let queued =
             self.inner.lock().waiting.len() + turnpike_wire::lock(&self.inner.gate).gate.waiting();
         if queued >= self.inner.queue_invocations_max {

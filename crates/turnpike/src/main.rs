@@ -18,6 +18,7 @@ mod worker;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use turnpike_wire::telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,21 +44,39 @@ enum LogFormat {
     Json,
 }
 
-/// Sends `tracing`'s events to stderr in `format`, filtered by `RUST_LOG` (default `info`).
-fn init_logs(format: LogFormat) {
+/// Sends `tracing`'s events to stderr in `format`, filtered by `RUST_LOG` (default `info`);
+/// and, for a role (`service` is its name), its spans to an OpenTelemetry collector when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`turnpike_wire::telemetry`). The returned guard
+/// flushes the last spans when dropped. A malformed endpoint is logged once; the role runs
+/// on without traces.
+fn init_logs(format: LogFormat, service: Option<&str>) -> Option<telemetry::Telemetry> {
+    use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+    use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => logs.try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
+            .boxed(),
     };
+    let (guard, traces, refused) = match service.map(telemetry::Telemetry::from_env) {
+        Some(Ok(Some((guard, layer)))) => (Some(guard), Some(layer), None),
+        Some(Err(e)) => (None, None, Some(e)),
+        Some(Ok(None)) | None => (None, None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(filter)
+        .with(logs)
+        .try_init();
+    if let Some(e) = refused {
+        tracing::error!("traces are not exported: {e}");
+    }
+    guard
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,7 +194,14 @@ fn main() -> ExitCode {
     }
     let matches = command.get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_logs(cli.log_format);
+    let service = match &cli.command {
+        Command::Up(_) => Some("turnpike-up"),
+        Command::Worker(_) => Some("turnpike-worker"),
+        Command::Shard(_) => Some("turnpike-shard"),
+        Command::Gateway(_) => Some("turnpike-gateway"),
+        _ => None,
+    };
+    let _telemetry = init_logs(cli.log_format, service);
     match cli.command {
         Command::Up(args) => up::main(args),
         Command::Worker(args) => worker::main(args),

@@ -40,6 +40,7 @@ impl From<Invocation> for proto::Invocation {
             // The link sending it marks `request_streamed` when it takes the body to send.
             request_body: _,
             concurrency_limits,
+            traceparent,
         } = invocation;
         Self {
             id,
@@ -63,6 +64,7 @@ impl From<Invocation> for proto::Invocation {
                     max: l.max,
                 })
                 .collect(),
+            traceparent: traceparent.unwrap_or_default(),
         }
     }
 }
@@ -119,6 +121,7 @@ impl TryFrom<proto::Invocation> for Invocation {
                     max: l.max,
                 })
                 .collect(),
+            traceparent: (!message.traceparent.is_empty()).then_some(message.traceparent),
         })
     }
 }

@@ -58,6 +58,9 @@ pub struct Invocation {
     /// shard holds it at its gate until every key has room (`turnpike_policy::concurrency`);
     /// the gateway sends it to the home shard of its first key.
     pub concurrency_limits: Vec<Limit>,
+    /// The trace context of the span that sent it (W3C `traceparent`), when traces are
+    /// exported (`crate::telemetry`): the receiving role's span is its child.
+    pub traceparent: Option<String>,
 }
 
 impl Invocation {
@@ -78,6 +81,7 @@ impl Invocation {
             response_bytes_max: None,
             request_body: None,
             concurrency_limits: Vec::new(),
+            traceparent: None,
         }
     }
 

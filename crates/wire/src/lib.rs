@@ -5,7 +5,8 @@
 //! roles' types ([`convert`]) and the connection settings every role uses ([`rpc`]) with mutual TLS and per-RPC roles ([`tls`]); links that multiplex invocations on one stream per pair of roles
 //! ([`link`]); the directory of roles in the same process, called without RPC
 //! ([`directory`]); the call-chain headers and token ([`chain`]); the HTTP serving loop
-//! ([`http_server`]) and the Prometheus metrics registry ([`metrics`]). It depends on no role:
+//! ([`http_server`]), the Prometheus metrics registry ([`metrics`]) and OpenTelemetry traces
+//! across roles ([`telemetry`]). It depends on no role:
 //! the gateway (`turnpike-gateway`), the scheduler shards (`turnpike-scheduler`) and the worker
 //! nodes (`turnpike-node`) all depend on it.
 
@@ -18,6 +19,7 @@ pub mod invocation;
 pub mod link;
 pub mod metrics;
 pub mod rpc;
+pub mod telemetry;
 pub mod tls;
 
 /// Locks `m`, also after a panic elsewhere poisoned it: every lock here guards plain data

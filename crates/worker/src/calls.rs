@@ -33,12 +33,15 @@ pub const PLATFORM_AUTHORITY: &str = "turnpike";
 
 /// Who is calling: the calling invocation's class, its depth in the call chain (0 for an
 /// invocation started by an outside request), and its call token (signed by the gateway that
-/// dispatched it, see `turnpike_wire::chain`; `None`: it may not call).
+/// dispatched it, see `turnpike_wire::chain`; `None`: it may not call), and its trace
+/// context (a W3C `traceparent`, when traces are exported), which a call carries unless the
+/// guest set its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub class: ClassId,
     pub depth: u32,
     pub token: Option<Arc<str>>,
+    pub traceparent: Option<Arc<str>>,
 }
 
 /// A call's response, or why it failed (in `wasi:http`'s terms, which the guest sees).

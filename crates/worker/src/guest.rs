@@ -298,6 +298,7 @@ impl Outgoing {
                 class: turnpike_policy::ClassId(0),
                 depth: 0,
                 token: None,
+                traceparent: None,
             },
         }
     }

@@ -91,6 +91,9 @@ pub struct InvokeOptions {
     /// The call token its guest's calls to other functions carry ([`Caller::token`]);
     /// `None`: they are refused.
     pub call_token: Option<Arc<str>>,
+    /// Its trace context (W3C `traceparent`), which its guest's calls carry unless the guest
+    /// set its own ([`Caller::traceparent`]).
+    pub traceparent: Option<Arc<str>>,
     /// Where its response goes (collected into the outcome by default) and its body's limit.
     pub response: ResponseOut,
 }
@@ -104,8 +107,14 @@ impl InvokeOptions {
             depth: 0,
             start_mb: None,
             call_token: None,
+            traceparent: None,
             response: ResponseOut::default(),
         }
+    }
+
+    pub fn traceparent(mut self, traceparent: Arc<str>) -> Self {
+        self.traceparent = Some(traceparent);
+        self
     }
 
     /// Streams the response into `writer` as the guest writes it.
@@ -512,6 +521,7 @@ impl Worker {
                     class,
                     depth: options.depth,
                     token: options.call_token.clone(),
+                    traceparent: options.traceparent.clone(),
                 },
             },
             options.response,

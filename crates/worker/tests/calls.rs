@@ -117,6 +117,7 @@ async fn a_call_goes_to_the_platform_with_the_callers_class_and_depth() {
                 class: STANDARD,
                 depth: 2,
                 token: Some("signed-token".into()),
+                traceparent: None,
             },
             http::Method::GET,
             "http://turnpike/hello?x=1".to_string()

@@ -66,13 +66,15 @@ fn wire_invocation() -> impl Strategy<Value = proto::Invocation> {
             prop_oneof![Just(0u64), 1u64..100_000],
             any::<bool>(),
             proptest::collection::vec(("[a-z:/]{0,12}", 0u32..4), 0..3),
+            // A trace context, well-formed or not.
+            "[0-9a-f-]{0,60}",
         ),
     )
         .prop_map(
             |(
                 (id, function, class, method, path_and_query),
                 (headers, body, depth, start_mb, deadline_ms_left),
-                (streamed, response_bytes_max, request_streamed, limits),
+                (streamed, response_bytes_max, request_streamed, limits, traceparent),
             )| proto::Invocation {
                 id,
                 function,
@@ -92,6 +94,7 @@ fn wire_invocation() -> impl Strategy<Value = proto::Invocation> {
                     .into_iter()
                     .map(|(key, max)| proto::ConcurrencyLimit { key, max })
                     .collect(),
+                traceparent,
             },
         )
 }

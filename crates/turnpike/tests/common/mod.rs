@@ -124,11 +124,21 @@ pub fn up_printing(
     data_dir: &Path,
     flags: &[&str],
 ) -> (Child, SocketAddr, Option<String>, Vec<String>) {
+    up_printing_with_env(data_dir, flags, &[])
+}
+
+/// [`up_printing`] with `env` added to its environment.
+pub fn up_printing_with_env(
+    data_dir: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, Option<String>, Vec<String>) {
     let mut child = Child(
         Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(flags)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("`turnpike up` starts"),
