@@ -597,11 +597,16 @@ impl Gateway {
 
     /// The gateway's metrics in Prometheus text format.
     pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        let responses: Vec<(String, f64)> = ["2xx", "3xx", "4xx", "5xx"]
+        let mut out = metrics::Exposition::new();
+        let responses: metrics::Samples = ["2xx", "3xx", "4xx", "5xx"]
             .iter()
             .zip(&self.responses)
-            .map(|(code, n)| (format!("code=\"{code}\""), n.load(Ordering::Relaxed) as f64))
+            .map(|(code, n)| {
+                (
+                    metrics::label("code", code),
+                    n.load(Ordering::Relaxed) as f64,
+                )
+            })
             .collect();
         metrics::family(
             &mut out,
@@ -610,13 +615,13 @@ impl Gateway {
             "Responses by status class.",
             &responses,
         );
-        let in_flight: Vec<(String, f64)> = self
+        let in_flight: metrics::Samples = self
             .shards
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 (
-                    format!("shard=\"{i}\""),
+                    metrics::label("shard", &i.to_string()),
                     s.in_flight.load(Ordering::Relaxed) as f64,
                 )
             })
@@ -668,7 +673,7 @@ impl Gateway {
             "turnpike_gateway_request_seconds",
             "Request to response through the platform, by class.",
         );
-        out
+        out.render()
     }
 
     /// Runs `target` for a request: the caller's class if it is a call from a function, the

@@ -166,7 +166,7 @@ impl NodeService {
                 values.get(id.index()).copied().unwrap_or(0) as f64
             })
         };
-        let mut out = String::new();
+        let mut out = metrics::Exposition::new();
         metrics::family(
             &mut out,
             "turnpike_worker_functions",
@@ -249,7 +249,7 @@ impl NodeService {
             "turnpike_worker_invocation_seconds",
             "Invocation wall time on the worker, by class.",
         );
-        out
+        out.render()
     }
 
     pub fn into_server(self) -> WorkerServer<Self> {

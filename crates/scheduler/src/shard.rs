@@ -415,7 +415,7 @@ impl ShardService {
             let gate = turnpike_wire::lock(&inner.gate);
             (gate.gate.waiting(), gate.gate.keys())
         };
-        let mut out = String::new();
+        let mut out = metrics::Exposition::new();
         metrics::family(
             &mut out,
             "turnpike_shard_concurrency_waiting",
@@ -443,8 +443,11 @@ impl ShardService {
             "counter",
             "Placements by how the worker was found.",
             &[
-                ("via=\"idle_list\"".to_string(), c.placed_idle_list as f64),
-                ("via=\"power_of_k\"".to_string(), c.placed_polling as f64),
+                (
+                    metrics::label("via", "idle_list"),
+                    c.placed_idle_list as f64,
+                ),
+                (metrics::label("via", "power_of_k"), c.placed_polling as f64),
             ],
         );
         metrics::family(
@@ -487,7 +490,7 @@ impl ShardService {
             "turnpike_shard_queue_wait_seconds",
             "Time from joining the queue to placement, by class.",
         );
-        out
+        out.render()
     }
 }
 

@@ -1,13 +1,21 @@
-//! Prometheus metrics: latency histograms by class, the text exposition format, and the small
-//! HTTP server each role uses to serve `GET /metrics`.
+//! Prometheus metrics: latency histograms by class, each role's exposition (written by the
+//! `prometheus-client` crate's OpenMetrics text encoder), and the small HTTP server each role
+//! uses to serve `GET /metrics`.
+//!
+//! A role's metrics are read when scraped, not kept twice: its `metrics()` gathers its
+//! counters and gauges into an [`Exposition`] (families of samples, as the role's own atomics
+//! and state give them) and renders it through a `prometheus_client` registry, whose encoder
+//! writes the text (counters get their `_total` suffix from it, histograms their `_bucket`,
+//! `_sum` and `_count` samples, and the exposition its `# EOF`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use tokio::net::TcpListener;
 use turnpike_policy::{ClassId, ClassSet};
 
@@ -42,17 +50,23 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Writes the `_bucket`, `_sum` and `_count` lines with `labels` (`k="v",...`).
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    /// Its state: the sum in seconds, the count, and the bucket counts by upper bound
+    /// (non-cumulative, the last `+Inf`).
+    fn snapshot(&self) -> HistogramValue {
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let le = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+                (le, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        HistogramValue {
+            sum: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
         }
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
 }
 
@@ -81,44 +95,144 @@ impl ClassHistograms {
         self.by_class.get(class)
     }
 
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (id, class) in self.classes.iter() {
-            self.by_class[id.index()].render(out, name, &class_label(&class.name));
-        }
+    /// Adds them to `out` as the histogram family `name`, one per class (label `class`).
+    pub fn render(&self, out: &mut Exposition, name: &str, help: &str) {
+        let series = self
+            .classes
+            .iter()
+            .map(|(id, class)| {
+                (
+                    label("class", &class.name),
+                    self.by_class[id.index()].snapshot(),
+                )
+            })
+            .collect();
+        out.families.push(Family {
+            name: name.to_string(),
+            help: help.to_string(),
+            values: Values::Histograms(series),
+        });
     }
 }
 
-/// Writes one metric family with a value per label set.
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
+/// A sample's labels, `(name, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
+/// Samples of one family: each label set and its value.
+pub type Samples = Vec<(Labels, f64)>;
+
+/// One label.
+pub fn label(name: &str, value: &str) -> Labels {
+    vec![(name.to_string(), value.to_string())]
+}
+
+/// A role's metrics at one scrape, rendered by `prometheus-client`'s text encoder.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    families: Vec<Family>,
+}
+
+#[derive(Debug)]
+struct Family {
+    name: String,
+    help: String,
+    values: Values,
+}
+
+#[derive(Debug)]
+enum Values {
+    Counters(Samples),
+    Gauges(Samples),
+    Histograms(Vec<(Labels, HistogramValue)>),
+}
+
+#[derive(Debug)]
+struct HistogramValue {
+    sum: f64,
+    count: u64,
+    /// Non-cumulative counts by upper bound; the last `+Inf`.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The OpenMetrics text of everything added, ending `# EOF`.
+    pub fn render(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing into a `String` cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
     }
 }
 
-/// The label of a per-class sample.
-fn class_label(name: &str) -> String {
-    format!("class=\"{name}\"")
+impl prometheus_client::collector::Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            let kind = match family.values {
+                Values::Counters(_) => MetricType::Counter,
+                Values::Gauges(_) => MetricType::Gauge,
+                Values::Histograms(_) => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, kind)?;
+            match &family.values {
+                Values::Counters(samples) => {
+                    for (labels, value) in samples {
+                        metric
+                            .encode_family(labels)?
+                            .encode_counter::<NoLabelSet, _, f64>(value, None)?;
+                    }
+                }
+                Values::Gauges(samples) => {
+                    for (labels, value) in samples {
+                        metric.encode_family(labels)?.encode_gauge(value)?;
+                    }
+                }
+                Values::Histograms(series) => {
+                    for (labels, h) in series {
+                        metric
+                            .encode_family(labels)?
+                            .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds one family to `out`: `kind` is `counter` (its `name` ends `_total`, which the
+/// encoder writes itself) or `gauge`.
+pub fn family(out: &mut Exposition, name: &str, kind: &str, help: &str, samples: &[(Labels, f64)]) {
+    let (name, values) = match kind {
+        "counter" => (
+            name.strip_suffix("_total").unwrap_or(name),
+            Values::Counters(samples.to_vec()),
+        ),
+        _ => (name, Values::Gauges(samples.to_vec())),
+    };
+    out.families.push(Family {
+        name: name.to_string(),
+        help: help.to_string(),
+        values,
+    });
 }
 
 /// One sample per class of `classes`, lowest first, valued by `value`.
-pub fn by_class(classes: &ClassSet, value: impl Fn(ClassId) -> f64) -> Vec<(String, f64)> {
+pub fn by_class(classes: &ClassSet, value: impl Fn(ClassId) -> f64) -> Samples {
     classes
         .iter()
-        .map(|(id, class)| (class_label(&class.name), value(id)))
+        .map(|(id, class)| (label("class", &class.name), value(id)))
         .collect()
 }
 
 /// A single unlabelled sample.
-pub fn single(value: f64) -> Vec<(String, f64)> {
-    vec![(String::new(), value)]
+pub fn single(value: f64) -> Samples {
+    vec![(Vec::new(), value)]
 }
 
 /// Renders a role's metrics on demand.
@@ -143,7 +257,9 @@ pub async fn serve(
         *response.status_mut() = status;
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
         );
         std::future::ready(response)
     };
@@ -164,26 +280,44 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_count_everything() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(60));
-        let mut out = String::new();
-        h.render(&mut out, "x", "class=\"a\"");
-        assert!(
-            out.contains("x_bucket{class=\"a\",le=\"0.001\"} 1\n"),
-            "{out}"
+        let classes = ClassSet::default_four();
+        let h = ClassHistograms::new(&classes);
+        h.observe(0, Duration::from_micros(500));
+        h.observe(0, Duration::from_millis(30));
+        h.observe(0, Duration::from_secs(60));
+        let mut out = Exposition::new();
+        h.render(&mut out, "x_seconds", "Latency.");
+        let text = out.render();
+        for line in [
+            "# TYPE x_seconds histogram\n",
+            "x_seconds_bucket{le=\"0.001\",class=\"batch\"} 1\n",
+            "x_seconds_bucket{le=\"0.05\",class=\"batch\"} 2\n",
+            "x_seconds_bucket{le=\"30.0\",class=\"batch\"} 2\n",
+            "x_seconds_bucket{le=\"+Inf\",class=\"batch\"} 3\n",
+            "x_seconds_count{class=\"batch\"} 3\n",
+            "x_seconds_count{class=\"critical\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in {text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(h.get(0).map(Histogram::count), Some(3));
+    }
+
+    #[test]
+    fn counters_keep_their_total_suffix_and_gauges_their_labels() {
+        let mut out = Exposition::new();
+        family(
+            &mut out,
+            "t_responses_total",
+            "counter",
+            "Responses.",
+            &[(label("code", "2xx"), 7.0)],
         );
-        assert!(
-            out.contains("x_bucket{class=\"a\",le=\"0.05\"} 2\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_bucket{class=\"a\",le=\"30\"} 2\n"), "{out}");
-        assert!(
-            out.contains("x_bucket{class=\"a\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_count{class=\"a\"} 3\n"), "{out}");
-        assert_eq!(h.count(), 3);
+        family(&mut out, "t_in_flight", "gauge", "In flight.", &single(3.0));
+        let text = out.render();
+        assert!(text.contains("# TYPE t_responses counter\n"), "{text}");
+        assert!(text.contains("t_responses_total{code=\"2xx\"} 7"), "{text}");
+        assert!(text.contains("# TYPE t_in_flight gauge\n"), "{text}");
+        assert!(text.contains("\nt_in_flight 3"), "{text}");
     }
 }

@@ -152,7 +152,7 @@ async fn the_demo_app_answers_and_bad_requests_get_clear_errors() {
         "turnpike_worker_preemptions_total",
         "turnpike_worker_swap_outs_total{class=\"batch\"}",
         "turnpike_worker_kills_total{class=\"batch\"}",
-        "turnpike_worker_invocation_seconds_bucket{class=\"critical\",le=\"+Inf\"}",
+        "turnpike_worker_invocation_seconds_bucket{le=\"+Inf\",class=\"critical\"}",
     ] {
         assert!(worker.contains(family), "{family} missing from {worker}");
     }
