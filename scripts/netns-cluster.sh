@@ -285,11 +285,12 @@ stop_role() {
   rm -f "$dir/hosts/$host/pid"
 }
 
-# The value of metric NAME on HOST's /metrics, fetched from the client host.
+# The value of metric NAME on HOST's /metrics, fetched from the client host, as awk prints
+# the number (OpenMetrics writes gauges as `3.0`: this prints `3`).
 metric() {
   ip netns exec "$(ns client)" curl -sf --max-time 2 \
     "http://$(address_of "$1"):$metrics_port/metrics" 2>/dev/null |
-    awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }'
+    awk -v name="$2" '$1 == name { print $2 + 0; found = 1 } END { if (!found) print 0 }'
 }
 
 wait_for_workers() {
