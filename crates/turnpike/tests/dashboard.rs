@@ -225,13 +225,7 @@ fn the_dashboard_shows_the_cluster_live_and_agrees_with_metrics() {
     let data = tempfile::tempdir().expect("a data dir");
     let (_up, gateway, admin, printed) = common::up_printing(data.path(), &[]);
     let admin = admin.expect("a fresh data dir prints the admin key");
-    let metrics: Vec<(String, String)> = printed
-        .iter()
-        .filter_map(|l| {
-            let (role, url) = l.trim().strip_prefix("metrics of ")?.split_once(": ")?;
-            Some((role.to_string(), url.to_string()))
-        })
-        .collect();
+    let metrics = common::metrics_urls(&printed);
     assert!(
         printed
             .iter()

@@ -141,7 +141,7 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         ENABLED.store(false, Ordering::Relaxed);
         if let Err(e) = self.provider.shutdown() {
-            eprintln!("exporting the last traces: {e}");
+            tracing::warn!("exporting the last traces: {e}");
         }
     }
 }

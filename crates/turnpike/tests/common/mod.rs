@@ -294,45 +294,22 @@ pub fn up_on_one_cpu(
         let mut one = rustix::thread::CpuSet::new();
         one.set(cpu);
         rustix::thread::sched_setaffinity(None, &one).expect("pin to one CPU");
-        let mut child = Child(
-            Command::new(BIN)
-                .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(&data_dir)
-                .args(&flags)
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("`turnpike up` starts"),
-        );
-        let stdout = child.0.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut gateway, mut key, mut metrics) = (None, None, Vec::new());
-        let mut printed = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.expect("readable");
-            if let Some(url) = line.strip_prefix("Turnpike is up: gateway http://") {
-                gateway = Some(url.trim().parse().expect("the gateway's address"));
-            }
-            if let Some(k) = line.trim().strip_prefix("admin key: ") {
-                key = Some(k.trim().to_string());
-            }
-            if let Some((role, url)) = line
-                .trim()
-                .strip_prefix("metrics of ")
-                .and_then(|r| r.split_once(": "))
-            {
-                metrics.push((role.to_string(), url.trim().to_string()));
-            }
-            let done = line.starts_with("Ctrl-C stops it");
-            printed.push(line);
-            if done {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        let printed = printed.join("\n");
-        let gateway = gateway.unwrap_or_else(|| panic!("no gateway address in:\n{printed}"));
-        (child, gateway, key, metrics)
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (child, gateway, key, printed) = up_printing(&data_dir, &flags);
+        (child, gateway, key, metrics_urls(&printed))
     })
     .join()
     .expect("`turnpike up` started")
+}
+
+/// The `/metrics` URL of every role in what `turnpike up` printed (its `metrics of ROLE: URL`
+/// lines), by role (`gateway`, `shard 0`, `worker 0`).
+pub fn metrics_urls(printed: &[String]) -> Vec<(String, String)> {
+    printed
+        .iter()
+        .filter_map(|line| {
+            let (role, url) = line.trim().strip_prefix("metrics of ")?.split_once(": ")?;
+            Some((role.to_string(), url.trim().to_string()))
+        })
+        .collect()
 }
