@@ -206,19 +206,10 @@ pub async fn handle(gateway: &Gateway, parts: http::request::Parts) -> http::Res
         );
     }
     match parts.uri.path() {
-        "/dashboard" | "/dashboard/" => {
-            let mut response = http::Response::new(Body::full(Bytes::from_static(PAGE.as_bytes())));
-            let headers = response.headers_mut();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            headers.insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
-            response
-        }
+        "/dashboard" | "/dashboard/" => uncached(
+            Body::full(Bytes::from_static(PAGE.as_bytes())),
+            "text/html; charset=utf-8",
+        ),
         "/dashboard/events" => match crate::api::authenticate(gateway, &parts.headers).await {
             Ok(tenant) => {
                 let key = crate::api::bearer_key(&parts.headers).to_string();
@@ -266,11 +257,16 @@ fn events(gateway: &Gateway, tenant: Tenant, key: String) -> http::Response<Body
             sent += 1;
         }
     });
-    let mut response = http::Response::new(Body::Events(receiver));
+    uncached(Body::Events(receiver), "text/event-stream")
+}
+
+/// A 200 of `body` as `content_type`, never cached (its data is live).
+fn uncached(body: Body, content_type: &'static str) -> http::Response<Body> {
+    let mut response = http::Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
+        http::HeaderValue::from_static(content_type),
     );
     headers.insert(
         http::header::CACHE_CONTROL,
