@@ -38,6 +38,7 @@ use turnpike_gateway::{Gateway, GatewayConfig};
 use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet, MachinePolicy};
 use turnpike_node::node::{self, NodeConfig};
 use turnpike_scheduler::{ShardConfig, ShardService};
+use turnpike_worker::SlotThreads;
 
 use crate::roles;
 
@@ -387,6 +388,8 @@ pub async fn start(config: &UpConfig) -> Result<Cluster, UpError> {
                     store: Some(store.clone()),
                     directory: directory.clone(),
                     in_flight_invocations_max: config.bounds.worker_in_flight_invocations_max,
+                    // The other roles share this process's threads: the guests get their own.
+                    slot_threads: SlotThreads::Own,
                 },
                 &components,
                 stopped(stop_rx.clone()),

@@ -498,7 +498,15 @@ impl proto::worker_server::Worker for EmulatedWorker {
         &self,
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        link::serve(request, self.handler())
+        // Load reports as a real worker sends them (`NodeService`).
+        let worker = self.clone();
+        let report: link::Reporter = Arc::new(move || {
+            (0..worker.inner.config.classes.len())
+                .filter_map(|c| LocalWorker::poll(&worker, ClassId(c as u8)).ok())
+                .map(proto::PollReply::from)
+                .collect()
+        });
+        link::serve_reporting(request, self.handler(), Some(report))
     }
 
     async fn load(

@@ -33,8 +33,8 @@ use turnpike_wire::proto::worker_server::WorkerServer;
 use turnpike_wire::rpc;
 use turnpike_wire::telemetry;
 use turnpike_worker::{
-    Function, InvokeError, InvokeOptions, LoadError, Platform, Runtime, RuntimeConfig, StartError,
-    Worker, WorkerConfig,
+    Function, InvokeError, InvokeOptions, LoadError, Platform, Runtime, RuntimeConfig, SlotThreads,
+    StartError, Worker, WorkerConfig,
 };
 
 use crate::calls::GatewayLink;
@@ -431,7 +431,15 @@ impl proto::worker_server::Worker for NodeService {
         &self,
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        link::serve(request, self.handler())
+        let worker = self.worker.clone();
+        let report: link::Reporter = Arc::new(move || {
+            worker
+                .poll_replies()
+                .into_iter()
+                .map(proto::PollReply::from)
+                .collect()
+        });
+        link::serve_reporting(request, self.handler(), Some(report))
     }
 
     async fn load(
@@ -761,6 +769,10 @@ pub struct NodeConfig {
     /// Roles of this process: the node adds itself, and calls the shards found there without
     /// RPC (see `turnpike_wire::directory`). Empty in a process of its own.
     pub directory: Directory,
+    /// Which threads run the guests: the worker's own, or (in a process of its own, whose
+    /// runtime `turnpike_worker::slot_runtime` built) the process's, so that an invocation
+    /// goes from its link to its slot without changing threads.
+    pub slot_threads: SlotThreads,
 }
 
 /// The address a worker bound to `bound` registers with its shards: `advertise` if given (its
@@ -840,6 +852,7 @@ pub async fn start_node(
             memory_mb: Some(config.memory_mb),
             swap_dir,
             platform,
+            slot_threads: config.slot_threads,
             ..WorkerConfig::default()
         },
     )?);

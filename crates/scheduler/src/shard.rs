@@ -10,6 +10,19 @@
 //! the extra hop's cost is measured in the control-plane benchmark. Workers of the shard's
 //! own process (`turnpike up`) are polled and called directly instead ([`turnpike_wire::directory`]).
 //!
+//! Load reports: a worker puts its load report (what it would answer a poll, for every class)
+//! on each outcome it sends back on its link ([`turnpike_wire::link::LoadReport`]). A
+//! power-of-k decision takes a sampled worker's reply from its report, plus what this shard
+//! has sent it since (each one more function, one more ahead of its class and lower ones, its
+//! start memory less room), when the report is at most [`ShardConfig::report_fresh_for`] old;
+//! only the others are polled. Under load, when outcomes flow, a decision then waits for no
+//! round trip, and one shard places as fast as it decides. The price: a report does not show
+//! what other shards placed there since it left the worker (a poll sent at the same moment
+//! would not either, by the time its answer arrived), nor what this shard sent that had not
+//! reached the worker when the report left it. A worker with no outcome within that time
+//! (idle, or running long invocations) is polled as the paper's design says. Workers in this
+//! process are always polled (a call, no round trip).
+//!
 //! Faults: a worker whose link fails at the transport level, whose polls go unanswered for
 //! [`WORKER_SILENT_LOST_AFTER`], or whose registration's lease passes without a renewal (2 s
 //! for a real worker: `turnpike_node::LEASE_PERIODS` of its 500 ms registrations; checked
@@ -73,6 +86,12 @@ use turnpike_wire::telemetry;
 
 /// Default of [`ShardConfig::queue_invocations_max`].
 pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
+/// Default of [`ShardConfig::report_fresh_for`]: a few loopback round trips on a busy
+/// machine; a report this old is about as fresh as a poll's answer would be when it arrived.
+pub const REPORT_FRESH_FOR: Duration = Duration::from_millis(2);
+/// How many decisions the placement loop makes in a row without waiting on anything before it
+/// lets other tasks on its thread run.
+const DECISIONS_BEFORE_YIELD: u32 = 64;
 /// A poll that takes longer than this counts as no answer (default of
 /// [`ShardConfig::poll_timeout`]).
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -128,6 +147,9 @@ pub struct ShardConfig {
     pub requeue_max: u32,
     /// A poll not answered within this counts as no answer. Default [`POLL_TIMEOUT`].
     pub poll_timeout: Duration,
+    /// A worker's load report this old or younger stands in for a poll (see the module's
+    /// docs); zero: always poll. Default [`REPORT_FRESH_FOR`].
+    pub report_fresh_for: Duration,
     /// `shard_queue_invocations_max`: invocations waiting for placement at most. One more is
     /// refused at once (`FailureKind::Overloaded`, which the gateway answers with 503 and
     /// `Retry-After`); invocations placed again after a kill or a lost worker are let in over
@@ -147,6 +169,7 @@ impl Default for ShardConfig {
             requeue_max: REQUEUE_MAX_DEFAULT,
             queue_invocations_max: SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT,
             poll_timeout: POLL_TIMEOUT,
+            report_fresh_for: REPORT_FRESH_FOR,
         }
     }
 }
@@ -183,6 +206,7 @@ struct Inner {
     requeue_max: u32,
     queue_invocations_max: usize,
     poll_timeout: Duration,
+    report_fresh_for: Duration,
     /// Workers in this process, reached without RPC.
     directory: Directory,
     /// Invocations with concurrency limits pass here before the queue.
@@ -265,6 +289,61 @@ struct WorkerSlot {
     /// Its last registration and how long that holds (zero: for ever).
     renewed: tokio::time::Instant,
     lease: Duration,
+    /// What this shard sent it since its link's latest load report.
+    sent: SentSince,
+}
+
+/// Invocations a shard sent a worker since the worker's load report numbered `seq` (0: no
+/// report yet), added to that report's replies when a decision uses it.
+#[derive(Debug, Default)]
+struct SentSince {
+    seq: u64,
+    /// By class index.
+    by_class: Vec<u32>,
+    start_mb: u64,
+}
+
+impl SentSince {
+    /// Counts one invocation of `class` starting with `start_mb`, sent while the link's
+    /// latest report was `seq`.
+    fn add(&mut self, seq: u64, class: ClassId, start_mb: u64) {
+        if seq != self.seq {
+            *self = Self {
+                seq,
+                ..Self::default()
+            };
+        }
+        let c = class.index();
+        if self.by_class.len() <= c {
+            self.by_class.resize(c + 1, 0);
+        }
+        self.by_class[c] += 1;
+        self.start_mb = self.start_mb.saturating_add(start_mb);
+    }
+
+    /// `report`'s reply to a poll for `class` (report numbered `seq`), with what was sent
+    /// since: each one more function, one more ahead of its own class and the lower ones,
+    /// its start memory less room (unlimited room stays unlimited).
+    fn apply(
+        &self,
+        seq: u64,
+        machine: MachineId,
+        class: ClassId,
+        report: &proto::PollReply,
+    ) -> PollReply {
+        let mut reply = convert::poll_reply_from_wire(machine, *report);
+        if seq != self.seq {
+            return reply;
+        }
+        let sent: u32 = self.by_class.iter().sum();
+        let ahead: u32 = self.by_class.iter().skip(class.index()).sum();
+        reply.functions = reply.functions.saturating_add(sent);
+        reply.ahead = reply.ahead.saturating_add(ahead);
+        if reply.room_mb != u64::MAX {
+            reply.room_mb = reply.room_mb.saturating_sub(self.start_mb);
+        }
+        reply
+    }
 }
 
 /// How the shard asks a worker for its load.
@@ -362,6 +441,7 @@ impl ShardService {
             requeue_max: config.requeue_max,
             queue_invocations_max: config.queue_invocations_max,
             poll_timeout: config.poll_timeout,
+            report_fresh_for: config.report_fresh_for,
             directory,
             gate: Mutex::new(GateState::default()),
         });
@@ -552,7 +632,15 @@ impl Inner {
 async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
     let mut lease_checked = tokio::time::Instant::now();
+    let mut decided_in_a_row = 0u32;
     loop {
+        // Decisions answered from load reports wait on nothing: let the thread's other
+        // tasks (the links, the sends) run now and then.
+        decided_in_a_row += 1;
+        if decided_in_a_row >= DECISIONS_BEFORE_YIELD {
+            decided_in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
         let Some(inner) = inner.upgrade() else { return };
         let step = {
             let mut state = inner.lock();
@@ -625,18 +713,30 @@ async fn poll_workers(
     machines: &[MachineId],
     class: ClassId,
 ) -> Vec<PollReply> {
+    let mut replies = Vec::with_capacity(machines.len());
     let pollers: Vec<(MachineId, Poller)> = {
         let state = inner.lock();
+        let now = Instant::now();
         machines
             .iter()
             .filter_map(|&m| {
                 let slot = state.workers.get(m.0 as usize)?;
-                slot.alive.then(|| (m, slot.poller.clone()))
+                if !slot.alive {
+                    return None;
+                }
+                // A fresh load report stands in for a poll (see the module's docs).
+                if let Some(report) = slot.link.load_report() {
+                    let fresh = now.saturating_duration_since(report.at) <= inner.report_fresh_for;
+                    if let Some(reported) = report.replies.get(class.index()).filter(|_| fresh) {
+                        replies.push(slot.sent.apply(report.seq, m, class, reported));
+                        return None;
+                    }
+                }
+                Some((m, slot.poller.clone()))
             })
             .collect()
     };
     let timeout = inner.poll_timeout;
-    let mut replies = Vec::with_capacity(machines.len());
     if pollers
         .iter()
         .all(|(_, p)| matches!(p, Poller::InProcess(_)))
@@ -751,7 +851,13 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
             Via::IdleList => state.counters.placed_idle_list += 1,
             Via::Polling => state.counters.placed_polling += 1,
         }
-        let slot = &state.workers[machine.0 as usize];
+        let slot = &mut state.workers[machine.0 as usize];
+        let seq = slot.link.load_report().map_or(0, |r| r.seq);
+        let start_mb = match waiting.invocation.start_mb {
+            0 => turnpike_policy::memory::START_MB_DEFAULT,
+            mb => mb,
+        };
+        slot.sent.add(seq, waiting.invocation.class, start_mb);
         (waiting, slot.link.clone(), slot.lost.clone())
     };
     waiting.attempts += 1;
@@ -1092,6 +1198,7 @@ impl LocalShard for ShardService {
                     lost: CancellationToken::new(),
                     renewed: now,
                     lease,
+                    sent: SentSince::default(),
                 };
                 // The same address again (a restarted worker), or a slot long lost, or a
                 // new one.
@@ -1315,17 +1422,7 @@ mod tests {
             ..FakeWorker::default()
         };
         directory.add_worker(address, Arc::new(worker));
-        let registered = LocalShard::register(
-            &shard,
-            Registration {
-                address: format!("http://{address}"),
-                memory_mb: 1024,
-                cores: 1,
-                lease: Duration::ZERO,
-                incarnation: 1,
-            },
-        )
-        .unwrap();
+        let registered = register_at(&shard, address.port(), 1, Duration::ZERO);
         assert_eq!((registered.worker, registered.fresh), (MachineId(0), true));
         (shard, runs)
     }
@@ -1609,11 +1706,14 @@ mod tests {
         assert_eq!(shard.live_workers(), 4);
     }
 
-    /// A `Worker` service whose polls never answer: it counts the polls it got and those
-    /// whose caller gave up on them (the call dropped).
+    /// A `Worker` service over RPC. It answers every run at once (`200`) with a load report
+    /// (`functions` 5 for every class), and counts the polls it got; with `polls_hang` its
+    /// polls never answer, and it counts those whose caller gave up on them (the call
+    /// dropped).
     #[derive(Debug, Default)]
-    struct SilentPolls {
-        started: Arc<AtomicU32>,
+    struct RpcWorker {
+        polls_hang: bool,
+        polls: Arc<AtomicU32>,
         dropped: Arc<AtomicU32>,
     }
 
@@ -1626,14 +1726,23 @@ mod tests {
     }
 
     #[tonic::async_trait]
-    impl proto::worker_server::Worker for SilentPolls {
+    impl proto::worker_server::Worker for RpcWorker {
         type RunStream = link::OutcomeStream;
 
         async fn run(
             &self,
-            _request: tonic::Request<Streaming<proto::InvocationFrame>>,
+            request: tonic::Request<Streaming<proto::InvocationFrame>>,
         ) -> Result<tonic::Response<Self::RunStream>, Status> {
-            Err(Status::unimplemented("runs nothing"))
+            let report: link::Reporter = Arc::new(|| {
+                let reply = proto::PollReply {
+                    functions: 5,
+                    room_mb: 1024,
+                    ahead: 0,
+                    cores: 1,
+                };
+                vec![reply; 4]
+            });
+            link::serve_reporting(request, FakeWorker::default().handler(), Some(report))
         }
 
         async fn load(
@@ -1647,17 +1756,40 @@ mod tests {
             &self,
             _request: tonic::Request<proto::Empty>,
         ) -> Result<tonic::Response<proto::RoleMetrics>, Status> {
-            std::future::pending().await
+            Err(Status::unimplemented("no metrics"))
         }
 
         async fn poll(
             &self,
             _request: tonic::Request<proto::PollRequest>,
         ) -> Result<tonic::Response<proto::PollReply>, Status> {
-            self.started.fetch_add(1, Ordering::Relaxed);
-            let _dropped = CountDrop(self.dropped.clone());
-            std::future::pending().await
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.polls_hang {
+                let _dropped = CountDrop(self.dropped.clone());
+                std::future::pending::<()>().await;
+            }
+            Ok(tonic::Response::new(proto::PollReply {
+                functions: 0,
+                room_mb: 1024,
+                ahead: 0,
+                cores: 1,
+            }))
         }
+    }
+
+    /// Serves `worker` on a loopback port: its address and the server's task.
+    async fn serve_rpc_worker(
+        worker: RpcWorker,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(proto::worker_server::WorkerServer::new(worker))
+                .serve_with_incoming(rpc::incoming(listener))
+                .await;
+        });
+        (address, server)
     }
 
     /// A worker whose polls hang does not hold up a decision that sampled it: once the
@@ -1666,15 +1798,12 @@ mod tests {
     /// task, not by the decision).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poll_that_hangs_does_not_hold_up_the_decision() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let slow_address = listener.local_addr().unwrap();
-        let slow = SilentPolls::default();
-        let (started, dropped) = (slow.started.clone(), slow.dropped.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(proto::worker_server::WorkerServer::new(slow))
-                .serve_with_incoming(rpc::incoming(listener)),
-        );
+        let slow = RpcWorker {
+            polls_hang: true,
+            ..RpcWorker::default()
+        };
+        let (started, dropped) = (slow.polls.clone(), slow.dropped.clone());
+        let (slow_address, _server) = serve_rpc_worker(slow).await;
         let directory = Directory::new();
         let shard = ShardService::start(
             ClassSet::default_four(),
@@ -1711,6 +1840,85 @@ mod tests {
             dropped.load(Ordering::Relaxed),
             0,
             "a decision waited for a hung poll until its timeout"
+        );
+    }
+
+    /// Places `n` invocations one after another on a shard whose only worker is a
+    /// [`RpcWorker`], with load reports standing in for polls for `report_fresh_for`: the
+    /// polls the worker got.
+    async fn polls_for(n: u64, report_fresh_for: Duration) -> u32 {
+        let worker = RpcWorker::default();
+        let polls = worker.polls.clone();
+        let (address, server) = serve_rpc_worker(worker).await;
+        let shard = ShardService::start(
+            ClassSet::default_four(),
+            ShardConfig {
+                report_fresh_for,
+                ..ShardConfig::default()
+            },
+            Directory::new(),
+        );
+        register_at(&shard, address.port(), 1, Duration::ZERO);
+        for id in 0..n {
+            let outcome = LocalShard::invoke(&shard, invocation(id, 3)).await;
+            assert!(outcome.ending.is_ok(), "{outcome:?}");
+        }
+        // Not on the idle list (it never joined): every placement was a power-of-k decision.
+        assert_eq!(shard.counters().placed_polling, n);
+        server.abort();
+        polls.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_fresh_load_report_stands_in_for_a_poll() {
+        // The first decision polls (no report yet); every later one uses the report that came
+        // with the previous outcome.
+        assert_eq!(polls_for(5, Duration::from_secs(60)).await, 1);
+        // Reports off: every decision polls.
+        assert_eq!(polls_for(5, Duration::ZERO).await, 5);
+    }
+
+    #[test]
+    fn a_report_counts_what_the_shard_sent_since() {
+        let report = proto::PollReply {
+            functions: 2,
+            room_mb: 100,
+            ahead: 1,
+            cores: 2,
+        };
+        let machine = MachineId(4);
+        let mut sent = SentSince::default();
+        sent.add(7, ClassId(3), 10);
+        sent.add(7, ClassId(0), 5);
+        // For class 1: both are functions, the critical one is ahead, both took room.
+        let reply = sent.apply(7, machine, ClassId(1), &report);
+        assert_eq!(
+            (
+                reply.machine,
+                reply.functions,
+                reply.ahead,
+                reply.room_mb,
+                reply.cores
+            ),
+            (machine, 4, 2, 85, 2)
+        );
+        // For the bottom class both are ahead.
+        assert_eq!(sent.apply(7, machine, ClassId(0), &report).ahead, 3);
+        // A newer report already shows them: nothing is added.
+        let newer = sent.apply(8, machine, ClassId(1), &report);
+        assert_eq!((newer.functions, newer.ahead, newer.room_mb), (2, 1, 100));
+        // Sending under the newer report starts the count again.
+        sent.add(8, ClassId(2), 1);
+        let again = sent.apply(8, machine, ClassId(0), &report);
+        assert_eq!((again.functions, again.ahead, again.room_mb), (3, 2, 99));
+        // Unlimited room stays unlimited.
+        let unlimited = proto::PollReply {
+            room_mb: u64::MAX,
+            ..report
+        };
+        assert_eq!(
+            sent.apply(8, machine, ClassId(0), &unlimited).room_mb,
+            u64::MAX
         );
     }
 

@@ -10,6 +10,7 @@ use turnpike_node::emulated::{EmulatedConfig, EmulatedFleet};
 use turnpike_node::node::{self, NodeConfig};
 use turnpike_policy::ClassSet;
 use turnpike_wire::directory::Directory;
+use turnpike_worker::SlotThreads;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -87,7 +88,13 @@ pub fn main(args: WorkerArgs) -> ExitCode {
     if let Some(n) = args.emulate {
         return crate::block_on(emulate(n, args));
     }
-    crate::block_on(async move {
+    // The guests run on this process's threads (`SlotThreads::Runtime`), `--cores` of them:
+    // an invocation goes from its link to its slot without changing threads.
+    let runtime = match turnpike_worker::slot_runtime(args.cores.max(1)).build() {
+        Ok(runtime) => runtime,
+        Err(e) => return crate::fail(format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
         let mut components = Vec::new();
         for path in &args.load {
             match std::fs::read(path) {
@@ -116,6 +123,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             seed: u64::from(std::process::id()),
             directory: Directory::rpc_only(),
             in_flight_invocations_max: args.worker_in_flight_invocations_max,
+            slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
         };
         let node = match node::start_node(config, &components, std::future::pending()).await {
             Ok(node) => node,

@@ -45,6 +45,11 @@
 //! on the outcome stream) as the handler's reader takes them; `serve` writes them into a body
 //! of its own that the handler reads.
 //!
+//! Load reports: a worker serving a link with [`serve_reporting`] puts on every outcome frame
+//! what it would answer a poll for each class right then; the calling link keeps the latest
+//! ([`Link::load_report`]), so a shard can place with a report a moment old instead of
+//! waiting a round trip for a poll (see `turnpike_scheduler::shard`).
+//!
 //! Both ends speak the roles' own types ([`crate::invocation`]); a streamed link encodes and
 //! decodes them at the socket ([`crate::convert`]), and an invocation that arrives malformed is
 //! answered with a `BadRequest` failure without reaching the handler.
@@ -89,6 +94,20 @@ type Open = Box<
         + Sync,
 >;
 
+/// What a worker answers a poll for each class, by class index, as [`serve_reporting`]
+/// computes it for each outcome frame.
+pub type Reporter = Arc<dyn Fn() -> Vec<proto::PollReply> + Send + Sync>;
+
+/// A worker's latest load report on a link: its poll replies by class, as of when its
+/// outcome frame arrived.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Counts the reports this link has received: a later report has a larger number.
+    pub seq: u64,
+    pub at: Instant,
+    pub replies: Vec<proto::PollReply>,
+}
+
 /// A role's answer to one invocation, as [`serve`] and [`Link::in_process`] call it.
 pub type Handler =
     Arc<dyn Fn(Invocation) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
@@ -119,6 +138,7 @@ struct Streamed {
     open: Open,
     current: Arc<Mutex<Option<Arc<Session>>>>,
     next_tag: AtomicU64,
+    report: Arc<Mutex<Option<LoadReport>>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -131,6 +151,8 @@ impl std::fmt::Debug for Link {
 struct Session {
     outbound: mpsc::UnboundedSender<proto::InvocationFrame>,
     calls: Mutex<Calls>,
+    /// The link's (outlives the session).
+    report: Arc<Mutex<Option<LoadReport>>>,
 }
 
 struct Calls {
@@ -192,6 +214,7 @@ impl Link {
                 open,
                 current: Arc::new(Mutex::new(None)),
                 next_tag: AtomicU64::new(1),
+                report: Arc::new(Mutex::new(None)),
             }),
         }
     }
@@ -204,6 +227,15 @@ impl Link {
             Route::InProcess(handle) => tokio::spawn(handle(invocation))
                 .await
                 .map_err(|e| CallError::Unavailable(format!("the invocation's task ended: {e}"))),
+        }
+    }
+
+    /// The peer's latest load report (a worker serving with [`serve_reporting`]); `None`
+    /// before the first, and always for a link in process.
+    pub fn load_report(&self) -> Option<LoadReport> {
+        match &self.route {
+            Route::Stream(streamed) => crate::lock(&streamed.report).clone(),
+            Route::InProcess(_) => None,
         }
     }
 
@@ -334,6 +366,7 @@ impl Streamed {
                 waiting: HashMap::new(),
                 idle_since: Instant::now(),
             }),
+            report: self.report.clone(),
         });
         *current = Some(session.clone());
         let opening = (self.open)(UnboundedReceiverStream::new(requests));
@@ -517,6 +550,15 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
         }
         return;
     }
+    if !frame.load.is_empty() {
+        let mut report = crate::lock(&session.report);
+        let seq = report.as_ref().map_or(1, |r| r.seq + 1);
+        *report = Some(LoadReport {
+            seq,
+            at: Instant::now(),
+            replies: frame.load,
+        });
+    }
     let caller = {
         let mut calls = crate::lock(&session.calls);
         let caller = calls.waiting.remove(&frame.tag);
@@ -539,6 +581,15 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
 pub fn serve(
     request: tonic::Request<Streaming<proto::InvocationFrame>>,
     handle: Handler,
+) -> Result<tonic::Response<OutcomeStream>, Status> {
+    serve_reporting(request, handle, None)
+}
+
+/// [`serve`], with `report`'s load report on every outcome frame (a worker's).
+pub fn serve_reporting(
+    request: tonic::Request<Streaming<proto::InvocationFrame>>,
+    handle: Handler,
+    report: Option<Reporter>,
 ) -> Result<tonic::Response<OutcomeStream>, Status> {
     let mut inbound = request.into_inner();
     // One answer per invocation received on this stream, so bounded as the caller's link
@@ -623,6 +674,7 @@ pub fn serve(
             );
             let answer = handle(invocation);
             let live = live.clone();
+            let report = report.clone();
             tokio::spawn(async move {
                 let outcome = answer_by(answer, deadline, &cancel).await;
                 // The outcome follows its response's parts.
@@ -633,6 +685,7 @@ pub fn serve(
                 let _ = answers.send(Ok(proto::OutcomeFrame {
                     tag,
                     outcome: Some(outcome.into()),
+                    load: report.map(|report| report()).unwrap_or_default(),
                     ..Default::default()
                 }));
             });

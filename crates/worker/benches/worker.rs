@@ -8,7 +8,9 @@
 //!   reset with `PAGEMAP_SCAN`), and with swappable memories releasing every page on reuse
 //!   (`pagemap_scan` off: how they were before issue 19);
 //! - the same through a 1-slot worker (machine scheduler, gate, a task on the worker's own
-//!   threads, the result sent back) against direct;
+//!   threads, the result sent back) against direct, and through a 1-slot worker whose slots
+//!   run on the caller's runtime (`SlotThreads::Runtime`, as in a `turnpike worker` process,
+//!   where the link that receives an invocation and its guest share threads: no hop);
 //! - hello throughput of one worker, 1 slot and C slots, 16 in flight, and with all classes
 //!   mixed and batch spins being preempted;
 //! - preemption latency: a top-class hello's submit-to-first-poll while a batch spin holds the
@@ -42,7 +44,8 @@ use std::time::{Duration, Instant};
 use turnpike_policy::ClassId;
 use turnpike_worker::guest::run_unscheduled;
 use turnpike_worker::{
-    Function, InvokeOptions, Outcome, Request, Runtime, RuntimeConfig, Worker, WorkerConfig,
+    Function, InvokeOptions, Outcome, Request, Runtime, RuntimeConfig, SlotThreads, Worker,
+    WorkerConfig,
 };
 
 const CAP_BYTES: u64 = 64 << 20;
@@ -86,6 +89,19 @@ fn worker(runtime: &Arc<Runtime>, cores: u32) -> Worker {
     .expect("worker starts")
 }
 
+/// A worker whose slots run on the calling task's runtime.
+fn worker_on_this_runtime(runtime: &Arc<Runtime>, cores: u32) -> Worker {
+    Worker::new(
+        runtime.clone(),
+        WorkerConfig {
+            cores,
+            slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
+            ..WorkerConfig::default()
+        },
+    )
+    .expect("worker starts")
+}
+
 async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration>, f: F) {
     let t = Instant::now();
     let ok = f.await;
@@ -93,11 +109,13 @@ async fn timed<F: std::future::Future<Output = bool>>(samples: &mut Vec<Duration
     assert!(ok);
 }
 
+/// Hello one at a time, direct (swappable, pooling, every page released) and through the
+/// 1-slot worker `w`, named `through`, interleaved; p50 ratios against direct.
 async fn hello_latency(
     hello: &Arc<Function>,
     pooled: &Arc<Function>,
     released: &Arc<Function>,
-    w: &Worker,
+    (through, w): (&str, &Worker),
     n: usize,
 ) {
     let opts = InvokeOptions::class(ClassId(1));
@@ -144,7 +162,7 @@ async fn hello_latency(
     let p = summary("hello direct, wasmtime pooling allocator", pooling);
     let d = summary("hello direct, swappable memory (the default)", swappable);
     let r = summary("hello direct, swappable, every page released", releasing);
-    let s = summary("hello through a 1-slot worker", scheduled);
+    let s = summary(through, scheduled);
     println!(
         "  p50 ratios: swappable/pooling {:.2}, swappable released/pooling {:.2}, worker/direct {:.2}",
         d.as_secs_f64() / p.as_secs_f64(),
@@ -649,8 +667,14 @@ fn main() {
             swap_bandwidth(rounds()).await;
             return;
         }
-        hello_latency(&hello, &pooled_hello, &released_hello, &w, 5000).await;
+        let through = ("hello through a 1-slot worker", &w);
+        hello_latency(&hello, &pooled_hello, &released_hello, through, 5000).await;
         drop(w);
+        // Apart from the run above: the other worker's idle threads would share the cores.
+        let here = worker_on_this_runtime(&runtime, 1);
+        let through = ("the same, slots on the caller's runtime", &here);
+        hello_latency(&hello, &pooled_hello, &released_hello, through, 5000).await;
+        drop(here);
         real_hellos(&runtime, &pooled, &cold, 300).await;
         if std::env::var_os("HELLO_ONLY").is_some() {
             return;

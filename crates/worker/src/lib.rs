@@ -50,7 +50,7 @@ pub mod swap;
 pub mod worker;
 
 pub use calls::{Caller, Platform};
-pub use config::{RuntimeConfig, WorkerConfig};
+pub use config::{slot_runtime, RuntimeConfig, SlotThreads, WorkerConfig};
 pub use error::{InvokeError, LoadError};
 pub use guest::{
     BodySource, BodyStream, Request, Response, ResponseOut, ResponseWriter, WriteFuture,

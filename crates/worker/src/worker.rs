@@ -1,7 +1,7 @@
 //! The priority executor: C core slots, handed out by the policy core's machine scheduler.
 //!
-//! Every invocation runs as one tokio task on the worker's own multi-thread runtime with C
-//! threads. Its future is wrapped in a gate that polls the guest only while the
+//! Every invocation runs as one tokio task on a multi-thread runtime with C threads
+//! ([`SlotThreads`]). Its future is wrapped in a gate that polls the guest only while the
 //! [`Machine`] says the invocation holds a slot:
 //!
 //! - arrival: `Machine::handle_arrival`; then the machine's actions are applied in order.
@@ -27,6 +27,9 @@
 //! slot: the machine decides how many invocations run, not where; with a runtime per slot, an
 //! invocation would be pinned to the thread it started on and could not use whichever slot
 //! frees up next. With C threads and at most C gates open, each running guest has a thread.
+//! That runtime is the worker's own, or the process's when the process exists to run the
+//! worker ([`SlotThreads::Runtime`]: the invocation then reaches its gate without a hop
+//! between threads).
 //!
 //! Timeouts are counted from the first time an invocation gets a slot (queueing behind higher
 //! classes does not count; later parked and blocked time does), and are enforced by the gate
@@ -68,7 +71,7 @@ use turnpike_policy::{ClassId, InvocationId};
 use wasmtime::Engine;
 
 use crate::calls::Caller;
-use crate::config::WorkerConfig;
+use crate::config::{SlotThreads, WorkerConfig};
 use crate::error::InvokeError;
 use crate::guest::{self, Outgoing, Request, Response, ResponseOut, ResponseWriter};
 use crate::meter::{thread_cpu_time, MemoryMeter, Usage, BYTES_PER_MB};
@@ -164,12 +167,27 @@ pub struct Outcome {
     pub usage: Usage,
 }
 
+/// Where a worker's gates run ([`SlotThreads`]).
+enum Executor {
+    Own(tokio::runtime::Runtime),
+    Shared(tokio::runtime::Handle),
+}
+
+impl Executor {
+    fn spawn(&self, gate: Gate) -> tokio::task::JoinHandle<Outcome> {
+        match self {
+            Self::Own(runtime) => runtime.spawn(gate),
+            Self::Shared(handle) => handle.spawn(gate),
+        }
+    }
+}
+
 /// A worker: a [`Runtime`] and C core slots scheduled by the policy core's [`Machine`].
 pub struct Worker {
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
     config: WorkerConfig,
-    executor: Option<tokio::runtime::Runtime>,
+    executor: Option<Executor>,
     next_id: AtomicU64,
     /// This worker's own directory of swap files (inside `config.swap_dir`).
     swap_dir: PathBuf,
@@ -359,17 +377,14 @@ impl Worker {
             path: swap_dir.clone(),
             source,
         })?;
-        // A running guest returns to the scheduler at every epoch tick; checking timers, I/O
-        // and newly spawned tasks at every scheduler tick (instead of every 61st / 31st) keeps a
-        // sleeping guest's wake-up or a new arrival from waiting tens of ticks behind it.
-        let executor = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.cores as usize)
-            .event_interval(1)
-            .global_queue_interval(1)
-            .thread_name("turnpike-slot")
-            .enable_all()
-            .build()
-            .map_err(|e| StartError::Engine(format!("executor threads: {e}")))?;
+        let executor = match &config.slot_threads {
+            SlotThreads::Own => Executor::Own(
+                crate::config::slot_runtime(config.cores)
+                    .build()
+                    .map_err(|e| StartError::Engine(format!("executor threads: {e}")))?,
+            ),
+            SlotThreads::Runtime(handle) => Executor::Shared(handle.clone()),
+        };
         let (swap_jobs, swap_queue) = mpsc::channel::<Arc<InvocationMemory>>();
         let shared = Arc::new(Shared {
             sched: Mutex::new(Sched {
@@ -442,6 +457,16 @@ impl Worker {
     pub fn poll_reply(&self, class: ClassId) -> turnpike_policy::placement::PollReply {
         let machine = turnpike_policy::MachineId(0);
         self.shared.lock().machine.poll_reply(machine, class)
+    }
+
+    /// [`Worker::poll_reply`] for every class, by class index, in one look: the load report a
+    /// worker sends with each outcome.
+    pub fn poll_replies(&self) -> Vec<turnpike_policy::placement::PollReply> {
+        let machine = turnpike_policy::MachineId(0);
+        let sched = self.shared.lock();
+        (0..self.config.classes.len())
+            .map(|c| sched.machine.poll_reply(machine, ClassId(c as u8)))
+            .collect()
     }
 
     /// Cores no invocation holds or waits for (`Machine::idle_cores`).
@@ -592,7 +617,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         // Not `drop(runtime)`: that blocks, and a worker may be dropped inside async code.
-        if let Some(executor) = self.executor.take() {
+        if let Some(Executor::Own(executor)) = self.executor.take() {
             executor.shutdown_background();
         }
         // Swap files of invocations still alive are removed with them; this takes the rest.

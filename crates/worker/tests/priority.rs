@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use turnpike_worker::{Function, InvocationHandle, InvokeOptions, Outcome, Request, Worker};
+use turnpike_worker::{
+    Function, InvocationHandle, InvokeOptions, Outcome, Request, SlotThreads, Worker, WorkerConfig,
+};
 
 /// Iterations of `spin` that take about `ms` of CPU here, measured now (`spin?ms=` reports
 /// how many iterations it did in that time).
@@ -39,15 +41,24 @@ fn checksum_of(outcome: &Outcome) -> String {
     field(&body, "checksum").unwrap_or_else(|| panic!("no checksum in {body:?}"))
 }
 
-#[tokio::test]
-async fn a_top_class_spin_preempts_a_long_batch_spin_on_one_slot() {
-    let _serial = serial().await;
-    let (worker, _dir) = worker(1);
-    let spin = load(&worker, "spin");
+/// What [`batch_then_critical`] saw, times from the batch spin's submission.
+struct Preempted {
+    low: Outcome,
+    low_done: Duration,
+    low_iters: u64,
+    high: Outcome,
+    high_done: Duration,
+    /// When the 100 ms sleep before the critical submission ended.
+    slept: Duration,
+}
+
+/// Submits a batch spin of about 600 ms of CPU on `worker` (one slot), and 100 ms later a
+/// critical 50 ms spin; waits for both.
+async fn batch_then_critical(worker: &Worker) -> Preempted {
+    let spin = load(worker, "spin");
     // About 600 ms of CPU: still running when the top class arrives 100 ms in, with margin
     // for this test's thread being descheduled on a busy machine.
-    let low_iters = spin_iters_for(&worker, &spin, 600).await;
-
+    let low_iters = spin_iters_for(worker, &spin, 600).await;
     let t0 = Instant::now();
     let low = worker.submit(
         &spin,
@@ -56,31 +67,53 @@ async fn a_top_class_spin_preempts_a_long_batch_spin_on_one_slot() {
     );
     // Let the batch spin get well into its run, so the top one has to preempt it.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let slept = t0.elapsed();
     let high = worker.submit(
         &spin,
         Request::get("/?ms=50"),
         InvokeOptions::class(CRITICAL),
     );
     let ((low, low_done), (high, high_done)) = tokio::join!(finished(low, t0), finished(high, t0));
+    Preempted {
+        low,
+        low_done,
+        low_iters,
+        high,
+        high_done,
+        slept,
+    }
+}
 
+/// The top class finished first, without a park; the batch spin was parked and resumed
+/// where it was, computing the exact answer.
+fn assert_preempted(p: &Preempted) {
     assert!(
-        high_done < low_done,
-        "the top class finished at {high_done:?}, after the batch one at {low_done:?}"
+        p.high_done < p.low_done,
+        "the top class finished at {:?}, after the batch one at {:?}",
+        p.high_done,
+        p.low_done
     );
-    assert!(high.result.is_ok());
+    assert!(p.high.result.is_ok());
+    assert_eq!(p.high.usage.parks, 0);
+    assert!(p.low.usage.parks >= 1, "{:?}", p.low.usage);
+    assert_eq!(
+        checksum_of(&p.low),
+        format!("{:016x}", spin_checksum(p.low_iters))
+    );
+}
+
+#[tokio::test]
+async fn a_top_class_spin_preempts_a_long_batch_spin_on_one_slot() {
+    let _serial = serial().await;
+    let (worker, _dir) = worker(1);
+    let p = batch_then_critical(&worker).await;
+    assert_preempted(&p);
     // Its latency is about its own 50 ms of runtime; 250 ms allows for a noisy machine and
     // still fails if it had waited for the ~500 ms the batch spin had left.
     assert!(
-        high.usage.wall < Duration::from_millis(250),
+        p.high.usage.wall < Duration::from_millis(250),
         "{:?}",
-        high.usage
-    );
-    assert_eq!(high.usage.parks, 0);
-    assert!(low.usage.parks >= 1, "{:?}", low.usage);
-    // The batch spin resumed where it was parked and computed the exact answer.
-    assert_eq!(
-        checksum_of(&low),
-        format!("{:016x}", spin_checksum(low_iters))
+        p.high.usage
     );
 }
 
@@ -244,4 +277,34 @@ async fn a_guest_woken_from_io_keeps_its_place_ahead_of_later_arrivals() {
         b_done < a_done && a_done < c_done,
         "finish order should be B, A, C: A {a_done:?}, B {b_done:?}, C {c_done:?}"
     );
+}
+
+/// `SlotThreads::Runtime` (how `turnpike worker` runs): the slot shares its only thread with
+/// the process's other tasks. While a batch spin holds it, a timer still fires on that thread
+/// (the guest yields at every epoch tick), the top-class invocation it submits preempts the
+/// spin, and the spin resumes with the exact answer.
+#[test]
+fn on_the_callers_runtime_a_busy_slot_still_serves_timers_and_is_preempted() {
+    let runtime = turnpike_worker::slot_runtime(1).build().expect("runtime");
+    runtime.block_on(async {
+        // Everything on the runtime's one worker thread, as in a worker process.
+        tokio::spawn(async {
+            let _serial = serial().await;
+            let (worker, _dir) = worker_with(WorkerConfig {
+                cores: 1,
+                slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
+                ..WorkerConfig::default()
+            });
+            let p = batch_then_critical(&worker).await;
+            assert!(
+                p.slept < p.low_done,
+                "the timer fired at {:?}, only after the spin ended at {:?}",
+                p.slept,
+                p.low_done
+            );
+            assert_preempted(&p);
+        })
+        .await
+        .expect("the test's task");
+    });
 }

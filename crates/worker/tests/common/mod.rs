@@ -27,18 +27,19 @@ pub fn guest(name: &str) -> Vec<u8> {
 
 /// A worker with `cores` slots and a fresh compile cache, and the cache's directory.
 pub fn worker(cores: u32) -> (Worker, tempfile::TempDir) {
+    worker_with(WorkerConfig {
+        cores,
+        ..WorkerConfig::default()
+    })
+}
+
+/// A worker as `config` says, with a fresh compile cache, and the cache's directory.
+pub fn worker_with(config: WorkerConfig) -> (Worker, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = RuntimeConfig::new(dir.path());
-    config.instances_max = 32;
-    let runtime = Arc::new(Runtime::new(config).expect("runtime starts"));
-    let worker = Worker::new(
-        runtime,
-        WorkerConfig {
-            cores,
-            ..WorkerConfig::default()
-        },
-    )
-    .expect("worker starts");
+    let mut runtime_config = RuntimeConfig::new(dir.path());
+    runtime_config.instances_max = 32;
+    let runtime = Arc::new(Runtime::new(runtime_config).expect("runtime starts"));
+    let worker = Worker::new(runtime, config).expect("worker starts");
     (worker, dir)
 }
 
