@@ -15,7 +15,9 @@
 #   up-before       `turnpike up` of the binary in $BEFORE
 #   up-rpc          `turnpike up --loopback-rpc` (roles over loopback gRPC, mutual TLS)
 #   up-rpc-plain    the same with --insecure-internal
-#   roles-tls       shard, gateway and worker as separate processes, mutual TLS
+#   roles-tls       shard, gateway and worker as separate processes, mutual TLS; the gateway and
+#                   the shard with `--threads 1` (three roles and wrk share 2 cores; THREADS=""
+#                   for each role's default)
 #   roles-plain     the same with --insecure-internal
 #
 # Each round runs every setup once, in order (A B C A B C ...): a 2 s warm-up, then
@@ -31,6 +33,7 @@ WASMTIME=${WASMTIME:-.tools/wasmtime/bin/wasmtime}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-16}
+THREADS=${THREADS-1}
 FUNCTIONS=examples/functions/dist
 FUNCTION=${FUNCTION:-$FUNCTIONS/hello.wasm}
 FUNCTION=$(realpath "$FUNCTION")
@@ -139,10 +142,12 @@ start_setup() {
         fi
         internal=(--tls-dir "$WORK/tls")
       fi
-      start shard "$TURNPIKE" shard "${internal[@]}"
+      local threads=()
+      [ -n "$THREADS" ] && threads=(--threads "$THREADS")
+      start shard "$TURNPIKE" shard "${internal[@]}" "${threads[@]}"
       local shard_pid=$LAST_PID shard
       shard=$(address_in "$WORK/shard.log" "shard listening on ")
-      start gateway "$TURNPIKE" gateway "${internal[@]}" --listen "127.0.0.1:$port" --data-dir "$WORK/gw-$setup" \
+      start gateway "$TURNPIKE" gateway "${internal[@]}" "${threads[@]}" --listen "127.0.0.1:$port" --data-dir "$WORK/gw-$setup" \
         --shard "$shard" --route "/hello=$(hash_of "$FUNCTION")@critical"
       local gateway_pid=$LAST_PID
       start worker "$TURNPIKE" worker "${internal[@]}" --cores 2 --data-dir "$WORK/wk-$setup" \

@@ -157,10 +157,20 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 /// Runs a service command on a multi-threaded async runtime.
 fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_threads(None, command)
+}
+
+/// [`block_on`] with `threads` runtime threads (`None`: tokio's default, the CPUs this
+/// process may use).
+fn block_on_threads(
+    threads: Option<u32>,
+    command: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads as usize);
+    }
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(command),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

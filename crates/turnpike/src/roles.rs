@@ -16,12 +16,26 @@ use turnpike_wire::chain::ChainKey;
 use turnpike_wire::directory::Directory;
 use turnpike_wire::metrics;
 
+/// `--threads`, for a role whose async runtime is its own (the shard, the gateway).
+#[derive(Args, Debug)]
+pub struct ThreadsArg {
+    /// Threads of the role's async runtime (default: the CPUs this process may use). Roles
+    /// that share a host do better with fewer each: on 2 cores, a gateway and a shard with
+    /// one thread each beside a worker served hello 12.2k req/s against 10.6k with the
+    /// default (docs/benchmarks.md, issue 18); every extra thread that wakes for a message
+    /// is a context switch the other processes pay for.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
 #[derive(Args, Debug)]
 pub struct ShardArgs {
     #[command(flatten)]
     config: crate::config_file::ConfigFileArg,
     #[command(flatten)]
     internal: crate::certs::InternalArgs,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Where the shard serves its RPCs (port 0: chosen by the OS, printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -49,6 +63,8 @@ pub struct GatewayArgs {
     config: crate::config_file::ConfigFileArg,
     #[command(flatten)]
     internal: crate::certs::InternalArgs,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Where the gateway serves HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -136,7 +152,7 @@ pub fn shard(args: ShardArgs) -> ExitCode {
     if let Err(e) = args.internal.apply(turnpike_wire::tls::Role::Shard) {
         return crate::fail(e);
     }
-    crate::block_on(async move {
+    crate::block_on_threads(args.threads.threads, async move {
         let config = ShardConfig {
             k: args.k.max(1),
             seed: args.seed,
@@ -238,7 +254,7 @@ pub fn gateway(args: GatewayArgs) -> ExitCode {
         Ok(key) => key,
         Err(e) => return crate::fail(e),
     };
-    crate::block_on(async move {
+    crate::block_on_threads(args.threads.threads, async move {
         let url = args
             .store
             .clone()

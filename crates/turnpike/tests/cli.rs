@@ -319,3 +319,19 @@ fn zero_threads_is_rejected_or_reported_as_one() {
         assert!(err.contains("threads"), "{err}");
     }
 }
+
+#[test]
+fn a_role_refuses_zero_runtime_threads() {
+    for args in [
+        &["shard", "--threads", "0"][..],
+        &["gateway", "--threads", "0", "--shard", "127.0.0.1:1"],
+    ] {
+        let o = turnpike(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("'--threads <N>': 0 is not in"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -194,9 +194,14 @@ async fn every_role_in_its_own_process() {
     let functions = turnpike_cluster::up::default_functions_dir();
     let mut children = Vec::new();
     let mut shards = Vec::new();
-    // One shard from flags, one from a config file (whose `seed` the command line overrides).
+    // One shard from flags, one from a config file (whose `seed` the command line overrides;
+    // with one runtime thread, as the gateway below).
     let config = dir.path().join("shard.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nseed = 9\nk = 2\n").expect("write");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nseed = 9\nk = 2\nthreads = 1\n",
+    )
+    .expect("write");
     for args in [
         vec!["shard".to_string(), "--seed".into(), "1".into()],
         vec![
@@ -220,6 +225,8 @@ async fn every_role_in_its_own_process() {
     };
     let mut gateway_args = vec![
         "gateway".to_string(),
+        "--threads".into(),
+        "1".into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--data-dir".into(),
