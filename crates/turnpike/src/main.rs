@@ -15,6 +15,12 @@ mod twin;
 mod up;
 mod worker;
 
+/// mimalloc rather than glibc's malloc: the invocation path allocates and frees many small
+/// buffers (messages, headers, tasks) across threads, where glibc's arenas spent 8-10% of each
+/// role's CPU (docs/benchmarks.md, issue 18).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
