@@ -38,7 +38,6 @@
 //! 2 and 3 (for profiling); `SHARDS=N WORKERS=M` change part 2's cluster. Everything
 //! runs on this machine's cores: the load generator shares them with the services.
 
-
 /// The allocator the `turnpike` binary ships (its roles run in this process here).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -30,7 +30,6 @@
 //! 10 M), each beside the bare loop over the same arrivals. Without `--bench` (as under `cargo test --benches`) it
 //! only runs a tiny smoke version.
 
-
 /// The allocator the `turnpike` binary (`turnpike sim`) ships.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
