@@ -86,9 +86,13 @@ use turnpike_wire::telemetry;
 
 /// Default of [`ShardConfig::queue_invocations_max`].
 pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
-/// Default of [`ShardConfig::report_fresh_for`]: a few loopback round trips on a busy
-/// machine; a report this old is about as fresh as a poll's answer would be when it arrived.
-pub const REPORT_FRESH_FOR: Duration = Duration::from_millis(2);
+/// Default of [`ShardConfig::report_fresh_for`]: a couple of loopback round trips on a busy
+/// machine, so a report this old is about as fresh as a poll's answer would be when it
+/// arrived. 2 ms measured the same hello throughput but let the top class collide more often
+/// on 2-core workers under overload (`scale` part 3 over loopback gRPC: critical p99 slowdown
+/// 1.62-1.65 against 1.43-1.47 with polls alone; 1.47 at 500 us): a report misses what other
+/// shards placed since it left.
+pub const REPORT_FRESH_FOR: Duration = Duration::from_micros(500);
 /// How many decisions the placement loop makes in a row without waiting on anything before it
 /// lets other tasks on its thread run.
 const DECISIONS_BEFORE_YIELD: u32 = 64;
