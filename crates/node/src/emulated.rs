@@ -500,12 +500,7 @@ impl proto::worker_server::Worker for EmulatedWorker {
     ) -> Result<Response<Self::RunStream>, Status> {
         // Load reports as a real worker sends them (`NodeService`).
         let worker = self.clone();
-        let report: link::Reporter = Arc::new(move || {
-            (0..worker.inner.config.classes.len())
-                .filter_map(|c| LocalWorker::poll(&worker, ClassId(c as u8)).ok())
-                .map(proto::PollReply::from)
-                .collect()
-        });
+        let report = link::reporter(move || worker.poll_replies());
         link::serve_reporting(request, self.handler(), Some(report))
     }
 
@@ -553,8 +548,14 @@ impl LocalWorker for EmulatedWorker {
 
     fn poll(&self, class: ClassId) -> Result<PollReply, CallError> {
         let class = known_class(u32::from(class.0), &self.inner.config.classes)?;
-        let state = self.inner.lock();
-        let reply = match &state.sched {
+        Ok(self.poll_reply(&self.inner.lock(), class))
+    }
+}
+
+impl EmulatedWorker {
+    /// What the machine in `state` answers a poll for `class`.
+    fn poll_reply(&self, state: &State, class: ClassId) -> PollReply {
+        match &state.sched {
             Sched::Priority(machine) => machine.poll_reply(turnpike_policy::MachineId(0), class),
             Sched::Sharing(ps, _) => PollReply {
                 machine: turnpike_policy::MachineId(0),
@@ -563,8 +564,15 @@ impl LocalWorker for EmulatedWorker {
                 ahead: ps.functions(),
                 cores: self.inner.config.cores,
             },
-        };
-        Ok(reply)
+        }
+    }
+
+    /// Its poll reply for every class, by class index, in one look (its load report).
+    fn poll_replies(&self) -> Vec<PollReply> {
+        let state = self.inner.lock();
+        (0..self.inner.config.classes.len())
+            .map(|c| self.poll_reply(&state, ClassId(c as u8)))
+            .collect()
     }
 }
 

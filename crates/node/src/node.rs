@@ -432,13 +432,7 @@ impl proto::worker_server::Worker for NodeService {
         request: Request<Streaming<proto::InvocationFrame>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let worker = self.worker.clone();
-        let report: link::Reporter = Arc::new(move || {
-            worker
-                .poll_replies()
-                .into_iter()
-                .map(proto::PollReply::from)
-                .collect()
-        });
+        let report = link::reporter(move || worker.poll_replies());
         link::serve_reporting(request, self.handler(), Some(report))
     }
 

@@ -98,9 +98,17 @@ type Open = Box<
 /// computes it for each outcome frame.
 pub type Reporter = Arc<dyn Fn() -> Vec<proto::PollReply> + Send + Sync>;
 
+/// The [`Reporter`] of a worker whose poll replies by class `replies` gives.
+pub fn reporter<F>(replies: F) -> Reporter
+where
+    F: Fn() -> Vec<turnpike_policy::placement::PollReply> + Send + Sync + 'static,
+{
+    Arc::new(move || replies().into_iter().map(proto::PollReply::from).collect())
+}
+
 /// A worker's latest load report on a link: its poll replies by class, as of when its
 /// outcome frame arrived.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LoadReport {
     /// Counts the reports this link has received: a later report has a larger number.
     pub seq: u64,
@@ -138,7 +146,7 @@ struct Streamed {
     open: Open,
     current: Arc<Mutex<Option<Arc<Session>>>>,
     next_tag: AtomicU64,
-    report: Arc<Mutex<Option<LoadReport>>>,
+    report: Arc<Mutex<Option<Arc<LoadReport>>>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -152,7 +160,7 @@ struct Session {
     outbound: mpsc::UnboundedSender<proto::InvocationFrame>,
     calls: Mutex<Calls>,
     /// The link's (outlives the session).
-    report: Arc<Mutex<Option<LoadReport>>>,
+    report: Arc<Mutex<Option<Arc<LoadReport>>>>,
 }
 
 struct Calls {
@@ -231,8 +239,9 @@ impl Link {
     }
 
     /// The peer's latest load report (a worker serving with [`serve_reporting`]); `None`
-    /// before the first, and always for a link in process.
-    pub fn load_report(&self) -> Option<LoadReport> {
+    /// before the first, and always for a link in process. Shared, not copied: a shard reads
+    /// it at every decision and every send.
+    pub fn load_report(&self) -> Option<Arc<LoadReport>> {
         match &self.route {
             Route::Stream(streamed) => crate::lock(&streamed.report).clone(),
             Route::InProcess(_) => None,
@@ -553,11 +562,11 @@ fn deliver(session: &Session, frame: proto::OutcomeFrame) {
     if !frame.load.is_empty() {
         let mut report = crate::lock(&session.report);
         let seq = report.as_ref().map_or(1, |r| r.seq + 1);
-        *report = Some(LoadReport {
+        *report = Some(Arc::new(LoadReport {
             seq,
             at: Instant::now(),
             replies: frame.load,
-        });
+        }));
     }
     let caller = {
         let mut calls = crate::lock(&session.calls);
