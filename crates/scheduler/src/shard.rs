@@ -93,8 +93,9 @@ pub const SHARD_QUEUE_INVOCATIONS_MAX_DEFAULT: usize = 100_000;
 /// 1.62-1.65 against 1.43-1.47 with polls alone; 1.47 at 500 us): a report misses what other
 /// shards placed since it left.
 pub const REPORT_FRESH_FOR: Duration = Duration::from_micros(500);
-/// How many decisions the placement loop makes in a row without waiting on anything before it
-/// lets other tasks on its thread run.
+/// The placement loop lets the other tasks on its thread run once every this many turns,
+/// whether or not it waited on anything between them: decisions answered from load reports
+/// wait on nothing, and a long queue would otherwise hold the thread.
 const DECISIONS_BEFORE_YIELD: u32 = 64;
 /// A poll that takes longer than this counts as no answer (default of
 /// [`ShardConfig::poll_timeout`]).
@@ -636,13 +637,11 @@ impl Inner {
 async fn place_forever(inner: std::sync::Weak<Inner>, seed: u64) {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
     let mut lease_checked = tokio::time::Instant::now();
-    let mut decided_in_a_row = 0u32;
+    let mut turns = 0u32;
     loop {
-        // Decisions answered from load reports wait on nothing: let the thread's other
-        // tasks (the links, the sends) run now and then.
-        decided_in_a_row += 1;
-        if decided_in_a_row >= DECISIONS_BEFORE_YIELD {
-            decided_in_a_row = 0;
+        turns += 1;
+        if turns == DECISIONS_BEFORE_YIELD {
+            turns = 0;
             tokio::task::yield_now().await;
         }
         let Some(inner) = inner.upgrade() else { return };
@@ -857,6 +856,7 @@ fn send(inner: &Arc<Inner>, id: InvocationId, machine: MachineId, via: Via) {
         }
         let slot = &mut state.workers[machine.0 as usize];
         let seq = slot.link.load_report().map_or(0, |r| r.seq);
+        // 0: the worker's default (`WorkerConfig::start_mb`, this default unless configured).
         let start_mb = match waiting.invocation.start_mb {
             0 => turnpike_policy::memory::START_MB_DEFAULT,
             mb => mb,
