@@ -176,7 +176,16 @@ fn block_on_threads(
     if let Some(threads) = threads {
         builder.worker_threads(threads as usize);
     }
-    match builder.enable_all().build() {
+    builder.enable_all();
+    block_on_with(builder, command)
+}
+
+/// Runs a service command on the runtime `builder` makes.
+fn block_on_with(
+    mut builder: tokio::runtime::Builder,
+    command: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match builder.build() {
         Ok(runtime) => runtime.block_on(command),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -90,61 +90,60 @@ pub fn main(args: WorkerArgs) -> ExitCode {
     }
     // The guests run on this process's threads (`SlotThreads::Runtime`), `--cores` of them:
     // an invocation goes from its link to its slot without changing threads.
-    let runtime = match turnpike_worker::slot_runtime(args.cores.max(1)).build() {
-        Ok(runtime) => runtime,
-        Err(e) => return crate::fail(format!("cannot start the async runtime: {e}")),
-    };
-    runtime.block_on(async move {
-        let mut components = Vec::new();
-        for path in &args.load {
-            match std::fs::read(path) {
-                Ok(bytes) => components.push((path.display().to_string(), bytes)),
-                Err(e) => return crate::fail(format!("cannot read {}: {e}", path.display())),
+    crate::block_on_with(
+        turnpike_worker::slot_runtime(args.cores.max(1)),
+        async move {
+            let mut components = Vec::new();
+            for path in &args.load {
+                match std::fs::read(path) {
+                    Ok(bytes) => components.push((path.display().to_string(), bytes)),
+                    Err(e) => return crate::fail(format!("cannot read {}: {e}", path.display())),
+                }
             }
-        }
-        let store = match &args.store {
-            Some(url) => match turnpike_store::Store::open(url).await {
-                Ok(store) => Some(store),
+            let store = match &args.store {
+                Some(url) => match turnpike_store::Store::open(url).await {
+                    Ok(store) => Some(store),
+                    Err(e) => return crate::fail(e),
+                },
+                None => None,
+            };
+            let config = NodeConfig {
+                store,
+                listen: args.listen,
+                advertise: args.advertise,
+                shards: args.shards,
+                data_dir: args.data_dir,
+                cores: args.cores.max(1),
+                memory_mb: args.memory_mb,
+                classes: ClassSet::default_four(),
+                gateway: args.gateway,
+                // Distinct per process, so workers started together choose shards differently.
+                seed: u64::from(std::process::id()),
+                directory: Directory::rpc_only(),
+                in_flight_invocations_max: args.worker_in_flight_invocations_max,
+                slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
+            };
+            let node = match node::start_node(config, &components, std::future::pending()).await {
+                Ok(node) => node,
                 Err(e) => return crate::fail(e),
-            },
-            None => None,
-        };
-        let config = NodeConfig {
-            store,
-            listen: args.listen,
-            advertise: args.advertise,
-            shards: args.shards,
-            data_dir: args.data_dir,
-            cores: args.cores.max(1),
-            memory_mb: args.memory_mb,
-            classes: ClassSet::default_four(),
-            gateway: args.gateway,
-            // Distinct per process, so workers started together choose shards differently.
-            seed: u64::from(std::process::id()),
-            directory: Directory::rpc_only(),
-            in_flight_invocations_max: args.worker_in_flight_invocations_max,
-            slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
-        };
-        let node = match node::start_node(config, &components, std::future::pending()).await {
-            Ok(node) => node,
-            Err(e) => return crate::fail(e),
-        };
-        let rendered = node.service.clone();
-        let render = std::sync::Arc::new(move || rendered.metrics());
-        let metrics_addr = match crate::roles::serve_metrics(args.metrics, render).await {
-            Ok(bound) => bound,
-            Err(e) => return crate::fail(e),
-        };
-        println!("worker listening on {}", node.address);
-        println!("metrics: http://{metrics_addr}/metrics");
-        for hash in &node.loaded {
-            println!("loaded {hash}");
-        }
-        crate::up::wait_for_signal().await;
-        node.server.abort();
-        node.dispatcher.abort();
-        ExitCode::SUCCESS
-    })
+            };
+            let rendered = node.service.clone();
+            let render = std::sync::Arc::new(move || rendered.metrics());
+            let metrics_addr = match crate::roles::serve_metrics(args.metrics, render).await {
+                Ok(bound) => bound,
+                Err(e) => return crate::fail(e),
+            };
+            println!("worker listening on {}", node.address);
+            println!("metrics: http://{metrics_addr}/metrics");
+            for hash in &node.loaded {
+                println!("loaded {hash}");
+            }
+            crate::up::wait_for_signal().await;
+            node.server.abort();
+            node.dispatcher.abort();
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 async fn emulate(n: usize, args: WorkerArgs) -> ExitCode {

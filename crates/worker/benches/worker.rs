@@ -79,23 +79,21 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
 }
 
 fn worker(runtime: &Arc<Runtime>, cores: u32) -> Worker {
-    Worker::new(
-        runtime.clone(),
-        WorkerConfig {
-            cores,
-            ..WorkerConfig::default()
-        },
-    )
-    .expect("worker starts")
+    worker_on(runtime, cores, SlotThreads::Own)
 }
 
 /// A worker whose slots run on the calling task's runtime.
 fn worker_on_this_runtime(runtime: &Arc<Runtime>, cores: u32) -> Worker {
+    let here = SlotThreads::Runtime(tokio::runtime::Handle::current());
+    worker_on(runtime, cores, here)
+}
+
+fn worker_on(runtime: &Arc<Runtime>, cores: u32, slot_threads: SlotThreads) -> Worker {
     Worker::new(
         runtime.clone(),
         WorkerConfig {
             cores,
-            slot_threads: SlotThreads::Runtime(tokio::runtime::Handle::current()),
+            slot_threads,
             ..WorkerConfig::default()
         },
     )
